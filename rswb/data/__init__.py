@@ -1,0 +1,22 @@
+"""Data layer: readers for the real formats (dict samples), validation errors, and embedded synthetic data."""
+
+from rswb.data.captions import CaptionSet, ImageResolver, ImageTextDataset, read_captions, read_karpathy, read_precomp
+from rswb.data.errors import (
+    CaptionMismatchError,
+    CorruptImageError,
+    DataError,
+    DataFormatError,
+    DatasetNotFoundError,
+    InvalidPixelError,
+    LabelRangeError,
+    ShapeMismatchError,
+)
+from rswb.data.mspan import MSPANPatchDataset, MSPANScene, PatchSampler, load_mspan
+from rswb.data.scenes import SceneFolder, load_image
+
+__all__ = [
+    "CaptionMismatchError", "CaptionSet", "CorruptImageError", "DataError", "DataFormatError", "DatasetNotFoundError",
+    "ImageResolver", "ImageTextDataset", "InvalidPixelError", "LabelRangeError", "MSPANPatchDataset", "MSPANScene",
+    "PatchSampler", "SceneFolder", "ShapeMismatchError", "load_image", "load_mspan", "read_captions", "read_karpathy",
+    "read_precomp",
+]

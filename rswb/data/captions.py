@@ -1,0 +1,358 @@
+"""Caption sets for image-text retrieval: Karpathy JSON and precomp text files, with an explicit caption index.
+
+Formats:
+
+* **Karpathy JSON** (``dataset*.json``): ``{"images": [{"filename", "split", "sentences": [{"raw"}, ...]}, ...]}``;
+  the number of sentences may vary per image.
+* **precomp** (``{split}_caps.txt`` + ``{split}_filename.txt``): one caption per line, an image's captions on
+  consecutive lines; the file-name list has either one line per caption or one line per image (then every image
+  has ``n_captions / n_images`` captions). An explicit ``{split}_cap2img.txt`` (one 0-based index into the
+  file-name list per caption) overrides both and allows any number of captions per image.
+
+The caption-to-image map is always an explicit array built from the files (never ``j // 5``), and every count is
+checked. UCM-Captions names its images ``N.tif`` (N = 1..2100); :class:`ImageResolver` maps them onto the UC Merced
+folder layout (``sorted(classes)[(N-1)//100]``, image ``(N-1) % 100``) and matches file stems, so ``.tif`` names
+find ``.jpg`` files.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rswb.data.errors import CaptionMismatchError, DataFormatError, DatasetNotFoundError, require_exists
+from rswb.data.scenes import IMAGE_EXTS, image_to_tensor, load_image
+
+_WORD = re.compile(r"[a-z0-9]+")
+STOPWORDS = frozenset(
+    "a an the of and or in on at to is are there it its this that with by for from as some many two three be".split()
+)
+
+
+def tokenize(caption: str) -> list[str]:
+    """Lower-case word tokens of a caption (letters and digits; punctuation dropped)."""
+    return _WORD.findall(caption.lower())
+
+
+@dataclass
+class CaptionSet:
+    """The captions of one split and their images.
+
+    Attributes:
+        captions: caption strings ``[N_c]``.
+        caption_to_image: image index of every caption ``[N_c]`` (int64), into ``image_names``.
+        image_names: file name of every image ``[N_i]`` as written in the caption files.
+        split: the split these captions belong to.
+        source: the file(s) they were read from.
+        scenes: optional scene label per image (e.g. from the Karpathy JSON ``scene`` field).
+    """
+
+    captions: list[str]
+    caption_to_image: np.ndarray
+    image_names: list[str]
+    split: str
+    source: Path | None = None
+    scenes: list[str] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_captions(self) -> int:
+        """Number of captions."""
+        return len(self.captions)
+
+    @property
+    def num_images(self) -> int:
+        """Number of images."""
+        return len(self.image_names)
+
+    def captions_per_image(self) -> np.ndarray:
+        """Caption count of every image ``[N_i]``."""
+        return np.bincount(self.caption_to_image, minlength=self.num_images)
+
+    def captions_of(self, image: int) -> list[str]:
+        """All captions of image ``image``."""
+        return [self.captions[j] for j in np.flatnonzero(self.caption_to_image == image)]
+
+    def stats(self, top_words: int = 20) -> dict[str, Any]:
+        """Text statistics: counts, captions per image, caption length, vocabulary, duplicate rate, frequent words."""
+        per_image = self.captions_per_image()
+        tokens = [tokenize(c) for c in self.captions]
+        lengths = np.array([len(t) for t in tokens]) if tokens else np.zeros(0)
+        words = Counter(w for t in tokens for w in t)
+        content = Counter({w: n for w, n in words.items() if w not in STOPWORDS})
+        distinct = len(set(self.captions))
+        return {
+            "split": self.split,
+            "images": self.num_images,
+            "captions": self.num_captions,
+            "captions_per_image": _summary(per_image),
+            "words_per_caption": _summary(lengths),
+            "empty_captions": int(sum(1 for c in self.captions if not c)),
+            "vocabulary": len(words),
+            "distinct_captions": distinct,
+            "duplicate_rate": 1.0 - distinct / max(self.num_captions, 1),
+            "top_words": content.most_common(top_words),
+        }
+
+
+def _summary(x: np.ndarray) -> dict[str, float]:
+    if not x.size:
+        return {"min": 0, "mean": 0.0, "max": 0}
+    return {"min": int(x.min()), "mean": float(x.mean()), "max": int(x.max())}
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataFormatError(path, f"not UTF-8 text ({err})", "a UTF-8 text file, one entry per line") from err
+    lines = text.splitlines()
+    while lines and not lines[-1].strip():  # tolerate trailing blank lines only
+        lines.pop()
+    return [ln.strip() for ln in lines]
+
+
+def read_precomp(root: str | Path, split: str) -> CaptionSet:
+    """Read ``{split}_caps.txt`` + ``{split}_filename.txt`` (and ``{split}_cap2img.txt`` if present) from ``root``.
+
+    Raises:
+        DatasetNotFoundError: a caption or file-name file is missing.
+        CaptionMismatchError: the counts cannot be reconciled, or an index is out of range.
+    """
+    root = require_exists(root, "caption folder")
+    caps_path, names_path = root / f"{split}_caps.txt", root / f"{split}_filename.txt"
+    for p in (caps_path, names_path):
+        if not p.exists():
+            available = sorted(f.name for f in root.glob("*_caps.txt"))
+            raise DatasetNotFoundError(p, f"caption file for split {split!r} is missing",
+                                       f"{caps_path.name} and {names_path.name} (found: {available or 'none'})")
+    caps, names = _read_lines(caps_path), _read_lines(names_path)
+    # Empty caption lines are kept: real sets (RSITMD train has 20) use them as placeholders so that every image
+    # still has its fixed number of lines. An empty file name, however, cannot point at an image.
+    empty = [i + 1 for i, s in enumerate(names) if not s]
+    if empty:
+        raise DataFormatError(names_path, f"{len(empty)} empty line(s), first at line {empty[0]}", "no blank lines")
+    index_path = root / f"{split}_cap2img.txt"
+    n_c, n_n = len(caps), len(names)
+    if index_path.exists():
+        raw = _read_lines(index_path)
+        if len(raw) != n_c:
+            raise CaptionMismatchError(index_path, f"{len(raw)} index lines for {n_c} captions in {caps_path.name}",
+                                       "one image index per caption")
+        try:
+            idx = np.array([int(s) for s in raw], dtype=np.int64)
+        except ValueError as err:
+            raise DataFormatError(index_path, f"non-integer image index ({err})", "0-based integers") from err
+        if idx.size and (idx.min() < 0 or idx.max() >= n_n):
+            raise CaptionMismatchError(index_path, f"image indices {idx.min()}..{idx.max()}",
+                                       f"0..{n_n - 1} (rows of {names_path.name})")
+        image_names = names
+    elif n_n == n_c:
+        # One file name per caption: an image is a distinct name (first appearance order).
+        order: dict[str, int] = {}
+        idx = np.array([order.setdefault(n, len(order)) for n in names], dtype=np.int64)
+        image_names = list(order)
+    elif n_n and n_c % n_n == 0:
+        per = n_c // n_n
+        idx = np.repeat(np.arange(n_n, dtype=np.int64), per)
+        image_names = names
+    else:
+        raise CaptionMismatchError(caps_path, f"{n_c} captions but {n_n} file names in {names_path.name}",
+                                   "one file name per caption, the same number of captions per file name "
+                                   f"(a multiple of {n_n}), or an explicit {index_path.name}")
+    return CaptionSet(caps, idx, image_names, split, source=caps_path)
+
+
+def read_karpathy(path: str | Path, split: str | Sequence[str] = "train") -> CaptionSet:
+    """Read one split (or several, or ``"all"``) of a Karpathy-style JSON caption file.
+
+    ``"val"`` and ``"restval"`` are kept as they are written; pass ``split=("train", "restval")`` to merge them.
+
+    Raises:
+        DatasetNotFoundError: the file is missing.
+        DataFormatError: invalid JSON, or an image entry without ``filename``/``sentences``.
+    """
+    path = require_exists(path, "Karpathy caption JSON")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataFormatError(path, f"invalid JSON ({err})", 'a Karpathy file {"images": [...]}') from err
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise DataFormatError(path, "no 'images' list at the top level", 'a Karpathy file {"images": [...]}')
+    wanted = None if split == "all" else ({split} if isinstance(split, str) else set(split))
+    caps, idx, names, scenes = [], [], [], []
+    for k, img in enumerate(data["images"]):
+        if not isinstance(img, dict) or "filename" not in img or "sentences" not in img:
+            raise DataFormatError(path, f"images[{k}] lacks 'filename' or 'sentences'", "both keys in every entry")
+        if wanted is not None and img.get("split") not in wanted:
+            continue
+        sents = [s["raw"].strip() if isinstance(s, dict) else str(s).strip() for s in img["sentences"]]
+        if not sents:
+            raise CaptionMismatchError(path, f"image {img['filename']!r} has no sentences", ">= 1 caption per image")
+        i = len(names)
+        names.append(str(Path(img.get("filepath", "")) / img["filename"]) if img.get("filepath") else img["filename"])
+        scenes.append(str(img.get("scene", img.get("class", ""))))
+        caps.extend(sents)
+        idx.extend([i] * len(sents))
+    name = split if isinstance(split, str) else "+".join(split)
+    if not names:
+        found = sorted({str(img.get("split")) for img in data["images"] if isinstance(img, dict)})
+        raise DataFormatError(path, f"no images in split {name!r}", f"one of the splits present: {found}")
+    return CaptionSet(caps, np.array(idx, dtype=np.int64), names, name, source=path,
+                      scenes=scenes if any(scenes) else None)
+
+
+def find_karpathy_json(root: Path) -> Path | None:
+    """The Karpathy JSON of a caption folder (``dataset*.json``), if any."""
+    if root.is_file() and root.suffix == ".json":
+        return root
+    hits = sorted(root.glob("dataset*.json")) if root.is_dir() else []
+    return hits[0] if hits else None
+
+
+def read_captions(root: str | Path, split: str = "train", fmt: str = "auto") -> CaptionSet:
+    """Read a caption set in either format.
+
+    Args:
+        root: caption folder (precomp files and/or ``dataset*.json``) or a JSON file.
+        split: ``"train"``, ``"val"``, ``"test"`` (or ``"all"`` for JSON).
+        fmt: ``"precomp"``, ``"karpathy"`` or ``"auto"`` (precomp when ``{split}_caps.txt`` exists, else JSON).
+    """
+    root = require_exists(root, "caption set")
+    if fmt == "auto":
+        fmt = "precomp" if root.is_dir() and (root / f"{split}_caps.txt").exists() else "karpathy"
+    if fmt == "precomp":
+        return read_precomp(root, split)
+    js = find_karpathy_json(root)
+    if js is None:
+        raise DatasetNotFoundError(root / f"{split}_caps.txt", "no caption files found",
+                                   "precomp {split}_caps.txt + {split}_filename.txt, or a Karpathy dataset*.json")
+    return read_karpathy(js, split)
+
+
+class ImageResolver:
+    """Find the image file of a caption-file name under an image root.
+
+    Looks up, in order: the exact relative path, the file name, the file stem with any image extension
+    (``.tif`` names find ``.jpg`` files), and for purely numeric stems the UCM-Captions numbering over a UC Merced
+    folder (``N`` -> ``sorted(classes)[(N-1)//100]``, image ``(N-1) % 100``).
+    """
+
+    def __init__(self, image_root: str | Path):
+        self.root = require_exists(image_root, "image root")
+        by_name: dict[str, Path] = {}
+        by_stem: dict[str, Path] = {}
+        for p in sorted(self.root.rglob("*")):
+            if p.suffix.lower() in IMAGE_EXTS:
+                by_name.setdefault(p.name, p)
+                by_stem.setdefault(p.stem, p)
+        self.by_name, self.by_stem = by_name, by_stem
+        images = self.root / "Images" if (self.root / "Images").is_dir() else self.root
+        self.ucm_classes = sorted(d.name for d in images.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+    def __call__(self, name: str) -> Path | None:
+        """The path of image ``name``, or ``None`` when it cannot be found."""
+        direct = self.root / name
+        if direct.is_file():
+            return direct
+        p = Path(name)
+        hit = self.by_name.get(p.name) or self.by_stem.get(p.stem)
+        if hit is None and p.stem.isdigit() and self.ucm_classes:
+            n = int(p.stem) - 1
+            if 0 <= n // 100 < len(self.ucm_classes):
+                hit = self.by_stem.get(f"{self.ucm_classes[n // 100]}{n % 100:02d}")
+        return hit
+
+    def resolve_all(self, names: Sequence[str], caption_file: Path | None = None) -> list[Path]:
+        """Paths of all ``names``; raises :class:`CaptionMismatchError` listing the ones that are missing."""
+        paths = [self(n) for n in names]
+        missing = [n for n, p in zip(names, paths) if p is None]
+        if missing:
+            raise CaptionMismatchError(caption_file or self.root,
+                                       f"{len(missing)} of {len(names)} captioned images not found under "
+                                       f"{self.root} (first: {missing[0]!r})",
+                                       "every image named by the caption files under the image root")
+        return paths  # type: ignore[return-value]
+
+
+def default_image_root(root: Path) -> Path | None:
+    """The image folder that ships with a caption set (``images/`` beside the caption files), if any."""
+    base = root if root.is_dir() else root.parent
+    return base / "images" if (base / "images").is_dir() else None
+
+
+class ImageTextDataset(torch.utils.data.Dataset):
+    """Captions of one split as dict samples ``{"image": [3,H,W], "caption", "image_id", "caption_id"}``.
+
+    Without an image root (e.g. RSICD captions shipped without images) samples carry no ``image`` and the set is
+    still usable for text statistics and text encoders.
+
+    Args:
+        root: caption folder or JSON file.
+        split: ``"train"``, ``"val"``, ``"test"``.
+        transforms: optional callable applied to each sample dict.
+        image_root: folder holding the images; default: ``images/`` beside the captions when it exists.
+        image_size: resize images to this size (``None`` keeps native sizes).
+        fmt: caption format, see :func:`read_captions`.
+        require_images: raise when ``image_root`` is not found (default: only when one was given explicitly).
+    """
+
+    def __init__(self, root: str | Path, split: str = "train", transforms=None, image_root: str | Path | None = None,
+                 image_size: int | tuple[int, int] | None = None, fmt: str = "auto"):
+        self.root = Path(root)
+        self.captions = read_captions(root, split, fmt)
+        self.split, self.transforms, self.image_size = split, transforms, image_size
+        image_root = Path(image_root) if image_root is not None else default_image_root(self.root)
+        self.image_paths: list[Path] | None = None
+        if image_root is not None:
+            self.image_paths = ImageResolver(image_root).resolve_all(self.captions.image_names, self.captions.source)
+
+    @property
+    def has_images(self) -> bool:
+        """Whether every caption's image was found."""
+        return self.image_paths is not None
+
+    def __len__(self) -> int:
+        return self.captions.num_captions
+
+    def load_image(self, image_id: int) -> torch.Tensor:
+        """Image ``image_id`` as ``[3, H, W]`` float in [0, 1]."""
+        if self.image_paths is None:
+            raise DatasetNotFoundError(self.root, "this caption set has no image root", "image_root=... to load images")
+        return image_to_tensor(load_image(self.image_paths[image_id], self.image_size))
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image_id = int(self.captions.caption_to_image[index])
+        sample: dict[str, Any] = {"caption": self.captions.captions[index], "image_id": image_id, "caption_id": index}
+        if self.image_paths is not None:
+            sample["image"] = self.load_image(image_id)
+        return self.transforms(sample) if self.transforms else sample
+
+    def plot(self, sample: dict[str, Any]):
+        """Show a sample's image with all captions of that image; returns the figure."""
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(4, 4.8))
+        if "image" in sample:
+            ax.imshow(sample["image"].permute(1, 2, 0).cpu().numpy())
+        caps = self.captions.captions_of(sample["image_id"])
+        ax.set_title(self.captions.image_names[sample["image_id"]], fontsize=9)
+        ax.set_xlabel("\n".join(f"- {c}" for c in caps), fontsize=8, loc="left")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        fig.tight_layout()
+        return fig
+
+
+__all__ = [
+    "CaptionSet", "ImageResolver", "ImageTextDataset", "default_image_root", "find_karpathy_json", "read_captions",
+    "read_karpathy", "read_precomp", "tokenize",
+]

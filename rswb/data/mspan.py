@@ -1,0 +1,594 @@
+"""MS+PAN scenes: readers for the lab format and ``.mat`` pairs, validation, normalisation, patch sampling.
+
+Formats read here:
+
+* **lab folder**: ``ms4.tif`` (C bands, H x W), ``pan.tif`` (1 band, ratio*H x ratio*W), label maps ``train.npy`` /
+  ``test.npy`` on the MS grid (0 = unlabelled, 1..C = classes); older variants with a single ``label*.npy`` or
+  ``label*.mat``; an optional ``classes.txt`` (line k names class k+1). GeoTIFFs are read with rasterio and their
+  CRS and affine transform are kept.
+* **``.mat`` pair** (e.g. the pansharpening benchmark files): ``I_MS`` (H x W x C), ``I_PAN`` (rH x rW), ``ratio``.
+
+A labelled MS pixel ``(r, c)`` gives an MS patch of ``ms_patch`` pixels around it (``(ms_patch-1)//2`` before, the
+rest after: 7/8 for 16) and the PAN patch that covers the same ground, centred on the PAN footprint of the MS patch
+(28/32 for 64 at ratio 4). Borders use reflect padding.
+
+The :class:`PatchSampler` pads the scene once and gathers whole batches of patches with one ``index_select`` per
+modality over an overlapping "row segment" view of the padded scene: every patch row is one contiguous
+memcpy, so a batch costs a small multiple of copying its bytes, with no Python loop over pixels. The same code runs on
+CUDA with the scene kept on the device.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rswb.data.errors import (
+    DataFormatError,
+    DatasetNotFoundError,
+    InvalidPixelError,
+    LabelRangeError,
+    ShapeMismatchError,
+    require_exists,
+)
+
+MS_NAMES = ("ms4.tif", "ms4.tiff", "ms.tif", "ms.tiff")
+PAN_NAMES = ("pan.tif", "pan.tiff")
+SPLIT_NAMES = ("train", "test")
+
+
+@dataclass
+class MSPANScene:
+    """One co-registered MS+PAN scene with optional label maps.
+
+    Attributes:
+        ms: multispectral image, ``[C, H, W]`` float32.
+        pan: panchromatic image, ``[1, ratio*H, ratio*W]`` float32.
+        ratio: PAN pixels per MS pixel along each axis.
+        labels: label maps on the MS grid by name (``"train"``, ``"test"`` or ``"label"``), ``[H, W]`` int64,
+            0 = unlabelled, 1..C = classes.
+        class_names: names of classes 1..C (index 0 names class 1), or ``None``.
+        source: the folder or file the scene was read from.
+        crs: coordinate reference system (WKT string) of the GeoTIFFs, if any.
+        ms_transform: affine transform of the MS grid (rasterio ``Affine``), if any.
+        pan_transform: affine transform of the PAN grid, if any.
+        meta: anything else worth keeping (sensor, RGB band indices, normalisation statistics, ...).
+    """
+
+    ms: np.ndarray
+    pan: np.ndarray
+    ratio: int
+    labels: dict[str, np.ndarray] = field(default_factory=dict)
+    class_names: list[str] | None = None
+    source: Path | None = None
+    crs: str | None = None
+    ms_transform: Any = None
+    pan_transform: Any = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def bands(self) -> int:
+        """Number of MS bands."""
+        return int(self.ms.shape[0])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """MS grid size ``(H, W)``."""
+        return int(self.ms.shape[1]), int(self.ms.shape[2])
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes: from ``class_names`` when known, else the largest label value in any map."""
+        if self.class_names is not None:
+            return len(self.class_names)
+        return max((int(m.max()) for m in self.labels.values() if m.size), default=0)
+
+    def class_counts(self, split: str) -> dict[int, int]:
+        """Labelled pixels per class value (1..C) in the label map ``split``."""
+        values, counts = np.unique(self.labels[split], return_counts=True)
+        return {int(v): int(n) for v, n in zip(values, counts) if v != 0}
+
+    def labelled_pixels(self, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rows, columns and 0-based class indices (map value - 1) of every labelled pixel of ``split``."""
+        if split not in self.labels:
+            raise DataFormatError(self.source, f"no label map named {split!r}", f"one of {sorted(self.labels)}")
+        m = self.labels[split]
+        rows, cols = np.nonzero(m)
+        return rows, cols, m[rows, cols].astype(np.int64) - 1
+
+    def normalized(self, method: str = "minmax", percentiles: tuple[float, float] = (2.0, 98.0)) -> MSPANScene:
+        """Return a copy with every band scaled to [0, 1]; the statistics are computed once, here.
+
+        Args:
+            method: ``"minmax"`` (per-band minimum and maximum) or ``"percentile"`` (per-band percentiles,
+                clipped outside them; robust to a few saturated pixels).
+            percentiles: lower and upper percentile for ``"percentile"``.
+        """
+        ms_lo, ms_hi = band_stats(self.ms, method, percentiles)
+        pan_lo, pan_hi = band_stats(self.pan, method, percentiles)
+        meta = dict(self.meta)
+        meta["normalization"] = {
+            "method": method,
+            "ms_low": ms_lo.tolist(),
+            "ms_high": ms_hi.tolist(),
+            "pan_low": pan_lo.tolist(),
+            "pan_high": pan_hi.tolist(),
+        }
+        return replace(
+            self, ms=apply_band_stats(self.ms, ms_lo, ms_hi), pan=apply_band_stats(self.pan, pan_lo, pan_hi), meta=meta
+        )
+
+    def rgb(self, bands: Sequence[int] | None = None) -> np.ndarray:
+        """A displayable ``[H, W, 3]`` composite in [0, 1] (2-98 % stretch per band).
+
+        Args:
+            bands: three 0-based band indices; default: the file's RGB indices when it has them, else
+                NIR-R-G false colour (3, 2, 1) for 4 bands, else the first three bands.
+        """
+        if bands is None:
+            bands = self.meta.get("rgb_bands") or ((3, 2, 1) if self.bands == 4 else (0, 1, 2)[: self.bands])
+        img = self.ms[list(bands)]
+        lo, hi = band_stats(img, "percentile", (2.0, 98.0))
+        img = apply_band_stats(img, lo, hi)
+        if img.shape[0] == 1:
+            img = np.repeat(img, 3, axis=0)
+        return np.moveaxis(img, 0, -1)
+
+    def plot(self, splits: Sequence[str] | None = None, figsize: tuple[float, float] | None = None):
+        """Show the MS composite, the PAN image and the label maps side by side; returns the figure."""
+        import matplotlib.pyplot as plt
+
+        splits = list(self.labels) if splits is None else list(splits)
+        n = 2 + len(splits)
+        fig, axes = plt.subplots(1, n, figsize=figsize or (4 * n, 4), squeeze=False)
+        axes = axes[0]
+        axes[0].imshow(self.rgb())
+        axes[0].set_title(f"MS composite ({self.bands} bands, {self.shape[0]}x{self.shape[1]})")
+        pan = self.pan[0]
+        lo, hi = np.percentile(pan[:: max(1, pan.shape[0] // 512), :: max(1, pan.shape[1] // 512)], (2, 98))
+        axes[1].imshow(np.clip((pan - lo) / max(hi - lo, 1e-12), 0, 1), cmap="gray")
+        axes[1].set_title(f"PAN ({pan.shape[0]}x{pan.shape[1]}, ratio {self.ratio})")
+        cmap = label_colormap(self.num_classes)
+        for ax, name in zip(axes[2:], splits):
+            ax.imshow(self.labels[name], cmap=cmap, vmin=0, vmax=max(self.num_classes, 1), interpolation="nearest")
+            ax.set_title(f"{name} labels ({int((self.labels[name] > 0).sum())} px)")
+        for ax in axes:
+            ax.set_axis_off()
+        fig.tight_layout()
+        return fig
+
+
+def label_colormap(num_classes: int):
+    """A fixed colour table for label maps: black for 0 (unlabelled), then tab20 colours for 1..C."""
+    from matplotlib import colormaps
+    from matplotlib.colors import ListedColormap
+
+    base = colormaps["tab20"].colors
+    colors = [(0.0, 0.0, 0.0)] + [base[i % len(base)] for i in range(max(num_classes, 1))]
+    return ListedColormap(colors)
+
+
+# ----------------------------------------------------------------------------------------------------------- reading
+
+
+def read_raster(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
+    """Read a raster (GeoTIFF or anything rasterio opens) as ``[C, H, W]`` plus its georeferencing.
+
+    Returns:
+        The pixel array and ``{"crs": WKT or None, "transform": Affine or None}``.
+
+    Raises:
+        DatasetNotFoundError: the file does not exist.
+        DataFormatError: rasterio cannot decode it.
+    """
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+
+    path = require_exists(path, "raster file")
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            # Plain TIFFs without georeferencing are fine: we then keep no CRS/transform.
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as src:
+                arr = src.read()
+                crs = src.crs.to_wkt() if src.crs else None
+                transform = None if src.transform.is_identity else src.transform
+    except RasterioIOError as err:
+        raise DataFormatError(path, f"cannot read raster ({err})", "a GeoTIFF readable by rasterio") from err
+    return arr, {"crs": crs, "transform": transform}
+
+
+def read_label_map(path: str | Path) -> np.ndarray:
+    """Read a label map from ``.npy`` or ``.mat`` (the single 2-D array variable, or one named like ``label``/``gt``).
+
+    Raises:
+        DatasetNotFoundError: the file does not exist.
+        DataFormatError: the file cannot be parsed or holds no 2-D array.
+    """
+    path = require_exists(path, "label map")
+    try:
+        if path.suffix == ".npy":
+            arr = np.load(path, allow_pickle=False)
+        elif path.suffix == ".mat":
+            arr = _pick_mat_label(path)
+        else:
+            raise DataFormatError(path, f"unsupported label file type {path.suffix!r}", ".npy or .mat")
+    except (ValueError, OSError) as err:
+        if isinstance(err, DataFormatError):
+            raise
+        raise DataFormatError(path, f"cannot read label map ({err})", "a NumPy .npy or MATLAB .mat file") from err
+    if arr.ndim != 2:
+        raise ShapeMismatchError(path, f"label map has shape {arr.shape}", "a 2-D [H, W] array")
+    return arr
+
+
+def _pick_mat_label(path: Path) -> np.ndarray:
+    import scipy.io
+
+    data = {k: v for k, v in scipy.io.loadmat(path).items() if not k.startswith("__")}
+    arrays = {k: v for k, v in data.items() if isinstance(v, np.ndarray) and v.ndim == 2 and min(v.shape) > 1}
+    for key in arrays:
+        if key.lower() in ("label", "labels", "gt", "train", "test", "map"):
+            return arrays[key]
+    if len(arrays) == 1:
+        return next(iter(arrays.values()))
+    raise DataFormatError(path, f"cannot tell which variable is the label map among {sorted(arrays)}",
+                          "one 2-D variable, or one named 'label' or 'gt'")
+
+
+def load_mspan(path: str | Path, ratio: int | None = None, num_classes: int | None = None) -> MSPANScene:
+    """Read an MS+PAN scene from a lab-format folder or a ``.mat`` pair and validate it.
+
+    Args:
+        path: a folder with ``ms4.tif`` + ``pan.tif`` (+ label maps) or a ``.mat`` file with ``I_MS``/``I_PAN``.
+        ratio: PAN/MS resolution ratio; default: the ``.mat`` file's ``ratio``, else 4.
+        num_classes: number of classes C, to check label values against 0..C; default: ``classes.txt`` if
+            present, else only non-negativity is checked.
+
+    Raises:
+        DataError: a subclass naming the file and the problem (see :func:`validate_scene`).
+    """
+    path = require_exists(path, "MS+PAN scene")
+    if path.is_dir():
+        scene = _load_folder(path, ratio)
+    elif path.suffix.lower() == ".mat":
+        scene = _load_mat(path, ratio)
+    else:
+        raise DataFormatError(path, "not an MS+PAN scene", "a folder with ms4.tif and pan.tif, or a .mat file")
+    validate_scene(scene, num_classes)
+    return scene
+
+
+def _find(root: Path, names: Sequence[str]) -> Path | None:
+    return next((root / n for n in names if (root / n).exists()), None)
+
+
+def _load_folder(root: Path, ratio: int | None) -> MSPANScene:
+    ms_path, pan_path = _find(root, MS_NAMES), _find(root, PAN_NAMES)
+    if ms_path is None or pan_path is None:
+        missing = MS_NAMES[0] if ms_path is None else PAN_NAMES[0]
+        raise DatasetNotFoundError(root / missing, "MS+PAN folder lacks this file",
+                                   f"{MS_NAMES[0]} and {PAN_NAMES[0]} in {root}")
+    ms, ms_geo = read_raster(ms_path)
+    pan, pan_geo = read_raster(pan_path)
+    if pan.shape[0] != 1:
+        raise ShapeMismatchError(pan_path, f"PAN has {pan.shape[0]} bands", "1 band")
+    labels, label_files = {}, {}
+    for split in SPLIT_NAMES:
+        p = _find(root, (f"{split}.npy", f"{split}.mat"))
+        if p is not None:
+            labels[split], label_files[split] = read_label_map(p), p
+    if not labels:
+        singles = sorted(root.glob("label*.npy")) + sorted(root.glob("label*.mat"))
+        if singles:
+            labels["label"], label_files["label"] = read_label_map(singles[0]), singles[0]
+    names = None
+    if (root / "classes.txt").exists():
+        names = [ln.strip() for ln in (root / "classes.txt").read_text().splitlines() if ln.strip()]
+    return MSPANScene(
+        ms=ms.astype(np.float32, copy=False),
+        pan=pan.astype(np.float32, copy=False),
+        ratio=ratio or 4,
+        labels=labels,
+        class_names=names,
+        source=root,
+        crs=ms_geo["crs"],
+        ms_transform=ms_geo["transform"],
+        pan_transform=pan_geo["transform"],
+        meta={"files": {"ms": ms_path, "pan": pan_path, **label_files}},
+    )
+
+
+def _load_mat(path: Path, ratio: int | None) -> MSPANScene:
+    import scipy.io
+
+    try:
+        data = scipy.io.loadmat(path)
+    except Exception as err:  # scipy raises several types for a corrupt file
+        raise DataFormatError(path, f"cannot read MATLAB file ({err})", "a MATLAB v5/v7 .mat file") from err
+    for key in ("I_MS", "I_PAN"):
+        if key not in data:
+            raise DataFormatError(path, f"variable {key!r} is missing", "variables I_MS (H x W x C) and I_PAN")
+    ms, pan = np.asarray(data["I_MS"]), np.asarray(data["I_PAN"])
+    if ms.ndim == 2:
+        ms = ms[..., None]
+    if ms.ndim != 3:
+        raise ShapeMismatchError(path, f"I_MS has shape {ms.shape}", "H x W x C")
+    if pan.ndim == 3 and pan.shape[2] == 1:
+        pan = pan[..., 0]
+    if pan.ndim != 2:
+        raise ShapeMismatchError(path, f"I_PAN has shape {pan.shape}", "a single-band rH x rW image")
+    file_ratio = int(np.asarray(data["ratio"]).ravel()[0]) if "ratio" in data else None
+    meta: dict[str, Any] = {"files": {"ms": path, "pan": path}}
+    if "sensor" in data:
+        meta["sensor"] = str(np.asarray(data["sensor"]).ravel()[0])
+    if "L" in data:
+        meta["bit_depth"] = int(np.asarray(data["L"]).ravel()[0])
+    if "RGB_indexes" in data:
+        meta["rgb_bands"] = [int(i) - 1 for i in np.asarray(data["RGB_indexes"]).ravel()]  # MATLAB is 1-based
+    labels = {}
+    for key in ("label", "gt", "train", "test"):
+        if key in data and np.asarray(data[key]).ndim == 2:
+            labels[key if key in ("train", "test") else "label"] = np.asarray(data[key])
+    return MSPANScene(
+        ms=np.moveaxis(ms, -1, 0).astype(np.float32),
+        pan=pan[None].astype(np.float32),
+        ratio=ratio or file_ratio or 4,
+        labels=labels,
+        source=path,
+        meta=meta,
+    )
+
+
+def validate_scene(scene: MSPANScene, num_classes: int | None = None, allow_overlap: bool = False) -> None:
+    """Check a scene's consistency; raise a :class:`DataError` naming the file on the first problem.
+
+    Checks: ``[C, H, W]`` MS and ``[1, rH, rW]`` PAN with ``r = scene.ratio``; finite pixels; label maps of shape
+    ``[H, W]`` with integer values in ``0..C``; ``train`` and ``test`` maps labelling disjoint pixels.
+    Label maps are converted to int64 in place.
+    """
+    files = scene.meta.get("files", {})
+    ms_file, pan_file = files.get("ms", scene.source), files.get("pan", scene.source)
+    if scene.ms.ndim != 3 or min(scene.ms.shape) == 0:
+        raise ShapeMismatchError(ms_file, f"MS array has shape {scene.ms.shape}", "[C, H, W] with C, H, W > 0")
+    _, h, w = scene.ms.shape
+    r = scene.ratio
+    if scene.pan.shape != (1, r * h, r * w):
+        got = "x".join(map(str, scene.pan.shape[-2:]))
+        raise ShapeMismatchError(pan_file, f"PAN is {got} but MS is {h}x{w} at ratio {r}",
+                                 f"PAN of {r * h}x{r * w} (ratio x MS), or pass the right ratio")
+    for name, arr, f in (("MS", scene.ms, ms_file), ("PAN", scene.pan, pan_file)):
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            where = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise InvalidPixelError(f, f"{name} has {int(bad.sum())} NaN/inf pixels (first at index {where})",
+                                    "finite values; mask or fill them before use")
+    c = num_classes if num_classes is not None else (len(scene.class_names) if scene.class_names else None)
+    for name, m in scene.labels.items():
+        f = files.get(name, scene.source)
+        if m.shape != (h, w):
+            raise ShapeMismatchError(f, f"label map {name!r} has shape {m.shape}", f"the MS grid {h}x{w}")
+        if not np.issubdtype(m.dtype, np.integer):
+            if not np.issubdtype(m.dtype, np.floating) or not np.all(np.isfinite(m)) or np.any(m != np.round(m)):
+                raise LabelRangeError(f, f"label map {name!r} holds non-integer values ({m.dtype})",
+                                      "integer class values 0..C")
+        lo, hi = int(m.min()), int(m.max())
+        if lo < 0 or (c is not None and hi > c):
+            rng = f"0..{c}" if c is not None else "0..C (non-negative)"
+            raise LabelRangeError(f, f"label map {name!r} has values {lo}..{hi}", f"values in {rng}, 0 = unlabelled")
+        scene.labels[name] = m.astype(np.int64, copy=False)
+    if not allow_overlap and "train" in scene.labels and "test" in scene.labels:
+        both = (scene.labels["train"] > 0) & (scene.labels["test"] > 0)
+        if both.any():
+            raise DataFormatError(files.get("test", scene.source),
+                                  f"{int(both.sum())} pixels are labelled in both train and test maps",
+                                  "disjoint train/test pixel sets (test pixels must not be trained on)")
+
+
+# ----------------------------------------------------------------------------------------------------- normalisation
+
+
+def band_stats(x: np.ndarray, method: str = "minmax", percentiles: tuple[float, float] = (2.0, 98.0),
+               max_samples: int = 4_000_000) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band low/high statistics of ``x`` ``[C, H, W]`` for scaling to [0, 1].
+
+    ``"percentile"`` estimates the percentiles on a regular sub-grid of at most ``max_samples`` pixels per band
+    (exact for small images), since sorting a full 8,000 x 8,000 PAN would dominate the load time.
+    """
+    flat = x.reshape(x.shape[0], -1)
+    if method == "minmax":
+        return flat.min(axis=1).astype(np.float32), flat.max(axis=1).astype(np.float32)
+    if method == "percentile":
+        step = max(1, math.ceil(flat.shape[1] / max_samples))
+        lo, hi = np.percentile(flat[:, ::step], percentiles, axis=1)
+        return lo.astype(np.float32), hi.astype(np.float32)
+    raise ValueError(f"unknown normalisation {method!r}; use 'minmax' or 'percentile'")
+
+
+def apply_band_stats(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Scale each band of ``x`` ``[C, H, W]`` linearly so ``lo -> 0`` and ``hi -> 1``, clipping outside."""
+    lo = lo.reshape(-1, 1, 1)
+    span = np.maximum(hi.reshape(-1, 1, 1) - lo, np.float32(1e-12))
+    return np.clip((x - lo) / span, 0.0, 1.0, dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------- patch sampling
+
+
+def patch_padding(ms_patch: int, pan_patch: int, ratio: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Reflect-padding ``(before, after)`` for the MS grid and the PAN grid.
+
+    The MS patch of pixel r spans ``r - before .. r + after`` with ``before = (ms_patch - 1) // 2``. The PAN patch is
+    centred on the ground footprint of that MS patch, so with ``pan_patch = ratio * ms_patch`` it is exactly that
+    footprint (16 -> 7/8, 64 -> 28/32 at ratio 4).
+    """
+    ms_before = (ms_patch - 1) // 2
+    ms_after = ms_patch - 1 - ms_before
+    pan_before = ratio * ms_before + (pan_patch - ratio * ms_patch) // 2
+    pan_after = pan_patch - pan_before - ratio
+    if pan_before < 0 or pan_after < 0:
+        raise ValueError(f"PAN patch {pan_patch} is smaller than one MS pixel footprint at ratio {ratio}")
+    return (ms_before, ms_after), (pan_before, pan_after)
+
+
+class PatchSampler:
+    """Vectorised MS/PAN patch-pair gathering from one scene, on CPU or on the scene's device.
+
+    The scene is padded once (reflect) and kept as an HWC MS tensor and a PAN tensor on ``device``. A batch of
+    ``B`` pixels is gathered with two ``index_select`` calls over overlapping row-segment views, so each patch row is
+    one contiguous copy and no per-pixel Python code runs. MS patches come out as ``[B, C, p, p]`` in channels-last
+    memory format (the natural layout of an HWC gather; convolutions accept it directly), PAN as ``[B, 1, P, P]``.
+
+    Args:
+        scene: the scene; use :meth:`MSPANScene.normalized` first if the model expects [0, 1] inputs.
+        ms_patch: MS patch size p (default 16).
+        pan_patch: PAN patch size P (default ``ratio * ms_patch``).
+        device: where the padded scene lives and batches are produced (default CPU).
+        dtype: floating dtype of the stored scene and the patches.
+    """
+
+    def __init__(self, scene: MSPANScene, ms_patch: int = 16, pan_patch: int | None = None,
+                 device: str | torch.device | None = None, dtype: torch.dtype = torch.float32):
+        self.scene = scene
+        self.ratio = r = scene.ratio
+        self.ms_patch = p = ms_patch
+        self.pan_patch = q = pan_patch if pan_patch is not None else r * ms_patch
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        (mb, ma), (pb, pa) = patch_padding(p, q, r)
+        c, h, w = scene.ms.shape
+        ms = np.pad(np.moveaxis(scene.ms, 0, -1), ((mb, ma), (mb, ma), (0, 0)), mode="reflect")
+        pan = np.pad(scene.pan[0], ((pb, pa), (pb, pa)), mode="reflect")
+        # Widen PAN to a multiple of the ratio so that a patch starting at PAN column ratio*c is segment number
+        # y * (width / ratio) + c of a view whose segments start every `ratio` elements. The extra columns are
+        # never read (every patch ends inside the reflect padding).
+        extra = (-pan.shape[1]) % r
+        if extra:
+            pan = np.pad(pan, ((0, 0), (0, extra)), mode="edge")
+        self._ms = torch.as_tensor(np.ascontiguousarray(ms), dtype=dtype).to(self.device)
+        self._pan = torch.as_tensor(np.ascontiguousarray(pan), dtype=dtype).to(self.device)
+        self._ms_w = ms.shape[1]
+        self._pan_segw = pan.shape[1] // r
+        self._ms_seg = self._ms.as_strided(((self._ms.numel() - p * c) // c + 1, p * c), (c, 1))
+        self._pan_seg = self._pan.as_strided(((self._pan.numel() - q) // r + 1, q), (r, 1))
+        self._p_off = torch.arange(p, device=self.device)
+        self._q_off = torch.arange(q, device=self.device)
+        self.bands, self.height, self.width = c, h, w
+
+    def gather(self, rows: torch.Tensor | np.ndarray, cols: torch.Tensor | np.ndarray) -> dict[str, torch.Tensor]:
+        """Patches around MS pixels ``(rows[i], cols[i])``.
+
+        Returns:
+            ``{"ms": [B, C, p, p], "pan": [B, 1, P, P]}`` on the sampler's device.
+        """
+        rows = torch.as_tensor(rows, device=self.device, dtype=torch.long)
+        cols = torch.as_tensor(cols, device=self.device, dtype=torch.long)
+        if rows.numel() and (rows.min() < 0 or rows.max() >= self.height or cols.min() < 0 or cols.max() >= self.width):
+            raise IndexError(f"pixel outside the {self.height}x{self.width} MS grid")
+        b, c, p, q = rows.numel(), self.bands, self.ms_patch, self.pan_patch
+        ms_idx = (rows[:, None] + self._p_off) * self._ms_w + cols[:, None]  # [B, p] segment ids
+        pan_idx = (rows[:, None] * self.ratio + self._q_off) * self._pan_segw + cols[:, None]  # [B, P]
+        ms = self._ms_seg.index_select(0, ms_idx.reshape(-1)).view(b, p, p, c).permute(0, 3, 1, 2)
+        pan = self._pan_seg.index_select(0, pan_idx.reshape(-1)).view(b, 1, q, q)
+        return {"ms": ms, "pan": pan}
+
+    def batches(self, rows: np.ndarray, cols: np.ndarray, labels: np.ndarray | None = None, batch_size: int = 128,
+                shuffle: bool = True, seed: int = 0, drop_last: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+        """Iterate over training batches ``{"ms", "pan", "label", "row", "col"}`` of the given pixels.
+
+        Args:
+            rows, cols: MS pixel coordinates ``[N]``.
+            labels: 0-based class index per pixel ``[N]`` (optional).
+            batch_size: pixels per batch.
+            shuffle: visit pixels in a seeded random order.
+            seed: seed of that order (its own generator: it does not touch the global RNG).
+            drop_last: drop a last incomplete batch.
+        """
+        n = len(rows)
+        order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
+        rows_t = torch.as_tensor(np.asarray(rows)[order], device=self.device, dtype=torch.long)
+        cols_t = torch.as_tensor(np.asarray(cols)[order], device=self.device, dtype=torch.long)
+        lab_t = None if labels is None else torch.as_tensor(np.asarray(labels)[order], device=self.device)
+        stop = n - n % batch_size if drop_last else n
+        for start in range(0, stop, batch_size):
+            r, c = rows_t[start:start + batch_size], cols_t[start:start + batch_size]
+            batch = self.gather(r, c)
+            batch["row"], batch["col"] = r, c
+            if lab_t is not None:
+                batch["label"] = lab_t[start:start + batch_size]
+            yield batch
+
+
+class MSPANPatchDataset(torch.utils.data.Dataset):
+    """Labelled pixels of one split as dict samples ``{"ms": [C,p,p], "pan": [1,P,P], "label", "row", "col"}``.
+
+    ``label`` is the 0-based class index (map value - 1). ``__getitems__`` gathers a whole batch at once, which
+    :class:`torch.utils.data.DataLoader` uses automatically, so a DataLoader over this dataset is vectorised too.
+
+    Args:
+        root: lab-format folder or ``.mat`` pair, or an already loaded :class:`MSPANScene`.
+        split: label map to take pixels from (``"train"``, ``"test"`` or ``"label"``).
+        transforms: optional callable applied to each sample dict (or batch dict in ``__getitems__``).
+        ms_patch, pan_patch: patch sizes.
+        normalize: ``"minmax"``, ``"percentile"`` or ``None`` (raw values).
+    """
+
+    def __init__(self, root: str | Path | MSPANScene, split: str = "train", transforms=None, ms_patch: int = 16,
+                 pan_patch: int | None = None, normalize: str | None = "minmax"):
+        scene = root if isinstance(root, MSPANScene) else load_mspan(root)
+        if normalize:
+            scene = scene.normalized(normalize)
+        self.scene, self.split, self.transforms = scene, split, transforms
+        self.rows, self.cols, self.labels = scene.labelled_pixels(split)
+        self.sampler = PatchSampler(scene, ms_patch, pan_patch)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        idx = np.asarray(indices)
+        batch = self.sampler.gather(self.rows[idx], self.cols[idx])
+        ms, pan = batch["ms"].contiguous(), batch["pan"]
+        samples = [
+            {"ms": ms[i], "pan": pan[i], "label": int(self.labels[j]), "row": int(self.rows[j]), "col": int(self.cols[j])}
+            for i, j in enumerate(idx)
+        ]
+        return [self.transforms(s) for s in samples] if self.transforms else samples
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.__getitems__([index])[0]
+
+    def plot(self, sample: dict[str, Any], bands: Sequence[int] | None = None):
+        """Show one sample's MS composite and PAN patch with its class; returns the figure."""
+        import matplotlib.pyplot as plt
+
+        ms = sample["ms"].detach().cpu().numpy()
+        bands = list(bands or ((3, 2, 1) if ms.shape[0] == 4 else (0, 1, 2)[: ms.shape[0]]))
+        img = np.moveaxis(ms[bands], 0, -1)
+        img = (img - img.min()) / max(float(img.max() - img.min()), 1e-12)
+        fig, axes = plt.subplots(1, 2, figsize=(6, 3))
+        axes[0].imshow(img if img.shape[-1] == 3 else img[..., 0], cmap=None if img.shape[-1] == 3 else "gray")
+        axes[0].set_title(f"MS {ms.shape[1]}x{ms.shape[2]}")
+        axes[1].imshow(sample["pan"][0].detach().cpu().numpy(), cmap="gray")
+        axes[1].set_title(f"PAN {sample['pan'].shape[-1]}x{sample['pan'].shape[-1]}")
+        names = self.scene.class_names
+        label = sample["label"]
+        fig.suptitle(f"class {label + 1}" + (f" ({names[label]})" if names else "") +
+                     f" at ({sample['row']}, {sample['col']})")
+        for ax in axes:
+            ax.set_axis_off()
+        fig.tight_layout()
+        return fig
+
+
+__all__ = [
+    "MSPANScene", "MSPANPatchDataset", "PatchSampler", "apply_band_stats", "band_stats", "label_colormap",
+    "load_mspan", "patch_padding", "read_label_map", "read_raster", "validate_scene",
+]

@@ -1,0 +1,199 @@
+"""Scene-classification folders (UC Merced and AID layouts) and their retrieval split rules.
+
+Layouts:
+
+* **UC Merced**: ``[Images/]<class>/<class>NN.<ext>`` (NN = 00..99). Split rule (DHCL protocol): NN 00-79 train,
+  80-99 query = database.
+* **AID**: ``<Class>/<class>_N.<ext>`` (N = 1..). Split rule: the first half of each class (by N) trains, the rest is
+  query = database.
+
+Extensions ``.tif .tiff .jpg .jpeg .png`` are accepted; images are decoded with Pillow.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rswb.data.errors import CorruptImageError, DataFormatError, DatasetNotFoundError, require_exists
+
+IMAGE_EXTS = (".tif", ".tiff", ".jpg", ".jpeg", ".png")
+SPLITS = ("all", "train", "query", "database", "test")
+
+
+@dataclass(frozen=True)
+class SceneRecord:
+    """One image of a scene folder: its file, 0-based class index, class name and number within the class."""
+
+    path: Path
+    label: int
+    class_name: str
+    number: int
+
+
+def load_image(path: str | Path, size: int | tuple[int, int] | None = None) -> np.ndarray:
+    """Decode an image file to an RGB ``[H, W, 3]`` uint8 array, optionally resized (bilinear) to ``size``.
+
+    Raises:
+        DatasetNotFoundError: the file does not exist.
+        CorruptImageError: Pillow cannot decode it.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = require_exists(path, "image")
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if size is not None:
+                hw = (size, size) if isinstance(size, int) else tuple(size)
+                im = im.resize((hw[1], hw[0]), Image.BILINEAR)
+            return np.array(im, dtype=np.uint8)  # a writable copy (torch warns on read-only arrays)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise CorruptImageError(path, f"cannot decode image ({err.__class__.__name__}: {err})",
+                                "a readable .tif/.jpg/.png image; re-export or remove the file") from err
+
+
+def image_to_tensor(img: np.ndarray) -> torch.Tensor:
+    """``[H, W, 3]`` uint8 -> ``[3, H, W]`` float32 in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255.0)
+
+
+def _images_root(root: Path) -> Path:
+    return root / "Images" if (root / "Images").is_dir() else root
+
+
+def scan_scene_folder(root: str | Path, layout: str = "auto") -> tuple[list[SceneRecord], list[str], str]:
+    """List the images of a scene folder.
+
+    Args:
+        root: the dataset folder (its ``Images/`` sub-folder is used when present).
+        layout: ``"ucmerced"``, ``"aid"`` or ``"auto"`` (decided from the file names).
+
+    Returns:
+        ``(records, class_names, layout)``: records sorted by class then number; class names sorted, index = label.
+
+    Raises:
+        DatasetNotFoundError: the folder is missing or has no class folders.
+        DataFormatError: a class folder is empty or a file name does not follow the layout.
+    """
+    root = require_exists(root, "scene folder")
+    images = _images_root(root)
+    class_dirs = sorted(p for p in images.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise DatasetNotFoundError(images, "no class folders found", "<class>/<image files> (UC Merced or AID layout)")
+    files: dict[str, list[Path]] = {}
+    for d in class_dirs:
+        fs = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+        if not fs:
+            raise DataFormatError(d, "class folder has no images", f"files with extensions {', '.join(IMAGE_EXTS)}")
+        files[d.name] = fs
+    if layout == "auto":
+        first = class_dirs[0].name
+        stem = files[first][0].stem
+        layout = "aid" if re.fullmatch(rf"(?i){re.escape(first)}_\d+", stem) else "ucmerced"
+    if layout not in ("ucmerced", "aid"):
+        raise ValueError(f"unknown layout {layout!r}; use 'ucmerced', 'aid' or 'auto'")
+    records = []
+    for label, d in enumerate(class_dirs):
+        pattern = rf"(?i){re.escape(d.name)}_(\d+)" if layout == "aid" else rf"(?i){re.escape(d.name)}(\d+)"
+        for f in files[d.name]:
+            m = re.fullmatch(pattern, f.stem)
+            if m is None:
+                form = f"{d.name.lower()}_N" if layout == "aid" else f"{d.name}NN"
+                raise DataFormatError(f, f"file name does not follow the {layout} layout", f"{form}{f.suffix}")
+            records.append(SceneRecord(f, label, d.name, int(m.group(1))))
+    records.sort(key=lambda r: (r.label, r.number))
+    return records, [d.name for d in class_dirs], layout
+
+
+def split_mask(records: Sequence[SceneRecord], layout: str, split: str) -> np.ndarray:
+    """Boolean mask of ``records`` in ``split`` under the layout's rule (see module docstring).
+
+    ``"query"``, ``"database"`` and ``"test"`` are the same set: the protocol retrieves among the held-out images.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; use one of {SPLITS}")
+    if split == "all":
+        return np.ones(len(records), dtype=bool)
+    if layout == "ucmerced":
+        train = np.array([r.number < 80 for r in records], dtype=bool)
+    else:
+        train = np.zeros(len(records), dtype=bool)
+        labels = np.array([r.label for r in records])
+        for c in np.unique(labels):
+            idx = np.flatnonzero(labels == c)  # records are sorted by number within a class
+            train[idx[: len(idx) // 2]] = True
+    return train if split == "train" else ~train
+
+
+class SceneFolder(torch.utils.data.Dataset):
+    """A scene-classification folder as dict samples ``{"image": [3,H,W], "label", "index", "path"}``.
+
+    Args:
+        root: dataset folder (UC Merced or AID layout).
+        split: ``"all"``, ``"train"`` or ``"query"`` (= ``"database"`` = ``"test"``), by the layout's split rule.
+        transforms: optional callable applied to each sample dict.
+        layout: ``"auto"``, ``"ucmerced"`` or ``"aid"``.
+        image_size: resize every image to this size (UC Merced has a few images slightly below 256 x 256, so
+            batching needs a fixed size); ``None`` keeps the native size.
+    """
+
+    def __init__(self, root: str | Path, split: str = "all", transforms=None, layout: str = "auto",
+                 image_size: int | tuple[int, int] | None = None):
+        self.root = Path(root)
+        all_records, self.classes, self.layout = scan_scene_folder(root, layout)
+        mask = split_mask(all_records, self.layout, split)
+        self.records = [r for r, keep in zip(all_records, mask) if keep]
+        self.split, self.transforms, self.image_size = split, transforms, image_size
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """0-based class index of every sample ``[N]``."""
+        return np.array([r.label for r in self.records], dtype=np.int64)
+
+    def class_counts(self) -> dict[str, int]:
+        """Images per class name in this split."""
+        counts = Counter(r.class_name for r in self.records)
+        return {c: counts.get(c, 0) for c in self.classes}
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        rec = self.records[index]
+        sample = {"image": image_to_tensor(load_image(rec.path, self.image_size)), "label": rec.label,
+                  "index": index, "path": str(rec.path)}
+        return self.transforms(sample) if self.transforms else sample
+
+    def verify(self, progress: bool = False) -> Counter:
+        """Decode every image (raises :class:`CorruptImageError` on the first bad one); returns a Counter of sizes."""
+        from PIL import Image
+        from tqdm.auto import tqdm
+
+        sizes: Counter = Counter()
+        for rec in tqdm(self.records, desc="decoding images", disable=not progress):
+            load_image(rec.path)  # full decode: a truncated JPEG only fails here
+            with Image.open(rec.path) as im:
+                sizes[im.size[::-1]] += 1
+        return sizes
+
+    def plot(self, sample: dict[str, Any]):
+        """Show one sample with its class name; returns the figure."""
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(3, 3))
+        ax.imshow(sample["image"].permute(1, 2, 0).cpu().numpy())
+        ax.set_title(f"{self.classes[sample['label']]} ({Path(sample['path']).name})")
+        ax.set_axis_off()
+        fig.tight_layout()
+        return fig
+
+
+__all__ = ["SceneFolder", "SceneRecord", "image_to_tensor", "load_image", "scan_scene_folder", "split_mask"]
