@@ -504,7 +504,8 @@ class PatchSampler:
         """Iterate over training batches ``{"ms", "pan", "label", "row", "col"}`` of the given pixels.
 
         Args:
-            rows, cols: MS pixel coordinates ``[N]``.
+            rows: MS pixel rows ``[N]``.
+            cols: MS pixel columns ``[N]``.
             labels: 0-based class index per pixel ``[N]`` (optional).
             batch_size: pixels per batch.
             shuffle: visit pixels in a seeded random order.
@@ -557,7 +558,8 @@ class MSPANPatchDataset(torch.utils.data.Dataset):
         batch = self.sampler.gather(self.rows[idx], self.cols[idx])
         ms, pan = batch["ms"].contiguous(), batch["pan"]
         samples = [
-            {"ms": ms[i], "pan": pan[i], "label": int(self.labels[j]), "row": int(self.rows[j]), "col": int(self.cols[j])}
+            {"ms": ms[i], "pan": pan[i], "label": int(self.labels[j]), "row": int(self.rows[j]),
+             "col": int(self.cols[j])}
             for i, j in enumerate(idx)
         ]
         return [self.transforms(s) for s in samples] if self.transforms else samples

@@ -1,0 +1,45 @@
+# rswb: `make demo` and `make test` are all a new user types; both create the environment first when needed.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.rswb-installed
+# JupyterLab refuses to run as root without --allow-root (containers, lab servers).
+LAB_FLAGS ?= --no-browser --ip=127.0.0.1 $(if $(filter 0,$(shell id -u)),--allow-root,)
+
+.PHONY: setup demo test test-fast lint lab bench clean-data clean
+
+setup: $(STAMP)  ## create .venv and install rswb with every extra (idempotent: seconds when up to date)
+
+# Re-installs only when the package metadata or the pins change. torch is pinned in constraints.txt so that pip
+# never pulls a newer torch (GBs of CUDA wheels) through another package's requirement.
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt -e '.[all,dev]'
+	@touch $(STAMP)
+
+demo: $(STAMP)  ## generate the embedded data and print its validated summaries
+	$(BIN)/rswb data synth
+	$(BIN)/rswb data check data/embedded/mspan
+	$(BIN)/rswb data check data/embedded/scenes
+	$(BIN)/rswb data check data/embedded/captions
+
+test: $(STAMP) lint  ## lint, then the whole test suite (real-data tests skip with a reason without ../shared/data)
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)  ## the suite without slow tests
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check rswb tests benchmarks
+
+lab: $(STAMP)  ## JupyterLab on notebooks/ (headless: open the printed 127.0.0.1 URL with its token)
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(LAB_FLAGS)
+
+bench: $(STAMP)  ## speed benchmarks; JSON results next to their reference, see benchmarks/README.md
+	$(BIN)/python -m benchmarks.patch_sampler
+
+clean-data:
+	rm -rf data/embedded
+
+clean: clean-data
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

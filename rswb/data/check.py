@@ -1,0 +1,181 @@
+"""Format detection and human-readable summaries of a data path (``rswb data check``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rswb.data.captions import ImageResolver, default_image_root, find_karpathy_json, read_captions, read_karpathy
+from rswb.data.errors import DataFormatError, require_exists
+from rswb.data.mspan import MS_NAMES, PAN_NAMES, MSPANScene, load_mspan
+from rswb.data.scenes import IMAGE_EXTS, SceneFolder, split_mask
+
+FORMATS = ("mspan_folder", "mspan_mat", "scene_folder", "captions_precomp", "captions_karpathy")
+
+
+def detect_format(path: str | Path) -> str:
+    """Which rswb format ``path`` is in: one of :data:`FORMATS`.
+
+    Raises:
+        DatasetNotFoundError: ``path`` does not exist.
+        DataFormatError: it is none of the known formats.
+    """
+    path = require_exists(path, "data path")
+    if path.is_file():
+        if path.suffix.lower() == ".mat":
+            return "mspan_mat"
+        if path.suffix.lower() == ".json":
+            return "captions_karpathy"
+    elif any((path / n).exists() for n in MS_NAMES + PAN_NAMES):
+        return "mspan_folder"
+    elif any(path.glob("*_caps.txt")):
+        return "captions_precomp"
+    elif find_karpathy_json(path) is not None:
+        return "captions_karpathy"
+    else:
+        images = path / "Images" if (path / "Images").is_dir() else path
+        subdirs = [d for d in images.iterdir() if d.is_dir() and not d.name.startswith(".")]
+        if subdirs and any(f.suffix.lower() in IMAGE_EXTS for d in subdirs[:3] for f in d.iterdir()):
+            return "scene_folder"
+    raise DataFormatError(path, "unrecognised data format",
+                          "an MS+PAN folder (ms4.tif + pan.tif), a .mat pair, a scene folder (<class>/<images>), "
+                          "precomp captions ({split}_caps.txt) or a Karpathy dataset*.json")
+
+
+def summarize(path: str | Path, image_root: str | Path | None = None) -> dict[str, Any]:
+    """Read ``path`` with the matching reader (validating everything) and return a summary dict.
+
+    Args:
+        path: the data path.
+        image_root: for caption sets, where their images are (default: ``images/`` beside the captions).
+    """
+    path = Path(path)
+    fmt = detect_format(path)
+    if fmt.startswith("mspan"):
+        return {"format": fmt, "path": str(path), **_summarize_mspan(load_mspan(path))}
+    if fmt == "scene_folder":
+        return {"format": fmt, "path": str(path), **_summarize_scenes(path)}
+    return {"format": fmt, "path": str(path), **_summarize_captions(path, fmt, image_root)}
+
+
+def registration_correlation(scene: MSPANScene) -> float:
+    """Pearson correlation of PAN block-averaged to the MS grid with the MS band-mean intensity.
+
+    A co-registered pair gives a high value (PAN is roughly a weighted band sum); a shifted or wrong pair does not.
+    """
+    _, h, w = scene.ms.shape
+    r = scene.ratio
+    pan = scene.pan[0].astype(np.float64).reshape(h, r, w, r).mean(axis=(1, 3))
+    ms = scene.ms.astype(np.float64).mean(axis=0)
+    return float(np.corrcoef(pan.ravel(), ms.ravel())[0, 1])
+
+
+def _summarize_mspan(scene: MSPANScene) -> dict[str, Any]:
+    h, w = scene.shape
+    out: dict[str, Any] = {
+        "bands": scene.bands,
+        "ms_size": [h, w],
+        "pan_size": list(scene.pan.shape[1:]),
+        "ratio": scene.ratio,
+        "crs": (scene.crs[:60] + "...") if scene.crs and len(scene.crs) > 60 else scene.crs,
+        "ms_band_min": [float(v) for v in scene.ms.reshape(scene.bands, -1).min(1)],
+        "ms_band_max": [float(v) for v in scene.ms.reshape(scene.bands, -1).max(1)],
+        "pan_min_max": [float(scene.pan.min()), float(scene.pan.max())],
+        "pan_ms_correlation": round(registration_correlation(scene), 4),
+        "num_classes": scene.num_classes,
+        "class_names": scene.class_names,
+        "labels": {name: scene.class_counts(name) for name in scene.labels},
+    }
+    for key in ("sensor", "bit_depth"):
+        if key in scene.meta:
+            out[key] = scene.meta[key]
+    return out
+
+
+def _summarize_scenes(path: Path) -> dict[str, Any]:
+    ds = SceneFolder(path)
+    sizes = ds.verify()
+    train = split_mask(ds.records, ds.layout, "train")
+    return {
+        "layout": ds.layout,
+        "classes": len(ds.classes),
+        "images": len(ds),
+        "images_per_class": ds.class_counts(),
+        "split": {"train": int(train.sum()), "query_database": int((~train).sum())},
+        "image_sizes": {f"{hw[0]}x{hw[1]}": n for hw, n in sizes.most_common()},
+    }
+
+
+def _summarize_captions(path: Path, fmt: str, image_root: str | Path | None) -> dict[str, Any]:
+    splits: dict[str, Any] = {}
+    sets = []
+    if fmt == "captions_precomp":
+        names = sorted({p.name[: -len("_caps.txt")] for p in path.glob("*_caps.txt")})
+        sets = [read_captions(path, s, "precomp") for s in names]
+    else:
+        js = find_karpathy_json(path)
+        import json
+
+        present = sorted({str(i.get("split")) for i in json.loads(js.read_text()).get("images", [])})
+        sets = [read_karpathy(js, s) for s in present]
+    root = Path(image_root) if image_root is not None else default_image_root(path)
+    resolver = ImageResolver(root) if root is not None else None
+    for cs in sets:
+        st = cs.stats(top_words=10)
+        if resolver is not None:
+            paths = resolver.resolve_all(cs.image_names, cs.source)
+            st["images_found"] = len(set(paths))
+        splits[cs.split] = st
+    return {"image_root": str(root) if root else None, "splits": splits}
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """Render a :func:`summarize` result as an aligned plain-text report."""
+    lines = [f"{summary['path']}  [{summary['format']}]"]
+    fmt = summary["format"]
+    if fmt.startswith("mspan"):
+        lines += [
+            f"  MS   {summary['bands']} bands x {summary['ms_size'][0]} x {summary['ms_size'][1]}",
+            f"  PAN  1 band x {summary['pan_size'][0]} x {summary['pan_size'][1]}  (ratio {summary['ratio']})",
+            f"  CRS  {summary['crs'] or 'none'}",
+        ]
+        if "sensor" in summary:
+            lines.append(f"  sensor {summary['sensor']}, {summary.get('bit_depth', '?')}-bit")
+        ranges = ", ".join(f"{lo:g}..{hi:g}" for lo, hi in zip(summary["ms_band_min"], summary["ms_band_max"]))
+        lines.append(f"  MS band ranges: {ranges}")
+        lines.append(f"  PAN range: {summary['pan_min_max'][0]:g}..{summary['pan_min_max'][1]:g}")
+        lines.append(f"  PAN vs block-averaged MS intensity: r = {summary['pan_ms_correlation']:.3f}")
+        if not summary["labels"]:
+            lines.append("  labels: none")
+        names = summary.get("class_names")
+        for split, counts in summary["labels"].items():
+            lines.append(f"  {split} labels: {sum(counts.values())} px in {len(counts)} classes")
+            for c, n in counts.items():
+                name = f" {names[c - 1]}" if names and c - 1 < len(names) else ""
+                lines.append(f"    {c:>3}{name:<22} {n:>9} px")
+    elif fmt == "scene_folder":
+        lines.append(f"  layout {summary['layout']}: {summary['images']} images, {summary['classes']} classes")
+        split = summary["split"]
+        lines.append(f"  split: {split['train']} train / {split['query_database']} query=database")
+        sizes = list(summary["image_sizes"].items())
+        shown = ", ".join(f"{k} ({v})" for k, v in sizes[:3])
+        rest = sum(v for _, v in sizes[3:])
+        lines.append(f"  image sizes: {shown}" + (f", {len(sizes) - 3} other sizes ({rest} images)" if rest else ""))
+        for c, n in summary["images_per_class"].items():
+            lines.append(f"    {c:<24} {n:>6}")
+    else:
+        lines.append(f"  image root: {summary['image_root'] or 'none (text only)'}")
+        for split, st in summary["splits"].items():
+            cpi = st["captions_per_image"]
+            found = f", {st['images_found']} image files found" if "images_found" in st else ""
+            lines.append(f"  {split}: {st['images']} images, {st['captions']} captions{found}")
+            lines.append(f"    captions per image {cpi['min']}..{cpi['max']} (mean {cpi['mean']:.2f}); "
+                         f"words per caption {st['words_per_caption']['mean']:.1f}; vocabulary {st['vocabulary']}; "
+                         f"duplicates {100 * st['duplicate_rate']:.1f} %; empty {st['empty_captions']}")
+            lines.append("    frequent words: " + ", ".join(f"{w} ({n})" for w, n in st["top_words"]))
+    return "\n".join(lines)
+
+
+__all__ = ["FORMATS", "detect_format", "format_summary", "registration_correlation", "summarize"]
