@@ -108,17 +108,22 @@ def _summarize_scenes(path: Path) -> dict[str, Any]:
     }
 
 
+def _split_order(splits: set[str]) -> list[str]:
+    known = ["train", "restval", "val", "test"]
+    return [s for s in known if s in splits] + sorted(splits - set(known))
+
+
 def _summarize_captions(path: Path, fmt: str, image_root: str | Path | None) -> dict[str, Any]:
     splits: dict[str, Any] = {}
     sets = []
     if fmt == "captions_precomp":
-        names = sorted({p.name[: -len("_caps.txt")] for p in path.glob("*_caps.txt")})
+        names = _split_order({p.name[: -len("_caps.txt")] for p in path.glob("*_caps.txt")})
         sets = [read_captions(path, s, "precomp") for s in names]
     else:
         js = find_karpathy_json(path)
         import json
 
-        present = sorted({str(i.get("split")) for i in json.loads(js.read_text()).get("images", [])})
+        present = _split_order({str(i.get("split")) for i in json.loads(js.read_text()).get("images", [])})
         sets = [read_karpathy(js, s) for s in present]
     root = Path(image_root) if image_root is not None else default_image_root(path)
     resolver = ImageResolver(root) if root is not None else None

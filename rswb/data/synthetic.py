@@ -45,7 +45,7 @@ PARTS: tuple[str, ...] = ("mspan", "scenes", "captions")
 """Names of the embedded parts (also their folder names)."""
 
 MARKER_NAME = ".complete"
-"""Completion marker written last into every finished part folder (JSON with part, seed, version, params)."""
+"""Completion marker written last into every finished part folder (JSON: part, seed, version, generator)."""
 
 # Stable integer keys per part, mixed into the seed so that the parts draw independent random streams.
 _PART_KEY = {"mspan": 1, "scenes": 2, "captions": 3}
@@ -90,10 +90,10 @@ def _rng(seed: int, part: str, *keys: int) -> np.random.Generator:
 
 
 def _smooth_field(rng: np.random.Generator, height: int, width: int, coarse: int) -> np.ndarray:
-    """Smooth random field in about [-1, 1]: bilinear upsampling of a coarse Gaussian grid.
+    """Smooth random field in [-1, 1]: a coarse Gaussian grid upsampled with smoothstep weights.
 
-    Written in numpy (separable linear interpolation) rather than through an image library so that the result
-    does not depend on a resampling kernel implementation.
+    Written in numpy rather than through an image library's resize so that the result does not depend on a
+    resampling kernel implementation.
     """
     cy = max(2, int(coarse))
     cx = max(2, int(round(coarse * width / max(height, 1))))
@@ -139,11 +139,10 @@ PAN_WEIGHTS = np.array([0.10, 0.30, 0.35, 0.25])
 """Spectral response of the synthetic PAN band: PAN intensity = sum_b w_b * MS_b (weights sum to 1)."""
 
 MSPAN_DN_SCALE = 10000.0
-"""``ms4.tif`` / ``pan.tif`` store uint16 digital numbers = reflectance * 10000 (surface-reflectance convention)."""
+"""``ms4.tif`` / ``pan.tif`` hold uint16 digital numbers = reflectance * 10000 (surface-reflectance style)."""
 
-_TARGET_INTENSITY = (
-    0.15  # PAN-weighted reflectance shared by all spectra, so PAN brightness cannot tell them apart
-)
+# PAN-weighted reflectance shared by all spectra, so that PAN brightness cannot tell them apart.
+_TARGET_INTENSITY = 0.15
 
 # Spectral shapes (blue, green, red, nir); only the shape matters, each is rescaled to _TARGET_INTENSITY.
 _SPECTRUM_SHAPES: dict[str, tuple[float, float, float, float]] = {
@@ -156,7 +155,7 @@ MSPAN_SPECTRA: tuple[str, ...] = tuple(_SPECTRUM_SHAPES)
 """Names of the four spectra (index = spectrum id)."""
 
 MSPAN_TEXTURES: tuple[str, ...] = ("smooth", "rows", "columns", "checker")
-"""Names of the four PAN textures (index = texture id): none, horizontal stripes, vertical stripes, checkerboard."""
+"""Names of the four PAN textures (index = texture id): none, horizontal / vertical stripes, checkerboard."""
 
 # The classes form a ring spectrum0 - texture0 - spectrum1 - texture1 - ... - texture3 - spectrum0: class k
 # has texture k // 2 and spectrum ((k + 1) // 2) % 4. Every spectrum and every texture is used by exactly two
@@ -272,8 +271,8 @@ def _split_train_test(
         if n_train.min() >= _MIN_PIXELS_PER_CLASS and n_test.min() >= _MIN_PIXELS_PER_CLASS:
             return train, test
     raise ValueError(
-        f"could not split a {h}x{w} scene so that train and test both hold >= {_MIN_PIXELS_PER_CLASS} pixels of "
-        "every class; use a larger height/width (>= 96 works)"
+        f"could not split a {h}x{w} scene so that train and test both hold >= {_MIN_PIXELS_PER_CLASS} "
+        "pixels of every class; use a larger height / width"
     )
 
 
@@ -309,10 +308,10 @@ def synth_mspan_scene(out: Path, height: int = 200, width: int = 200, ratio: int
     Design: 8 classes = 4 spectra x 4 PAN textures arranged as a ring (:data:`MSPAN_CLASS_DESIGN`), so each
     class shares its spectrum with one class and its texture with another. All spectra have the same
     PAN-weighted intensity, and the textures have zero mean over every aligned ``ratio x ratio`` block, so MS
-    sees spectra only and PAN sees textures (plus shared brightness) only. A smooth illumination field (x 0.75
-    .. 1.25) and a per-region brightness factor multiply both modalities, so intensity varies and PAN stays
-    radiometrically consistent with MS: ``PAN = upsample_nearest(PAN_WEIGHTS @ MS) + amplitude * illumination
-    * texture + noise``.
+    sees spectra only and PAN sees textures (plus shared brightness) only. A smooth illumination field
+    (x 0.75..1.25) and a per-region brightness factor multiply both modalities, so intensity varies and PAN
+    stays radiometrically consistent with MS:
+    ``PAN = upsample_nearest(PAN_WEIGHTS @ MS) + amplitude * illumination * texture + noise``.
 
     Files written into ``out``:
         - ``ms4.tif``: uint16 ``[4, height, width]`` (blue, green, red, nir), DN = reflectance * 10000,
@@ -328,7 +327,7 @@ def synth_mspan_scene(out: Path, height: int = 200, width: int = 200, ratio: int
         out: Folder to write into (created if missing; existing files of the same names are overwritten).
         height: MS rows.
         width: MS columns.
-        ratio: PAN/MS resolution ratio (>= 2; textures are period-2 patterns, exact for even ratios).
+        ratio: PAN/MS resolution ratio (>= 2); the textures have exactly zero block mean for any ratio.
         seed: Random seed; equal seeds give byte-identical files.
 
     Returns:
@@ -397,42 +396,46 @@ def _mspan_readme(
     n_classes = len(MSPAN_CLASS_NAMES)
     n_train = np.bincount(train.ravel(), minlength=n_classes + 1)[1:]
     n_test = np.bincount(test.ravel(), minlength=n_classes + 1)[1:]
+    weights = ", ".join(f"{w:.2f}" for w in PAN_WEIGHTS)
     lines = [
         "rswb synthetic MS+PAN scene (lab format)",
         f"generator: rswb.data.synthetic.synth_mspan_scene, version {GENERATOR_VERSION}, seed {seed}",
         "",
-        f"ms4.tif   uint16, 4 bands ({', '.join(MSPAN_BANDS)}), {height} x {width}, DN = reflectance * 10000",
+        f"ms4.tif   uint16, 4 bands ({', '.join(MSPAN_BANDS)}), {height} x {width},",
+        "          DN = reflectance * 10000",
         f"pan.tif   uint16, 1 band, {height * ratio} x {width * ratio} (ratio {ratio}), same scale",
-        f"          EPSG:{_CRS_EPSG}, upper-left ({_ORIGIN[0]:.0f}, {_ORIGIN[1]:.0f}), MS pixel {_MS_PIXEL} m, "
-        f"PAN pixel {_MS_PIXEL / ratio} m",
-        "train.npy / test.npy   uint8 label maps on the MS grid, 0 = unlabelled, 1..8 = classes.txt line 1..8;",
-        f"          pixels within {_BOUNDARY_MARGIN} MS pixels of a class boundary are unlabelled; train and test are",
-        f"          disjoint ({_SPLIT_BLOCK} x {_SPLIT_BLOCK} blocks assigned at random, half each)",
+        f"          EPSG:{_CRS_EPSG}, upper-left corner ({_ORIGIN[0]:.0f}, {_ORIGIN[1]:.0f}),",
+        f"          MS pixel {_MS_PIXEL} m, PAN pixel {_MS_PIXEL / ratio} m",
+        "train.npy / test.npy",
+        "          uint8 label maps on the MS grid, 0 = unlabelled, k = classes.txt line k;",
+        f"          pixels within {_BOUNDARY_MARGIN} MS pixels of a class boundary are unlabelled;",
+        f"          train and test are disjoint ({_SPLIT_BLOCK} x {_SPLIT_BLOCK} blocks, half each)",
         "",
         "Design: neither modality alone separates the classes.",
         f"- Layout: warped jittered-grid Voronoi partition into {n_cells} regions, each one class.",
-        f"- 4 spectra with the same PAN-weighted intensity {_TARGET_INTENSITY} "
-        f"(PAN weights {', '.join(f'{w:.2f}' for w in PAN_WEIGHTS)}):",
+        f"- 4 spectra (blue green red nir) with the same PAN-weighted intensity {_TARGET_INTENSITY}",
+        f"  (PAN weights {weights}):",
     ]
     for name, vec in zip(MSPAN_SPECTRA, spectra):
         lines.append(f"    {name:<11s} {' '.join(f'{v:.4f}' for v in vec)}")
     lines += [
-        "- 4 textures, only at PAN resolution, zero mean over every aligned ratio x ratio block (invisible in MS):",
-        "    smooth (none), rows (period-2 horizontal stripes), columns (period-2 vertical stripes), checker",
-        f"    amplitude {_TEXTURE_AMPLITUDE} reflectance x illumination",
+        "- 4 textures, only at PAN resolution, zero mean over every aligned ratio x ratio block",
+        "  (so invisible in MS): smooth (none), rows (period-2 horizontal stripes),",
+        "  columns (period-2 vertical stripes), checker (period-2 checkerboard);",
+        f"  amplitude {_TEXTURE_AMPLITUDE} reflectance x illumination.",
         "- 8 classes on a ring: each shares its spectrum with one class and its texture with another.",
-        "- Brightness: smooth illumination field (x 0.75..1.25) times a per-region factor (x 0.92..1.08), applied to",
-        "  MS and PAN alike; spectra jittered +-4 % per band per region and renormalised to the common intensity.",
+        "- Brightness: smooth illumination field (x 0.75..1.25) times a per-region factor",
+        "  (x 0.92..1.08), applied to MS and PAN alike; spectra jittered +-4 % per band per region",
+        "  and renormalised to the common intensity.",
         f"- Noise: MS sigma {_MS_NOISE}, PAN sigma {_PAN_NOISE} (reflectance).",
-        "- PAN = nearest-upsampled (PAN weights @ MS) + texture + noise, so the ratio x ratio block mean of PAN equals",
-        "  the PAN-weighted MS intensity up to noise.",
+        "- PAN = nearest-upsampled (PAN weights @ MS) + texture + noise, so the ratio x ratio",
+        "  block mean of PAN equals the PAN-weighted MS intensity up to noise.",
         "",
         "label  name                 spectrum     texture    train   test",
     ]
     for k, (name, (s, t)) in enumerate(zip(MSPAN_CLASS_NAMES, MSPAN_CLASS_DESIGN), start=1):
-        lines.append(
-            f"{k:>5d}  {name:<20s} {MSPAN_SPECTRA[s]:<12s} {MSPAN_TEXTURES[t]:<10s} {n_train[k - 1]:>5d} {n_test[k - 1]:>6d}"
-        )
+        spec, tex = MSPAN_SPECTRA[s], MSPAN_TEXTURES[t]
+        lines.append(f"{k:>5d}  {name:<20s} {spec:<12s} {tex:<10s} {n_train[k - 1]:>5d} {n_test[k - 1]:>6d}")
     return lines
 
 
@@ -455,11 +458,11 @@ def _coords(size: int) -> tuple[np.ndarray, np.ndarray]:
     return yy, xx
 
 
-def _rotated(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Coordinates (u along, v across) of a randomly rotated and shifted frame."""
+def _rotated(rng: np.random.Generator, size: int, spread: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Coordinates (u along, v across) of a randomly rotated frame centred in the middle ``spread`` share."""
     yy, xx = _coords(size)
     theta = rng.uniform(0, np.pi)
-    cy, cx = rng.uniform(0, size, 2)
+    cy, cx = rng.uniform((1 - spread) / 2 * size, (1 + spread) / 2 * size, 2)
     c, s = np.cos(theta), np.sin(theta)
     return (xx - cx) * c + (yy - cy) * s, -(xx - cx) * s + (yy - cy) * c
 
@@ -580,7 +583,7 @@ def _scene_checkerboard(rng: np.random.Generator, size: int) -> np.ndarray:
 def _scene_river(rng: np.random.Generator, size: int) -> np.ndarray:
     # A meandering band: the band shape of "road", water colour and a curved centre line.
     img = _grass_background(rng, size)
-    u, v = _rotated(rng, size)
+    u, v = _rotated(rng, size, spread=0.5)  # band always well inside the image
     centre = rng.uniform(3, 9) * np.sin(2 * np.pi * u / rng.uniform(25, 50) + rng.uniform(0, 2 * np.pi))
     half = rng.uniform(3, 7) * size / 64
     mask = np.abs(v - centre * size / 64) < half
@@ -591,7 +594,7 @@ def _scene_river(rng: np.random.Generator, size: int) -> np.ndarray:
 
 def _scene_road(rng: np.random.Generator, size: int) -> np.ndarray:
     img = _grass_background(rng, size)
-    u, v = _rotated(rng, size)
+    u, v = _rotated(rng, size, spread=0.5)  # band always well inside the image
     half = rng.uniform(3, 6) * size / 64
     road = np.abs(v) < half
     img[road] = _jit(rng, _ASPHALT, 6)
@@ -627,7 +630,7 @@ def _scene_buildings(rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 def _scene_beach(rng: np.random.Generator, size: int) -> np.ndarray:
-    u, v = _rotated(rng, size)
+    u, v = _rotated(rng, size, spread=0.5)  # shore line through the middle: both sides in view
     shore = v + 3 * _smooth_field(rng, size, size, 4) * size / 64
     img = _flat(size, _jit(rng, _SAND)) + 6 * _smooth_field(rng, size, size, 8)[..., None]
     water = _flat(size, _jit(rng, _WATER))
@@ -678,7 +681,7 @@ SCENE_RECIPES: dict[str, Callable[[np.random.Generator, int], np.ndarray]] = {
     "beach": _scene_beach,
     "parking": _scene_parking,
 }
-"""Scene classes (folder names) and their generators ``(rng, size) -> float [size, size, 3]``, in generation order."""
+"""Scene classes (folder names) and their generators ``(rng, size) -> float [size, size, 3]``, in order."""
 
 
 def _finish_scene(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
@@ -876,7 +879,7 @@ def _grouped(objects: list[dict], key: Callable[[dict], tuple]) -> list[tuple[tu
 
 
 def _caption_candidates(rng: np.random.Generator, background: str, objects: list[dict]) -> list[str]:
-    """One true caption per template (wording variants drawn at random); templates differ in what they mention."""
+    """One true caption per template (wording variants at random); templates differ in what they mention."""
     n = len(objects)
 
     def on() -> str:
@@ -894,7 +897,6 @@ def _caption_candidates(rng: np.random.Generator, background: str, objects: list
     )
     by_shape = _join([_np(c, None, shape) for (shape,), c in _grouped(objects, lambda o: (o["shape"],))])
     by_colour = _join([_np(c, col, "object") for (col,), c in _grouped(objects, lambda o: (o["colour"],))])
-    each = _join([_np(1, o["colour"], o["shape"]) for o in objects])
     placed = _join([f"{_np(1, o['colour'], o['shape'])} {pos(o)}" for o in objects])
     one = objects[int(rng.integers(n))]
     n_obj = "a single object" if n == 1 else _np(n, None, "object")
@@ -902,7 +904,7 @@ def _caption_candidates(rng: np.random.Generator, background: str, objects: list
 
     return [
         f"{by_kind} {on()}",
-        f"{there} {on()}: {each}",
+        f"{there} {on()}: {by_kind}",
         f"{area()} with {placed}",
         f"{area()} with {by_kind}",
         f"{by_shape} {on()}",
@@ -915,8 +917,7 @@ def _caption_candidates(rng: np.random.Generator, background: str, objects: list
 
 
 def _finish_caption(text: str) -> str:
-    # Same surface form as the real precomp files ("There is a piece of farmland ."): capitalised, spaced
-    # period.
+    # The surface form of the real precomp files ("There is a piece of farmland ."): capital, spaced period.
     return text[0].upper() + text[1:] + " ."
 
 
@@ -938,7 +939,7 @@ def _pick_captions(rng: np.random.Generator, background: str, objects: list[dict
 
 
 def _assign_splits(seed: int, n_images: int) -> list[str]:
-    rng = _rng(seed, "captions", -1)
+    rng = _rng(seed, "captions", 0)  # key (0,) for the split, (1, imgid) for the images
     n_val = int(round(n_images * _SPLIT_SHARES[1][1]))
     n_test = int(round(n_images * _SPLIT_SHARES[2][1]))
     labels = np.array(["train"] * (n_images - n_val - n_test) + ["val"] * n_val + ["test"] * n_test)
@@ -993,7 +994,7 @@ def synth_captions(
     images = []
     per_split: dict[str, tuple[list[str], list[str]]] = {s: ([], []) for s, _ in _SPLIT_SHARES}
     for imgid in range(n_images):
-        rng = _rng(seed, "captions", imgid)
+        rng = _rng(seed, "captions", 1, imgid)
         background, objects = _sample_caption_scene(rng)
         filename = f"img_{imgid:0{digits}d}.png"
         _write_png(out / "images" / filename, _draw_caption_image(rng, background, objects, size))
@@ -1059,7 +1060,7 @@ def _pid_alive(pid: int) -> bool:
         return True  # signal 0 is not a probe on Windows; fall back to the age rule
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
         return False
     except PermissionError:
         return True  # exists, owned by someone else
@@ -1080,18 +1081,18 @@ def _remove_stale_tmp(out: Path, part: str) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _generate_part(out: Path, part: str, seed: int) -> Path:
+def _generate_part(out: Path, part: str, seed: int, force: bool = False) -> Path:
     final = out / part
     tmp = out / f".tmp-{part}-{os.getpid()}"
     _remove_stale_tmp(out, part)
     tmp.mkdir(parents=True)
     try:
         _GENERATORS[part](tmp, seed=seed)
-        marker = {"part": part, "seed": seed, "version": GENERATOR_VERSION, "generator": f"{__name__}"}
+        marker = {"part": part, "seed": seed, "version": GENERATOR_VERSION, "generator": __name__}
         # The marker is written last: its presence means every other file is complete.
         (tmp / MARKER_NAME).write_text(json.dumps(marker, sort_keys=True) + "\n", encoding="utf-8")
         if final.exists():
-            if _is_complete(final, seed):  # a concurrent run finished the same part first
+            if not force and _is_complete(final, seed):  # a concurrent run finished the same part first
                 shutil.rmtree(tmp, ignore_errors=True)
                 return final
             shutil.rmtree(final)  # half-written, other seed or older version
@@ -1141,6 +1142,8 @@ def synth_all(
     if unknown:
         raise ValueError(f"unknown part(s) {unknown}; expected some of {list(PARTS)}")
     out.mkdir(parents=True, exist_ok=True)
+    for part in PARTS:  # also for parts that are complete and skipped below
+        _remove_stale_tmp(out, part)
     from tqdm.auto import tqdm
 
     result: dict[str, Path] = {}
@@ -1151,7 +1154,7 @@ def synth_all(
             if not force and _is_complete(final, seed):
                 result[part] = final
                 continue
-            result[part] = _generate_part(out, part, seed)
+            result[part] = _generate_part(out, part, seed, force=force)
     return result
 
 
