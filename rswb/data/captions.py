@@ -109,15 +109,16 @@ def _summary(x: np.ndarray) -> dict[str, float]:
     return {"min": int(x.min()), "mean": float(x.mean()), "max": int(x.max())}
 
 
-def _read_lines(path: Path) -> list[str]:
+def _read_lines(path: Path, keep_blank: bool = False) -> list[str]:
+    """Stripped lines of a text file; trailing blank lines are dropped unless ``keep_blank``."""
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         raise DataFormatError(path, f"not UTF-8 text ({err})", "a UTF-8 text file, one entry per line") from err
-    lines = text.splitlines()
-    while lines and not lines[-1].strip():  # tolerate trailing blank lines only
+    lines = [ln.strip() for ln in text.splitlines()]  # splitlines: a final newline adds no empty line
+    while not keep_blank and lines and not lines[-1]:
         lines.pop()
-    return [ln.strip() for ln in lines]
+    return lines
 
 
 def read_precomp(root: str | Path, split: str) -> CaptionSet:
@@ -134,13 +135,26 @@ def read_precomp(root: str | Path, split: str) -> CaptionSet:
             available = sorted(f.name for f in root.glob("*_caps.txt"))
             raise DatasetNotFoundError(p, f"caption file for split {split!r} is missing",
                                        f"{caps_path.name} and {names_path.name} (found: {available or 'none'})")
-    caps, names = _read_lines(caps_path), _read_lines(names_path)
+    names = _read_lines(names_path)
+    index_path = root / f"{split}_cap2img.txt"
+    n_index = len(_read_lines(index_path)) if index_path.exists() else None
+
+    def fits(n_caps: int) -> bool:
+        if n_index is not None:
+            return n_caps == n_index
+        return n_caps == len(names) or (bool(names) and n_caps % len(names) == 0)
+
+    # Trailing empty caption lines are either stray blank lines at the end of the file or placeholder captions
+    # that keep an image's caption count (as RSITMD uses them): keep them only when the counts need them.
+    caps = _read_lines(caps_path)
+    if not fits(len(caps)):
+        with_blanks = _read_lines(caps_path, keep_blank=True)
+        caps = with_blanks if fits(len(with_blanks)) else caps
     # Empty caption lines are kept: real sets (RSITMD train has 20) use them as placeholders so that every image
     # still has its fixed number of lines. An empty file name, however, cannot point at an image.
     empty = [i + 1 for i, s in enumerate(names) if not s]
     if empty:
         raise DataFormatError(names_path, f"{len(empty)} empty line(s), first at line {empty[0]}", "no blank lines")
-    index_path = root / f"{split}_cap2img.txt"
     n_c, n_n = len(caps), len(names)
     if index_path.exists():
         raw = _read_lines(index_path)
@@ -171,6 +185,24 @@ def read_precomp(root: str | Path, split: str) -> CaptionSet:
     return CaptionSet(caps, idx, image_names, split, source=caps_path)
 
 
+def _sentences(path: Path, img: dict[str, Any]) -> list[str]:
+    """The raw caption strings of one Karpathy image entry (sentence dicts with ``raw``, or plain strings)."""
+    sents = img["sentences"]
+    if not isinstance(sents, list):
+        raise DataFormatError(path, f"image {img['filename']!r}: 'sentences' is a {type(sents).__name__}",
+                              'a list of {"raw": "..."} sentence objects')
+    out = []
+    for s in sents:
+        if isinstance(s, str):
+            out.append(s.strip())
+        elif isinstance(s, dict) and isinstance(s.get("raw"), str):
+            out.append(s["raw"].strip())
+        else:
+            raise DataFormatError(path, f"image {img['filename']!r}: a sentence without a 'raw' string ({s!r:.60})",
+                                  'sentence objects {"raw": "...", ...}')
+    return out
+
+
 def read_karpathy(path: str | Path, split: str | Sequence[str] = "train") -> CaptionSet:
     """Read one split (or several, or ``"all"``) of a Karpathy-style JSON caption file.
 
@@ -194,7 +226,7 @@ def read_karpathy(path: str | Path, split: str | Sequence[str] = "train") -> Cap
             raise DataFormatError(path, f"images[{k}] lacks 'filename' or 'sentences'", "both keys in every entry")
         if wanted is not None and img.get("split") not in wanted:
             continue
-        sents = [s["raw"].strip() if isinstance(s, dict) else str(s).strip() for s in img["sentences"]]
+        sents = _sentences(path, img)
         if not sents:
             raise CaptionMismatchError(path, f"image {img['filename']!r} has no sentences", ">= 1 caption per image")
         i = len(names)
@@ -302,7 +334,6 @@ class ImageTextDataset(torch.utils.data.Dataset):
         image_root: folder holding the images; default: ``images/`` beside the captions when it exists.
         image_size: resize images to this size (``None`` keeps native sizes).
         fmt: caption format, see :func:`read_captions`.
-        require_images: raise when ``image_root`` is not found (default: only when one was given explicitly).
     """
 
     def __init__(self, root: str | Path, split: str = "train", transforms=None, image_root: str | Path | None = None,

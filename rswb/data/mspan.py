@@ -132,7 +132,8 @@ class MSPANScene:
                 NIR-R-G false colour (3, 2, 1) for 4 bands, else the first three bands.
         """
         if bands is None:
-            bands = self.meta.get("rgb_bands") or ((3, 2, 1) if self.bands == 4 else (0, 1, 2)[: self.bands])
+            bands = self.meta.get("rgb_bands") or ((3, 2, 1) if self.bands == 4 else (0, 1, 2) if self.bands >= 3
+                                                   else (0,))  # fewer than 3 bands: show the first as grey
         img = self.ms[list(bands)]
         lo, hi = band_stats(img, "percentile", (2.0, 98.0))
         img = apply_band_stats(img, lo, hi)

@@ -1,0 +1,42 @@
+"""Shared fixtures: the real-data root (``$RSWB_SHARED_DATA`` or ``<repo>/../shared/data``) and a headless backend."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+import pytest
+
+matplotlib.use("Agg")  # headless: plot() tests must never open a window
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data_root() -> Path:
+    """The real-data root: ``$RSWB_SHARED_DATA`` if set, else ``<repo>/../shared/data``."""
+    env = os.environ.get("RSWB_SHARED_DATA")
+    return Path(env).expanduser() if env else (REPO.parent / "shared" / "data").resolve()
+
+
+def require_shared(*parts: str) -> Path:
+    """The path ``parts`` under the real-data root, or skip the test with a reason saying where it looked."""
+    path = shared_data_root().joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real data not found at {path}: set RSWB_SHARED_DATA to the folder holding {parts[0]}/")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    """``shared_data("UCMerced_LandUse", "Images")`` -> that real-data path, or a skip with a visible reason."""
+    return require_shared
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """Close every matplotlib figure a test leaves open."""
+    yield
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
