@@ -1,0 +1,97 @@
+"""The ``rswb`` command: help, synth, check, and exit code 2 with a one-line error on broken copies of real data."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import scipy.io
+
+from rswb.cli import main
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rswb.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_help_lists_commands():
+    out = run_cli("--help")
+    assert out.returncode == 0 and "data" in out.stdout
+    out = run_cli("data", "--help")
+    assert "synth" in out.stdout and "check" in out.stdout
+
+
+def test_synth_then_check(tmp_path, capsys):
+    assert main(["data", "synth", "--out", str(tmp_path)]) == 0
+    for part in ("mspan", "scenes", "captions"):
+        assert main(["data", "check", str(tmp_path / part)]) == 0
+    out = capsys.readouterr().out
+    assert "8 classes" in out or "in 8 classes" in out
+    assert "ucmerced" in out and "captions per image" in out
+
+
+def test_check_json(tmp_path, capsys):
+    main(["data", "synth", "--out", str(tmp_path)])
+    capsys.readouterr()
+    assert main(["data", "check", str(tmp_path / "scenes"), "--json"]) == 0
+    import json
+
+    assert json.loads(capsys.readouterr().out)["format"] == "scene_folder"
+
+
+def test_missing_path_exits_2(tmp_path):
+    out = run_cli("data", "check", str(tmp_path / "missing"))
+    assert out.returncode == 2
+    assert "missing" in out.stderr and "Traceback" not in out.stderr
+
+
+# ------------------------------------------------------------------ real data and deliberately broken copies of it
+
+@pytest.mark.realdata
+def test_real_data_summaries(shared_data):
+    ucm = shared_data("UCMerced_LandUse")
+    out = run_cli("data", "check", str(ucm))
+    assert out.returncode == 0 and "2100 images, 21 classes" in out.stdout and "1680 train / 420" in out.stdout
+    out = run_cli("data", "check", str(shared_data("ucm_captions")), "--images", str(ucm))
+    assert out.returncode == 0
+    assert "train: 1890 images, 9450 captions, 1890 image files found" in out.stdout
+    assert "test: 210 images, 1050 captions, 210 image files found" in out.stdout
+    out = run_cli("data", "check", str(shared_data("mspan_pairs", "worldview2.mat")))
+    assert out.returncode == 0 and "8 bands x 320 x 320" in out.stdout and "1280 x 1280" in out.stdout
+
+
+@pytest.mark.realdata
+def test_broken_copies_of_real_data_exit_2(shared_data, tmp_path):
+    ucm = shared_data("UCMerced_LandUse")
+    # UC Merced: two classes copied, one JPEG truncated.
+    broken = tmp_path / "ucm" / "Images"
+    for cls in ("agricultural", "airplane"):
+        shutil.copytree(ucm / "Images" / cls, broken / cls)
+    bad = broken / "airplane" / "airplane42.jpg"
+    bad.write_bytes(bad.read_bytes()[:500])
+    out = run_cli("data", "check", str(broken.parent))
+    assert out.returncode == 2 and "airplane42.jpg" in out.stderr and "decode" in out.stderr
+
+    # UCM-Captions: one caption line removed -> counts no longer agree.
+    caps = tmp_path / "caps"
+    shutil.copytree(shared_data("ucm_captions"), caps)
+    lines = (caps / "test_caps.txt").read_text().splitlines()
+    (caps / "test_caps.txt").write_text("\n".join(lines[:-1]) + "\n")
+    out = run_cli("data", "check", str(caps), "--images", str(ucm))
+    assert out.returncode == 2 and "test_caps.txt" in out.stderr and "1049 captions but 1050" in out.stderr
+
+    # UCM-Captions pointed at an image root missing a class: captions whose image is missing.
+    out = run_cli("data", "check", str(shared_data("ucm_captions")), "--images", str(broken.parent))
+    assert out.returncode == 2 and "not found" in out.stderr
+
+    # WorldView-2: PAN cropped so it is no longer 4 x MS.
+    data = scipy.io.loadmat(shared_data("mspan_pairs", "worldview2.mat"))
+    data = {k: v for k, v in data.items() if not k.startswith("__")}
+    data["I_PAN"] = np.ascontiguousarray(data["I_PAN"][:1200])
+    mat = tmp_path / "wv2_broken.mat"
+    scipy.io.savemat(mat, data)
+    out = run_cli("data", "check", str(mat))
+    assert out.returncode == 2 and "wv2_broken.mat" in out.stderr and "1280x1280" in out.stderr
