@@ -301,3 +301,14 @@ def garble_file(path: Path, n: int = 256, seed: int = 0) -> Path:
     """Replace a file's content with random bytes."""
     path.write_bytes(np.random.default_rng(seed).integers(0, 256, size=n, dtype=np.uint8).tobytes())
     return path
+
+
+def raises_naming(cls, path, fn, *args, **kwargs):
+    """Call ``fn``; assert it raises exactly ``cls`` and that the message names ``path``'s file; return the error."""
+    import pytest
+
+    with pytest.raises(cls) as info:
+        fn(*args, **kwargs)
+    assert type(info.value) is cls, f"raised {type(info.value).__name__}, expected {cls.__name__}"
+    assert str(path.name) in str(info.value), f"{path.name!r} not in {str(info.value)!r}"
+    return info.value

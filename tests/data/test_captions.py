@@ -20,22 +20,15 @@ from rswb.data.captions import (
     read_precomp,
     tokenize,
 )
-from rswb.data.errors import CaptionMismatchError, DataError, DataFormatError, DatasetNotFoundError
+from rswb.data.errors import CaptionMismatchError, DataFormatError, DatasetNotFoundError
 from tests.data.fakes import (
     make_karpathy,
     make_precomp,
     make_ucm_captions,
     make_ucmerced,
+    raises_naming,
     ucm_number_to_name,
 )
-
-
-def raises_naming(cls, path, fn, *args, **kwargs) -> DataError:
-    with pytest.raises(cls) as info:
-        fn(*args, **kwargs)
-    assert type(info.value) is cls, f"raised {type(info.value).__name__}, expected {cls.__name__}"
-    assert str(path.name) in str(info.value), f"{path.name!r} not in {str(info.value)!r}"
-    return info.value
 
 
 def assert_caption_set(got: CaptionSet, fake) -> None:

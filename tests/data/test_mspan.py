@@ -10,7 +10,6 @@ import torch
 from matplotlib.figure import Figure
 
 from rswb.data.errors import (
-    DataError,
     DataFormatError,
     DatasetNotFoundError,
     InvalidPixelError,
@@ -33,20 +32,11 @@ from tests.data.fakes import (
     garble_file,
     make_mspan_folder,
     make_mspan_mat,
+    raises_naming,
     random_label_maps,
     truncate_file,
     write_tif,
 )
-
-
-def raises_naming(cls, path, fn, *args, **kwargs) -> DataError:
-    """Call ``fn``; assert it raises exactly ``cls`` and that the message names ``path``'s file."""
-    with pytest.raises(cls) as info:
-        fn(*args, **kwargs)
-    assert type(info.value) is cls, f"raised {type(info.value).__name__}, expected {cls.__name__}"
-    assert str(path.name) in str(info.value), f"{path.name!r} not in {str(info.value)!r}"
-    return info.value
-
 
 # -------------------------------------------------------------------------------------------------- reading folders
 

@@ -10,7 +10,7 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from rswb.data.errors import CorruptImageError, DataError, DataFormatError, DatasetNotFoundError
+from rswb.data.errors import CorruptImageError, DataFormatError, DatasetNotFoundError
 from rswb.data.scenes import (
     SceneFolder,
     image_to_tensor,
@@ -18,17 +18,10 @@ from rswb.data.scenes import (
     scan_scene_folder,
     split_mask,
 )
-from tests.data.fakes import garble_file, make_aid, make_ucmerced, truncate_file
+from tests.data.fakes import garble_file, make_aid, make_ucmerced, raises_naming, truncate_file
 
 UCM_CLASSES = ("river", "beach", "forest")  # written unsorted on purpose
 
-
-def raises_naming(cls, path, fn, *args, **kwargs) -> DataError:
-    with pytest.raises(cls) as info:
-        fn(*args, **kwargs)
-    assert type(info.value) is cls, f"raised {type(info.value).__name__}, expected {cls.__name__}"
-    assert str(path.name) in str(info.value), f"{path.name!r} not in {str(info.value)!r}"
-    return info.value
 
 
 @pytest.fixture(scope="module")
