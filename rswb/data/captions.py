@@ -146,10 +146,12 @@ def read_precomp(root: str | Path, split: str) -> CaptionSet:
 
     # Trailing empty caption lines are either stray blank lines at the end of the file or placeholder captions
     # that keep an image's caption count (as RSITMD uses them): keep them only when the counts need them.
-    caps = _read_lines(caps_path)
-    if not fits(len(caps)):
-        with_blanks = _read_lines(caps_path, keep_blank=True)
-        caps = with_blanks if fits(len(with_blanks)) else caps
+    with_blanks = _read_lines(caps_path, keep_blank=True)
+    caps = list(with_blanks)
+    while caps and not caps[-1]:
+        caps.pop()
+    if not fits(len(caps)) and fits(len(with_blanks)):
+        caps = with_blanks
     # Empty caption lines are kept: real sets (RSITMD train has 20) use them as placeholders so that every image
     # still has its fixed number of lines. An empty file name, however, cannot point at an image.
     empty = [i + 1 for i, s in enumerate(names) if not s]

@@ -174,14 +174,12 @@ class SceneFolder(torch.utils.data.Dataset):
 
     def verify(self, progress: bool = False) -> Counter:
         """Decode every image (raises :class:`CorruptImageError` on the first bad one); returns a Counter of sizes."""
-        from PIL import Image
         from tqdm.auto import tqdm
 
         sizes: Counter = Counter()
         for rec in tqdm(self.records, desc="decoding images", disable=not progress):
-            load_image(rec.path)  # full decode: a truncated JPEG only fails here
-            with Image.open(rec.path) as im:
-                sizes[im.size[::-1]] += 1
+            # A full decode, not a header read: a truncated JPEG only fails here.
+            sizes[load_image(rec.path).shape[:2]] += 1
         return sizes
 
     def plot(self, sample: dict[str, Any]):
