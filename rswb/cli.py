@@ -28,6 +28,65 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
     return 0
 
 
+_TRAIN_USAGE = """rswb train TASK [--config FILE.yaml] [--name NAME] [--runs-root DIR] [--resume] [--overwrite]
+                  [--OPTION VALUE ...]
+
+Train a registered task (or "package.module:name" for your own) with the rswb engine. Every other --option
+sets a training option (epochs, lr, batch-size, ...) or an option of the task; `rswb train TASK --help` lists
+both, `rswb train --list` the tasks. Under torchrun (torchrun --nproc-per-node N -m rswb.cli train ...) the
+same command trains data-parallel."""
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from rswb.config import parse_cli_overrides
+    from rswb.registry import list_names
+
+    if args.task in (None, "--list", "-l"):
+        import rswb.tasks  # noqa: F401  (registers the built-in tasks)
+
+        print("\n".join(list_names("task")) or "(no tasks registered)")
+        return 0
+    if args.task in ("-h", "--help"):
+        print(_TRAIN_USAGE)
+        return 0
+    rest = list(args.rest)
+    if "-h" in rest or "--help" in rest:
+        import rswb.tasks  # noqa: F401
+        from rswb.engine.launch import describe_task
+
+        print(_TRAIN_USAGE.split("\n\n")[0] + "\n\n" + describe_task(args.task))
+        return 0
+    opts = parse_cli_overrides(rest)
+    run_opts = {k: opts.pop(k) for k in ("config", "name", "runs_root", "resume", "overwrite") if k in opts}
+    import rswb.tasks  # noqa: F401
+    from rswb.engine.launch import train_task
+
+    result = train_task(args.task, opts, config_file=run_opts.get("config"), run_name=run_opts.get("name"),
+                        runs_root=run_opts.get("runs_root", "runs"), resume=bool(run_opts.get("resume", False)),
+                        overwrite=bool(run_opts.get("overwrite", False)))
+    print(f"run folder: {result.run_dir}")
+    return 0
+
+
+def _cmd_runs_list(args: argparse.Namespace) -> int:
+    from rswb.engine.runs import format_table, list_runs
+
+    df = list_runs(args.root)
+    if not df.empty:
+        keep = [c for c in df.columns if c != "path" and (args.all or not c.startswith("val_"))]
+        df = df[keep].set_index("run")
+    print(format_table(df))
+    return 0
+
+
+def _cmd_runs_compare(args: argparse.Namespace) -> int:
+    from rswb.engine.runs import compare, format_table
+
+    metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else None
+    print(format_table(compare(args.runs, root=args.root, metrics=metrics, split=args.split)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``rswb`` command (sub-commands ``data synth`` and ``data check``)."""
     parser = argparse.ArgumentParser(prog="rswb", description="rswb: remote-sensing research workbench")
@@ -47,6 +106,25 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--images", help="image root for a caption set (e.g. the UC Merced folder for UCM-Captions)")
     check.add_argument("--json", action="store_true", help="print the summary as JSON")
     check.set_defaults(func=_cmd_data_check)
+
+    train = sub.add_parser("train", help="train a registered task (rswb train --list; rswb train TASK --help)",
+                           add_help=False, usage=_TRAIN_USAGE.split("\n\n")[0])
+    train.add_argument("task", nargs="?", help="task name, or --list")
+    train.add_argument("rest", nargs=argparse.REMAINDER, help="--option value pairs")
+    train.set_defaults(func=_cmd_train)
+
+    runs = sub.add_parser("runs", help="list and compare run folders")
+    runs_sub = runs.add_subparsers(dest="runs_command", metavar="ACTION", required=True)
+    rl = runs_sub.add_parser("list", help="one line per run under --root")
+    rl.add_argument("--root", default="runs", help="folder of runs (default: runs)")
+    rl.add_argument("--all", action="store_true", help="also show validation metrics")
+    rl.set_defaults(func=_cmd_runs_list)
+    rc = runs_sub.add_parser("compare", help="runs side by side: method, version, data, metrics, time")
+    rc.add_argument("runs", nargs="+", help="run names (under --root) or run folders")
+    rc.add_argument("--root", default="runs", help="folder of runs (default: runs)")
+    rc.add_argument("--metrics", help="comma-separated metric names (default: all)")
+    rc.add_argument("--split", default="test", choices=["test", "val"], help="which metrics to show")
+    rc.set_defaults(func=_cmd_runs_compare)
     return parser
 
 
@@ -59,6 +137,13 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except DataError as err:
         print(f"rswb: data error: {err}", file=sys.stderr)
+        return 2
+    except (KeyError, ValueError, FileNotFoundError, FileExistsError) as err:
+        if args.command not in ("train", "runs"):
+            raise
+        # Bad options, unknown tasks or runs, an existing run folder: one clear line, not a traceback.
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"rswb {args.command}: error: {msg}", file=sys.stderr)
         return 2
 
 

@@ -1,0 +1,294 @@
+"""Dataclass configs: one help string per field, YAML load/save, and ``--key value`` overrides.
+
+Every config is a dataclass whose fields carry their documentation in ``metadata["help"]`` (declared with
+:func:`option`), so the CLI can print them and a run folder's ``config.yaml`` is the resolved dataclass, not whatever
+the user happened to type. :func:`from_dict` refuses unknown keys (a typo must not be silently ignored) and converts
+values to the declared field types.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import re
+import tempfile
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+__all__ = [
+    "TrainConfig",
+    "apply_overrides",
+    "field_help",
+    "from_dict",
+    "load_yaml",
+    "option",
+    "parse_cli_overrides",
+    "save_yaml",
+    "to_dict",
+]
+
+
+def option(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse's keyword
+    """A dataclass field with a default and its one-line documentation (mutable defaults are copied per instance)."""
+    if isinstance(default, (list, dict, set)):
+        # A deep copy: nested lists/dicts must not be shared between instances either.
+        return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """How :func:`rswb.engine.fit` trains: the same fields for every method (saved in every run's ``config.yaml``)."""
+
+    epochs: int = option(10, "number of passes over the training split")
+    batch_size: int = option(64, "global batch size (divided across processes under torchrun)")
+    eval_batch_size: int | None = option(None, "batch size for validation/test (default: 2 x batch_size)")
+    optimizer: str = option("adamw", "adamw | adam | sgd")
+    lr: float = option(1e-3, "base learning rate (parameter groups may scale it, e.g. proxies x100)")
+    weight_decay: float = option(1e-4, "decoupled weight decay (adamw) or L2 penalty (adam, sgd)")
+    momentum: float = option(0.9, "SGD momentum (ignored by adam/adamw)")
+    schedule: str = option("cosine", "learning-rate schedule after warm-up: cosine | linear | step | constant")
+    warmup_epochs: float = option(0.0, "linear warm-up length in epochs (fractions allowed)")
+    min_lr_ratio: float = option(0.0, "final lr / base lr for cosine and linear schedules")
+    step_epochs: int = option(30, "step schedule: multiply the lr by step_gamma every this many epochs")
+    step_gamma: float = option(0.1, "step schedule: the factor applied every step_epochs")
+    grad_clip: float | None = option(None, "clip the global gradient norm to this value (None: no clipping)")
+    precision: str = option("auto", "auto (bf16/fp16 on CUDA, fp32 elsewhere) | fp32 | bf16 | fp16")
+    device: str | None = option(None, "cuda | mps | cpu | cuda:1 ... (None: the best available, cuda > mps > cpu)")
+    val_fraction: float = option(0.1, "share of the training split held out for model selection (0: none)")
+    monitor: str | None = option(None, "validation metric that selects best.pt (None: the task's default)")
+    early_stop_patience: int | None = option(None, "stop after this many evaluations without improvement")
+    eval_every: int = option(1, "validate every this many epochs (and always after the last)")
+    seed: int = option(0, "seed of initialisation, shuffling and the validation split")
+    deterministic: bool = option(False, "deterministic kernels (slower; use for reported numbers and resume tests)")
+    num_workers: int = option(0, "DataLoader worker processes")
+    drop_last: bool = option(False, "drop the last incomplete training batch")
+    progress: bool = option(True, "show tqdm progress bars")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain, YAML-safe dict of a (possibly nested) dataclass config."""
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        return dataclasses.asdict(cfg)
+    if isinstance(cfg, Mapping):
+        return dict(cfg)
+    raise TypeError(f"expected a dataclass instance or a mapping, got {type(cfg).__name__}")
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """``{field name: help text}`` of a config dataclass (in declaration order)."""
+    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+
+
+def _coerce(value: Any, hint: Any, name: str, source: str) -> Any:
+    """Convert ``value`` to the annotated type ``hint`` (str/int/float/bool/None/list/tuple and their unions)."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if type(None) in args and (value is None or (isinstance(value, str) and value.strip().lower() in _NULLS)):
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, name, source)
+            except (TypeError, ValueError):
+                continue
+        raise ValueError(f"{source}: {name}={value!r} fits none of {hint}")
+    if hint is Any:
+        return value
+    if origin in (list, tuple, Sequence) or hint in (list, tuple):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{source}: {name} must be a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis and args != ((),):
+            # tuple[int, str]: one type per position, and exactly that many items.
+            if len(value) != len(args):
+                raise ValueError(f"{source}: {name} must have {len(args)} items, got {value!r}")
+            return tuple(_coerce(v, a, name, source) for v, a in zip(value, args))
+        item = args[0] if args and args[0] is not Ellipsis and args != ((),) else Any
+        items = [_coerce(v, item, name, source) for v in value]
+        return tuple(items) if (origin is tuple or hint is tuple) else items
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+            return value.lower() in ("true", "yes", "1", "on")
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise ValueError(f"{source}: {name} must be true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError(f"{source}: {name} must be an integer, got {value!r}")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{source}: {name} must be an integer, got {value!r}") from None
+    if hint is float:
+        if isinstance(value, bool):
+            raise ValueError(f"{source}: {name} must be a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{source}: {name} must be a number, got {value!r}") from None
+    if hint is str:
+        if value is None or isinstance(value, (dict, list, tuple, set)):
+            raise ValueError(f"{source}: {name} must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any] | None, *, source: str = "config") -> T:
+    """Build the dataclass ``cls`` from ``data``, converting types; unknown keys raise with the valid ones listed.
+
+    Args:
+        cls: a config dataclass.
+        data: field values (missing fields keep their defaults).
+        source: where the values came from, for error messages (e.g. the YAML file's path).
+
+    Raises:
+        ValueError: an unknown key or a value that does not fit its field's type.
+    """
+    data = dict(data or {})
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ValueError(
+            f"{source}: unknown option(s) {', '.join(unknown)} for {cls.__name__}; valid: {', '.join(names)}"
+        )
+    return cls(**{k: _coerce(v, hints[k], k, source) for k, v in data.items()})
+
+
+def apply_overrides(cfg: T, overrides: Mapping[str, Any], *, source: str = "overrides") -> T:
+    """A copy of ``cfg`` with ``overrides`` applied (type conversion and unknown-key check as in :func:`from_dict`)."""
+    merged = {**to_dict(cfg), **overrides}
+    return from_dict(type(cfg), merged, source=source)
+
+
+def parse_cli_overrides(tokens: Sequence[str]) -> dict[str, Any]:
+    """Turn ``["--lr", "0.01", "--no-progress", "--data=x", "--deterministic"]`` into a dict of YAML-parsed values.
+
+    ``--flag`` alone means ``True``, ``--no-flag`` means ``False``; dashes in names become underscores. Values are
+    parsed as YAML scalars (``1e-3`` -> float, ``none`` -> None), then converted to the field types by
+    :func:`from_dict`.
+
+    Raises:
+        ValueError: a token that is not an option.
+    """
+    out: dict[str, Any] = {}
+    i = 0
+    tokens = list(tokens)
+    while i < len(tokens):
+        tok = tokens[i]
+        if not tok.startswith("--") or tok == "--":
+            raise ValueError(f"unexpected argument {tok!r}: options are written --name value")
+        key, eq, val = tok[2:].partition("=")
+        key = key.replace("-", "_")
+        if not key:
+            raise ValueError(f"unexpected argument {tok!r}: options are written --name value")
+        if eq:
+            out[key] = _yaml_scalar(val)
+        elif i + 1 < len(tokens) and not tokens[i + 1].startswith("--"):
+            out[key] = _yaml_scalar(tokens[i + 1])
+            i += 1
+        elif key.startswith("no_"):
+            out[key[3:]] = False
+        else:
+            out[key] = True
+        i += 1
+    return out
+
+
+_NULLS = ("none", "null", "~")
+_INT = re.compile(r"[-+]?[0-9]+")
+_FLOAT = re.compile(r"[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?|[-+]?(inf|infinity|nan)", re.IGNORECASE)
+
+
+def _yaml_scalar(text: str) -> Any:
+    """A command-line value: ``none`` -> None, numbers (``1e-3`` too) -> int/float, ``[..]`` -> list, else YAML."""
+    s = text.strip()
+    if s.lower() in _NULLS:
+        return None
+    if _INT.fullmatch(s):
+        return int(s)  # decimal, unlike YAML 1.1 which reads "010" as octal 8
+    if _FLOAT.fullmatch(s):
+        return float(s)  # YAML 1.1 reads "1e-3" (no dot) as a string
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, (dict, list)):
+        # Only explicit flow collections ("[1]", "{a: 1}") are collections; "a: b" stays the text it was.
+        return value if s[:1] in "[{" else text
+    return value
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; a missing file or a non-mapping document raises an error naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid YAML ({err})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of option: value, got {type(data).__name__}")
+    return data
+
+
+def save_yaml(data: Mapping[str, Any] | Any, path: str | Path) -> Path:
+    """Write ``data`` (a mapping or a dataclass) as YAML atomically: a reader never sees a half-written file."""
+    if dataclasses.is_dataclass(data) and not isinstance(data, type):
+        data = to_dict(data)
+    text = yaml.safe_dump(_plain(data), sort_keys=False)
+    return atomic_write_text(text, path)
+
+
+def _plain(x: Any) -> Any:
+    """Tuples -> lists, paths -> strings and arrays/scalars -> Python values, so ``yaml.safe_dump`` accepts them."""
+    if isinstance(x, Mapping):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, (Path, str)):
+        return str(x)  # also str subclasses such as torch.__version__
+    if hasattr(x, "tolist") and callable(x.tolist):
+        return _plain(x.tolist())  # numpy / torch scalars and arrays (``.item()`` fails on arrays)
+    return x
+
+
+def atomic_write_text(text: str, path: str | Path) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace`` (atomic on POSIX)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        # mkstemp creates the file 0600; give it the mode a plain open() would (0666 minus the umask).
+        os.fchmod(fd, new_file_mode())
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def new_file_mode() -> int:
+    """The permission bits ``open(path, "w")`` gives a new file: ``0o666`` less the process umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask

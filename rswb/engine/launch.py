@@ -1,0 +1,127 @@
+"""Run a registered task from options: what ``rswb train NAME [--option value ...]`` does.
+
+Options come from three places, later ones winning: the task's preferred training settings
+(:attr:`TaskBundle.train_defaults`), a YAML file (flat, or with ``train:`` and ``task:`` sections), and command-line
+``--option value`` pairs. Each option goes to :class:`~rswb.config.TrainConfig` if it is one of its fields, else to
+the task's own config dataclass (the type of the builder's single parameter); an option neither knows is an error
+that lists both. Resuming (``--resume``) starts from the options saved in the run's ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import typing
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from rswb.config import TrainConfig, field_help, from_dict, load_yaml, to_dict
+from rswb.engine.distributed import init_distributed
+from rswb.engine.loop import FitResult, fit
+from rswb.engine.runs import RunFolder
+from rswb.engine.seed import seed_everything
+from rswb.registry import get
+
+__all__ = ["describe_task", "split_options", "task_config_class", "train_task"]
+
+
+def task_config_class(builder: Any) -> type | None:
+    """The config dataclass a task builder takes (the annotation of its single parameter), or None."""
+    params = list(inspect.signature(builder).parameters.values())
+    if not params:
+        return None
+    hint = typing.get_type_hints(builder).get(params[0].name)
+    return hint if dataclasses.is_dataclass(hint) else None
+
+
+def split_options(options: Mapping[str, Any], task_cls: type | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split flat options into ``(train options, task options)`` by field name.
+
+    Raises:
+        ValueError: an option that is neither a training nor a task option (both lists are shown).
+    """
+    train_fields = set(field_help(TrainConfig))
+    task_fields = set(field_help(task_cls)) if task_cls else set()
+    train, task, unknown = {}, {}, []
+    for k, v in options.items():
+        if k in task_fields:
+            task[k] = v
+        elif k in train_fields:
+            train[k] = v
+        else:
+            unknown.append(k)
+    if unknown:
+        def flags(names: Iterable[str]) -> str:
+            return ", ".join("--" + n.replace("_", "-") for n in sorted(names)) or "(none)"
+
+        raise ValueError(f"unknown option(s) {flags(unknown)}; training options: {flags(train_fields)}; "
+                         f"task options: {flags(task_fields)}")
+    return train, task
+
+
+def _file_options(path: str | Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    data = load_yaml(path)
+    flat = {k: v for k, v in data.items() if k not in ("train", "task")}
+    for section in ("train", "task"):
+        if isinstance(data.get(section), Mapping):
+            flat.update(data[section])
+    return flat
+
+
+def describe_task(name: str) -> str:
+    """Help text of a task: its docstring and the options of its config (for ``rswb train NAME --help``)."""
+    builder = get("task", name)
+    doc = (inspect.getdoc(builder) or "").strip()
+    lines = [f"task {name}: {doc.splitlines()[0] if doc else ''}"]
+    cls = task_config_class(builder)
+    for title, conf in (("task options", cls), ("training options", TrainConfig)):
+        if conf is None:
+            continue
+        lines.append(f"\n{title}:")
+        for f in dataclasses.fields(conf):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            lines.append(f"  --{f.name.replace('_', '-'):<22} {f.metadata.get('help', '')} (default: {default!r})")
+    return "\n".join(lines)
+
+
+def train_task(name: str, options: Mapping[str, Any] | None = None, *, config_file: str | Path | None = None,
+               run_name: str | None = None, runs_root: str | Path = "runs", resume: bool = False,
+               overwrite: bool = False) -> FitResult:
+    """Build the registered task ``name`` from options and train it with :func:`~rswb.engine.fit`.
+
+    Args:
+        name: registered task name, or ``"module:name"`` for a task registered by an importable module.
+        options: flat ``{option: value}`` (training and task options mixed, as on the command line).
+        config_file: YAML file of options (flat, or ``train:`` / ``task:`` sections).
+        run_name: run folder name under ``runs_root`` (required with ``resume``).
+        runs_root: parent folder of runs.
+        resume: continue ``runs_root/run_name`` from its last checkpoint with its saved options.
+        overwrite: replace an existing run of that name.
+    """
+    builder = get("task", name)
+    task_cls = task_config_class(builder)
+    merged: dict[str, Any] = {}
+    if resume:
+        if run_name is None:
+            raise ValueError("--resume needs --name of the run to continue")
+        run = RunFolder(Path(runs_root) / run_name)
+        if run.config.exists():
+            saved = run.read_config()
+            merged.update(saved.get("train", {}))
+            merged.update(saved.get("task_config", {}))
+    merged.update(_file_options(config_file))
+    merged.update(options or {})
+    train_opts, task_opts = split_options(merged, task_cls)
+
+    dist = init_distributed()
+    seed = from_dict(TrainConfig, train_opts, source="training options")
+    seed_everything(seed.seed, seed.deterministic)  # before the builder, so initial weights are reproducible
+    task_cfg = from_dict(task_cls, task_opts, source=f"task {name} options") if task_cls else None
+    bundle = builder(task_cfg) if task_cls else builder()
+    train_cfg = from_dict(TrainConfig, {**bundle.train_defaults, **train_opts}, source="training options")
+    return fit(bundle.task, bundle.train, val=bundle.val, test=bundle.test, config=train_cfg, name=run_name,
+               runs_root=runs_root, resume=resume, overwrite=overwrite,
+               task_config=to_dict(task_cfg) if task_cfg is not None else {}, dist=dist)

@@ -1,0 +1,367 @@
+"""``fit()``: the one training loop of every rswb method.
+
+One call trains a :class:`~rswb.engine.task.Task`, selects the best epoch on a validation split carved from the
+training split, evaluates the test split once with the selected weights, and leaves a run folder
+(:mod:`rswb.engine.runs`). The same call runs under ``torchrun`` for data-parallel training
+(:mod:`rswb.engine.distributed`) and continues an interrupted run with ``resume=True``.
+
+Resuming is exact: a checkpoint is written (atomically) at the end of every epoch with the model, optimiser,
+scheduler and gradient-scaler states, every RNG state and the epoch history; the shuffling order of an epoch depends
+only on ``(seed, epoch)``. A run killed at any point and resumed therefore repeats the unfinished epoch exactly as the
+uninterrupted run did (bit for bit in deterministic mode on CPU).
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import math
+import platform
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from rswb.config import TrainConfig, from_dict, to_dict
+from rswb.engine.checkpoint import atomic_save, load_checkpoint
+from rswb.engine.device import autocast, make_grad_scaler, resolve_precision, select_device, to_device
+from rswb.engine.distributed import DistContext, EpochBatchSampler, current_context
+from rswb.engine.runs import RunFolder
+from rswb.engine.schedule import build_optimizer, build_scheduler
+from rswb.engine.seed import get_rng_state, seed_everything, set_rng_state
+from rswb.engine.splits import carve_validation
+from rswb.engine.task import EvalContext, Task
+
+__all__ = ["FitResult", "NonFiniteLossError", "RunExistsError", "fit"]
+
+CHECKPOINT_FORMAT = 1
+# Settings that may change between an interrupted run and its resumption without changing the result.
+_RESUMABLE_CHANGES = {"progress", "num_workers", "device"}
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; the message names the epoch, the step and the loss terms."""
+
+
+class RunExistsError(FileExistsError):
+    """The run folder already holds a run and neither ``resume`` nor ``overwrite`` was asked for."""
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns (the same numbers are in the run folder)."""
+
+    task: Task
+    run_dir: Path
+    history: list[dict[str, Any]]
+    best_epoch: int | None
+    val: dict[str, float]
+    test: dict[str, float]
+    time_s: float
+    stopped_early: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _lower_is_better(metric: str) -> bool:
+    return metric.endswith("loss") or metric.endswith("medr") or metric.endswith("meanr")
+
+
+def _improved(value: float, best: float | None, mode: str) -> bool:
+    if best is None or math.isnan(best):
+        return not math.isnan(value)
+    return value > best if mode == "max" else value < best
+
+
+def _batch_len(batch: Any) -> int:
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0])
+    if isinstance(batch, Mapping):
+        for v in batch.values():
+            if isinstance(v, torch.Tensor) and v.ndim > 0:
+                return int(v.shape[0])
+            if isinstance(v, (list, tuple)):
+                return len(v)
+    if isinstance(batch, (list, tuple)) and batch:
+        return _batch_len(batch[0])
+    return 1
+
+
+def _check_finite(loss: torch.Tensor, report: Mapping[str, torch.Tensor], epoch: int, step: int, steps: int,
+                  global_step: int, checkpoint: Path) -> None:
+    if bool(torch.isfinite(loss)):
+        return
+    bad = [f"{k}={float(v):.4g}" for k, v in report.items() if k != "loss" and not bool(torch.isfinite(v).all())]
+    terms = ", ".join(bad) if bad else "no single term is non-finite (their weighted sum overflowed)"
+    raise NonFiniteLossError(
+        f"non-finite loss ({float(loss.detach())}) at epoch {epoch + 1}, step {step + 1}/{steps} (global step "
+        f"{global_step + 1}); non-finite terms: {terms}. Lower the lr, enable grad_clip, or check the inputs; "
+        f"the last good state is {checkpoint if checkpoint.exists() else '(no checkpoint yet)'}"
+    )
+
+
+def _environment(device: torch.device, precision: str, dist: DistContext) -> dict[str, Any]:
+    env = {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
+           "device": str(device), "precision": precision, "world_size": dist.world_size}
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def _resolve_config(config: TrainConfig | Mapping[str, Any] | None) -> TrainConfig:
+    if config is None:
+        return TrainConfig()
+    if isinstance(config, TrainConfig):
+        return config
+    return from_dict(TrainConfig, config, source="train config")
+
+
+def _default_name(task: Task) -> str:
+    info = task.describe()
+    stem = "-".join(s for s in (info["method"], info["version"]) if s) or "run"
+    return f"{stem}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}".replace("/", "_").replace(" ", "_")
+
+
+def _check_resumable(saved: Mapping[str, Any], cfg: TrainConfig, run: RunFolder) -> None:
+    now = to_dict(cfg)
+    diffs = [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in now
+             if k not in _RESUMABLE_CHANGES and saved.get(k) != now[k]]
+    if diffs:
+        raise ValueError(f"{run.config}: cannot resume with a different training config ({'; '.join(diffs)}); "
+                         "start a new run instead")
+
+
+def fit(
+    task: Task,
+    train: Dataset,
+    *,
+    val: Dataset | None = None,
+    test: Dataset | None = None,
+    config: TrainConfig | Mapping[str, Any] | None = None,
+    name: str | None = None,
+    runs_root: str | Path = "runs",
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    task_config: Mapping[str, Any] | None = None,
+    callbacks: Sequence[Callable[[dict[str, Any]], None]] = (),
+    dist: DistContext | None = None,
+) -> FitResult:
+    """Train ``task`` on ``train``, select the best epoch on validation, evaluate ``test`` once, write a run folder.
+
+    Args:
+        task: the method (model + losses + evaluation), built on any device (it is moved to the chosen one).
+            Seed before building it (:func:`rswb.engine.seed_everything`) for reproducible initialisation.
+        train: training split (map-style dataset of dict samples).
+        val: validation split; ``None`` carves ``config.val_fraction`` of ``train`` (stratified by
+            ``train.labels`` when the dataset has them). With no validation split the last epoch is selected.
+        test: test split, evaluated once at the end with the selected weights (``None``: skipped).
+        config: :class:`~rswb.config.TrainConfig` or a mapping of its fields.
+        name: run name; the folder is ``runs_root/name`` (default: ``<method>-<version>-<timestamp>``).
+        runs_root: parent folder of runs.
+        run_dir: explicit run folder (overrides ``name`` and ``runs_root``).
+        resume: continue the run in the folder from its last checkpoint (starts from scratch if none was written).
+        overwrite: replace an existing run in the folder.
+        task_config: the task's own config, saved in ``config.yaml`` under ``task_config``.
+        callbacks: functions called on rank 0 with each epoch's record (the ``metrics.jsonl`` line).
+        dist: process context (default: the initialised ``torch.distributed`` group, else one process).
+
+    Returns:
+        A :class:`FitResult` with the history, the selected epoch, its validation metrics and the test metrics.
+
+    Raises:
+        NonFiniteLossError: the loss became NaN/inf (names the epoch, step and terms).
+        RunExistsError: the folder holds a run and neither ``resume`` nor ``overwrite`` is set.
+        ValueError: ``resume`` with a changed training config, or a training split smaller than one batch.
+    """
+    cfg = _resolve_config(config)
+    dist = dist or current_context()
+    seed_everything(cfg.seed, cfg.deterministic)
+    device = select_device(cfg.device)
+    if device.type == "cuda" and dist.enabled and cfg.device is None:
+        device = torch.device("cuda", dist.local_rank)
+    precision = resolve_precision(cfg.precision, device)
+    show = cfg.progress and dist.is_main
+
+    run = RunFolder(Path(run_dir) if run_dir is not None else Path(runs_root) / (name or _default_name(task)))
+    if dist.is_main and run.exists() and not resume:
+        if not overwrite:
+            raise RunExistsError(f"{run.path}: a run already exists here; resume it (resume=True / --resume), "
+                                 "pass overwrite=True, or choose another name")
+        for p in (run.checkpoint, run.best, run.history, run.final, run.config):
+            p.unlink(missing_ok=True)
+    if dist.is_main and run.path.is_dir():
+        for stale in run.path.glob(".*.tmp"):  # left by a process killed while writing; the target is intact
+            stale.unlink(missing_ok=True)
+    dist.barrier()
+
+    task.to(device)
+    train_set, val_set = (train, val) if val is not None else carve_validation(train, cfg.val_fraction, cfg.seed)
+    sampler = EpochBatchSampler(len(train_set), cfg.batch_size, seed=cfg.seed, shuffle=True,
+                                drop_last=cfg.drop_last, rank=dist.rank, world_size=dist.world_size)
+    steps = len(sampler)
+    if steps == 0:
+        raise ValueError(f"the training split has {len(train_set)} items, fewer than one batch of {cfg.batch_size} "
+                         "with drop_last; lower batch_size")
+    loader = DataLoader(train_set, batch_sampler=sampler, num_workers=cfg.num_workers, collate_fn=task.collate,
+                        pin_memory=device.type == "cuda", persistent_workers=cfg.num_workers > 0)
+    trainer = task
+    if dist.enabled:
+        ids = [device.index] if device.type == "cuda" else None
+        trainer = DistributedDataParallel(task, device_ids=ids,
+                                          find_unused_parameters=getattr(task, "ddp_find_unused_parameters", False))
+    optimizer = build_optimizer(task.param_groups(), cfg)
+    scheduler = build_scheduler(optimizer, cfg, steps)
+    scaler = make_grad_scaler(device, precision)
+    monitor = cfg.monitor or task.monitor
+    mode = task.monitor_mode if cfg.monitor is None else ("min" if _lower_is_better(monitor) else "max")
+
+    start_epoch, global_step, history = 0, 0, []
+    best: dict[str, Any] = {"epoch": None, "value": None, "metrics": {}}
+    best_state: dict[str, torch.Tensor] | None = None
+    bad_evals = 0
+    if resume and run.checkpoint.exists():
+        if run.config.exists():
+            _check_resumable(run.read_config().get("train", {}), cfg, run)
+        ckpt = load_checkpoint(run.checkpoint, map_location=device)
+        task.load_state_dict(ckpt["task"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        set_rng_state(ckpt["rng"])
+        start_epoch, global_step, history = ckpt["epoch"], ckpt["global_step"], list(ckpt["history"])
+        best, bad_evals = dict(ckpt["best"]), ckpt["bad_evals"]
+        if run.best.exists():
+            best_state = load_checkpoint(run.best)["task"]
+    if dist.is_main:
+        run.write_config({
+            "name": run.path.name, "task": task.describe(), "train": to_dict(cfg),
+            "task_config": dict(task_config or {}), "monitor": {"metric": monitor, "mode": mode},
+            "splits": {"train": len(train_set), "val": len(val_set) if val_set is not None else 0,
+                       "test": len(test) if test is not None else 0},
+            "environment": _environment(device, precision, dist),
+        })
+        run.write_history(history)
+
+    eval_ctx = EvalContext(device, precision, cfg.eval_batch_size or 2 * cfg.batch_size, dist, cfg.num_workers,
+                           progress=show)
+    stopped_early = False
+    epochs_bar = tqdm(range(start_epoch, cfg.epochs), initial=start_epoch, total=cfg.epochs, desc=run.path.name,
+                      disable=not show, unit="epoch")
+    for epoch in epochs_bar:
+        t0 = time.perf_counter()
+        task.train()
+        task.on_epoch_start(epoch, cfg.epochs)
+        sampler.set_epoch(epoch)
+        sums: dict[str, float] = {}
+        seen = 0
+        bar = tqdm(loader, total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not show)
+        for step, batch in enumerate(bar):
+            batch = to_device(batch, device)
+            with autocast(device, precision):
+                loss, report = trainer(batch)
+            _check_finite(loss, report, epoch, step, steps, global_step, run.checkpoint)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.grad_clip is not None:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(task.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            global_step += 1
+            n = _batch_len(batch)
+            seen += n
+            for k, v in report.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * n
+            if show:
+                bar.set_postfix(loss=f"{float(report['loss']):.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+        keys = sorted(sums)
+        totals = dist.all_reduce_sum([sums[k] for k in keys] + [float(seen)])
+        record: dict[str, Any] = {"epoch": epoch + 1, "step": global_step}
+        record.update({f"train_{k}": totals[i] / max(totals[-1], 1.0) for i, k in enumerate(keys)})
+        record["lr"] = optimizer.param_groups[0]["lr"]
+
+        last = epoch + 1 == cfg.epochs
+        if val_set is not None and ((epoch + 1) % cfg.eval_every == 0 or last):
+            eval_ctx.desc = "validate"
+            val_metrics = task.evaluate(val_set, eval_ctx)
+            record.update({f"val_{k}": v for k, v in val_metrics.items()})
+            if monitor not in val_metrics:
+                raise KeyError(f"monitor metric {monitor!r} is not among the validation metrics "
+                               f"{sorted(val_metrics)}; set monitor= to one of them")
+            if _improved(val_metrics[monitor], best["value"], mode):
+                best = {"epoch": epoch + 1, "value": val_metrics[monitor], "metrics": val_metrics}
+                best_state = {k: v.detach().clone() for k, v in task.state_dict().items()}
+                bad_evals = 0
+                if dist.is_main:
+                    atomic_save({"epoch": epoch + 1, "task": best_state, "metrics": val_metrics}, run.best)
+            else:
+                bad_evals += 1
+        elif val_set is None:
+            best = {"epoch": epoch + 1, "value": None, "metrics": {}}
+        record["time_s"] = time.perf_counter() - t0
+        history.append(record)
+        if dist.is_main:
+            atomic_save({
+                "format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "global_step": global_step,
+                "task": task.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "rng": get_rng_state(), "history": history, "best": best,
+                "bad_evals": bad_evals, "train_config": to_dict(cfg),
+            }, run.checkpoint)
+            run.append_history(record)
+            for cb in callbacks:
+                cb(record)
+        dist.barrier()
+        if show:
+            shown = {"loss": f"{record['train_loss']:.4f}"}
+            if best["value"] is not None:
+                shown[f"best {monitor}"] = f"{best['value']:.4g}"
+            epochs_bar.set_postfix(shown)
+        if cfg.early_stop_patience is not None and bad_evals >= cfg.early_stop_patience:
+            stopped_early = True
+            break
+    epochs_bar.close()
+
+    if val_set is None:
+        best_state = None
+        if dist.is_main:
+            atomic_save({"epoch": len(history), "task": task.state_dict(), "metrics": {}}, run.best)
+    elif best_state is not None:
+        task.load_state_dict(best_state)
+    test_metrics: dict[str, float] = {}
+    if test is not None:
+        eval_ctx.desc = "test"
+        test_metrics = task.evaluate(test, eval_ctx)
+    total_time = sum(r.get("time_s", 0.0) for r in history)
+    final = {
+        "name": run.path.name, **task.describe(), "epochs_run": len(history), "best_epoch": best["epoch"],
+        "monitor": monitor, "val": best["metrics"], "test": test_metrics, "time_s": total_time,
+        "stopped_early": stopped_early, "device": str(device), "precision": precision,
+        "world_size": dist.world_size, "finished": _dt.datetime.now().isoformat(timespec="seconds"),
+    }
+    if dist.is_main:
+        run.write_final(final)
+        if show:
+            tqdm.write(_summary(final))
+    dist.barrier()
+    return FitResult(task=task, run_dir=run.path, history=copy.deepcopy(history), best_epoch=best["epoch"],
+                     val=dict(best["metrics"]), test=test_metrics, time_s=total_time, stopped_early=stopped_early)
+
+
+def _summary(final: Mapping[str, Any]) -> str:
+    """The short table printed at the end of a run."""
+    lines = [f"run {final['name']}: {final['epochs_run']} epochs in {final['time_s']:.1f} s, "
+             f"best epoch {final['best_epoch']} by val {final['monitor']}"]
+    keys = sorted(set(final["val"]) | set(final["test"]))
+    if keys:
+        lines.append(f"  {'metric':<12} {'val':>10} {'test':>10}")
+        for k in keys:
+            v, t = final["val"].get(k), final["test"].get(k)
+            lines.append(f"  {k:<12} {'' if v is None else f'{v:.4g}':>10} {'' if t is None else f'{t:.4g}':>10}")
+    return "\n".join(lines)

@@ -1,0 +1,157 @@
+"""Run folders and the run registry.
+
+A run is a folder ``runs/<name>/``:
+
+* ``config.yaml``: the resolved training config, the task's own config, what the task is (method, version, data)
+  and the environment (torch version, device, processes);
+* ``metrics.jsonl``: one JSON line per finished epoch (train loss terms, lr, validation metrics, time);
+* ``metrics.json``: the final result (best epoch, its validation metrics, the test metrics, total time), written
+  once training has finished, so its presence means the run completed;
+* ``checkpoint.pt``: the last epoch's full training state (for ``--resume``); ``best.pt``: the selected weights.
+
+Every file is replaced atomically. :func:`list_runs` and :func:`compare` read the folders back as pandas tables.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from rswb.config import atomic_write_text, load_yaml, save_yaml
+
+__all__ = ["RunFolder", "compare", "format_table", "list_runs", "load_run"]
+
+
+class RunFolder:
+    """Paths and writers of one run folder (only rank 0 writes)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    config = property(lambda self: self.path / "config.yaml", doc="resolved config")
+    history = property(lambda self: self.path / "metrics.jsonl", doc="one line per epoch")
+    final = property(lambda self: self.path / "metrics.json", doc="final metrics")
+    checkpoint = property(lambda self: self.path / "checkpoint.pt", doc="last training state")
+    best = property(lambda self: self.path / "best.pt", doc="selected weights")
+
+    def exists(self) -> bool:
+        """Whether a run has already written into this folder."""
+        return self.config.exists() or self.checkpoint.exists() or self.history.exists()
+
+    def write_config(self, data: dict[str, Any]) -> None:
+        """Write ``config.yaml``."""
+        save_yaml(data, self.config)
+
+    def read_config(self) -> dict[str, Any]:
+        """Read ``config.yaml`` back."""
+        return load_yaml(self.config)
+
+    def write_history(self, records: Iterable[dict[str, Any]]) -> None:
+        """Rewrite ``metrics.jsonl`` from ``records`` (used on resume, so it matches the checkpoint exactly)."""
+        atomic_write_text("".join(json.dumps(r) + "\n" for r in records), self.history)
+
+    def append_history(self, record: dict[str, Any]) -> None:
+        """Append one epoch line to ``metrics.jsonl``."""
+        with open(self.history, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def read_history(self) -> list[dict[str, Any]]:
+        """The epoch records of ``metrics.jsonl`` (empty when absent)."""
+        if not self.history.exists():
+            return []
+        return [json.loads(line) for line in self.history.read_text().splitlines() if line.strip()]
+
+    def write_final(self, data: dict[str, Any]) -> None:
+        """Write ``metrics.json``."""
+        atomic_write_text(json.dumps(data, indent=2) + "\n", self.final)
+
+    def read_final(self) -> dict[str, Any] | None:
+        """``metrics.json`` or None while the run is unfinished."""
+        return json.loads(self.final.read_text()) if self.final.exists() else None
+
+
+def load_run(path: str | Path) -> dict[str, Any]:
+    """One run as a flat dict: name, status, method, version, data, epochs, best epoch, metrics, time.
+
+    Metrics of a finished run are its test metrics (``test_*``) and best validation metrics (``val_*``); an
+    unfinished run shows its last epoch's validation metrics.
+    """
+    run = RunFolder(path)
+    if not run.config.exists():
+        raise FileNotFoundError(f"{run.path}: not a run folder (no config.yaml)")
+    cfg = run.read_config()
+    final = run.read_final()
+    history = run.read_history()
+    task = cfg.get("task", {}) or {}
+    row: dict[str, Any] = {
+        "run": run.path.name,
+        "status": "finished" if final else ("running/stopped" if history else "started"),
+        "method": task.get("method", ""),
+        "version": task.get("version", ""),
+        "data": task.get("data", ""),
+        "epochs": len(history),
+        "best_epoch": (final or {}).get("best_epoch"),
+        "time_s": (final or {}).get("time_s", sum(r.get("time_s", 0.0) for r in history)),
+    }
+    if final:
+        row.update({f"test_{k}": v for k, v in (final.get("test") or {}).items()})
+        row.update({f"val_{k}": v for k, v in (final.get("val") or {}).items()})
+    elif history:
+        row.update({k: v for k, v in history[-1].items() if k.startswith("val_")})
+    row["path"] = str(run.path)
+    return row
+
+
+def list_runs(root: str | Path = "runs") -> pd.DataFrame:
+    """All runs under ``root`` (one row each, newest folder last); an empty frame when there are none."""
+    root = Path(root)
+    folders = sorted((p for p in root.glob("*") if (p / "config.yaml").exists()), key=lambda p: p.stat().st_mtime)
+    rows = [load_run(p) for p in folders]
+    return pd.DataFrame(rows)
+
+
+def compare(runs: Sequence[str | Path], root: str | Path = "runs", metrics: Sequence[str] | None = None,
+            split: str = "test") -> pd.DataFrame:
+    """A table of runs side by side, indexed by run name: method, version, data, metrics, time.
+
+    Args:
+        runs: run names (folders under ``root``) or paths.
+        root: where names are looked up.
+        metrics: metric names without prefix (e.g. ``["OA", "AA", "kappa"]``); default: all of ``split``.
+        split: ``"test"`` or ``"val"``: which metrics of each run to show.
+    """
+    rows = []
+    for r in runs:
+        p = Path(r)
+        if not (p / "config.yaml").exists():
+            p = Path(root) / str(r)
+        rows.append(load_run(p))
+    df = pd.DataFrame(rows).set_index("run") if rows else pd.DataFrame()
+    if df.empty:
+        return df
+    prefix = f"{split}_"
+    metric_cols = [c for c in df.columns if c.startswith(prefix)]
+    if metrics is not None:
+        wanted = [prefix + m for m in metrics]
+        missing = [w for w in wanted if w not in df.columns]
+        if missing:
+            raise KeyError(f"no run has {', '.join(missing)}; available: {', '.join(metric_cols) or '(none)'}")
+        metric_cols = wanted
+    cols = ["method", "version", "data", "status", *metric_cols, "best_epoch", "time_s"]
+    out = df[cols].rename(columns={c: c[len(prefix):] for c in metric_cols})
+    return out
+
+
+def format_table(df: pd.DataFrame, floatfmt: str = "{:.4g}") -> str:
+    """A plain-text table for the terminal (floats shortened, missing values blank)."""
+    if df.empty:
+        return "(no runs)"
+    shown = df.copy()
+    for c in shown.columns:
+        if pd.api.types.is_float_dtype(shown[c]):
+            shown[c] = shown[c].map(lambda v: "" if pd.isna(v) else floatfmt.format(v))
+    return shown.fillna("").to_string()

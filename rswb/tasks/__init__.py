@@ -1,0 +1,5 @@
+"""Task builders for ``rswb train``: each joins a dataset, a model and a :class:`rswb.engine.Task`.
+
+Importing this package registers the built-in tasks (see ``rswb train --list``); a builder takes one config
+dataclass and returns a :class:`rswb.engine.TaskBundle`.
+"""
