@@ -41,12 +41,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from rswb.config import parse_cli_overrides
     from rswb.registry import list_names
 
-    if args.task in (None, "--list", "-l"):
+    if args.list:
         import rswb.tasks  # noqa: F401  (registers the built-in tasks)
 
         print("\n".join(list_names("task")) or "(no tasks registered)")
         return 0
-    if args.task in ("-h", "--help"):
+    if args.show_help or args.task is None:
         print(_TRAIN_USAGE)
         return 0
     rest = list(args.rest)
@@ -109,7 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a registered task (rswb train --list; rswb train TASK --help)",
                            add_help=False, usage=_TRAIN_USAGE.split("\n\n")[0])
-    train.add_argument("task", nargs="?", help="task name, or --list")
+    train.add_argument("--list", action="store_true", help="list the registered tasks")
+    train.add_argument("-h", "--help", action="store_true", dest="show_help", help="show this help")
+    train.add_argument("task", nargs="?", help="task name")
     train.add_argument("rest", nargs=argparse.REMAINDER, help="--option value pairs")
     train.set_defaults(func=_cmd_train)
 

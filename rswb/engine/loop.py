@@ -236,8 +236,7 @@ def fit(
         set_rng_state(ckpt["rng"])
         start_epoch, global_step, history = ckpt["epoch"], ckpt["global_step"], list(ckpt["history"])
         best, bad_evals = dict(ckpt["best"]), ckpt["bad_evals"]
-        if run.best.exists():
-            best_state = load_checkpoint(run.best)["task"]
+        best_state = _restore_best(run, ckpt, best, dist)
     if dist.is_main:
         run.write_config({
             "name": run.path.name, "task": task.describe(), "train": to_dict(cfg),
@@ -255,6 +254,7 @@ def fit(
                       disable=not show, unit="epoch")
     for epoch in epochs_bar:
         t0 = time.perf_counter()
+        improved = False
         task.train()
         task.on_epoch_start(epoch, cfg.epochs)
         sampler.set_epoch(epoch)
@@ -298,9 +298,8 @@ def fit(
             if _improved(val_metrics[monitor], best["value"], mode):
                 best = {"epoch": epoch + 1, "value": val_metrics[monitor], "metrics": val_metrics}
                 best_state = {k: v.detach().clone() for k, v in task.state_dict().items()}
+                improved = True
                 bad_evals = 0
-                if dist.is_main:
-                    atomic_save({"epoch": epoch + 1, "task": best_state, "metrics": val_metrics}, run.best)
             else:
                 bad_evals += 1
         elif val_set is None:
@@ -314,6 +313,10 @@ def fit(
                 "scaler": scaler.state_dict(), "rng": get_rng_state(), "history": history, "best": best,
                 "bad_evals": bad_evals, "train_config": to_dict(cfg),
             }, run.checkpoint)
+            # best.pt after checkpoint.pt: if a kill falls between the two, the checkpoint's epoch is the best one
+            # and resuming rebuilds best.pt from it (see _restore_best).
+            if improved:
+                atomic_save({"epoch": epoch + 1, "task": best_state, "metrics": best["metrics"]}, run.best)
             run.append_history(record)
             for cb in callbacks:
                 cb(record)
@@ -352,6 +355,24 @@ def fit(
     dist.barrier()
     return FitResult(task=task, run_dir=run.path, history=copy.deepcopy(history), best_epoch=best["epoch"],
                      val=dict(best["metrics"]), test=test_metrics, time_s=total_time, stopped_early=stopped_early)
+
+
+def _restore_best(run: RunFolder, ckpt: Mapping[str, Any], best: Mapping[str, Any],
+                  dist: DistContext) -> dict[str, torch.Tensor] | None:
+    """The selected weights when resuming, consistent with the checkpoint's record of the best epoch."""
+    if best["epoch"] is None or not best["metrics"]:
+        return None
+    if run.best.exists():
+        saved = load_checkpoint(run.best)
+        if saved["epoch"] == best["epoch"]:
+            return saved["task"]
+    if best["epoch"] == ckpt["epoch"]:
+        # Killed after checkpoint.pt was written and before best.pt: the checkpoint's weights are the best ones.
+        if dist.is_main:
+            atomic_save({"epoch": ckpt["epoch"], "task": ckpt["task"], "metrics": best["metrics"]}, run.best)
+        return {k: v.clone() for k, v in ckpt["task"].items()}
+    raise RuntimeError(f"{run.best}: does not hold epoch {best['epoch']}, the best epoch recorded in "
+                       f"{run.checkpoint}; the run folder was modified by hand")
 
 
 def _summary(final: Mapping[str, Any]) -> str:
