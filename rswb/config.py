@@ -29,6 +29,7 @@ __all__ = [
     "field_help",
     "from_dict",
     "load_yaml",
+    "new_file_mode",
     "option",
     "parse_cli_overrides",
     "save_yaml",
@@ -86,6 +87,11 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 def field_help(cls: type) -> dict[str, str]:
     """``{field name: help text}`` of a config dataclass (in declaration order)."""
     return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+
+
+_NULLS = ("none", "null", "~")  # command-line spellings of None
+_INT = re.compile(r"[-+]?[0-9]+")
+_FLOAT = re.compile(r"[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?|[-+]?(inf|infinity|nan)", re.IGNORECASE)
 
 
 def _coerce(value: Any, hint: Any, name: str, source: str) -> Any:
@@ -207,11 +213,6 @@ def parse_cli_overrides(tokens: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-_NULLS = ("none", "null", "~")
-_INT = re.compile(r"[-+]?[0-9]+")
-_FLOAT = re.compile(r"[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?|[-+]?(inf|infinity|nan)", re.IGNORECASE)
-
-
 def _yaml_scalar(text: str) -> Any:
     """A command-line value: ``none`` -> None, numbers (``1e-3`` too) -> int/float, ``[..]`` -> list, else YAML."""
     s = text.strip()
@@ -275,7 +276,8 @@ def atomic_write_text(text: str, path: str | Path) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         # mkstemp creates the file 0600; give it the mode a plain open() would (0666 minus the umask).
-        os.fchmod(fd, new_file_mode())
+        if hasattr(os, "fchmod"):  # POSIX only
+            os.fchmod(fd, new_file_mode())
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
@@ -289,6 +291,10 @@ def atomic_write_text(text: str, path: str | Path) -> Path:
 
 def new_file_mode() -> int:
     """The permission bits ``open(path, "w")`` gives a new file: ``0o666`` less the process umask."""
-    umask = os.umask(0)
-    os.umask(umask)
+    try:  # Linux: read it without changing it (os.umask is process-wide, so setting it races with other threads)
+        with open("/proc/self/status", encoding="ascii") as f:
+            umask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        umask = os.umask(0o022)
+        os.umask(umask)
     return 0o666 & ~umask

@@ -67,8 +67,13 @@ def register_dataset(fn: Callable[..., Any]) -> Callable[..., Any]:
     return register("dataset")(fn)
 
 
-def register_task(name: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register a task builder (used by ``rswb train NAME``); see :mod:`rswb.engine.task`."""
+def register_task(name: str | Callable[..., Any] | None = None) -> Any:
+    """Register a task builder (used by ``rswb train NAME``); see :mod:`rswb.engine.task`.
+
+    Use as ``@register_task("name")``, ``@register_task()`` or bare ``@register_task`` (the function's name).
+    """
+    if callable(name):  # bare @register_task: `name` is the builder itself
+        return register("task")(name)
     return register("task", name)
 
 

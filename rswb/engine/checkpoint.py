@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from rswb.config import new_file_mode
+
 __all__ = ["CheckpointError", "atomic_save", "load_checkpoint"]
 
 
@@ -27,6 +29,8 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        if hasattr(os, "fchmod"):  # mkstemp's 0600 would otherwise end up on the checkpoint (POSIX only)
+            os.fchmod(fd, new_file_mode())
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()

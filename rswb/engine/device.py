@@ -66,6 +66,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """The autocast context for a resolved precision (a no-op for fp32)."""
+    if precision not in ("fp32", "bf16", "fp16"):  # "auto" must go through resolve_precision first
+        raise ValueError(f"autocast needs a resolved precision fp32 | bf16 | fp16, got {precision!r}")
     if precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16

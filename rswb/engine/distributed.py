@@ -115,6 +115,8 @@ class EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
 
     def __init__(self, n: int, batch_size: int, seed: int = 0, shuffle: bool = True, drop_last: bool = False,
                  rank: int = 0, world_size: int = 1):
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not one of the {world_size} processes")
         if batch_size < 1 or batch_size % world_size:
             raise ValueError(f"the global batch size {batch_size} must be a positive multiple of the "
                              f"{world_size} processes")

@@ -59,12 +59,18 @@ class LRSchedule:
 def build_optimizer(param_groups: Iterable[dict[str, Any]], cfg: TrainConfig) -> torch.optim.Optimizer:
     """The optimiser of ``cfg`` over parameter groups; a group's ``lr_mult`` scales the base lr (e.g. proxies x100).
 
-    Each group may also set its own ``weight_decay``; groups without trainable parameters are dropped.
+    Each group may also set its own ``weight_decay``; groups without trainable parameters are dropped. A plain
+    iterable of parameters is one group.
     """
+    param_groups = list(param_groups)
+    if param_groups and isinstance(param_groups[0], torch.Tensor):  # plain parameters, like torch.optim accepts
+        param_groups = [{"params": param_groups}]
     groups = []
     for g in param_groups:
         g = dict(g)
-        params = [p for p in g.pop("params") if p.requires_grad]
+        params = g.pop("params")
+        params = [params] if isinstance(params, torch.Tensor) else list(params)  # not the rows of one tensor
+        params = [p for p in params if p.requires_grad]
         if not params:
             continue
         mult = float(g.pop("lr_mult", 1.0))

@@ -24,16 +24,18 @@ def validation_indices(
     """
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {fraction}")
+    y = None
+    if labels is not None:  # checked even when nothing is held out: mismatched labels mean the wrong data
+        y = labels.cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+        if y.shape != (n,):
+            raise ValueError(f"labels has shape {y.shape} but the dataset has {n} items")
     rng = np.random.default_rng([seed, 0x5EED])
     if fraction == 0.0 or n == 0:
         return np.arange(n), np.arange(0)
-    if labels is None:
+    if y is None:
         perm = rng.permutation(n)
         k = min(n - 1, max(1, round(fraction * n)))
         return np.sort(perm[k:]), np.sort(perm[:k])
-    y = labels.cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
-    if y.shape != (n,):
-        raise ValueError(f"labels has shape {y.shape} but the dataset has {n} items")
     val = []
     for c in np.unique(y):
         members = rng.permutation(np.flatnonzero(y == c))

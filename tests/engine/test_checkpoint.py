@@ -1,0 +1,189 @@
+"""rswb.engine.checkpoint: atomic writes, weights_only loading and the errors that name the file."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import stat
+from collections import OrderedDict
+
+import pytest
+import torch
+
+from rswb.config import new_file_mode
+from rswb.engine import checkpoint as ckpt_mod
+from rswb.engine.checkpoint import CheckpointError, atomic_save, load_checkpoint
+
+
+class Custom:
+    """Needs arbitrary unpickling: refused by ``weights_only=True``."""
+
+    def __init__(self, v=1):
+        self.v = v
+
+
+def _state(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "model": OrderedDict(w=torch.randn(4, 3, generator=g), b=torch.zeros(3, dtype=torch.float64)),
+        "ints": torch.arange(5, dtype=torch.int32),
+        "epoch": 3,
+        "lr": 1e-3,
+        "name": "run-a",
+        "flags": [True, False, None],
+        "nested": {"history": [{"epoch": 0, "OA": 0.5}, {"epoch": 1, "OA": 0.75}], "tuple": (1, "x", 2.5)},
+    }
+
+
+def _assert_same(a, b):
+    assert type(a) is type(b) or (isinstance(a, dict) and isinstance(b, dict))
+    if isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert torch.equal(a, b)
+    elif isinstance(a, dict):
+        assert list(a) == list(b)
+        for k in a:
+            _assert_same(a[k], b[k])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            _assert_same(x, y)
+    else:
+        assert a == b
+
+
+def _listing(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_round_trip(tmp_path):
+    state = _state()
+    path = atomic_save(state, tmp_path / "deep" / "last.pt")  # parent folders are created
+    assert path == tmp_path / "deep" / "last.pt"
+    back = load_checkpoint(path)
+    _assert_same(state, back)
+    assert back["model"]["w"].device.type == "cpu"
+    assert _listing(tmp_path / "deep") == ["last.pt"]
+    assert stat.S_IMODE(path.stat().st_mode) == new_file_mode()  # not mkstemp's 0600
+    # str paths work as well, and overwriting replaces the file.
+    atomic_save(_state(1), str(path))
+    _assert_same(load_checkpoint(str(path)), _state(1))
+    assert _listing(tmp_path / "deep") == ["last.pt"]
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(CheckpointError, match=r"nothere\.pt.*not found"):
+        load_checkpoint(tmp_path / "nothere.pt")
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path)  # a folder
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.9, 0.0])
+def test_truncated_file(tmp_path, keep):
+    path = atomic_save(_state(), tmp_path / "full.pt")
+    data = path.read_bytes()
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(CheckpointError, match=r"broken\.pt.*cannot load"):
+        load_checkpoint(broken)
+
+
+def test_garbage_file(tmp_path):
+    path = tmp_path / "text.pt"
+    path.write_text("this is not a checkpoint\n")
+    with pytest.raises(CheckpointError, match=r"text\.pt"):
+        load_checkpoint(path)
+
+
+def test_arbitrary_objects_are_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"weights": torch.ones(2), "obj": Custom(5)}, path)
+    # It is a valid pickle for a full (unsafe) load ...
+    assert torch.load(path, weights_only=False)["obj"].v == 5
+    # ... which load_checkpoint never does.
+    with pytest.raises(CheckpointError, match=r"evil\.pt.*cannot load"):
+        load_checkpoint(path)
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
+def test_plain_pickle_is_refused(tmp_path):
+    path = tmp_path / "plain.pkl"
+    path.write_bytes(pickle.dumps({"obj": Custom()}))
+    with pytest.raises(CheckpointError, match=r"plain\.pkl"):
+        load_checkpoint(path)
+
+
+def test_non_dict_is_refused(tmp_path):
+    path = atomic_save([torch.ones(1)], tmp_path / "list.pt")
+    with pytest.raises(CheckpointError, match=r"list\.pt.*expected a checkpoint dict, got list"):
+        load_checkpoint(path)
+
+
+def test_failed_write_keeps_old_file_and_no_temp(tmp_path, monkeypatch):
+    target = tmp_path / "last.pt"
+    atomic_save(_state(0), target)
+    old_bytes = target.read_bytes()
+    real_save = torch.save
+
+    def half_then_crash(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)  # the new bytes go to the temporary file ...
+        f.seek(0)
+        f.truncate(len(old_bytes) // 2)
+        raise OSError("No space left on device")  # ... and then the write fails midway
+
+    monkeypatch.setattr(ckpt_mod.torch, "save", half_then_crash)
+    with pytest.raises(OSError, match="No space left"):
+        atomic_save(_state(1), target)
+    assert target.read_bytes() == old_bytes
+    _assert_same(load_checkpoint(target), _state(0))
+    assert _listing(tmp_path) == ["last.pt"]
+
+
+def test_interrupt_during_write_cleans_up(tmp_path, monkeypatch):
+    """A KeyboardInterrupt (not an Exception) must still remove the temporary file."""
+    target = tmp_path / "best.pt"
+
+    def interrupted(obj, f, *args, **kwargs):
+        f.write(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt_mod.torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_save({"a": 1}, target)
+    assert _listing(tmp_path) == []
+
+
+def test_failed_rename_keeps_old_file(tmp_path, monkeypatch):
+    target = tmp_path / "last.pt"
+    atomic_save({"v": torch.tensor(1)}, target)
+
+    def broken_replace(src, dst):
+        raise OSError("rename failed")
+
+    monkeypatch.setattr(ckpt_mod.os, "replace", broken_replace)
+    with pytest.raises(OSError, match="rename failed"):
+        atomic_save({"v": torch.tensor(2)}, target)
+    assert load_checkpoint(target)["v"].item() == 1
+    assert _listing(tmp_path) == ["last.pt"]
+
+
+def test_target_holds_old_bytes_until_rename(tmp_path, monkeypatch):
+    target = tmp_path / "last.pt"
+    atomic_save({"v": torch.tensor(1)}, target)
+    seen = []
+    real_replace = os.replace
+
+    def spy(src, dst):
+        seen.append((load_checkpoint(dst)["v"].item(), load_checkpoint(src)["v"].item()))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(ckpt_mod.os, "replace", spy)
+    atomic_save({"v": torch.tensor(2)}, target)
+    assert seen == [(1, 2)]  # old complete target, new complete temp file
+    assert load_checkpoint(target)["v"].item() == 2
+
+
+def test_map_location(tmp_path):
+    path = atomic_save({"w": torch.ones(2)}, tmp_path / "m.pt")
+    assert load_checkpoint(path, map_location=torch.device("cpu"))["w"].device.type == "cpu"
+    assert load_checkpoint(path, map_location=None)["w"].device.type == "cpu"

@@ -1,0 +1,164 @@
+"""rswb.engine.splits: seeded, (stratified) validation splits carved from the training split."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import Dataset, Subset
+
+from rswb.engine.splits import carve_validation, validation_indices
+
+
+def _check_partition(train, val, n):
+    assert train.dtype.kind == "i" and val.dtype.kind == "i"
+    assert np.all(np.diff(train) > 0) and np.all(np.diff(val) > 0)  # sorted, no duplicates
+    assert np.intersect1d(train, val).size == 0
+    np.testing.assert_array_equal(np.sort(np.concatenate([train, val])), np.arange(n))
+
+
+def _expected_val_count(n_c, fraction):
+    """The documented rule, written out: round, then at least one when n_c >= 2, and never all of the class."""
+    k = round(fraction * n_c)
+    if n_c >= 2 and k < 1:
+        k = 1
+    if k > n_c - 1:
+        k = n_c - 1
+    return max(k, 0)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_unstratified_partition(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 300))
+    fraction = float(rng.uniform(0.01, 0.95))
+    train, val = validation_indices(n, fraction, seed=seed)
+    _check_partition(train, val, n)
+    assert len(val) == min(n - 1, max(1, round(fraction * n)))
+    # Deterministic per seed, and independent of the global RNG state.
+    np.random.seed(seed + 99)
+    torch.manual_seed(seed + 99)
+    train2, val2 = validation_indices(n, fraction, seed=seed)
+    np.testing.assert_array_equal(train, train2)
+    np.testing.assert_array_equal(val, val2)
+
+
+def test_different_seeds_differ():
+    vals = {tuple(validation_indices(200, 0.2, seed=s)[1]) for s in range(5)}
+    assert len(vals) == 5
+    labels = np.arange(200) % 4
+    vals = {tuple(validation_indices(200, 0.2, seed=s, labels=labels)[1]) for s in range(5)}
+    assert len(vals) == 5
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_stratified_counts(seed):
+    rng = np.random.default_rng(100 + seed)
+    n_classes = int(rng.integers(1, 8))
+    sizes = rng.integers(1, 40, n_classes)
+    sizes[0] = 1  # a singleton class: stays in training
+    if n_classes > 1:
+        sizes[1] = 2  # two items: one goes to validation, one stays
+    labels = rng.permutation(np.repeat(np.arange(n_classes) * 3 + 5, sizes))  # non-contiguous class ids
+    n = len(labels)
+    fraction = float(rng.choice([0.05, 0.1, 0.25, 0.5, 0.8]))
+    train, val = validation_indices(n, fraction, seed=seed, labels=labels)
+    _check_partition(train, val, n)
+    for c, n_c in zip(np.arange(n_classes) * 3 + 5, sizes):
+        in_val = int(np.sum(labels[val] == c))
+        in_train = int(np.sum(labels[train] == c))
+        assert in_val == _expected_val_count(int(n_c), fraction), (c, n_c, fraction)
+        assert in_train >= 1
+        assert in_val + in_train == n_c
+
+
+def test_stratified_hand_computed():
+    # Class 0: 10 items -> round(0.3 * 10) = 3; class 1: 2 items -> round(0.6) = 1; class 2: 1 item -> 0;
+    # class 3: 4 items -> round(1.2) = 1.
+    labels = [0] * 10 + [1] * 2 + [2] + [3] * 4
+    train, val = validation_indices(len(labels), 0.3, seed=5, labels=labels)
+    y = np.asarray(labels)
+    assert [int(np.sum(y[val] == c)) for c in range(4)] == [3, 1, 0, 1]
+    assert 12 in train  # the singleton
+
+
+def test_stratified_accepts_tensors_lists_and_strings():
+    y = np.arange(60) % 3
+    ref = validation_indices(60, 0.2, seed=1, labels=y)
+    for labels in (torch.from_numpy(y), y.tolist(), np.array(["a", "b", "c"])[y]):
+        got = validation_indices(60, 0.2, seed=1, labels=labels)
+        np.testing.assert_array_equal(got[0], ref[0])
+        np.testing.assert_array_equal(got[1], ref[1])
+
+
+def test_fraction_zero_and_tiny_inputs():
+    train, val = validation_indices(10, 0.0, seed=3)
+    np.testing.assert_array_equal(train, np.arange(10))
+    assert val.size == 0
+    train, val = validation_indices(10, 0.0, labels=np.zeros(10))
+    assert len(train) == 10 and val.size == 0
+    train, val = validation_indices(0, 0.5)
+    assert train.size == 0 and val.size == 0
+    train, val = validation_indices(1, 0.5)  # one item: it stays in training
+    np.testing.assert_array_equal(train, [0])
+    assert val.size == 0
+    train, val = validation_indices(2, 0.01)  # at least one validation item
+    assert len(train) == 1 and len(val) == 1
+    train, val = validation_indices(5, 0.99)  # at least one training item
+    assert len(train) == 1 and len(val) == 4
+    train, val = validation_indices(4, 0.5, labels=[0, 1, 2, 3])  # all singletons: nothing to hold out
+    assert len(train) == 4 and val.size == 0
+
+
+@pytest.mark.parametrize("fraction", [-0.1, 1.0, 1.5, float("nan")])
+def test_invalid_fraction(fraction):
+    with pytest.raises(ValueError, match="val_fraction must be in"):
+        validation_indices(10, fraction)
+
+
+@pytest.mark.parametrize("fraction", [0.2, 0.0])
+def test_labels_of_wrong_length(fraction):
+    with pytest.raises(ValueError, match=r"labels has shape \(9,\) but the dataset has 10 items"):
+        validation_indices(10, fraction, labels=np.zeros(9))
+    with pytest.raises(ValueError, match="labels has shape"):
+        validation_indices(10, fraction, labels=np.zeros((10, 2)))
+
+
+class Items(Dataset):
+    def __init__(self, n, labels=None):
+        self.n = n
+        if labels is not None:
+            self.labels = labels
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return i
+
+
+def test_carve_validation_uses_dataset_labels():
+    labels = np.array([0] * 18 + [1] * 2)
+    ds = Items(20, labels)
+    train, val = carve_validation(ds, 0.25, seed=2)
+    assert isinstance(train, Subset) and isinstance(val, Subset)
+    ref_train, ref_val = validation_indices(20, 0.25, seed=2, labels=labels)
+    assert train.indices == ref_train.tolist() and val.indices == ref_val.tolist()
+    assert [val[i] for i in range(len(val))] == ref_val.tolist()  # items come from the dataset
+    # Stratified: the two-item class gives exactly one item to validation.
+    assert int(np.sum(labels[val.indices] == 1)) == 1
+    # Explicit labels win over dataset.labels.
+    other = np.arange(20) % 2
+    _, val_other = carve_validation(ds, 0.25, seed=2, labels=other)
+    assert val_other.indices == validation_indices(20, 0.25, seed=2, labels=other)[1].tolist()
+
+
+def test_carve_validation_without_labels_and_fraction_zero():
+    ds = Items(30)
+    train, val = carve_validation(ds, 0.1, seed=4)
+    assert val.indices == validation_indices(30, 0.1, seed=4)[1].tolist()
+    assert sorted(train.indices + val.indices) == list(range(30))
+    same, none = carve_validation(ds, 0.0)
+    assert same is ds and none is None
+    single, none = carve_validation(Items(1), 0.3)
+    assert none is None and len(single) == 1

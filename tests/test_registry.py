@@ -1,0 +1,204 @@
+"""rswb.registry: register / create / list, name clashes, suggestions and the ``"module:name"`` import form."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+import uuid
+
+import pytest
+
+from rswb import registry
+from rswb.registry import (
+    create,
+    create_model,
+    get,
+    list_models,
+    list_names,
+    register,
+    register_dataset,
+    register_model,
+    register_task,
+)
+
+
+@pytest.fixture
+def uid():
+    """A unique suffix; every name registered with it is removed from all registries after the test."""
+    suffix = uuid.uuid4().hex[:10]
+    yield suffix
+    for table in registry._REGISTRY.values():
+        for name in [n for n in table if suffix in n]:
+            del table[name]
+
+
+def test_register_create_and_list(uid):
+    @register("model", f"net_{uid}_v1")
+    def build_v1(width=4, depth=2):
+        return {"width": width, "depth": depth}
+
+    @register("model", f"net_{uid}_v2")
+    def build_v2(**kw):
+        return ("v2", kw)
+
+    assert get("model", f"net_{uid}_v1") is build_v1
+    assert create("model", f"net_{uid}_v1", width=8) == {"width": 8, "depth": 2}
+    assert create_model(f"net_{uid}_v2", a=1) == ("v2", {"a": 1})
+    assert list_models(f"net_{uid}_v*") == [f"net_{uid}_v1", f"net_{uid}_v2"]
+    assert list_names("model", f"net_{uid}_v2") == [f"net_{uid}_v2"]
+    assert list_names("model", f"*{uid}*1") == [f"net_{uid}_v1"]
+    assert list_names("dataset", f"*{uid}*") == []  # registries are separate
+    everything = list_models()
+    assert everything == sorted(everything) and f"net_{uid}_v1" in everything
+
+
+def test_decorators_register_under_function_name(uid):
+    ns: dict = {}
+    exec(  # functions whose __name__ carries the unique suffix
+        textwrap.dedent(f"""
+        def model_{uid}(): return "m"
+        def data_{uid}(): return "d"
+        def task_{uid}(): return "t"
+        def bare_{uid}(): return "b"
+        """),
+        ns,
+    )
+    assert register_model(ns[f"model_{uid}"]) is ns[f"model_{uid}"]  # the decorator returns the function
+    register_dataset(ns[f"data_{uid}"])
+    register_task()(ns[f"task_{uid}"])
+    assert register_task(ns[f"bare_{uid}"]) is ns[f"bare_{uid}"]  # bare @register_task
+    assert create_model(f"model_{uid}") == "m"
+    assert create("dataset", f"data_{uid}") == "d"
+    assert create("task", f"task_{uid}") == "t"
+    assert create("task", f"bare_{uid}") == "b"
+    assert list_names("task", f"*{uid}") == [f"bare_{uid}", f"task_{uid}"]
+
+
+def test_register_task_with_name(uid):
+    @register_task(f"my_task_{uid}")
+    def builder(cfg=None):
+        return cfg
+
+    assert get("task", f"my_task_{uid}") is builder
+    assert create("task", f"my_task_{uid}", cfg=3) == 3
+
+
+def test_reregistering_same_function_is_allowed(uid):
+    def build():
+        return 1
+
+    register("model", f"same_{uid}")(build)
+    register("model", f"same_{uid}")(build)
+    assert get("model", f"same_{uid}") is build
+
+
+def test_reloaded_function_replaces_old_one(uid):
+    """A module re-executed in a notebook defines a new function object with the same module and qualname."""
+    first: dict = {"__name__": f"mod_{uid}"}
+    second: dict = {"__name__": f"mod_{uid}"}
+    exec(f"def reloadable_{uid}():\n    return 1\n", first)
+    exec(f"def reloadable_{uid}():\n    return 2\n", second)
+    register_model(first[f"reloadable_{uid}"])
+    register_model(second[f"reloadable_{uid}"])
+    assert get("model", f"reloadable_{uid}") is second[f"reloadable_{uid}"]
+    assert create_model(f"reloadable_{uid}") == 2
+
+
+def test_different_function_under_taken_name_raises(uid):
+    def first():
+        return 1
+
+    def second():
+        return 2
+
+    register("model", f"taken_{uid}")(first)
+    with pytest.raises(ValueError, match=rf"taken_{uid}.*already registered.*first"):
+        register("model", f"taken_{uid}")(second)
+    assert get("model", f"taken_{uid}") is first  # the original stays
+    # The same name in another registry is independent.
+    register("dataset", f"taken_{uid}")(second)
+    assert get("dataset", f"taken_{uid}") is second
+
+
+def test_unknown_name_suggests_close_matches(uid):
+    register("model", f"resnet_{uid}")(lambda: None)
+    register("model", f"vitnet_{uid}")(lambda **kw: None)
+    with pytest.raises(KeyError) as info:
+        get("model", f"resnt_{uid}")
+    msg = str(info.value)
+    assert f"unknown model 'resnt_{uid}'" in msg
+    assert f"Did you mean resnet_{uid}" in msg
+    assert f"vitnet_{uid}" in msg.split("Registered:")[1]  # all names listed
+    with pytest.raises(KeyError) as info:
+        create_model(f"zzzzzzzzzzzzzzzz_{uid}_qqqqqqqqqqqq")
+    assert "Did you mean" not in str(info.value)
+
+
+def test_unknown_kind_raises():
+    with pytest.raises(ValueError, match=r"unknown registry 'optimizer'.*model, dataset, task"):
+        register("optimizer")
+    with pytest.raises(ValueError, match="unknown registry"):
+        get("loss", "x")
+    with pytest.raises(ValueError, match="unknown registry"):
+        list_names("models")
+    with pytest.raises(ValueError, match="unknown registry"):
+        create("", "x")
+
+
+def _plugin_module(tmp_path, monkeypatch, uid, body):
+    name = f"rswb_plugin_{uid}"
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(body))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    return name
+
+
+def test_module_colon_name_imports_and_registers(tmp_path, monkeypatch, uid):
+    module = _plugin_module(tmp_path, monkeypatch, uid, f"""
+        from rswb.registry import register_task
+
+        CALLS = []
+
+        @register_task("plug_{uid}")
+        def plug(scale=1):
+            CALLS.append(scale)
+            return ("plugged", scale)
+        """)
+    assert f"plug_{uid}" not in list_names("task")
+    assert create("task", f"{module}:plug_{uid}", scale=3) == ("plugged", 3)
+    assert module in sys.modules
+    assert f"plug_{uid}" in list_names("task")
+    # Once imported, the plain name works too, and a second "module:name" lookup does not re-register.
+    assert create("task", f"plug_{uid}") == ("plugged", 1)
+    assert get("task", f"{module}:plug_{uid}") is get("task", f"plug_{uid}")
+    assert sys.modules[module].CALLS == [3, 1]
+    monkeypatch.delitem(sys.modules, module)
+
+
+def test_module_colon_name_missing_name_or_module(tmp_path, monkeypatch, uid):
+    module = _plugin_module(tmp_path, monkeypatch, uid, f"""
+        from rswb.registry import register_model
+
+        @register_model
+        def real_{uid}():
+            return 1
+        """)
+    with pytest.raises(KeyError, match=rf"unknown model 'reel_{uid}'.*Did you mean real_{uid}"):
+        get("model", f"{module}:reel_{uid}")
+    assert create_model(f"real_{uid}") == 1
+    with pytest.raises(KeyError, match=rf"cannot import 'no_such_module_{uid}'"):
+        get("model", f"no_such_module_{uid}:x")
+    monkeypatch.delitem(sys.modules, module)
+
+
+def test_module_colon_name_uses_working_directory(tmp_path, monkeypatch, uid):
+    """Like ``python -m``: a module in the current folder is found even when that folder is not on sys.path."""
+    name = f"rswb_cwd_plugin_{uid}"
+    (tmp_path / f"{name}.py").write_text(
+        f"from rswb.registry import register_dataset\n\n@register_dataset\ndef cwd_{uid}():\n    return 'cwd'\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    assert create("dataset", f"{name}:cwd_{uid}") == "cwd"
+    monkeypatch.delitem(sys.modules, name)
