@@ -3,3 +3,5 @@
 Importing this package registers the built-in tasks (see ``rswb train --list``); a builder takes one config
 dataclass and returns a :class:`rswb.engine.TaskBundle`.
 """
+
+from rswb.tasks import hashing  # noqa: F401,E402  (registers "hash")

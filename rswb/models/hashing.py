@@ -1,0 +1,113 @@
+"""DHCL: deep hashing with the predicted class as a semantic cue (METHODS.md section 4).
+
+``backbone -> global pooling -> linear hash layer (K bits, tanh relaxation) -> classification head on the code``.
+At evaluation the code is ``sign(h)`` and the **semantic cue** is appended: the predicted class index written in
+binary (``ceil(log2 C)`` bits as +-1), each cue bit repeated ``cue_weight`` times. With ``cue_weight = K + 1`` (the
+default) one differing cue bit outweighs every hash bit, so Hamming ranking first separates predicted classes and
+then orders within them, which is what the paper describes; ``cue_weight = 1`` is the literal append (the cue only
+breaks ties); ``cue=False`` is the ablation without it.
+
+The backbone is any registered backbone with ``forward_features(x)["pooled"]`` and ``num_features``. With
+``frozen_backbone=True`` the model also accepts precomputed backbone features (``batch["features"]``), which is how
+the CPU profile trains in minutes (see :mod:`rswb.tasks.hashing`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from rswb.registry import create_model, register_model
+
+__all__ = ["DHCL", "cue_bits", "dhcl", "semantic_cue"]
+
+
+def cue_bits(num_classes: int) -> int:
+    """Bits needed to write a class index in binary: ``ceil(log2 C)`` (at least 1)."""
+    return max(1, math.ceil(math.log2(num_classes)))
+
+
+def semantic_cue(pred: torch.Tensor, num_classes: int, weight: int = 1) -> torch.Tensor:
+    """The predicted class index in binary as +-1 bits, each repeated ``weight`` times.
+
+    Args:
+        pred: predicted class indices ``[B]`` (int).
+        num_classes: number of classes ``C``.
+        weight: repetitions of each bit (its weight in the Hamming distance).
+
+    Returns:
+        ``[B, ceil(log2 C) * weight]`` float tensor of +-1, most significant bit first.
+    """
+    n = cue_bits(num_classes)
+    shifts = torch.arange(n - 1, -1, -1, device=pred.device)
+    bits = (pred.long().unsqueeze(1) >> shifts) & 1
+    return (bits.float() * 2 - 1).repeat_interleave(int(weight), dim=1)
+
+
+class DHCL(nn.Module):
+    """The DHCL hash model.
+
+    Args:
+        backbone: a backbone module (``forward_features``, ``num_features``).
+        bits: hash code length ``K``.
+        num_classes: number of scene classes ``C``.
+        cue: append the semantic cue to evaluation codes.
+        cue_weight: repetitions of each cue bit (``None``: ``K + 1``, strict class-first ranking).
+        frozen_backbone: keep the backbone fixed (eval mode, no gradients) and accept precomputed features.
+    """
+
+    def __init__(self, backbone: nn.Module, bits: int = 64, num_classes: int = 21, cue: bool = True,
+                 cue_weight: int | None = None, frozen_backbone: bool = False):
+        super().__init__()
+        if bits < 1:
+            raise ValueError(f"bits must be positive, got {bits}")
+        self.backbone, self.bits, self.num_classes = backbone, int(bits), int(num_classes)
+        self.cue, self.cue_weight = bool(cue), int(cue_weight if cue_weight is not None else bits + 1)
+        self.frozen_backbone = bool(frozen_backbone)
+        self.hash = nn.Linear(backbone.num_features, self.bits)
+        self.classifier = nn.Linear(self.bits, self.num_classes)
+        if self.frozen_backbone:
+            self.backbone.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> DHCL:
+        """Train mode for the new layers; a frozen backbone always stays in eval mode (fixed batch-norm stats)."""
+        super().train(mode)
+        if self.frozen_backbone:
+            self.backbone.eval()
+        return self
+
+    def features(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Pooled features ``[B, F]``: precomputed ``batch["features"]``, else the backbone on ``batch["image"]``."""
+        if "features" in batch:
+            return batch["features"]
+        if self.frozen_backbone:
+            with torch.no_grad():
+                return self.backbone.forward_features(batch["image"])["pooled"]
+        return self.backbone.forward_features(batch["image"])["pooled"]
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """``{"code": tanh(h) [B, K], "logits": [B, C]}`` (the relaxed code feeds the losses)."""
+        code = torch.tanh(self.hash(self.features(batch)))
+        return {"code": code, "logits": self.classifier(code)}
+
+    @torch.no_grad()
+    def encode(self, batch: dict[str, Any], cue: bool | None = None) -> dict[str, torch.Tensor]:
+        """Evaluation codes: ``{"bits": sign(h) [B, K], "pred": [B], "code": bits (+ cue) [B, K (+ cue)]}``."""
+        out = self.forward(batch)
+        bits = torch.where(out["code"] >= 0, 1.0, -1.0)
+        pred = out["logits"].argmax(1)
+        use_cue = self.cue if cue is None else cue
+        code = torch.cat([bits, semantic_cue(pred, self.num_classes, self.cue_weight)], 1) if use_cue else bits
+        return {"bits": bits, "pred": pred, "code": code}
+
+
+@register_model
+def dhcl(backbone: str = "efficientnet_lite0", bits: int = 64, num_classes: int = 21, pretrained: bool = True,
+         cue: bool = True, cue_weight: int | None = None, frozen_backbone: bool = False) -> DHCL:
+    """DHCL on a registered backbone (ImageNet EfficientNet-Lite0 by default; ``small_cnn`` for fast tests)."""
+    kwargs = {"pretrained": pretrained} if backbone != "small_cnn" else {}
+    return DHCL(create_model(backbone, **kwargs), bits=bits, num_classes=num_classes, cue=cue,
+                cue_weight=cue_weight, frozen_backbone=frozen_backbone)

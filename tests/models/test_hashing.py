@@ -1,0 +1,61 @@
+"""DHCL model: semantic cue encoding, class-first Hamming ranking, forward/backward, frozen backbone."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from rswb.metrics.hashing import hamming_distance, pack_codes
+from rswb.models.hashing import cue_bits, dhcl, semantic_cue
+
+
+def test_cue_bits_and_hand_case():
+    assert [cue_bits(c) for c in (2, 3, 4, 5, 21, 32, 33)] == [1, 2, 2, 3, 5, 5, 6]
+    cue = semantic_cue(torch.tensor([0, 5, 20]), 21)
+    assert cue.tolist() == [[-1, -1, -1, -1, -1], [-1, -1, 1, -1, 1], [1, -1, 1, -1, -1]]
+    assert semantic_cue(torch.tensor([1]), 4, weight=3).tolist() == [[-1, -1, -1, 1, 1, 1]]
+
+
+def test_default_cue_weight_ranks_predicted_class_first():
+    torch.manual_seed(0)
+    model = dhcl("small_cnn", bits=16, num_classes=6).eval()
+    enc = model.encode({"features": torch.randn(40, model.backbone.num_features)})
+    codes = enc["code"].numpy().astype(np.int8)
+    assert codes.shape == (40, 16 + 3 * 17)
+    d = hamming_distance(pack_codes(codes), pack_codes(codes))
+    pred = enc["pred"].numpy()
+    same = pred[:, None] == pred[None, :]
+    # Every item of the same predicted class is closer than every item of another predicted class.
+    for q in range(40):
+        if same[q].any() and (~same[q]).any():
+            assert d[q][same[q]].max() < d[q][~same[q]].min()
+
+
+def test_encode_without_cue_and_signs():
+    torch.manual_seed(0)
+    model = dhcl("small_cnn", bits=8, num_classes=4, cue=False).eval()
+    enc = model.encode({"image": torch.rand(3, 3, 64, 64)})
+    assert enc["code"].shape == (3, 8) and set(enc["code"].unique().tolist()) <= {-1.0, 1.0}
+    assert torch.equal(enc["code"], enc["bits"])
+
+
+@pytest.mark.parametrize("size", [64, 96])
+def test_forward_backward_images(size):
+    torch.manual_seed(0)
+    model = dhcl("small_cnn", bits=16, num_classes=5)
+    out = model({"image": torch.rand(2, 3, size, size)})
+    assert out["code"].shape == (2, 16) and out["logits"].shape == (2, 5)
+    assert out["code"].abs().max() < 1
+    (out["code"].sum() + out["logits"].sum()).backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_frozen_backbone_gets_no_gradient_and_stays_in_eval():
+    torch.manual_seed(0)
+    model = dhcl("small_cnn", bits=16, num_classes=5, frozen_backbone=True).train()
+    assert not model.backbone.training and model.hash.training
+    out = model({"image": torch.rand(2, 3, 64, 64)})
+    out["logits"].sum().backward()
+    assert all(p.grad is None for p in model.backbone.parameters())
+    assert model.hash.weight.grad is not None
