@@ -68,6 +68,35 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import rswb.tasks  # noqa: F401
+    from rswb.engine import EvalContext, select_device
+    from rswb.engine.launch import load_trained
+
+    run = Path(args.run)
+    if not (run / "config.yaml").exists():
+        run = Path(args.root) / args.run
+    bundle = load_trained(run, weights=args.weights)
+    device = select_device(args.device)
+    bundle.task.to(device)
+    splits = {"test": bundle.test, "val": bundle.val}
+    results = {}
+    for split in (["test", "val"] if args.split == "both" else [args.split]):
+        if splits[split] is None:
+            raise ValueError(f"{run}: the task has no {split} split")
+        ctx = EvalContext(device, batch_size=args.batch_size, progress=not args.json, desc=split)
+        results[split] = bundle.task.evaluate(splits[split], ctx)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        keys = sorted({k for r in results.values() for k in r})
+        print(f"{run} ({args.weights} weights)")
+        print(f"  {'metric':<16}" + "".join(f"{s:>10}" for s in results))
+        for k in keys:
+            print(f"  {k:<16}" + "".join(f"{results[s].get(k, float('nan')):>10.4f}" for s in results))
+    return 0
+
+
 def _cmd_runs_list(args: argparse.Namespace) -> int:
     from rswb.engine.runs import format_table, list_runs
 
@@ -84,6 +113,44 @@ def _cmd_runs_compare(args: argparse.Namespace) -> int:
 
     metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else None
     print(format_table(compare(args.runs, root=args.root, metrics=metrics, split=args.split)))
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import rswb
+
+    # benchmarks/ is a folder of the source checkout, next to the rswb package; it is not installed with it.
+    root = Path(rswb.__file__).resolve().parents[1]
+    if not (root / "benchmarks" / "__init__.py").is_file():
+        print(
+            f"rswb bench: error: no benchmarks/ folder at {root / 'benchmarks'}; the benchmarks come with the source "
+            "checkout (git clone), not with an installed package",
+            file=sys.stderr,
+        )
+        return 2
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    import benchmarks
+
+    if Path(benchmarks.__file__).resolve().parent != root / "benchmarks":
+        print(f"rswb bench: error: 'benchmarks' was imported from {benchmarks.__file__}, not from {root}",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    known = benchmarks.names()
+    names = list(dict.fromkeys(args.names)) or known
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        print(f"rswb bench: error: unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(known)}",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    results = {}
+    for name in names:
+        print(f"rswb bench: running {name}{' (quick)' if args.quick else ''} ...", file=sys.stderr, flush=True)
+        results[name] = benchmarks.run(name, quick=args.quick)
+        if not args.json:
+            print(benchmarks.format_result(name, results[name]) + "\n", flush=True)
+    if args.json:
+        print(json.dumps(results, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
     return 0
 
 
@@ -115,6 +182,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("rest", nargs=argparse.REMAINDER, help="--option value pairs")
     train.set_defaults(func=_cmd_train)
 
+    ev = sub.add_parser("eval", help="re-score a finished run from its folder (rebuilds the task, loads best.pt)")
+    ev.add_argument("run", help="run name (under --root) or run folder")
+    ev.add_argument("--root", default="runs", help="folder of runs (default: runs)")
+    ev.add_argument("--split", default="test", choices=["test", "val", "both"], help="which split to score")
+    ev.add_argument("--weights", default="best", choices=["best", "last"], help="best.pt or checkpoint.pt")
+    ev.add_argument("--device", default=None, help="cuda | mps | cpu (default: the best available)")
+    ev.add_argument("--batch-size", type=int, default=128, help="evaluation batch size")
+    ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    ev.set_defaults(func=_cmd_eval)
+
     runs = sub.add_parser("runs", help="list and compare run folders")
     runs_sub = runs.add_subparsers(dest="runs_command", metavar="ACTION", required=True)
     rl = runs_sub.add_parser("list", help="one line per run under --root")
@@ -127,6 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--metrics", help="comma-separated metric names (default: all)")
     rc.add_argument("--split", default="test", choices=["test", "val"], help="which metrics to show")
     rc.set_defaults(func=_cmd_runs_compare)
+
+    bench = sub.add_parser("bench", help="speed benchmarks: rswb vs a slow reference (source checkout only)")
+    bench.add_argument("names", nargs="*", metavar="NAME", help="benchmarks to run (default: all)")
+    bench.add_argument("--json", action="store_true", help="print one JSON object {name: result}")
+    bench.add_argument("--quick", action="store_true", help="tiny problem sizes: checks the plumbing, not speed")
+    bench.set_defaults(func=_cmd_bench)
     return parser
 
 
@@ -141,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rswb: data error: {err}", file=sys.stderr)
         return 2
     except (KeyError, ValueError, FileNotFoundError, FileExistsError) as err:
-        if args.command not in ("train", "runs"):
+        if args.command not in ("train", "runs", "eval"):
             raise
         # Bad options, unknown tasks or runs, an existing run folder: one clear line, not a traceback.
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err

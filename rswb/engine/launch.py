@@ -17,13 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from rswb.config import TrainConfig, field_help, from_dict, load_yaml, to_dict
+from rswb.engine.checkpoint import load_checkpoint
 from rswb.engine.distributed import init_distributed
 from rswb.engine.loop import FitResult, fit
 from rswb.engine.runs import RunFolder
 from rswb.engine.seed import seed_everything
+from rswb.engine.task import TaskBundle
 from rswb.registry import get
 
-__all__ = ["describe_task", "split_options", "task_config_class", "train_task"]
+__all__ = ["describe_task", "load_trained", "split_options", "task_config_class", "train_task"]
 
 
 def task_config_class(builder: Any) -> type | None:
@@ -124,4 +126,35 @@ def train_task(name: str, options: Mapping[str, Any] | None = None, *, config_fi
     train_cfg = from_dict(TrainConfig, {**bundle.train_defaults, **train_opts}, source="training options")
     return fit(bundle.task, bundle.train, val=bundle.val, test=bundle.test, config=train_cfg, name=run_name,
                runs_root=runs_root, resume=resume, overwrite=overwrite,
-               task_config=to_dict(task_cfg) if task_cfg is not None else {}, dist=dist)
+               task_config=to_dict(task_cfg) if task_cfg is not None else {}, task_name=name, dist=dist)
+
+
+def load_trained(run_dir: str | Path, weights: str = "best") -> TaskBundle:
+    """Rebuild a run's task and splits from its ``config.yaml`` and load its ``best.pt`` (or ``checkpoint.pt``).
+
+    Args:
+        run_dir: a run folder written by ``rswb train`` (or :func:`train_task`).
+        weights: ``"best"`` (the selected epoch) or ``"last"``.
+
+    Raises:
+        FileNotFoundError: not a run folder, or the weights file is missing.
+        ValueError: the run was not made from a registered task (no ``task_name`` in its config).
+    """
+    run = RunFolder(run_dir)
+    if not run.config.exists():
+        raise FileNotFoundError(f"{run.path}: not a run folder (no config.yaml)")
+    saved = run.read_config()
+    name = saved.get("task_name")
+    if not name:
+        raise ValueError(f"{run.config}: no task_name; only runs started from a registered task can be rebuilt")
+    builder = get("task", name)
+    task_cls = task_config_class(builder)
+    seed_everything(saved.get("train", {}).get("seed", 0))
+    task_cfg = from_dict(task_cls, saved.get("task_config", {}), source=str(run.config)) if task_cls else None
+    bundle = builder(task_cfg) if task_cls else builder()
+    path = run.best if weights == "best" else run.checkpoint
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: weights file not found (is the run finished?)")
+    bundle.task.load_state_dict(load_checkpoint(path)["task"])
+    bundle.task.eval()
+    return bundle

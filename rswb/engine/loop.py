@@ -149,6 +149,7 @@ def fit(
     resume: bool = False,
     overwrite: bool = False,
     task_config: Mapping[str, Any] | None = None,
+    task_name: str | None = None,
     callbacks: Sequence[Callable[[dict[str, Any]], None]] = (),
     dist: DistContext | None = None,
 ) -> FitResult:
@@ -168,6 +169,7 @@ def fit(
         resume: continue the run in the folder from its last checkpoint (starts from scratch if none was written).
         overwrite: replace an existing run in the folder.
         task_config: the task's own config, saved in ``config.yaml`` under ``task_config``.
+        task_name: the registered task name (saved, so that ``rswb eval`` can rebuild the run).
         callbacks: functions called on rank 0 with each epoch's record (the ``metrics.jsonl`` line).
         dist: process context (default: the initialised ``torch.distributed`` group, else one process).
 
@@ -239,7 +241,7 @@ def fit(
         best_state = _restore_best(run, ckpt, best, dist)
     if dist.is_main:
         run.write_config({
-            "name": run.path.name, "task": task.describe(), "train": to_dict(cfg),
+            "name": run.path.name, "task_name": task_name, "task": task.describe(), "train": to_dict(cfg),
             "task_config": dict(task_config or {}), "monitor": {"metric": monitor, "mode": mode},
             "splits": {"train": len(train_set), "val": len(val_set) if val_set is not None else 0,
                        "test": len(test) if test is not None else 0},

@@ -129,9 +129,18 @@ class Task(nn.Module):
         """Metrics over the concatenated outputs of a whole split (pure :mod:`rswb.metrics` calls)."""
         raise NotImplementedError(f"{type(self).__name__} must implement metrics(outputs)")
 
-    @torch.no_grad()
     def evaluate(self, dataset: Dataset, ctx: EvalContext) -> dict[str, float]:
         """Predict every item of ``dataset`` (sharded across processes), gather, and score with :meth:`metrics`."""
+        return {k: float(v) for k, v in self.metrics(self.collect(dataset, ctx)).items()}
+
+    @torch.no_grad()
+    def collect(self, dataset: Dataset, ctx: EvalContext | None = None) -> dict[str, torch.Tensor]:
+        """The :meth:`predict` outputs of every item of ``dataset``, concatenated in dataset order (CPU tensors).
+
+        Notebooks use this to look at what a model outputs (codes, logits, embeddings) beyond the metrics.
+        """
+        if ctx is None:
+            ctx = EvalContext(next(self.parameters()).device)
         was_training = self.training
         self.eval()
         chunks: dict[str, list[torch.Tensor]] = {}
@@ -142,9 +151,8 @@ class Task(nn.Module):
             for k, v in out.items():
                 chunks.setdefault(k, []).append(v.detach().float().cpu() if v.is_floating_point() else v.cpu())
         outputs = {k: torch.cat(v) for k, v in chunks.items()}
-        outputs = ctx.gather(outputs, len(dataset))
         self.train(was_training)
-        return {k: float(v) for k, v in self.metrics(outputs).items()}
+        return ctx.gather(outputs, len(dataset))
 
     def describe(self) -> dict[str, str]:
         """``method``, ``version`` and ``data`` for the run registry (from ``info``, else the class name)."""

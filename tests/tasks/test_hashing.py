@@ -45,6 +45,19 @@ def test_train_hash_cli_on_embedded_scenes(tmp_path):
         assert 0.0 <= v <= 1.0
 
 
+def test_eval_rescores_a_run_to_its_recorded_metrics(tmp_path, capsys):
+    args = ["train", "hash", "--backbone", "small_cnn", "--pretrained", "false", "--image-size", "32", "--bits", "8",
+            "--epochs", "2", "--views", "1", "--per-class", "10", "--runs-root", str(tmp_path), "--name", "e",
+            "--no-progress", "--cache-dir", str(tmp_path / "cache")]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(["eval", "e", "--root", str(tmp_path), "--json", "--split", "both"]) == 0
+    rescored = json.loads(capsys.readouterr().out)
+    final = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert rescored["test"] == pytest.approx(final["test"]) and rescored["val"] == pytest.approx(final["val"])
+    assert main(["eval", "missing", "--root", str(tmp_path)]) == 2
+
+
 @pytest.mark.realdata
 @pytest.mark.slow
 def test_quick_profile_on_uc_merced(shared_data, tmp_path):
