@@ -30,13 +30,13 @@ test-fast: $(STAMP)  ## the suite without slow tests
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: $(STAMP)
-	$(BIN)/ruff check rswb tests benchmarks
+	$(BIN)/ruff check rswb tests benchmarks notebooks
 
 lab: $(STAMP)  ## JupyterLab on notebooks/ (headless: open the printed 127.0.0.1 URL with its token)
 	$(BIN)/jupyter lab --notebook-dir=notebooks $(LAB_FLAGS)
 
 bench: $(STAMP)  ## speed benchmarks; JSON results next to their reference, see benchmarks/README.md
-	$(BIN)/python -m benchmarks.patch_sampler
+	$(BIN)/rswb bench
 
 clean-data:
 	rm -rf data/embedded

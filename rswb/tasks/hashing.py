@@ -119,11 +119,15 @@ def _cache_dir(cfg: HashConfig) -> Path:
 def _cached_features(backbone: torch.nn.Module, folder: SceneFolder, views: int, cfg: HashConfig) -> torch.Tensor:
     """Features of ``folder`` from the disk cache, computed and stored atomically on a miss.
 
-    The key covers the backbone (name, weights), the image list (paths, sizes, modification times), the image size
-    and the number of views, so a changed file or setting never returns stale features.
+    The key covers the backbone (name and a digest of its actual weights, so a randomly initialised backbone of
+    another seed is another entry), the image list (paths, sizes, modification times), the image size and the number
+    of views, so a changed file or setting never returns stale features.
     """
     h = hashlib.sha256()
-    h.update(repr((cfg.backbone, cfg.pretrained, cfg.image_size, views)).encode())
+    h.update(repr((cfg.backbone, cfg.image_size, views)).encode())
+    for name, tensor in backbone.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     for rec in folder.records:
         st = os.stat(rec.path)
         h.update(f"{Path(rec.path).resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
@@ -260,3 +264,119 @@ def hash_task(cfg: HashConfig) -> TaskBundle:
         defaults = {"epochs": 30, "batch_size": 90, "lr": 1e-4, "weight_decay": 1e-4, "schedule": "step",
                     "step_epochs": 10, "step_gamma": 0.5, "val_fraction": 0.0}
     return TaskBundle(task, train, val=val if len(va_idx) else None, test=test, train_defaults=defaults)
+
+
+# --- notebook 04: profiles, cached runs per code length, and the codes of a trained run ---------------------------
+
+PROFILES: dict[str, dict[str, Any]] = {
+    # Seconds per run on a 2-core CPU (the papermill test): a small random CNN on 64-px images, 30 images per class.
+    # Its frozen pooled features are tiny (std ~0.006), so the hash layer needs a large lr to leave its initial,
+    # nearly constant codes within a few epochs (at the default 1e-3 every image gets about the same code).
+    "quick": {"backbone": "small_cnn", "pretrained": False, "image_size": 64, "views": 1, "per_class": 30,
+              "lr": 0.1, "batch_size": 32},
+    # The frozen ImageNet EfficientNet-Lite0 with cached features (HashConfig's defaults).
+    "cpu": {},
+    # The paper's schedule: the whole network fine-tunes (a GPU profile).
+    "full": {"freeze_backbone": False},
+}
+"""Option overrides of ``rswb train hash`` for each profile of notebook 04 (see :func:`train_or_load`)."""
+
+
+def hash_options(bits: int, profile: str, data_root: str | Path | None, epochs: int, seed: int,
+                 cue: bool = True) -> dict[str, Any]:
+    """The options of one run of notebook 04: the profile's overrides plus code length, data, epochs, seed, cue.
+
+    Raises:
+        KeyError: an unknown profile (the message lists :data:`PROFILES`).
+    """
+    if profile not in PROFILES:
+        raise KeyError(f"unknown profile {profile!r}; use one of {', '.join(PROFILES)}")
+    data = str(Path(data_root).expanduser().resolve()) if data_root is not None else None
+    return {**PROFILES[profile], "bits": int(bits), "data": data, "epochs": int(epochs), "seed": int(seed),
+            "cue": bool(cue)}
+
+
+def _finished_with(run_dir: Path, options: dict[str, Any]) -> bool:
+    """Whether ``run_dir`` holds a finished run whose saved options include ``options``."""
+    from rswb.engine.runs import RunFolder
+
+    run = RunFolder(run_dir)
+    if not (run.final.exists() and run.config.exists()):
+        return False
+    saved = run.read_config()
+    resolved = {**saved.get("train", {}), **saved.get("task_config", {})}
+    return saved.get("task_name") == "hash" and all(k in resolved and resolved[k] == v for k, v in options.items())
+
+
+def train_or_load(bits: int, profile: str, data_root: str | Path | None, epochs: int, seed: int,
+                  output_dir: str | Path, cue: bool = True, device: str | None = None,
+                  progress: bool = True) -> Path:
+    """The run folder of one code length: reused when finished with the same options, else (re)trained.
+
+    The run is ``output_dir/<profile>-<bits>bit`` (``-nocue`` appended without the cue). A finished run
+    (``metrics.json`` written) whose saved options match :func:`hash_options` is returned as is; an unfinished one or
+    one with other options is replaced by a new training run (:func:`rswb.engine.launch.train_task`). The device and
+    the progress bars do not change the result, so they are not compared.
+
+    Args:
+        bits: code length K.
+        profile: a key of :data:`PROFILES` (``"quick"``, ``"cpu"``, ``"full"``).
+        data_root: scene folder (UC Merced / AID layout); None: the embedded synthetic scenes.
+        epochs: training epochs.
+        seed: training seed.
+        output_dir: parent folder of the runs.
+        cue: the model's ``cue`` option (its metrics report both ways either way).
+        device: training device (None: the best available).
+        progress: show progress bars while training.
+
+    Returns:
+        The run folder.
+    """
+    from rswb.engine.launch import train_task
+
+    options = hash_options(bits, profile, data_root, epochs, seed, cue)
+    name = f"{profile}-{int(bits)}bit{'' if cue else '-nocue'}"
+    run_dir = Path(output_dir) / name
+    if _finished_with(run_dir, options):
+        return run_dir
+    result = train_task("hash", {**options, "device": device, "progress": progress}, run_name=name,
+                        runs_root=output_dir, overwrite=True)
+    return Path(result.run_dir)
+
+
+def load_codes(run_dir: str | Path, device: str | None = None) -> dict[str, Any]:
+    """The test-split outputs of a trained hash run, with what the figures of notebook 04 need.
+
+    Args:
+        run_dir: a finished ``rswb train hash`` run.
+        device: where to run the model (None: the best available).
+
+    Returns:
+        ``code`` ``[N, K + cue bits]`` and ``bits`` ``[N, K]`` (int8, ``{-1, +1}``; with and without the semantic
+        cue), ``pred`` and ``label`` ``[N]`` (int64), ``paths`` (the image file of each item), ``class_names`` and
+        ``metrics`` (the run's recorded test metrics), in the order of the query set (= database).
+    """
+    from rswb.config import from_dict
+    from rswb.data.synthetic import ensure_embedded
+    from rswb.engine.device import select_device
+    from rswb.engine.launch import load_trained
+    from rswb.engine.runs import RunFolder
+    from rswb.engine.task import EvalContext
+
+    run = RunFolder(run_dir)
+    cfg = from_dict(HashConfig, run.read_config().get("task_config", {}), source=str(run.config))
+    bundle = load_trained(run.path)
+    dev = select_device(device)
+    out = bundle.task.to(dev).collect(bundle.test, EvalContext(dev))
+    root = Path(cfg.data) if cfg.data else ensure_embedded("scenes")
+    query = _limit_per_class(SceneFolder(root, "query", layout=cfg.layout), cfg.per_class)
+    labels = out["label"].numpy().astype(np.int64)
+    if len(query) != len(labels) or not np.array_equal(query.labels, labels):
+        raise RuntimeError(f"{run.path}: the query folder under {root} no longer matches the run's test split")
+    return {"code": out["code"].numpy().astype(np.int8), "bits": out["bits"].numpy().astype(np.int8),
+            "pred": out["pred"].numpy().astype(np.int64), "label": labels,
+            "paths": [str(r.path) for r in query.records], "class_names": list(query.classes),
+            "metrics": (run.read_final() or {}).get("test", {})}
+
+
+__all__ += ["PROFILES", "hash_options", "load_codes", "train_or_load"]

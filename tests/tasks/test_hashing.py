@@ -70,3 +70,28 @@ def test_quick_profile_on_uc_merced(shared_data, tmp_path):
     test = json.loads((tmp_path / "u" / "metrics.json").read_text())["test"]
     # Measured 0.82 / 0.80 (chance: about 0.05); the cue helps once the classifier is good.
     assert test["mAP@20"] > 0.6 and test["class_acc"] > 0.6
+
+
+def test_train_or_load_reuses_a_finished_run_with_the_same_options(tmp_path, monkeypatch):
+    from rswb.tasks import hashing
+
+    monkeypatch.setenv("RSWB_CACHE_DIR", str(tmp_path / "cache"))
+    tiny = {**hashing.PROFILES["quick"], "image_size": 32, "per_class": 10}
+    monkeypatch.setitem(hashing.PROFILES, "tiny", tiny)
+    run = hashing.train_or_load(8, "tiny", None, epochs=1, seed=0, output_dir=tmp_path / "runs", progress=False)
+    assert run == tmp_path / "runs" / "tiny-8bit" and (run / "metrics.json").exists()
+    stamp = (run / "metrics.json").stat().st_mtime_ns
+    assert hashing.train_or_load(8, "tiny", None, 1, 0, tmp_path / "runs", progress=False) == run
+    assert (run / "metrics.json").stat().st_mtime_ns == stamp  # reused, not retrained
+    hashing.train_or_load(8, "tiny", None, 2, 0, tmp_path / "runs", progress=False)  # other options: retrained
+    assert (run / "metrics.json").stat().st_mtime_ns != stamp
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+
+    codes = hashing.load_codes(run)
+    n = 10 * 10  # 10 query images of each of the 10 embedded classes
+    assert codes["bits"].shape == (n, 8) and codes["code"].shape[0] == n and codes["code"].shape[1] > 8
+    assert set(codes["code"].ravel().tolist()) <= {-1, 1}
+    assert len(codes["paths"]) == n and codes["label"].tolist() == sorted(codes["label"].tolist())
+    assert len(codes["class_names"]) == 10 and codes["metrics"]["mAP@20"] >= 0.0
+    with pytest.raises(KeyError, match="quick"):
+        hashing.hash_options(8, "nope", None, 1, 0)

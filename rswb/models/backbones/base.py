@@ -1,0 +1,140 @@
+"""The interface every image backbone shares: multi-depth feature maps, pooled features and frozen batch-norm.
+
+A backbone takes images as ``[B, 3, H, W]`` float tensors in [0, 1] (what :func:`rswb.data.scenes.image_to_tensor`
+returns) and applies its own input normalisation, so callers never need to know which convention its weights were
+trained with. ``forward_features(x)`` returns a dict of feature maps keyed by their stride (``"s2"`` ... ``"s32"``,
+each ``[B, C, ceil(H / s), ceil(W / s)]``) plus ``"pooled"`` ``[B, num_features]``; ``forward(x)`` returns only
+``"pooled"``. ``feature_info`` lists the keys with their channels and strides, so later models can pick a depth
+without hard-coding channel counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+__all__ = ["Backbone", "FeatureInfo", "normalize_input", "INPUT_NORMS"]
+
+# The input conventions a backbone can be told to apply to [0, 1] images (see `normalize_input`).
+INPUT_NORMS = ("tf", "imagenet", "none")
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    """One entry of ``Backbone.feature_info``: the key in ``forward_features``' dict, its channels and stride."""
+
+    name: str
+    channels: int
+    stride: int
+
+
+def normalize_input(x: torch.Tensor, mode: str = "tf") -> torch.Tensor:
+    """Map images in [0, 1] to a backbone's input convention.
+
+    Args:
+        x: images ``[B, 3, H, W]`` in [0, 1].
+        mode: ``"tf"``: ``(x - 0.5) / 0.5``, i.e. [-1, 1], the convention of the TensorFlow EfficientNet-Lite
+            checkpoints (the same as ``(pixel / 255 - 0.5) / 0.5``); ``"imagenet"``: per-channel ImageNet mean/std
+            (torchvision's convention; wrong for EfficientNet-Lite, kept to measure that it is); ``"none"``: unchanged.
+
+    Returns:
+        The normalised images ``[B, 3, H, W]``, same device and dtype.
+    """
+    if mode == "tf":
+        return x * 2.0 - 1.0
+    if mode == "imagenet":
+        mean = x.new_tensor(_IMAGENET_MEAN).view(1, 3, 1, 1)
+        std = x.new_tensor(_IMAGENET_STD).view(1, 3, 1, 1)
+        return (x - mean) / std
+    if mode == "none":
+        return x
+    raise ValueError(f"unknown input_norm {mode!r}; use one of {INPUT_NORMS}")
+
+
+class Backbone(nn.Module):
+    """Base class of the image backbones (see the module docstring for the interface).
+
+    Subclasses set ``feature_info``, ``num_features`` and ``input_norm`` and implement ``forward_features``.
+
+    Attributes:
+        feature_info: the feature maps of ``forward_features``, shallow to deep.
+        num_features: channels of ``"pooled"``.
+        input_norm: the normalisation applied to [0, 1] inputs (one of ``INPUT_NORMS``).
+    """
+
+    feature_info: list[FeatureInfo]
+    num_features: int
+    input_norm: str = "tf"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._bn_frozen = False
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply this backbone's input normalisation to images ``[B, 3, H, W]`` in [0, 1]."""
+        return normalize_input(x, self.input_norm)
+
+    def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Feature maps at every depth of ``feature_info`` plus ``"pooled"`` ``[B, num_features]``.
+
+        Args:
+            x: images ``[B, 3, H, W]`` in [0, 1].
+        """
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Globally pooled features ``[B, num_features]`` of images ``[B, 3, H, W]`` in [0, 1]."""
+        return self.forward_features(x)["pooled"]
+
+    @property
+    def feature_channels(self) -> dict[str, int]:
+        """Channels of each feature map key, e.g. ``{"s2": 16, ..., "s32": 320}``."""
+        return {f.name: f.channels for f in self.feature_info}
+
+    @property
+    def feature_strides(self) -> dict[str, int]:
+        """Stride of each feature map key, e.g. ``{"s2": 2, ..., "s32": 32}``."""
+        return {f.name: f.stride for f in self.feature_info}
+
+    @property
+    def bn_frozen(self) -> bool:
+        """Whether batch-norm layers are held in eval mode (see :meth:`freeze_bn`)."""
+        return self._bn_frozen
+
+    def freeze_bn(self, freeze: bool = True, affine: bool = False) -> Backbone:
+        """Hold every batch-norm layer in eval mode, also after ``model.train()``.
+
+        Frozen batch-norm normalises with the stored running statistics and never updates them, which is what
+        fine-tuning a pretrained backbone with small or class-imbalanced batches needs (DHCL trains this way).
+
+        Args:
+            freeze: ``False`` undoes a previous freeze (the layers follow the module's mode again, affine parameters
+                become trainable again).
+            affine: also stop gradients to the batch-norm scale and shift (``requires_grad = False``).
+
+        Returns:
+            ``self``, so ``create_model(...).freeze_bn()`` chains.
+        """
+        self._bn_frozen = freeze
+        for m in self.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                if freeze:
+                    m.eval()
+                else:
+                    m.train(self.training)
+                for p in m.parameters():
+                    p.requires_grad_(not (freeze and affine))
+        return self
+
+    def train(self, mode: bool = True) -> Backbone:
+        """Set train/eval mode; batch-norm layers stay in eval mode while :meth:`freeze_bn` is in force."""
+        super().train(mode)
+        if self._bn_frozen:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self

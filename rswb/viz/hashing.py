@@ -1,0 +1,353 @@
+"""Figures and a widget for hash retrieval: mAP vs bits, PR curves, Hamming histograms, code maps, galleries.
+
+Every plotting function takes codes in ``{-1, +1}`` (numpy arrays or tensors; real values are binarised with
+:func:`rswb.metrics.hashing.binarize`), draws with matplotlib and returns the :class:`~matplotlib.figure.Figure`
+(the functions that draw on one axes accept ``ax=`` so that several plots can share a figure). Distances are the
+Hamming distances of :func:`rswb.metrics.hashing.hamming_distance`, and rankings follow the library's rule: by
+distance, ties broken by the lower database index, the query itself excluded by its index (leave-one-out).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from rswb.data.scenes import load_image
+from rswb.metrics.hashing import binarize, hamming_distance, pack_codes
+
+__all__ = [
+    "gallery_widget",
+    "hamming_ranking",
+    "plot_code_embedding",
+    "plot_hamming_histograms",
+    "plot_map_vs_bits",
+    "plot_pr_curves",
+    "plot_retrieval_gallery",
+]
+
+RIGHT, WRONG, QUERY = "#2ca02c", "#d62728", "#1f77b4"  # border colours: same class, other class, the query
+
+
+def _array(x: Any) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def _codes(codes: Any) -> np.ndarray:
+    """``{-1, +1}`` int8 codes ``[N, K]`` from codes, tensors or real-valued outputs."""
+    c = _array(codes)
+    if c.ndim != 2:
+        raise ValueError(f"codes must be [N, K], got shape {c.shape}")
+    return binarize(c)
+
+
+def _axes(ax: Axes | None, figsize: tuple[float, float]) -> Axes:
+    return plt.subplots(figsize=figsize)[1] if ax is None else ax
+
+
+def _pairwise_distances(codes: np.ndarray) -> np.ndarray:
+    packed = pack_codes(codes)
+    return hamming_distance(packed, packed)
+
+
+def plot_map_vs_bits(df: pd.DataFrame, metric: str = "mAP@20", ax: Axes | None = None) -> Figure:
+    """mAP@K against the code length, with the semantic cue and without it.
+
+    Args:
+        df: one row per code length, with the code length in a ``bits`` column (or as the index) and the columns
+            ``metric`` (with cue) and, when present, ``metric + "_nocue"`` (e.g. the table of
+            :func:`rswb.engine.runs.compare` over the runs, plus a ``bits`` column).
+        metric: the metric to plot.
+        ax: axes to draw on (default: a new figure).
+
+    Returns:
+        The figure: one line with cue, one without (when the column exists), the code lengths as x ticks.
+    """
+    bits = np.asarray(df["bits"] if "bits" in df.columns else df.index, dtype=float)
+    if metric not in df.columns:
+        raise KeyError(f"no column {metric!r} in the table; columns: {', '.join(map(str, df.columns))}")
+    order = np.argsort(bits, kind="stable")
+    ax = _axes(ax, (5, 3.5))
+    ax.plot(bits[order], np.asarray(df[metric], dtype=float)[order], marker="o", label="with cue")
+    if f"{metric}_nocue" in df.columns:
+        ax.plot(bits[order], np.asarray(df[f"{metric}_nocue"], dtype=float)[order], marker="s", linestyle="--",
+                label="without cue")
+    ax.set_xticks(bits[order])
+    ax.set_xticklabels([f"{b:g}" for b in bits[order]])
+    ax.set_xlabel("code length (bits)")
+    ax.set_ylabel(metric)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(f"{metric} vs code length")
+    return ax.figure
+
+
+def plot_pr_curves(curves: Mapping[str, Mapping[str, np.ndarray]], ax: Axes | None = None) -> Figure:
+    """Precision-recall curves over the Hamming radius, one line per entry.
+
+    Each point is one radius ``r = 0..K``: the mean over queries of the precision and recall of the items within
+    distance ``r``. A query with nothing within ``r`` counts as precision 0 (see :func:`rswb.metrics.hashing.pr_curve`),
+    so the curves start low at small radii when many queries retrieve nothing.
+
+    Args:
+        curves: ``{label: pr_curve(...)}``; each value holds ``precision`` and ``recall`` ``[K + 1]``.
+        ax: axes to draw on (default: a new figure).
+
+    Returns:
+        The figure, one line per curve.
+    """
+    ax = _axes(ax, (5, 4))
+    for label, curve in curves.items():
+        ax.plot(_array(curve["recall"]), _array(curve["precision"]), marker=".", markersize=3, label=label)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend(fontsize="small")
+    ax.set_title("Precision-recall over Hamming radius")
+    return ax.figure
+
+
+def plot_hamming_histograms(codes: Any, labels: Any, exclude_self: bool = True, ax: Axes | None = None,
+                            title: str | None = None) -> Figure:
+    """Histograms of the Hamming distances of same-class and different-class pairs.
+
+    Every unordered pair ``i < j`` counts once (with ``exclude_self=False`` also ``i = j``, at distance 0). Each
+    histogram is normalised to a density, so the two shapes compare although different-class pairs are many more.
+
+    Args:
+        codes: codes ``[N, K]``.
+        labels: class labels ``[N]``.
+        exclude_self: leave out the pairs of an item with itself.
+        ax: axes to draw on (default: a new figure).
+        title: axes title (default: the code length).
+
+    Returns:
+        The figure: two histograms with the mean distance of each in the legend.
+    """
+    c, y = _codes(codes), _array(labels).reshape(-1)
+    if len(y) != len(c):
+        raise ValueError(f"{len(c)} codes but {len(y)} labels")
+    i, j = np.triu_indices(len(c), k=1 if exclude_self else 0)
+    dist = _pairwise_distances(c)[i, j]
+    same = y[i] == y[j]
+    k = c.shape[1]
+    bins = np.arange(k + 2) - 0.5
+    ax = _axes(ax, (5.5, 3.5))
+    for mask, name, colour in ((same, "same class", RIGHT), (~same, "different class", WRONG)):
+        if mask.any():
+            ax.hist(dist[mask], bins=bins, density=True, alpha=0.55, color=colour,
+                    label=f"{name} ({mask.sum()} pairs, mean {dist[mask].mean():.1f})")
+    ax.set_xlim(-0.5, k + 0.5)
+    ax.set_xlabel("Hamming distance")
+    ax.set_ylabel("density")
+    ax.legend(fontsize="small")
+    ax.set_title(title or f"Hamming distances of pairs ({k}-bit codes)")
+    return ax.figure
+
+
+def _pca_2d(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The first two principal components ``[N, 2]`` and their share of the variance ``[2]``."""
+    x = x - x.mean(0)
+    u, s, vt = np.linalg.svd(x, full_matrices=False)
+    # The sign of a singular vector is arbitrary: make each one's largest loading positive, so plots are stable.
+    signs = np.sign(vt[np.arange(len(vt)), np.abs(vt).argmax(1)])
+    signs[signs == 0] = 1
+    y = (u * s * signs)[:, :2]
+    var = s**2
+    share = var[:2] / var.sum() if var.sum() > 0 else np.zeros(2)
+    if y.shape[1] < 2:  # a single component (K = 1, or one distinct code): pad with zeros
+        y = np.pad(y, ((0, 0), (0, 2 - y.shape[1])))
+        share = np.pad(share, (0, 2 - len(share)))
+    return y, share
+
+
+def plot_code_embedding(codes: Any, labels: Any, class_names: Sequence[str] | None = None, method: str = "pca",
+                        ax: Axes | None = None, seed: int = 0) -> Figure:
+    """A 2-D map of the codes, one colour per class.
+
+    Args:
+        codes: codes ``[N, K]``.
+        labels: class labels ``[N]``.
+        class_names: name of each class index (default: the index).
+        method: ``"pca"`` (numpy SVD of the centred codes) or ``"tsne"`` (needs scikit-learn).
+        ax: axes to draw on (default: a new figure).
+        seed: random state of t-SNE.
+
+    Returns:
+        The figure: one scatter per class present, with a legend.
+
+    Raises:
+        ImportError: ``method="tsne"`` without scikit-learn.
+    """
+    x = _codes(codes).astype(np.float64)
+    y = _array(labels).reshape(-1)
+    if method == "pca":
+        xy, share = _pca_2d(x)
+        axis_labels = [f"PC{i + 1} ({100 * share[i]:.0f} % of variance)" for i in range(2)]
+    elif method == "tsne":
+        try:
+            from sklearn.manifold import TSNE
+        except ImportError as err:
+            raise ImportError("method='tsne' needs scikit-learn (pip install scikit-learn); use method='pca'") from err
+        from threadpoolctl import threadpool_limits  # a scikit-learn dependency
+
+        perplexity = float(min(30, max(2, (len(x) - 1) // 3)))
+        # One OpenMP thread: with torch's OpenMP runtime loaded too, t-SNE's threads were seen to spin for 40 s
+        # instead of 0.1 s on a busy 2-core machine; single-threaded it takes ~7 s for 2000 codes.
+        with threadpool_limits(limits=1, user_api="openmp"):
+            xy = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
+        axis_labels = ["t-SNE 1", "t-SNE 2"]
+    else:
+        raise ValueError(f"method must be 'pca' or 'tsne', got {method!r}")
+    ax = _axes(ax, (6, 4.5))
+    classes = np.unique(y)
+    cmap = plt.get_cmap("tab20" if len(classes) > 10 else "tab10")
+    for n, c in enumerate(classes):
+        m = y == c
+        name = class_names[int(c)] if class_names is not None else str(c)
+        ax.scatter(xy[m, 0], xy[m, 1], s=12, alpha=0.75, color=cmap(n % cmap.N), label=name)
+    ax.set_xlabel(axis_labels[0])
+    ax.set_ylabel(axis_labels[1])
+    ax.legend(fontsize="x-small", markerscale=1.5, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    ax.set_title(f"{method.upper() if method == 'pca' else 't-SNE'} of {x.shape[1]}-bit codes")
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+def hamming_ranking(query_index: int, codes: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest items to item ``query_index`` of ``codes`` (leave-one-out).
+
+    Sorted by Hamming distance, ties broken by the lower index; the query is excluded by its index (an identical
+    code elsewhere still ranks).
+
+    Args:
+        query_index: index of the query among ``codes``.
+        codes: codes ``[N, K]`` (the query set is the database).
+        k: number of results (fewer when the database is smaller).
+
+    Returns:
+        ``(indices [k], distances [k])``.
+    """
+    c = _codes(codes)
+    if not 0 <= query_index < len(c):
+        raise IndexError(f"query_index {query_index} out of range for {len(c)} codes")
+    packed = pack_codes(c)
+    dist = hamming_distance(packed[query_index : query_index + 1], packed)[0]
+    order = np.argsort(dist, kind="stable")  # stable: equal distances keep index order
+    order = order[order != query_index][: max(0, int(k))]
+    return order, dist[order]
+
+
+def _show_image(ax: Axes, image: Any, colour: str, title: str) -> None:
+    img = load_image(image) if isinstance(image, str | Path) else _array(image)
+    ax.imshow(img)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():  # a coloured frame instead of set_axis_off(), which hides the spines
+        spine.set_edgecolor(colour)
+        spine.set_linewidth(4)
+    ax.set_title(title, fontsize="small", color=colour)
+
+
+def plot_retrieval_gallery(query_index: int, codes: Any, labels: Any, paths: Sequence[Any], k: int = 8,
+                           class_names: Sequence[str] | None = None, ncols: int = 9) -> Figure:
+    """The query image and its top-``k`` results by Hamming distance, framed green (same class) or red (other).
+
+    Args:
+        query_index: index of the query among ``codes``.
+        codes: codes ``[N, K]`` of the query set, which is also the database (leave-one-out, see
+            :func:`hamming_ranking`).
+        labels: class labels ``[N]``.
+        paths: image file of every item (or an ``[H, W, 3]`` array).
+        k: number of results.
+        class_names: name of each class index (default: the index).
+        ncols: panels per row.
+
+    Returns:
+        The figure: ``k + 1`` axes (the query first, framed blue), each result titled with its distance and class.
+    """
+    y = _array(labels).reshape(-1)
+    if not len(y) == len(paths) == len(codes):
+        raise ValueError(f"codes, labels and paths differ in length: {len(codes)}, {len(y)}, {len(paths)}")
+    idx, dist = hamming_ranking(query_index, codes, k)
+    panels = len(idx) + 1
+    cols = max(1, min(ncols, panels))
+    rows = -(-panels // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.7 * cols, 2.0 * rows), squeeze=False)
+    axes = axes.ravel()
+    for ax in axes[panels:]:
+        fig.delaxes(ax)
+
+    def name(i: int) -> str:
+        return class_names[int(y[i])] if class_names is not None else str(int(y[i]))
+
+    _show_image(axes[0], paths[query_index], QUERY, f"query #{query_index}\n{name(query_index)}")
+    for ax, i, d in zip(axes[1:], idx, dist):
+        _show_image(ax, paths[i], RIGHT if y[i] == y[query_index] else WRONG, f"d={int(d)}  #{i}\n{name(i)}")
+    hits = int((y[idx] == y[query_index]).sum())
+    fig.suptitle(f"top-{len(idx)} by Hamming distance: {hits} of the same class", fontsize="medium")
+    fig.tight_layout()
+    return fig
+
+
+def gallery_widget(codes: Any, labels: Any, paths: Sequence[Any], class_names: Sequence[str] | None = None,
+                   k: int = 8, query_index: int = 0, max_k: int = 32) -> Any:
+    """An interactive :func:`plot_retrieval_gallery`: a slider picks the query, a dropdown ``k``.
+
+    Whenever a control changes, the gallery is redrawn and shown as a PNG in an ``ipywidgets.Image``. An image
+    widget, not an ``Output`` widget capturing ``display()``: its state is plain data, so the widget also builds
+    (and draws its first gallery) without a frontend, in papermill or a plain Python process, and headless
+    executors never have to mimic output capture.
+
+    Args:
+        codes: codes ``[N, K]`` (query set = database).
+        labels: class labels ``[N]``.
+        paths: image file of every item (or an ``[H, W, 3]`` array).
+        class_names: name of each class index.
+        k: initial number of results.
+        query_index: initial query.
+        max_k: largest ``k`` offered.
+
+    Returns:
+        An ``ipywidgets.VBox``: the controls (``IntSlider`` query, ``Dropdown`` k), then the gallery ``Image``.
+
+    Raises:
+        ImportError: ipywidgets is not installed (``pip install rswb[notebooks]``).
+    """
+    try:
+        import ipywidgets as widgets
+    except ImportError as err:
+        raise ImportError("gallery_widget needs ipywidgets (pip install 'rswb[notebooks]')") from err
+
+    n = len(paths)
+    largest = max(1, min(max_k, n - 1))
+    first_k = max(1, min(k, largest))
+    choices = sorted({c for c in (1, 2, 4, 8, 12, 16, 24, 32, 48, 64) if c <= largest} | {first_k})
+    query = widgets.IntSlider(value=min(max(query_index, 0), n - 1), min=0, max=n - 1, description="query",
+                              continuous_update=False)
+    top = widgets.Dropdown(options=choices, value=first_k, description="k")
+    image = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
+
+    def redraw(*_: Any) -> None:
+        fig = plot_retrieval_gallery(query.value, codes, labels, paths, k=top.value, class_names=class_names)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        plt.close(fig)  # shown through the widget only, not again by the inline backend
+        image.value = buf.getvalue()
+
+    query.observe(redraw, names="value")
+    top.observe(redraw, names="value")
+    redraw()
+    return widgets.VBox([widgets.HBox([query, top]), image])

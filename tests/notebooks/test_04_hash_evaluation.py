@@ -1,0 +1,68 @@
+"""Notebook 04 (hash evaluation) runs headless under papermill on the embedded scenes in the quick profile."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+papermill = pytest.importorskip("papermill")
+pytest.importorskip("ipykernel")
+
+NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "04_hash_evaluation.ipynb"
+CELL_TIMEOUT_S = 300
+
+
+def _run(path: Path, out: Path, tmp_path: Path, **parameters) -> nbformat.NotebookNode:
+    # The "python3" kernelspec launches `python`, which jupyter_client replaces by sys.executable: the kernel runs in
+    # the interpreter that runs the tests. The kernel starts in tmp_path, so nothing lands in the checkout.
+    # A per-cell time limit turns a stuck kernel into a failure instead of a hung test run.
+    papermill.execute_notebook(str(path), str(out), parameters=parameters, kernel_name="python3",
+                               cwd=str(tmp_path), progress_bar=False, execution_timeout=CELL_TIMEOUT_S)
+    return nbformat.read(out, as_version=4)
+
+
+def _errors(nb: nbformat.NotebookNode) -> list[str]:
+    return [f"{o.get('ename')}: {o.get('evalue')}" for c in nb.cells if c.cell_type == "code"
+            for o in c.get("outputs", []) if o.get("output_type") == "error"]
+
+
+def test_notebook_kernel_is_the_test_interpreter(tmp_path):
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import sys\nprint(sys.executable)")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "probe.ipynb")
+    ran = _run(tmp_path / "probe.ipynb", tmp_path / "probe_out.ipynb", tmp_path)
+    printed = "".join(o.get("text", "") for o in ran.cells[0].outputs).strip()
+    assert Path(printed).resolve() == Path(sys.executable).resolve()
+
+
+def test_committed_notebook_is_thin_and_stripped():
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1
+    names = {line.split("=")[0].strip() for line in tagged[0].source.splitlines() if "=" in line}
+    assert {"DATA_ROOT", "BITS", "EPOCHS", "PROFILE", "DEVICE", "SEED", "OUTPUT_DIR", "TOP_K"} <= names
+    assert all(n.isupper() for n in names)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code)
+    assert "metrics.json" in code[-1].source
+
+
+def test_notebook_04_runs_on_embedded_scenes(tmp_path, monkeypatch):
+    monkeypatch.setenv("RSWB_CACHE_DIR", str(tmp_path / "cache"))  # inherited by the kernel
+    output_dir = tmp_path / "runs"
+    params = {"BITS": [16, 32], "EPOCHS": 3, "PROFILE": "quick", "OUTPUT_DIR": str(output_dir), "TOP_K": 4}
+    nb = _run(NOTEBOOK, tmp_path / "04_out.ipynb", tmp_path, **params)
+    assert _errors(nb) == []
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    assert metrics["profile"] == "quick" and set(metrics["bits"]) == {"16", "32"}
+    for per_bits in metrics["bits"].values():
+        assert {"mAP@20", "mAP@20_nocue", "P@20", "P@r2", "R@r2", "class_acc"} <= set(per_bits)
+        assert all(0.0 <= v <= 1.0 for v in per_bits.values())
+    assert (output_dir / "quick-16bit" / "metrics.json").exists()
+    # Figures were drawn: at least the mAP plot, PR curves, histograms, embedding and gallery.
+    images = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert images >= 5
