@@ -29,15 +29,20 @@ somewhere in between, depending on the sort algorithm.
 
 Cost: no sort at all. The ground-truth scores are gathered once (``gt[j] = sim[caption_to_image[j], j]``, and the
 per-image best ``s*`` is a segment max of ``gt``); each rank is then a count of scores above a threshold, so
-:func:`retrieval_metrics` is one chunked comparison pass over ``sim`` in each direction.
+:func:`retrieval_metrics` reads ``sim`` from memory once, in blocks of rows that stay in cache while they are
+compared twice (with each row's ``s*`` for i2t, with each column's ``gt`` for t2i). On CPU the blocks are shared out
+to ``torch.get_num_threads()`` threads (numpy's ufuncs release the GIL); at 5,000 x 25,000 this takes ~2-3x the time
+of a plain ``sim.max()`` (``benchmarks/results/bench.md``).
 :func:`retrieval_metrics_from_embeddings` computes ``sim`` block by block (image rows for i2t, caption rows for t2i)
 and never holds more than ``memory_budget_bytes`` of it.
 """
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import numpy as np
@@ -54,10 +59,19 @@ __all__ = [
     "retrieval_ranks_from_embeddings",
 ]
 
-# Row blocks of a precomputed similarity matrix stay this small so that the comparison result is still in cache when
-# it is reduced; measured on 5,000 x 25,000 float32, larger blocks only got slower.
-_CACHE_BLOCK_BYTES = 2 * 2**20
-# The column counts of one row block are summed in uint8, so a block holds at most 255 rows.
+# Row blocks of a precomputed similarity matrix stay this small so that the block (and its comparison result) is still
+# in the core's cache when it is compared a second time and reduced. Tuned on 5,000 x 25,000 and 1,093 x 5,465 float32
+# (AMD EPYC, 1 MiB L2 per core): see benchmarks/results/bench.md.
+_CACHE_BLOCK_BYTES = 512 * 2**10
+# Below this many similarity entries the counting pass takes well under a millisecond: one thread, no pool.
+_MIN_THREADED_ENTRIES = 2**20
+# Each thread sums its t2i column counts in uint16 and moves them into int64 before they could exceed this.
+_PARTIAL_MAX = int(np.iinfo(np.uint16).max)
+# Bool rows are summed as 64-bit words, 8 byte counters at a time; 255 words keep each counter below 256.
+_LANE_GROUP = 255
+_EVEN_BYTES = np.uint64(0x00FF00FF00FF00FF)
+_ONES_16 = np.uint64(0x0001000100010001)
+# Column counts are summed in byte counters over at most this many rows (so a block holds at most 255 rows).
 _MAX_UINT8_ROWS = 255
 
 
@@ -119,12 +133,42 @@ def _check_finite_gt(gt: torch.Tensor) -> None:
         raise ValueError("the similarity of some ground-truth pairs is NaN")
 
 
+def _bool_buffer(rows: int, n: int) -> np.ndarray:
+    """Zeroed comparison buffer ``[rows, W]`` for ``n`` columns.
+
+    ``W >= n`` bytes: a whole number of 64-bit words, in equal groups of at most ``_LANE_GROUP`` words, so that
+    :func:`_row_counts` can sum it a word at a time (the padding, under 8 bytes per group, stays 0).
+    """
+    words = -(-max(1, n) // 8)
+    groups = -(-words // _LANE_GROUP)
+    return np.zeros((rows, groups * -(-words // groups) * 8), dtype=bool)
+
+
+def _row_counts(buf: np.ndarray) -> np.ndarray:
+    """True entries per row of a :func:`_bool_buffer` ``[R, W]`` (int64 ``[R]``).
+
+    A True byte is ``0x01``, so adding rows of 64-bit words adds 8 byte counters at once; groups of at most
+    ``_LANE_GROUP`` (255) words keep every byte counter below 256. Then the 8 bytes of each group sum are folded into
+    one number. All ufuncs, which release the GIL; 1.7x faster than a popcount of the words, and than
+    ``count_nonzero`` per row (measured).
+    """
+    n_rows, words = buf.shape[0], buf.shape[1] // 8
+    groups = -(-words // _LANE_GROUP)
+    lanes = np.add.reduce(buf.view(np.uint64).reshape(n_rows, groups, words // groups), axis=2)  # bytes <= 255
+    pairs = (lanes & _EVEN_BYTES) + ((lanes >> np.uint64(8)) & _EVEN_BYTES)  # four 16-bit counters <= 510
+    return ((pairs * _ONES_16) >> np.uint64(48)).sum(1, dtype=np.int64)  # their sum (<= 2040) in the top 16 bits
+
+
 def _count_rows_numpy(block: np.ndarray, thr: np.ndarray, strict: bool, buf: np.ndarray) -> np.ndarray:
-    """Per row of ``block`` ``[R, M]``: how many entries exceed (``strict``) or reach ``thr`` ``[R]``."""
-    b = buf[: block.shape[0], : block.shape[1]]
-    (np.greater if strict else np.greater_equal)(block, thr[:, None], out=b)
-    # count_nonzero over one whole row takes numpy's vectorised path; with axis=1 it (and add.reduce) are ~3x slower.
-    return np.fromiter((np.count_nonzero(row) for row in b), dtype=np.int64, count=b.shape[0])
+    """Per row of ``block`` ``[R, M]``: how many entries exceed (``strict``) or reach ``thr`` ``[R]``.
+
+    ``buf`` comes from :func:`_bool_buffer` for ``M`` columns: the comparison fills its first ``M`` columns.
+    """
+    n_rows, n_cols = block.shape
+    if buf.shape[1] != _bool_buffer(1, n_cols).shape[1]:
+        raise ValueError(f"comparison buffer of width {buf.shape[1]} does not fit {n_cols} columns")
+    (np.greater if strict else np.greater_equal)(block, thr[:, None], out=buf[:n_rows, :n_cols])
+    return _row_counts(buf[:n_rows])
 
 
 def _count_rows_torch(block: torch.Tensor, thr: torch.Tensor, strict: bool) -> torch.Tensor:
@@ -154,8 +198,9 @@ def retrieval_ranks(
         sim: similarity ``[N_i, N_c]`` (numpy array or tensor on any device; higher = more similar; no NaN).
         caption_to_image: image index of every caption ``[N_c]``; every image needs at least one caption.
         ties: ``"optimistic"`` or ``"pessimistic"`` (see the module docstring).
-        memory_budget_bytes: bound on the temporaries of one block (the comparison result); a floating-point
-            ``sim`` is read in place, never copied (integer scores are converted to float64 first).
+        memory_budget_bytes: bound on the temporaries of the blocks in flight (the comparison results of all
+            threads); a floating-point ``sim`` is read in place, never copied (integer scores are converted to
+            float64 first).
         backend: ``"auto"`` (numpy kernels on CPU, torch elsewhere), ``"numpy"`` or ``"torch"``.
 
     Returns:
@@ -171,41 +216,103 @@ def retrieval_ranks(
     idx = _check_index(caption_to_image, n_i, n_c, s.device)
     strict = ties == "optimistic"
 
+    if _use_numpy(s, backend):
+        # The gathers and the segment max in numpy too: a torch op here would leave torch's OpenMP threads
+        # spin-waiting on the cores that the counting threads are about to use (measured: 1.5x slower at RSICD size).
+        a, ix = s.numpy(), idx.numpy()
+        gt_np = a[ix, np.arange(n_c)]
+        if np.isnan(gt_np).any():
+            raise ValueError("the similarity of some ground-truth pairs is NaN")
+        best_np = np.full(n_i, -np.inf, dtype=a.dtype)
+        np.maximum.at(best_np, ix, gt_np)
+        i2t, t2i = _ranks_numpy(a, gt_np, best_np, strict, memory_budget_bytes)
+        if not strict:
+            # ">=" also counted the positives themselves: the captions of image i at its best score, and the
+            # caption's own image.
+            i2t -= np.bincount(ix[gt_np == best_np[ix]], minlength=n_i)
+            t2i -= 1
+        return i2t, t2i
+
     gt = s[idx, torch.arange(n_c, device=s.device)]
     _check_finite_gt(gt)
     best, at_best = _best_positive(gt, idx, n_i)
-
-    if _use_numpy(s, backend):
-        i2t, t2i = _ranks_numpy(s.numpy(), gt.numpy(), best.numpy(), strict, memory_budget_bytes)
-        i2t, t2i = torch.from_numpy(i2t), torch.from_numpy(t2i)
-    else:
-        i2t, t2i = _ranks_torch(s, gt, best, strict, memory_budget_bytes)
+    i2t, t2i = _ranks_torch(s, gt, best, strict, memory_budget_bytes)
     i2t, t2i = i2t.cpu(), t2i.cpu()
     if not strict:
-        # ">=" also counted the positives themselves: the captions of image i at its best score, the caption's image.
         i2t = i2t - at_best.cpu()
         t2i = t2i - 1
     return i2t.numpy().astype(np.int64), t2i.numpy().astype(np.int64)
 
 
+def _default_workers() -> int:
+    """Threads for the numpy counting pass: torch's intra-op thread count (numpy's ufuncs release the GIL)."""
+    return max(1, torch.get_num_threads())
+
+
 def _ranks_numpy(
-    s: np.ndarray, gt: np.ndarray, best: np.ndarray, strict: bool, budget: int
+    s: np.ndarray, gt: np.ndarray, best: np.ndarray, strict: bool, budget: int, workers: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Both directions in one pass over row blocks of ``s``: rows give i2t, column sums give t2i."""
+    """Both directions in one pass over row blocks of ``s``: rows give i2t, column sums give t2i.
+
+    The row blocks are shared out to ``workers`` threads (default :func:`_default_workers`) that take the next
+    block as they finish one, so a thread slowed down by another process on its core takes fewer blocks. Each thread
+    keeps its own comparison buffer and t2i partial sums; ``budget`` bounds the buffers of all threads together.
+    """
     n_i, n_c = s.shape
-    rows = max(1, min(_MAX_UINT8_ROWS, _CACHE_BLOCK_BYTES // n_c, budget // n_c))
+    workers = _default_workers() if workers is None else max(1, int(workers))
+    if n_i * n_c < _MIN_THREADED_ENTRIES:
+        workers = 1  # starting threads costs more than the pass itself
+    rows = max(1, min(_MAX_UINT8_ROWS, _CACHE_BLOCK_BYTES // n_c, budget // (n_c * workers)))
+    n_blocks = -(-n_i // rows)
+    workers = min(workers, n_blocks)
     cmp = np.greater if strict else np.greater_equal
-    buf = np.empty((rows, n_c), dtype=bool)
     i2t = np.empty(n_i, dtype=np.int64)
-    t2i = np.zeros(n_c, dtype=np.int64)
-    for r0 in range(0, n_i, rows):
-        block = s[r0 : r0 + rows]
-        b = buf[: block.shape[0]]
-        cmp(block, gt, out=b)
-        # uint8 partial sums are exact (at most 255 rows per block) and halve the memory traffic of int16/32 ones.
-        t2i += np.add.reduce(b.view(np.uint8), axis=0, dtype=np.uint8)
-        i2t[r0 : r0 + block.shape[0]] = _count_rows_numpy(block, best[r0 : r0 + rows], strict, buf)
-    return i2t, t2i
+    next_block = iter(range(n_blocks))
+    lock = threading.Lock()
+
+    def work() -> np.ndarray:
+        buf = _bool_buffer(rows, n_c)
+        words = buf.view(np.uint64)
+        # Column counts: the comparison rows are added as 64-bit words (8 byte counters each), into ``column_hits``
+        # for up to 255 rows, then into uint16 ``partial`` (half the traffic of int64), then into int64 ``t2i``.
+        block_hits = np.empty(words.shape[1], dtype=np.uint64)
+        column_hits = np.zeros(words.shape[1], dtype=np.uint64)
+        hits_bytes = column_hits.view(np.uint8)[:n_c]
+        partial = np.zeros(n_c, dtype=np.uint16)
+        t2i = np.zeros(n_c, dtype=np.int64)
+        in_hits = in_partial = 0
+        while True:
+            with lock:
+                k = next(next_block, None)
+            if k is None:
+                t2i += partial
+                t2i += hits_bytes
+                return t2i
+            r0 = k * rows
+            block = s[r0 : r0 + rows]
+            n = block.shape[0]
+            # i2t first: its scalar-threshold comparison is the lightest pass, so it is the one that waits on memory;
+            # the t2i comparison then reads the block again from cache.
+            i2t[r0 : r0 + n] = _count_rows_numpy(block, best[r0 : r0 + n], strict, buf)
+            cmp(block, gt, out=buf[:n, :n_c])
+            if in_hits + n > _MAX_UINT8_ROWS:
+                if in_partial + in_hits > _PARTIAL_MAX:
+                    t2i += partial
+                    partial[:] = 0
+                    in_partial = 0
+                np.add(partial, hits_bytes, out=partial)
+                column_hits[:] = 0
+                in_partial += in_hits
+                in_hits = 0
+            np.add.reduce(words[:n], axis=0, out=block_hits)
+            np.add(column_hits, block_hits, out=column_hits)
+            in_hits += n
+
+    if workers == 1:
+        return i2t, work()
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rswb-ranks") as pool:
+        partials = [f.result() for f in [pool.submit(work) for _ in range(workers)]]
+    return i2t, np.sum(partials, axis=0)
 
 
 def _ranks_torch(
@@ -270,7 +377,7 @@ def retrieval_ranks_from_embeddings(
     caption_order = torch.argsort(idx, stable=True)
     starts = torch.searchsorted(idx[caption_order], torch.arange(n_i + 1, device=idx.device)).cpu().tolist()
     rows = max(1, memory_budget_bytes // (n_c * item))
-    buf = np.empty((min(rows, n_i), n_c), dtype=bool) if numpy_counts else None
+    buf = _bool_buffer(min(rows, n_i), n_c) if numpy_counts else None
     i2t = torch.empty(n_i, dtype=torch.int64)
     for r0 in range(0, n_i, rows):
         r1 = min(r0 + rows, n_i)
@@ -285,7 +392,7 @@ def retrieval_ranks_from_embeddings(
 
     # t2i: blocks of caption rows; the only positive of caption j is image idx[j].
     rows = max(1, memory_budget_bytes // (n_i * item))
-    buf = np.empty((min(rows, n_c), n_i), dtype=bool) if numpy_counts else None
+    buf = _bool_buffer(min(rows, n_c), n_i) if numpy_counts else None
     t2i = torch.empty(n_c, dtype=torch.int64)
     for c0 in range(0, n_c, rows):
         c1 = min(c0 + rows, n_c)

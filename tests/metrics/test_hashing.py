@@ -275,3 +275,77 @@ def test_million_code_database_matches_float_ranking():
     for r in (10, 16):
         expected[f"P@r{r}"], expected[f"R@r{r}"] = np.mean(p_r[r]), np.mean(r_r[r])
     assert got == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.fixture
+def force_probes_and_threads(monkeypatch):
+    """Threshold counts instead of histograms, and several threads, even for the small test databases."""
+    import rswb.metrics.hashing as H
+
+    monkeypatch.setattr(H, "_PROBE_MIN_DB", 0)
+    monkeypatch.setattr(H, "_MIN_THREADED_PAIRS", 0)
+    monkeypatch.setattr(H, "_default_workers", lambda: 3)
+
+
+@pytest.mark.parametrize("n_bits", [13, 64, 128])
+def test_threshold_counts_and_threads_match_naive_loop(force_probes_and_threads, n_bits):
+    rng = np.random.default_rng(700 + n_bits)
+    n, n_classes = 160, 4
+    labels = rng.integers(0, n_classes, n)
+    codes = clustered_codes(rng, n, n_bits, labels, n_classes, flip=0.1)
+    codes[20:26] = codes[20]  # exact duplicates: ties at distance 0 around a query
+    query_idx = np.array([20, 23, 25, 0, 77, 159, 100, 101, 102, 5, 6])
+    q, q_labels = codes[query_idx], labels[query_idx]
+    topk, radii = (1, 7, 40, 500), (0, 2, n_bits // 4, 10 * n_bits)  # top-K beyond N, radius beyond K
+    ref = naive_evaluation(q, codes, lambda i, j: q_labels[i] == labels[j], topk, radii, self_index=query_idx)
+    for normalize in ("retrieved", "min_rk"):
+        for budget in (1, 10**9):  # one query per chunk (11 chunks over 3 threads), or one chunk
+            got = hash_metrics(q, codes, q_labels, labels, topk=topk, radius=radii, query_db_index=query_idx,
+                               normalize=normalize, memory_budget_bytes=budget)  # fmt: skip
+            assert got == pytest.approx(expected_metrics(ref, topk, radii, normalize), abs=1e-12)
+    # Multi-hot labels and a relevance function take the same counting path.
+    tags = (rng.random((n, 5)) < 0.3).astype(np.int64)
+    ref = naive_evaluation(q, codes, lambda i, j: (tags[query_idx][i] & tags[j]).any(), topk, radii)
+    got = hash_metrics(q, codes, tags[query_idx], tags, topk=topk, radius=radii, memory_budget_bytes=1)
+    assert got == pytest.approx(expected_metrics(ref, topk, radii, "retrieved"), abs=1e-12)
+    parity = lambda a, b: a[:, None] % 2 == b[None, :] % 2  # noqa: E731
+    ref = naive_evaluation(q, codes, lambda i, j: q_labels[i] % 2 == labels[j] % 2, topk, radii)
+    got = hash_metrics(q, codes, q_labels, labels, topk=topk, radius=radii, relevance=parity)
+    assert got == pytest.approx(expected_metrics(ref, topk, radii, "retrieved"), abs=1e-12)
+    # The PR curve always uses full histograms, threaded too.
+    curve = pr_curve(q, codes, q_labels, labels, query_db_index=query_idx, memory_budget_bytes=1)
+    full = naive_evaluation(q, codes, lambda i, j: q_labels[i] == labels[j], (1,), range(n_bits + 1),
+                            self_index=query_idx)  # fmt: skip
+    np.testing.assert_allclose(curve["precision"], [full[f"P@r{r}"] for r in range(n_bits + 1)], atol=1e-12)
+
+
+def test_smallest_threshold_from_any_guess():
+    from rswb.metrics.hashing import _smallest_threshold
+
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        k = int(rng.integers(0, 70))
+        counts = np.cumsum(rng.integers(0, 4, k + 1))  # count of items within t, non-decreasing
+        length = int(rng.integers(0, counts[-1] + 1))
+        expected = int(np.argmax(counts >= length))
+        calls = []
+
+        def count_within(t, counts=counts, calls=calls):
+            calls.append(t)
+            return int(counts[t])
+
+        for guess in (0, k, int(rng.integers(-3, k + 4)), expected):
+            calls.clear()
+            assert _smallest_threshold(count_within, length, k, guess) == expected
+            assert all(0 <= t <= k for t in calls)
+        assert len(calls) <= 2  # a right guess costs two counts
+
+
+def test_label_values_and_dtypes_do_not_matter():
+    rng = np.random.default_rng(8)
+    labels = rng.integers(0, 5, 300)
+    codes = clustered_codes(rng, 300, 32, labels, 5)
+    q = np.arange(0, 300, 7)
+    base = hash_metrics(codes[q], codes, labels[q], labels, topk=(10,), query_db_index=q)
+    for mapped in (labels - 1000, labels * 70_000, labels.astype(np.uint64) + 2**63, labels.astype(np.float64) / 3):
+        assert hash_metrics(codes[q], codes, mapped[q], mapped, topk=(10,), query_db_index=q) == base

@@ -227,3 +227,53 @@ def test_cuda_inputs_match_cpu():
             img.to("cuda"), txt.to("cuda"), cap2img, ties=ties, memory_budget_bytes=64
         )
         assert got == expected
+
+
+@pytest.mark.parametrize("ties", ["optimistic", "pessimistic"])
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_threaded_counting_equals_single_thread(monkeypatch, workers, ties):
+    import rswb.metrics.retrieval as R
+
+    # 40 images in blocks of 3 rows (14 blocks shared out to the threads), scores full of exact ties.
+    rng = np.random.default_rng(400 + workers)
+    n_i = 40
+    cap2img_big = rng.permutation(np.repeat(np.arange(n_i), rng.integers(1, 6, n_i)))
+    sim = rng.integers(0, 4, (n_i, len(cap2img_big))).astype(np.float32)
+    expected = reference_ranks(sim, cap2img_big, ties)
+    monkeypatch.setattr(R, "_MIN_THREADED_ENTRIES", 0)
+    monkeypatch.setattr(R, "_CACHE_BLOCK_BYTES", 3 * len(cap2img_big))  # blocks of 3 rows
+    monkeypatch.setattr(R, "_MAX_UINT8_ROWS", 4)  # byte counters moved into uint16 after every block
+    monkeypatch.setattr(R, "_PARTIAL_MAX", 5)  # uint16 counters moved into int64 every other block
+    monkeypatch.setattr(R, "_default_workers", lambda: workers)
+    got = retrieval_ranks(sim, cap2img_big, ties=ties)
+    np.testing.assert_array_equal(got[0], expected[0])
+    np.testing.assert_array_equal(got[1], expected[1])
+    # The explicit worker count of the private pass, against one thread, on a float32 matrix with a tied gt.
+    gt = sim[cap2img_big, np.arange(len(cap2img_big))]
+    best = np.full(n_i, -np.inf, dtype=np.float32)
+    np.maximum.at(best, cap2img_big, gt)
+    one = R._ranks_numpy(sim, gt, best, ties == "optimistic", 10**9, workers=1)
+    many = R._ranks_numpy(sim, gt, best, ties == "optimistic", 10**9, workers=workers)
+    np.testing.assert_array_equal(one[0], many[0])
+    np.testing.assert_array_equal(one[1], many[1])
+
+
+@pytest.mark.parametrize("n_cols", [1, 7, 8, 9, 65, 2039, 2041, 2048, 2049, 5000, 25000])
+def test_row_counts_by_word_lanes_any_width(n_cols):
+    from rswb.metrics.retrieval import _bool_buffer, _count_rows_numpy, _row_counts
+
+    rng = np.random.default_rng(n_cols)
+    block = rng.integers(0, 5, (13, n_cols)).astype(np.float64)
+    thr = rng.integers(0, 5, 13).astype(np.float64)
+    buf = _bool_buffer(13, n_cols)
+    for strict in (True, False):
+        expected = (block > thr[:, None]).sum(1) if strict else (block >= thr[:, None]).sum(1)
+        np.testing.assert_array_equal(_count_rows_numpy(block, thr, strict, buf), expected)
+        np.testing.assert_array_equal(_count_rows_numpy(block[:4], thr[:4], strict, buf), expected[:4])
+    # All True: every byte counter of a 255-word group reaches 255, the most it may hold.
+    full = _bool_buffer(2, n_cols)
+    full[:, :n_cols] = True
+    np.testing.assert_array_equal(_row_counts(full), [n_cols, n_cols])
+    assert buf.shape[1] - n_cols < 8 * (1 + n_cols // 2040)  # under 8 bytes of padding per group of 255 words
+    with pytest.raises(ValueError, match="does not fit"):
+        _count_rows_numpy(block, thr, True, _bool_buffer(13, n_cols + 2048))

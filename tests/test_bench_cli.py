@@ -1,0 +1,52 @@
+"""``rswb bench``: the registry runs every benchmark at --quick sizes and prints one JSON object; bad names exit 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from rswb.cli import main
+
+NAMES = ["retrieval_rsicd", "retrieval_5k", "hashing_loo", "hashing_1m", "patch_sampler"]
+MACHINE_KEYS = {"cpu", "cores", "torch", "threads", "device"}
+
+
+def test_quick_json_runs_every_benchmark(capsys):
+    assert main(["bench", "--quick", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)  # exactly one JSON object on stdout
+    assert list(out) == NAMES
+    for name, res in out.items():
+        assert {"rswb_s", "reference_s", "speedup", "machine"} <= set(res), name
+        assert res["rswb_s"] > 0 and res["reference_s"] > 0, name
+        assert res["speedup"] == pytest.approx(res["reference_s"] / res["rswb_s"]), name
+        assert MACHINE_KEYS <= set(res["machine"]), name
+        assert res["quick"] is True and "goals" not in res, name
+    for name in ("retrieval_rsicd", "retrieval_5k", "patch_sampler"):
+        assert out[name]["vs_floor"] == pytest.approx(out[name]["rswb_s"] / out[name]["floor_s"])
+    assert out["retrieval_5k"]["reference_extrapolated_from"]  # the quick 5k run also takes the subset path
+
+
+def test_named_subset_prints_a_table(capsys):
+    assert main(["bench", "hashing_loo", "--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "hashing_loo" in out and "speedup" in out and "retrieval" not in out
+
+
+def test_unknown_name_exits_2_and_lists_the_names():
+    out = subprocess.run([sys.executable, "-m", "rswb.cli", "bench", "no_such_bench", "--quick"],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 2
+    assert "no_such_bench" in out.stderr and all(n in out.stderr for n in NAMES)
+    assert "Traceback" not in out.stderr and out.stdout == ""
+
+
+def test_missing_benchmarks_folder_is_a_clear_error(monkeypatch, tmp_path, capsys):
+    import rswb
+
+    monkeypatch.setattr(rswb, "__file__", str(tmp_path / "site-packages" / "rswb" / "__init__.py"))
+    assert main(["bench", "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert "no benchmarks/ folder" in err and "source checkout" in err
