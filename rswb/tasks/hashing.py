@@ -255,7 +255,7 @@ def hash_task(cfg: HashConfig) -> TaskBundle:
         defaults = {"epochs": 40, "batch_size": 90, "lr": 1e-3, "weight_decay": 1e-4, "schedule": "cosine",
                     "warmup_epochs": 1.0, "val_fraction": 0.0}
     else:
-        model.backbone.freeze_bn() if hasattr(model.backbone, "freeze_bn") else None
+        model.backbone.freeze_bn()  # the paper trains with frozen batch-norm statistics
         train_aug = SceneFolder(root, "train", transforms=_RandomDihedral(), layout=cfg.layout, image_size=size)
         train_aug.records = train_all.records
         train = torch.utils.data.Subset(train_aug, tr_idx.tolist())

@@ -45,6 +45,22 @@ def test_train_hash_cli_on_embedded_scenes(tmp_path):
         assert 0.0 <= v <= 1.0
 
 
+def test_fine_tuning_profile_trains_the_backbone_with_frozen_bn(tmp_path):
+    from rswb.engine import fit
+
+    b = hash_task(HashConfig(backbone="small_cnn", pretrained=False, freeze_backbone=False, image_size=32, bits=8,
+                             per_class=6))
+    assert len(b.train) == 50 and len(b.test) == 60  # images, not cached features: 6 per class minus validation
+    before = {k: v.clone() for k, v in b.task.model.backbone.state_dict().items()}
+    fit(b.task, b.train, val=b.val, test=b.test, config={**b.train_defaults, "epochs": 1, "batch_size": 10,
+                                                         "lr": 1e-2, "progress": False}, run_dir=tmp_path / "ft")
+    after = b.task.model.backbone.state_dict()
+    conv = [k for k in before if k.endswith("weight") and before[k].ndim == 4]
+    assert any(not torch.equal(before[k], after[k]) for k in conv)  # the backbone trained
+    stats = [k for k in before if k.endswith("running_mean") or k.endswith("running_var")]
+    assert stats and all(torch.equal(before[k], after[k]) for k in stats)  # batch-norm statistics stayed frozen
+
+
 def test_eval_rescores_a_run_to_its_recorded_metrics(tmp_path, capsys):
     args = ["train", "hash", "--backbone", "small_cnn", "--pretrained", "false", "--image-size", "32", "--bits", "8",
             "--epochs", "2", "--views", "1", "--per-class", "10", "--runs-root", str(tmp_path), "--name", "e",
