@@ -53,6 +53,8 @@ def test_committed_notebook_is_thin_and_stripped():
 
 def test_notebook_04_runs_on_embedded_scenes(tmp_path, monkeypatch):
     monkeypatch.setenv("RSWB_CACHE_DIR", str(tmp_path / "cache"))  # inherited by the kernel
+    # CI exports MPLBACKEND=Agg for the test process; the kernel must keep Jupyter's inline backend to show figures.
+    monkeypatch.delenv("MPLBACKEND", raising=False)
     output_dir = tmp_path / "runs"
     params = {"BITS": [16, 32], "EPOCHS": 3, "PROFILE": "quick", "OUTPUT_DIR": str(output_dir), "TOP_K": 4}
     nb = _run(NOTEBOOK, tmp_path / "04_out.ipynb", tmp_path, **params)
