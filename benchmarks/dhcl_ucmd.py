@@ -12,26 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
 
-import torch
+from benchmarks import machine_info
 
 PUBLISHED = {16: 98.97, 32: 99.34, 48: 99.54, 64: 99.60}
 COLUMNS = (("mAP@20", "mAP@20 (cue)"), ("mAP@20_nocue", "mAP@20 (no cue)"), ("dhcl_MAP@20", "DHCL's MAP@20 (cue)"),
            ("P@20", "P@20 (cue)"), ("class_acc", "class accuracy"))
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def run(data: str, bits: list[int], seeds: list[int], epochs: int, runs_root: str, extra: dict) -> dict:
@@ -52,8 +41,7 @@ def run(data: str, bits: list[int], seeds: list[int], epochs: int, runs_root: st
             metrics = json.loads(final.read_text())
             results["runs"].append({"bits": b, "seed": s, "test": metrics["test"], "train_time_s": metrics["time_s"],
                                     "wall_s": wall, "best_epoch": metrics["best_epoch"]})
-    results["machine"] = {"cpu": _cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-                          "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    results["machine"] = machine_info()
     return results
 
 

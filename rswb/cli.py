@@ -72,10 +72,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     import rswb.tasks  # noqa: F401
     from rswb.engine import EvalContext, select_device
     from rswb.engine.launch import load_trained
+    from rswb.engine.runs import resolve_run
 
-    run = Path(args.run)
-    if not (run / "config.yaml").exists():
-        run = Path(args.root) / args.run
+    run = resolve_run(args.run, args.root)
     bundle = load_trained(run, weights=args.weights)
     device = select_device(args.device)
     bundle.task.to(device)

@@ -15,9 +15,9 @@ import re
 import tempfile
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import yaml
 
@@ -270,7 +270,22 @@ def _plain(x: Any) -> Any:
 
 
 def atomic_write_text(text: str, path: str | Path) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace`` (atomic on POSIX)."""
+    """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`atomic_write`)."""
+    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object], sync_dir: bool = False) -> Path:
+    """Write a file atomically through a temporary file in the same folder and ``os.replace``.
+
+    ``write(f)`` fills the temporary file, which is flushed to disk and renamed over ``path`` (atomic on POSIX), so a
+    reader, or a process killed at any moment, sees the old complete file or the new one, never a partial one. The
+    temporary file is removed if ``write`` fails.
+
+    Args:
+        path: the target file (its folder is created).
+        write: writes the content to the binary file object it is given.
+        sync_dir: also fsync the folder, so that the rename itself survives a power cut.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -278,15 +293,31 @@ def atomic_write_text(text: str, path: str | Path) -> Path:
         # mkstemp creates the file 0600; give it the mode a plain open() would (0666 minus the umask).
         if hasattr(os, "fchmod"):  # POSIX only
             os.fchmod(fd, new_file_mode())
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        if sync_dir:
+            _fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    # The rename itself lives in the directory entry; syncing the folder makes it durable too.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def new_file_mode() -> int:

@@ -7,14 +7,12 @@ it has been flushed to disk. Loading never unpickles arbitrary objects, so a che
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from rswb.config import new_file_mode
+from rswb.config import atomic_write
 
 __all__ = ["CheckpointError", "atomic_save", "load_checkpoint"]
 
@@ -24,37 +22,8 @@ class CheckpointError(RuntimeError):
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save(obj)`` to ``path`` atomically; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        if hasattr(os, "fchmod"):  # mkstemp's 0600 would otherwise end up on the checkpoint (POSIX only)
-            os.fchmod(fd, new_file_mode())
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _fsync_dir(folder: Path) -> None:
-    # The rename itself lives in the directory entry; syncing the folder makes it survive a power cut too.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    """``torch.save(obj)`` to ``path`` atomically, folder entry synced too; returns the path."""
+    return atomic_write(path, lambda f: torch.save(obj, f), sync_dir=True)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device | None = "cpu") -> dict[str, Any]:

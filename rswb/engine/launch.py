@@ -73,6 +73,13 @@ def _file_options(path: str | Path | None) -> dict[str, Any]:
     return flat
 
 
+def _build(builder: Any, task_opts: Mapping[str, Any], source: str) -> tuple[TaskBundle, Any]:
+    """Call a task builder with its config dataclass built from ``task_opts``: ``(bundle, task config or None)``."""
+    task_cls = task_config_class(builder)
+    task_cfg = from_dict(task_cls, task_opts, source=source) if task_cls else None
+    return (builder(task_cfg) if task_cls else builder()), task_cfg
+
+
 def describe_task(name: str) -> str:
     """Help text of a task: its docstring and the options of its config (for ``rswb train NAME --help``)."""
     builder = get("task", name)
@@ -121,8 +128,7 @@ def train_task(name: str, options: Mapping[str, Any] | None = None, *, config_fi
     dist = init_distributed()
     seed = from_dict(TrainConfig, train_opts, source="training options")
     seed_everything(seed.seed, seed.deterministic)  # before the builder, so initial weights are reproducible
-    task_cfg = from_dict(task_cls, task_opts, source=f"task {name} options") if task_cls else None
-    bundle = builder(task_cfg) if task_cls else builder()
+    bundle, task_cfg = _build(builder, task_opts, source=f"task {name} options")
     train_cfg = from_dict(TrainConfig, {**bundle.train_defaults, **train_opts}, source="training options")
     return fit(bundle.task, bundle.train, val=bundle.val, test=bundle.test, config=train_cfg, name=run_name,
                runs_root=runs_root, resume=resume, overwrite=overwrite,
@@ -148,10 +154,8 @@ def load_trained(run_dir: str | Path, weights: str = "best") -> TaskBundle:
     if not name:
         raise ValueError(f"{run.config}: no task_name; only runs started from a registered task can be rebuilt")
     builder = get("task", name)
-    task_cls = task_config_class(builder)
     seed_everything(saved.get("train", {}).get("seed", 0))
-    task_cfg = from_dict(task_cls, saved.get("task_config", {}), source=str(run.config)) if task_cls else None
-    bundle = builder(task_cfg) if task_cls else builder()
+    bundle, _ = _build(builder, saved.get("task_config", {}), source=str(run.config))
     path = run.best if weights == "best" else run.checkpoint
     if not path.exists():
         raise FileNotFoundError(f"{path}: weights file not found (is the run finished?)")

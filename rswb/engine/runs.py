@@ -23,7 +23,7 @@ import pandas as pd
 
 from rswb.config import atomic_write_text, load_yaml, save_yaml
 
-__all__ = ["RunFolder", "compare", "format_table", "list_runs", "load_run"]
+__all__ = ["RunFolder", "compare", "format_table", "list_runs", "load_run", "resolve_run"]
 
 
 class RunFolder:
@@ -72,6 +72,12 @@ class RunFolder:
     def read_final(self) -> dict[str, Any] | None:
         """``metrics.json`` or None while the run is unfinished."""
         return json.loads(self.final.read_text()) if self.final.exists() else None
+
+
+def resolve_run(run: str | Path, root: str | Path = "runs") -> Path:
+    """A run folder given as a path, or as a name under ``root`` (a path holding ``config.yaml`` wins)."""
+    p = Path(run)
+    return p if (p / "config.yaml").exists() else Path(root) / str(run)
 
 
 def load_run(path: str | Path) -> dict[str, Any]:
@@ -124,12 +130,7 @@ def compare(runs: Sequence[str | Path], root: str | Path = "runs", metrics: Sequ
         metrics: metric names without prefix (e.g. ``["OA", "AA", "kappa"]``); default: all of ``split``.
         split: ``"test"`` or ``"val"``: which metrics of each run to show.
     """
-    rows = []
-    for r in runs:
-        p = Path(r)
-        if not (p / "config.yaml").exists():
-            p = Path(root) / str(r)
-        rows.append(load_run(p))
+    rows = [load_run(resolve_run(r, root)) for r in runs]
     df = pd.DataFrame(rows).set_index("run") if rows else pd.DataFrame()
     if df.empty:
         return df

@@ -160,7 +160,7 @@ def test_failed_rename_keeps_old_file(tmp_path, monkeypatch):
     def broken_replace(src, dst):
         raise OSError("rename failed")
 
-    monkeypatch.setattr(ckpt_mod.os, "replace", broken_replace)
+    monkeypatch.setattr(os, "replace", broken_replace)
     with pytest.raises(OSError, match="rename failed"):
         atomic_save({"v": torch.tensor(2)}, target)
     assert load_checkpoint(target)["v"].item() == 1
@@ -177,7 +177,7 @@ def test_target_holds_old_bytes_until_rename(tmp_path, monkeypatch):
         seen.append((load_checkpoint(dst)["v"].item(), load_checkpoint(src)["v"].item()))
         real_replace(src, dst)
 
-    monkeypatch.setattr(ckpt_mod.os, "replace", spy)
+    monkeypatch.setattr(os, "replace", spy)
     atomic_save({"v": torch.tensor(2)}, target)
     assert seen == [(1, 2)]  # old complete target, new complete temp file
     assert load_checkpoint(target)["v"].item() == 2
