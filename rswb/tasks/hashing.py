@@ -18,6 +18,7 @@ Two profiles:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import os
@@ -256,8 +257,8 @@ def hash_task(cfg: HashConfig) -> TaskBundle:
                     "warmup_epochs": 1.0, "val_fraction": 0.0}
     else:
         model.backbone.freeze_bn()  # the paper trains with frozen batch-norm statistics
-        train_aug = SceneFolder(root, "train", transforms=_RandomDihedral(), layout=cfg.layout, image_size=size)
-        train_aug.records = train_all.records
+        train_aug = copy.copy(train_all)  # the same images, without scanning the folder again, plus augmentation
+        train_aug.transforms = _RandomDihedral()
         train = torch.utils.data.Subset(train_aug, tr_idx.tolist())
         val = torch.utils.data.Subset(train_all, va_idx.tolist())
         test = query
