@@ -13,10 +13,11 @@ from rswb.data.errors import (
 )
 from rswb.data.mspan import MSPANPatchDataset, MSPANScene, PatchSampler, load_mspan
 from rswb.data.scenes import SceneFolder, load_image
+from rswb.data.wald import WaldSceneDataset, wald_simulate
 
 __all__ = [
     "CaptionMismatchError", "CaptionSet", "CorruptImageError", "DataError", "DataFormatError", "DatasetNotFoundError",
     "ImageResolver", "ImageTextDataset", "InvalidPixelError", "LabelRangeError", "MSPANPatchDataset", "MSPANScene",
-    "PatchSampler", "SceneFolder", "ShapeMismatchError", "load_image", "load_mspan", "read_captions", "read_karpathy",
-    "read_precomp",
+    "PatchSampler", "SceneFolder", "ShapeMismatchError", "WaldSceneDataset", "load_image", "load_mspan",
+    "read_captions", "read_karpathy", "read_precomp", "wald_simulate",
 ]

@@ -1,0 +1,344 @@
+"""PHA: few-shot MS+PAN classification as a ladder of registered model versions (METHODS.md section 1).
+
+Every version is one :class:`PHANet` configuration; each step of the ladder changes one thing and its builder's
+docstring says what and why (``docs/pha_versions.md`` collects them with the measured effect):
+
+=============  ==========================================================================================
+``ms_only``    MS branch + classifier (single-modality baseline)
+``pan_only``   PAN branch (stride-4 stem) + classifier (single-modality baseline)
+``pha_v1``     both branches, late fusion (concatenated deep features), cross-entropy
+``pha_v2``     + cross-modal InfoNCE on the deepest stage only
+``pha_v3``     + hierarchical alignment: InfoNCE at the shallow, middle and deep stage, equal weights
+``pha_v4``     + progressive schedule (alignment emphasis moves shallow -> deep) and stage-wise fusion
+``pha_v5``     + modality-compensated dictionary: deep alignment acts on shared sparse codes, the specific parts
+               are kept (reconstruction + decorrelation) and compensated back into the fused feature
+=============  ==========================================================================================
+
+**Geometry (why the models are dense).** The MS branch starts with a 1x1 stem; the PAN branch with a
+``ratio x ratio`` convolution of stride ``ratio``, so its stages sit on the MS grid, position for position. Each of
+the three stages is two *unpadded* 3x3 convolutions, so a 16x16 MS patch (and its 64x64 PAN footprint) ends as a
+4x4 map whose average is the patch's feature. Because nothing is zero-padded and everything after the average is a
+per-vector operation, running the same network over a whole (reflect-padded) scene and averaging every 4x4 window
+(:meth:`PHANet.dense`) gives *exactly* the per-patch result for every pixel at once, instead of recomputing the
+overlapping patches of neighbouring pixels. The same models also take whole images (the UC Merced Wald check):
+:meth:`PHANet.forward` averages whatever final map it gets.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rswb.registry import register_model
+
+__all__ = [
+    "CompensatedDictionary", "PHANet", "ms_only", "pan_only", "pha_v1", "pha_v2", "pha_v3", "pha_v4", "pha_v5",
+    "PHA_VERSIONS",
+]
+
+PHA_VERSIONS = ("ms_only", "pan_only", "pha_v1", "pha_v2", "pha_v3", "pha_v4", "pha_v5")
+"""The ladder in order (what ``rswb train pha --version`` accepts and notebook 02 trains)."""
+
+STAGE_NAMES = ("shallow", "middle", "deep")
+CONVS_PER_STAGE = 2
+
+
+def _conv_bn_relu(cin: int, cout: int, kernel: int = 3, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride=stride, padding=0, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True))
+
+
+class Branch(nn.Module):
+    """One modality's encoder: a stem onto the MS grid, then three stages of two unpadded 3x3 convolutions."""
+
+    def __init__(self, in_channels: int, widths: tuple[int, int, int], stem_stride: int = 1):
+        super().__init__()
+        k = stem_stride if stem_stride > 1 else 1
+        self.stem = _conv_bn_relu(in_channels, widths[0], kernel=k, stride=stem_stride)
+        chans = (widths[0], *widths)
+        self.stages = nn.ModuleList(
+            nn.Sequential(*[_conv_bn_relu(chans[i] if j == 0 else chans[i + 1], chans[i + 1])
+                            for j in range(CONVS_PER_STAGE)])
+            for i in range(len(widths)))
+
+
+def _mlp(cin: int, hidden: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(cin, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, cout))
+
+
+class CompensatedDictionary(nn.Module):
+    """Modality-compensated dictionary on per-pixel deep features (``pha_v5``).
+
+    A shared dictionary ``D`` (``atoms x dim``, unit-norm atoms) is used by both modalities. Each modality ``m``
+    gets non-negative codes ``a_m = relu(E_m f_m)`` (kept sparse by an L1 term), its shared part
+    ``s_m = a_m D`` and a specific part ``p_m = P_m f_m``. Training asks ``s_m + p_m`` to rebuild ``f_m``
+    (reconstruction) and ``p_m`` to be uncorrelated with ``s_m`` (decorrelation); cross-modal alignment acts on the
+    codes only. The fused feature is ``[ (s_ms + s_pan) / 2, p_ms, p_pan ]``: the common content once, plus what
+    each modality alone knows, compensated back.
+
+    Args:
+        dim: feature size of both modalities.
+        atoms: dictionary size.
+    """
+
+    def __init__(self, dim: int, atoms: int = 64):
+        super().__init__()
+        self.atoms = nn.Parameter(torch.randn(atoms, dim) / dim ** 0.5)
+        self.encode = nn.ModuleDict({m: nn.Linear(dim, atoms) for m in ("ms", "pan")})
+        self.specific = nn.ModuleDict({m: nn.Linear(dim, dim) for m in ("ms", "pan")})
+        self.out_features = 3 * dim
+
+    def forward(self, f_ms: torch.Tensor, f_pan: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Codes, shared and specific parts of ``[N, dim]`` features, and the compensated fusion ``[N, 3 dim]``."""
+        d = F.normalize(self.atoms, dim=1)
+        out: dict[str, torch.Tensor] = {}
+        for m, f in (("ms", f_ms), ("pan", f_pan)):
+            a = F.relu(self.encode[m](f))
+            out[f"codes_{m}"] = a
+            out[f"shared_{m}"] = a @ d
+            out[f"specific_{m}"] = self.specific[m](f)
+        out["fused"] = torch.cat([0.5 * (out["shared_ms"] + out["shared_pan"]), out["specific_ms"],
+                                  out["specific_pan"]], 1)
+        return out
+
+
+class PHANet(nn.Module):
+    """The configurable two-branch network behind every version (build it through the registered builders).
+
+    Args:
+        num_classes: classes ``C``.
+        bands: MS bands.
+        ratio: PAN/MS resolution ratio (PAN stem stride).
+        modalities: ``("ms", "pan")``, ``("ms",)`` or ``("pan",)``.
+        widths: channels of the shallow, middle and deep stage.
+        align_stages: stages (0 shallow, 1 middle, 2 deep) with cross-modal projection heads and InfoNCE.
+        align_schedule: ``"none"``, ``"equal"`` (fixed equal weights) or ``"progressive"`` (see
+            :func:`rswb.losses.pha.progressive_weights`).
+        stage_fusion: exchange information between the branches after every stage (zero-initialised 1x1
+            convolutions from each branch into the other, so training starts from late fusion).
+        dictionary_atoms: size of the modality-compensated dictionary (0: none).
+        proj_dim: size of the alignment embeddings.
+        dropout: dropout before the classifier.
+        patch: MS patch size the pixel classifier is defined on (sets the dense-mode window).
+    """
+
+    def __init__(self, num_classes: int, bands: int = 4, ratio: int = 4, modalities: tuple[str, ...] = ("ms", "pan"),
+                 widths: tuple[int, int, int] = (32, 64, 96), align_stages: tuple[int, ...] = (),
+                 align_schedule: str = "none", stage_fusion: bool = False, dictionary_atoms: int = 0,
+                 proj_dim: int = 64, dropout: float = 0.2, patch: int = 16):
+        super().__init__()
+        if not modalities or set(modalities) - {"ms", "pan"}:
+            raise ValueError(f"modalities must be a non-empty subset of ('ms', 'pan'), got {modalities}")
+        two = len(modalities) == 2
+        if not two and (align_stages or stage_fusion or dictionary_atoms):
+            raise ValueError("alignment, stage fusion and the dictionary need both modalities")
+        if align_schedule not in ("none", "equal", "deep", "progressive"):
+            raise ValueError(f"align_schedule must be none|equal|deep|progressive, got {align_schedule!r}")
+        self.num_classes, self.bands, self.ratio = int(num_classes), int(bands), int(ratio)
+        self.modalities = tuple(modalities)
+        self.align_stages = tuple(sorted(align_stages))
+        self.align_schedule = align_schedule if self.align_stages else "none"
+        self.patch = int(patch)
+        self.window = self.patch - 2 * CONVS_PER_STAGE * len(widths)
+        if self.window < 1:
+            raise ValueError(f"patch {patch} is too small for {len(widths)} stages of unpadded 3x3 convolutions")
+        self.branches = nn.ModuleDict()
+        if "ms" in modalities:
+            self.branches["ms"] = Branch(bands, widths)
+        if "pan" in modalities:
+            self.branches["pan"] = Branch(1, widths, stem_stride=ratio)
+        self.exchange = None
+        if stage_fusion:
+            self.exchange = nn.ModuleList()
+            for w in widths:
+                pair = nn.ModuleDict({"pan_to_ms": nn.Conv2d(w, w, 1), "ms_to_pan": nn.Conv2d(w, w, 1)})
+                for conv in pair.values():
+                    nn.init.zeros_(conv.weight)
+                    nn.init.zeros_(conv.bias)
+                self.exchange.append(pair)
+        self.proj = nn.ModuleDict({
+            f"{m}{s}": _mlp(widths[s], 2 * proj_dim, proj_dim) for s in self.align_stages for m in ("ms", "pan")
+            if not (dictionary_atoms and s == len(widths) - 1)  # v5: the deep stage aligns dictionary codes
+        })
+        deep = widths[-1]
+        self.dictionary = CompensatedDictionary(deep, dictionary_atoms) if dictionary_atoms else None
+        fused = self.dictionary.out_features if self.dictionary else deep * len(modalities)
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(fused, num_classes))
+        self.stages = len(widths)
+
+    # --- feature maps -----------------------------------------------------------------------------------------
+    def stage_maps(self, ms: torch.Tensor | None, pan: torch.Tensor | None) -> dict[str, list[torch.Tensor]]:
+        """Feature maps of every stage per modality: ``{"ms": [shallow, middle, deep], "pan": [...]}``."""
+        x = {}
+        if "ms" in self.branches:
+            x["ms"] = self.branches["ms"].stem(ms)
+        if "pan" in self.branches:
+            x["pan"] = self.branches["pan"].stem(pan)
+        if len(x) == 2 and x["ms"].shape[-2:] != x["pan"].shape[-2:]:
+            raise ValueError(f"PAN stem output {tuple(x['pan'].shape[-2:])} does not match the MS grid "
+                             f"{tuple(x['ms'].shape[-2:])}: PAN must be {self.ratio} x the MS size")
+        maps: dict[str, list[torch.Tensor]] = {m: [] for m in x}
+        for s in range(self.stages):
+            for m in x:
+                x[m] = self.branches[m].stages[s](x[m])
+            if self.exchange is not None:
+                ex = self.exchange[s]
+                x["ms"], x["pan"] = (x["ms"] + ex["pan_to_ms"](x["pan"]), x["pan"] + ex["ms_to_pan"](x["ms"]))
+            for m in x:
+                maps[m].append(x[m])
+        return maps
+
+    def classify(self, deep: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per-vector head: deep features ``{"ms": [N, d], "pan": [N, d]}`` -> logits (and dictionary parts)."""
+        if self.dictionary is not None:
+            out = self.dictionary(deep["ms"], deep["pan"])
+            fused = out.pop("fused")
+        else:
+            out = {}
+            fused = torch.cat([deep[m] for m in self.modalities], 1)
+        out["logits"] = self.head(fused)
+        return out
+
+    def _inputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        ms = batch.get("ms") if "ms" in self.branches else None
+        pan = batch.get("pan") if "pan" in self.branches else None
+        for name, t in (("ms", ms), ("pan", pan)):
+            if name in self.branches and (t is None or t.ndim != 4):
+                raise ValueError(f"batch[{name!r}] must be a [B, C, H, W] tensor for {self.modalities}")
+        return ms, pan
+
+    # --- per patch / per image ----------------------------------------------------------------------------------
+    def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Classify patches (or whole images): the final map of each is averaged into one vector.
+
+        Returns:
+            ``logits`` ``[B, C]``; ``stage_features`` ``{m: [B, w_s] per stage}`` (pooled stage maps); ``embed``
+            ``{stage: (ms, pan)}`` alignment embeddings of the aligned stages; with the dictionary also ``codes_*``,
+            ``shared_*``, ``specific_*`` and ``deep_*`` (the features they decompose).
+        """
+        maps = self.stage_maps(*self._inputs(batch))
+        pooled = {m: [f.mean((2, 3)) for f in fs] for m, fs in maps.items()}
+        deep = {m: fs[-1] for m, fs in pooled.items()}
+        out: dict[str, Any] = self.classify(deep)
+        out["stage_features"] = pooled
+        embed = {}
+        for s in self.align_stages:
+            if self.dictionary is not None and s == self.stages - 1:
+                embed[s] = (out["codes_ms"], out["codes_pan"])
+            else:
+                embed[s] = (self.proj[f"ms{s}"](pooled["ms"][s]), self.proj[f"pan{s}"](pooled["pan"][s]))
+        out["embed"] = embed
+        if self.dictionary is not None:
+            out["deep_ms"], out["deep_pan"] = deep["ms"], deep["pan"]
+        return out
+
+    # --- whole scenes -------------------------------------------------------------------------------------------
+    def dense(self, ms: torch.Tensor | None, pan: torch.Tensor | None) -> torch.Tensor:
+        """Per-pixel logits of a padded scene tile in one pass.
+
+        Args:
+            ms: ``[B, C, h + patch - 1, w + patch - 1]``, the MS tile with the patch padding around it.
+            pan: ``[B, 1, r (h + patch - 1), r (w + patch - 1)]``, the matching PAN tile.
+
+        Returns:
+            ``[B, num_classes, h, w]``: for every pixel exactly what :meth:`forward` gives for its patch.
+        """
+        maps = self.stage_maps(ms, pan)
+        deep = {m: F.avg_pool2d(fs[-1], self.window, stride=1) for m, fs in maps.items()}
+        any_map = next(iter(deep.values()))
+        b, _, h, w = any_map.shape
+        flat = {m: v.permute(0, 2, 3, 1).reshape(b * h * w, -1) for m, v in deep.items()}
+        logits = self.classify(flat)["logits"]
+        return logits.reshape(b, h, w, -1).permute(0, 3, 1, 2)
+
+    def describe(self) -> dict[str, Any]:
+        """What this configuration contains (for tables and the notebook)."""
+        return {"modalities": "+".join(self.modalities), "align_stages": [STAGE_NAMES[s] for s in self.align_stages],
+                "align_schedule": self.align_schedule, "stage_fusion": self.exchange is not None,
+                "dictionary_atoms": self.dictionary.atoms.shape[0] if self.dictionary is not None else 0,
+                "parameters": sum(p.numel() for p in self.parameters())}
+
+
+@register_model
+def ms_only(num_classes: int = 8, bands: int = 4, ratio: int = 4, **kw: Any) -> PHANet:
+    """MS-only baseline: the MS branch (1x1 stem, three stages) and a linear classifier.
+
+    Why: the floor any fused model must clear. On the embedded scene MS sees spectra but not textures, so it
+    confuses the class pairs that share a spectrum.
+    """
+    return PHANet(num_classes, bands, ratio, modalities=("ms",), **kw)
+
+
+@register_model
+def pan_only(num_classes: int = 8, bands: int = 4, ratio: int = 4, **kw: Any) -> PHANet:
+    """PAN-only baseline: the PAN branch (stride-``ratio`` stem onto the MS grid, three stages) and a classifier.
+
+    Why: the other floor. PAN sees texture and brightness but not the spectrum.
+    """
+    return PHANet(num_classes, bands, ratio, modalities=("pan",), **kw)
+
+
+@register_model
+def pha_v1(num_classes: int = 8, bands: int = 4, ratio: int = 4, **kw: Any) -> PHANet:
+    """v1: two branches (PAN with a stride-``ratio`` stem so its stages sit on the MS grid), late fusion.
+
+    Change: both modalities; their pooled deep features are concatenated and classified with cross-entropy.
+    Why: the plain fusion baseline every later idea is measured against.
+    """
+    return PHANet(num_classes, bands, ratio, **kw)
+
+
+@register_model
+def pha_v2(num_classes: int = 8, bands: int = 4, ratio: int = 4, **kw: Any) -> PHANet:
+    """v2: v1 + cross-modal alignment of the deepest features only.
+
+    Change: projection heads on the deep MS and PAN features and a symmetric InfoNCE between the two embeddings of
+    the same pixel (other pixels of the batch, labelled and unlabelled, are negatives).
+    Why: the usual way to make two modalities agree; alignment needs no labels, so it also learns from unlabelled
+    pixels, which few-shot training has plenty of.
+    """
+    return PHANet(num_classes, bands, ratio, align_stages=(2,), align_schedule="deep", **kw)
+
+
+@register_model
+def pha_v3(num_classes: int = 8, bands: int = 4, ratio: int = 4, **kw: Any) -> PHANet:
+    """v3: v2 + hierarchical alignment at the shallow, middle and deep stage, equal weights (1/3 each).
+
+    Change: per-stage projection heads and an InfoNCE term per stage.
+    Why: misalignment at shallow stages propagates upward; aligning only the top cannot fix it (PHA problem 1).
+    """
+    return PHANet(num_classes, bands, ratio, align_stages=(0, 1, 2), align_schedule="equal", **kw)
+
+
+@register_model
+def pha_v4(num_classes: int = 8, bands: int = 4, ratio: int = 4, **kw: Any) -> PHANet:
+    """v4: v3 + the progressive schedule and stage-wise cross-modal fusion.
+
+    Change 1 (schedule): stage weights ``w_s(t) ∝ exp(-(s - 2t)^2 / (2 * 0.5^2))``, ``t`` = epoch / (epochs - 1),
+    normalised to sum 1: epoch 0 weights (shallow, middle, deep) = (0.88, 0.12, 0.00), the middle of training
+    (0.12, 0.76, 0.12), the last epoch (0.00, 0.12, 0.88).
+    Change 2 (fusion): after every stage each branch adds a 1x1 convolution of the other branch's map
+    (zero-initialised, so training starts exactly at late fusion).
+    Why: align the foundations first, then build on them; and let the branches use each other's aligned features
+    at every depth instead of only at the end.
+    """
+    return PHANet(num_classes, bands, ratio, align_stages=(0, 1, 2), align_schedule="progressive",
+                  stage_fusion=True, **kw)
+
+
+@register_model
+def pha_v5(num_classes: int = 8, bands: int = 4, ratio: int = 4, atoms: int = 64, **kw: Any) -> PHANet:
+    """v5: v4 + the modality-compensated dictionary (:class:`CompensatedDictionary`).
+
+    Change: the deep features of each modality are split into a shared part (sparse non-negative codes over one
+    dictionary shared by MS and PAN) and a specific part; deep alignment acts on the codes only; reconstruction
+    (shared + specific = feature) and decorrelation (specific uncorrelated with shared) terms; the classifier sees
+    the shared part once plus both specific parts.
+    Why: over-alignment erases what only one modality knows (PHA problem 2). Here alignment can only pull the
+    shared codes together, while the specific parts keep the rest and are given back to the classifier.
+    """
+    return PHANet(num_classes, bands, ratio, align_stages=(0, 1, 2), align_schedule="progressive",
+                  stage_fusion=True, dictionary_atoms=atoms, **kw)
