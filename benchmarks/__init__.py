@@ -25,6 +25,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "hashing_loo": ("benchmarks.hashing", "run_loo"),
     "hashing_1m": ("benchmarks.hashing", "run_1m"),
     "patch_sampler": ("benchmarks.patch_sampler", "run_benchmark"),
+    "pha_dense": ("benchmarks.pha_dense", "run_benchmark"),
 }
 
 

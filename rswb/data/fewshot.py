@@ -64,8 +64,8 @@ def few_shot_split(labels: np.ndarray, shots: int | float, val: int | float = 0,
         num_classes: expected number of classes; a class with no candidate item raises.
 
     Raises:
-        ValueError: a class has no item, or a class has a single item and a validation share is asked for
-            (training keeps it).
+        ValueError: a class has no item. (A class with too few items for both parts keeps its items for
+            training and gives fewer, possibly zero, validation items.)
     """
     y = np.asarray(labels).astype(np.int64).ravel()
     classes = np.arange(num_classes) if num_classes is not None else np.unique(y)

@@ -177,9 +177,9 @@ class PHANet(nn.Module):
             x["ms"] = self.branches["ms"].stem(ms)
         if "pan" in self.branches:
             x["pan"] = self.branches["pan"].stem(pan)
-        if len(x) == 2 and x["ms"].shape[-2:] != x["pan"].shape[-2:]:
-            raise ValueError(f"PAN stem output {tuple(x['pan'].shape[-2:])} does not match the MS grid "
-                             f"{tuple(x['ms'].shape[-2:])}: PAN must be {self.ratio} x the MS size")
+        if ms is not None and pan is not None and tuple(pan.shape[-2:]) != tuple(self.ratio * n for n in ms.shape[-2:]):
+            raise ValueError(f"PAN is {tuple(pan.shape[-2:])} but the MS grid is {tuple(ms.shape[-2:])}: PAN must be "
+                             f"{self.ratio} x the MS size")
         maps: dict[str, list[torch.Tensor]] = {m: [] for m in x}
         for s in range(self.stages):
             for m in x:
@@ -319,7 +319,7 @@ def pha_v4(num_classes: int = 8, bands: int = 4, ratio: int = 4, **kw: Any) -> P
 
     Change 1 (schedule): stage weights ``w_s(t) ∝ exp(-(s - 2t)^2 / (2 * 0.5^2))``, ``t`` = epoch / (epochs - 1),
     normalised to sum 1: epoch 0 weights (shallow, middle, deep) = (0.88, 0.12, 0.00), the middle of training
-    (0.12, 0.76, 0.12), the last epoch (0.00, 0.12, 0.88).
+    (0.11, 0.79, 0.11), the last epoch (0.00, 0.12, 0.88).
     Change 2 (fusion): after every stage each branch adds a 1x1 convolution of the other branch's map
     (zero-initialised, so training starts exactly at late fusion).
     Why: align the foundations first, then build on them; and let the branches use each other's aligned features

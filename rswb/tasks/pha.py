@@ -307,7 +307,7 @@ class PHATask(Task):
                 total = total + w * nce
                 name = STAGE_NAMES[s]
                 terms[f"nce_{name}"] = nce.detach()
-                terms[f"w_{name}"] = torch.tensor(w)
+                terms[f"w_{name}"] = torch.tensor(w, device=y.device)
                 with torch.no_grad():
                     terms[f"sim_{name}"] = F.cosine_similarity(a.float(), b.float(), dim=1).mean()
             terms["align_loss"] = total
@@ -459,10 +459,14 @@ def _scene_data(cfg: PHAConfig, path: Path) -> PHAData:
     from rswb.data.scenes import SceneFolder
     from rswb.data.wald import WaldSceneDataset
 
+    min_size = cfg.ratio * (cfg.ms_patch - 3)  # the three stages of unpadded convolutions need 13 MS pixels
+    if cfg.image_size % cfg.ratio or cfg.image_size < min_size:
+        raise ValueError(f"image_size must be a multiple of ratio {cfg.ratio} and at least {min_size} (the MS image "
+                         f"must have >= {cfg.ms_patch - 3} pixels for the network), got {cfg.image_size}")
     folder = SceneFolder(path, split="train")
     test_folder = SceneFolder(path, split="test")
     labels = np.asarray(folder.labels)
-    num_classes = len(folder.class_names)
+    num_classes = len(folder.classes)
     split = few_shot_split(labels, _shots(cfg.shots), _shots(cfg.val_shots), cfg.split_seed, num_classes)
     rest = np.concatenate([np.flatnonzero(labels[split.rest] == c)[: cfg.unlabelled_pool] for c in
                            range(num_classes)]) if cfg.unlabelled else np.zeros(0, np.int64)
@@ -484,7 +488,7 @@ def _scene_data(cfg: PHAConfig, path: Path) -> PHAData:
             items = pool.__getitems__(pick)
             return {k: torch.stack([s[k] for s in items]) for k in ("ms", "pan")}
 
-    return PHAData("scene", train, val, test, split, num_classes, 3, cfg.ratio, list(folder.class_names),
+    return PHAData("scene", train, val, test, split, num_classes, 3, cfg.ratio, list(folder.classes),
                    unlabelled=unlabelled, source=str(path))
 
 
@@ -500,8 +504,9 @@ def prepare_data(cfg: PHAConfig) -> PHAData:
         return _pixel_data(cfg, None)
     path = Path(cfg.data).expanduser()
     if not path.exists():
-        raise DatasetNotFoundError(path, "a lab-format folder (ms4.tif, pan.tif, train.npy, test.npy), a .mat "
-                                         "MS/PAN pair, or a scene-classification folder")
+        raise DatasetNotFoundError(path, "data path not found",
+                                   "a lab-format folder (ms4.tif, pan.tif, train.npy, test.npy), a .mat MS/PAN pair, "
+                                   "or a scene-classification folder")
     return _pixel_data(cfg, path) if _is_lab(path) else _scene_data(cfg, path)
 
 

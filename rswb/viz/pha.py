@@ -1,0 +1,728 @@
+"""Figures and a widget for the PHA version ladder (notebook 02): scene, scores, confusion, maps, alignment, codes.
+
+Every ``plot_*`` function draws with matplotlib and returns the :class:`~matplotlib.figure.Figure`; none of them
+trains anything. Label maps always use the fixed colour table :func:`rswb.data.mspan.label_colormap` (black for 0
+= unlabelled, then tab20 colours for the classes 1..C), so a class has the same colour in every figure of the
+notebook. Scores are fractions in the library (``OA``, ``AA``, ``kappa``, see :mod:`rswb.metrics.classification`)
+and are only turned into percentages on the axes.
+
+A few helpers prepare what the figures show from a finished run without training: :func:`summarize_versions` (mean
+and std over seeds), :func:`load_predictions` (a run's test predictions, confusion matrix and full-scene map),
+:func:`modality_embeddings` and :func:`dictionary_codes` (model outputs on a sample of test items).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.axes import Axes
+from matplotlib.colors import BoundaryNorm
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
+from torch.utils.data import Dataset
+from torch.utils.data._utils.collate import default_collate
+
+from rswb.data.mspan import MSPANScene, label_colormap
+from rswb.metrics.classification import classification_report, scores_from_confusion
+from rswb.models.pha import PHA_VERSIONS, STAGE_NAMES
+from rswb.viz.hashing import _pca_2d
+
+__all__ = [
+    "class_mean_codes",
+    "dictionary_codes",
+    "load_predictions",
+    "map_accuracy",
+    "modality_embeddings",
+    "normalize_rows",
+    "pair_cosines",
+    "plot_alignment_curves",
+    "plot_class_maps",
+    "plot_confusion",
+    "plot_dictionary_usage",
+    "plot_modality_embedding",
+    "plot_scene_overview",
+    "plot_version_bars",
+    "plot_version_detail",
+    "summarize_versions",
+    "version_picker",
+]
+
+METRICS = ("OA", "AA", "kappa")
+STAGE_STYLES = {"shallow": ":", "middle": "--", "deep": "-"}
+FEW_SHOT_MARKERS = {"train": ("o", "white"), "val": ("s", "yellow")}  # marker, colour of each few-shot set
+
+
+def _array(x: Any) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def _names(class_names: Sequence[str] | None, num_classes: int) -> list[str]:
+    return list(class_names) if class_names is not None else [f"class {c + 1}" for c in range(num_classes)]
+
+
+def _class_colour(c: int, num_classes: int) -> tuple[float, ...]:
+    """Colour of the 0-based class ``c`` in the fixed label colour table."""
+    return label_colormap(num_classes).colors[c + 1]
+
+
+def _version_order(versions: Sequence[str]) -> list[str]:
+    """Versions in ladder order (:data:`PHA_VERSIONS`), others after them in the order first seen."""
+    seen = list(dict.fromkeys(versions))
+    return [v for v in PHA_VERSIONS if v in seen] + [v for v in seen if v not in PHA_VERSIONS]
+
+
+def _version_colour(version: str) -> tuple[float, ...]:
+    """A fixed colour per ladder version (tab10), so a version looks the same in every figure."""
+    cmap = plt.get_cmap("tab10")
+    i = PHA_VERSIONS.index(version) if version in PHA_VERSIONS else len(PHA_VERSIONS) + sum(map(ord, version)) % 3
+    return cmap(i % cmap.N)
+
+
+def _show_labels(ax: Axes, label_map: np.ndarray, num_classes: int, title: str) -> None:
+    """Draw a label map (0 = unlabelled, 1..C = classes) with the fixed colour table, one colour per value."""
+    norm = BoundaryNorm(np.arange(num_classes + 2) - 0.5, num_classes + 1)
+    ax.imshow(label_map, cmap=label_colormap(num_classes), norm=norm, interpolation="nearest")
+    ax.set_title(title, fontsize="medium")
+    ax.set_axis_off()
+
+
+def _class_legend(fig: Figure, class_names: Sequence[str], unlabelled: bool = True) -> None:
+    """A legend of the class colours under the figure's panels."""
+    c = len(class_names)
+    handles = [Patch(color=(0, 0, 0), label="unlabelled")] if unlabelled else []
+    handles += [Patch(color=_class_colour(i, c), label=name) for i, name in enumerate(class_names)]
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 5), fontsize="small", frameon=False)
+
+
+def _legend_space(n_entries: int) -> float:
+    """Inches under the panels for a class legend of ``n_entries`` (5 per row)."""
+    return 0.15 + 0.25 * -(-n_entries // 5)
+
+
+# ---------------------------------------------------------------------------------------------------- the scene
+
+
+def plot_scene_overview(scene: MSPANScene, few_shot: Mapping[str, tuple[Any, Any]] | None = None,
+                        class_names: Sequence[str] | None = None) -> Figure:
+    """The scene at a glance: MS false-colour composite, PAN, and every label map, with a legend of the classes.
+
+    Args:
+        scene: an MS+PAN scene (normalised or not; the composite is stretched for display either way).
+        few_shot: optional pixel sets to mark on the composite, ``{name: (rows [N], cols [N])}`` on the MS grid,
+            e.g. ``{"train": (data.train.rows, data.train.cols), "val": (data.val.rows, data.val.cols)}``.
+            ``train`` is drawn as white circles, ``val`` as yellow squares, other names in further colours.
+        class_names: names of classes 1..C (default: ``scene.class_names``, else ``class k``).
+
+    Returns:
+        The figure: ``2 + len(scene.labels)`` panels and the class legend (colours of
+        :func:`rswb.data.mspan.label_colormap`).
+    """
+    c = scene.num_classes
+    names = _names(class_names if class_names is not None else scene.class_names, c)
+    splits = list(scene.labels)
+    n = 2 + len(splits)
+    height = 4.4 + _legend_space(c + 1)
+    fig, axes = plt.subplots(1, n, figsize=(4 * n, height), squeeze=False, layout="constrained")
+    axes = axes[0]
+    axes[0].imshow(scene.rgb(), interpolation="nearest")
+    title = f"MS composite ({scene.bands} bands, {scene.shape[0]}x{scene.shape[1]})"
+    extra = iter(["cyan", "magenta", "orange"])
+    for name, (rows, cols) in (few_shot or {}).items():
+        marker, colour = FEW_SHOT_MARKERS.get(name, ("D", next(extra, "red")))
+        rows, cols = _array(rows).reshape(-1), _array(cols).reshape(-1)
+        axes[0].scatter(cols, rows, s=18, marker=marker, facecolors="none", edgecolors=colour, linewidths=1.2,
+                        label=f"{name} ({len(rows)} px)")
+    if few_shot:
+        axes[0].legend(loc="upper right", fontsize="x-small", framealpha=0.6)
+        title += "\nfew-shot pixels marked"
+    axes[0].set_title(title, fontsize="medium")
+    axes[0].set_axis_off()
+    pan = scene.pan[0]
+    step = max(1, max(pan.shape) // 2048)  # display resolution is enough; a huge PAN would only cost memory
+    pan = pan[::step, ::step]
+    lo, hi = np.percentile(pan, (2, 98))
+    axes[1].imshow(np.clip((pan - lo) / max(hi - lo, 1e-12), 0, 1), cmap="gray", interpolation="nearest")
+    axes[1].set_title(f"PAN ({scene.pan.shape[1]}x{scene.pan.shape[2]}, ratio {scene.ratio})", fontsize="medium")
+    axes[1].set_axis_off()
+    for ax, split in zip(axes[2:], splits):
+        m = scene.labels[split]
+        _show_labels(ax, m, c, f"{split} labels ({int((m > 0).sum())} px)")
+    _class_legend(fig, names)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------- scores
+
+
+def summarize_versions(df: pd.DataFrame, metrics: Sequence[str] = METRICS, percent: bool = False) -> pd.DataFrame:
+    """Mean and standard deviation over seeds of each version's scores.
+
+    Args:
+        df: one row per run with the columns ``version``, ``seed`` (optional) and ``metrics`` as fractions (the
+            test columns of :func:`rswb.engine.runs.compare`).
+        metrics: the score columns.
+        percent: multiply the scores by 100 (for display; ``kappa`` x 100 is the usual table convention).
+
+    Returns:
+        One row per version in ladder order: ``<metric>`` (mean) and ``<metric>_std`` (sample standard deviation,
+        ``ddof=1``; 0 when a version has a single seed) for each metric, then ``seeds`` (the number of runs).
+
+    Raises:
+        KeyError: a column is missing.
+    """
+    missing = [c for c in ("version", *metrics) if c not in df.columns]
+    if missing:
+        raise KeyError(f"missing column(s) {', '.join(missing)}; columns: {', '.join(map(str, df.columns))}")
+    groups = df.groupby("version", sort=False)[list(metrics)]
+    mean, std, count = groups.mean(), groups.std(ddof=1), groups.size()
+    std.loc[count <= 1] = 0.0
+    scale = 100.0 if percent else 1.0
+    out = pd.DataFrame(index=mean.index)
+    for m in metrics:
+        out[m] = scale * mean[m].astype(float)
+        out[f"{m}_std"] = scale * std[m].astype(float)
+    out["seeds"] = count.astype(int)
+    out.index.name = "version"
+    return out.loc[_version_order(list(out.index))]
+
+
+def plot_version_bars(df: pd.DataFrame, metrics: Sequence[str] = METRICS, ax: Axes | None = None) -> Figure:
+    """Grouped bars of OA, AA and kappa per version: mean over seeds with standard-deviation error bars.
+
+    Args:
+        df: one row per run with ``version``, ``seed`` and the ``metrics`` as **fractions** (as the runs record
+            them); they are shown in percent (kappa x 100). See :func:`summarize_versions`.
+        metrics: the score columns, one bar each per version.
+        ax: axes to draw on (default: a new figure).
+
+    Returns:
+        The figure: versions in ladder order on the x axis, one bar container per metric.
+    """
+    s = summarize_versions(df, metrics, percent=True)
+    if ax is None:
+        ax = plt.subplots(figsize=(max(6.0, 1.1 * len(s) + 2), 4), layout="constrained")[1]
+    x = np.arange(len(s))
+    width = 0.8 / len(metrics)
+    for i, m in enumerate(metrics):
+        bars = ax.bar(x + (i - (len(metrics) - 1) / 2) * width, s[m], width, yerr=s[f"{m}_std"], capsize=3,
+                      label=m, alpha=0.85)
+        ax.bar_label(bars, fmt="%.1f", fontsize="x-small", padding=2)
+    ax.set_xticks(x)
+    ax.set_xticklabels(s.index, rotation=20)
+    ax.set_ylabel("% (mean ± std over seeds)")
+    low = float(np.nanmin((s[list(metrics)] - s[[f"{m}_std" for m in metrics]].to_numpy()).to_numpy()))
+    ax.set_ylim(min(0.0, low - 5), 105)
+    ax.axhline(0, color="black", linewidth=0.6)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(ncol=len(metrics), fontsize="small", loc="upper left")
+    seeds = s["seeds"].unique()
+    ax.set_title(f"Test scores per version ({', '.join(map(str, seeds))} seed{'s' if seeds.max() > 1 else ''})")
+    return ax.figure
+
+
+def normalize_rows(cm: Any) -> np.ndarray:
+    """Each row of a confusion matrix divided by its sum (rows = true class): the share of each prediction.
+
+    Args:
+        cm: confusion matrix ``[C, C]`` of counts.
+
+    Returns:
+        ``[C, C]`` float64; a row with no sample stays all zero.
+    """
+    m = _array(cm).astype(np.float64)
+    if m.ndim != 2 or m.shape[0] != m.shape[1]:
+        raise ValueError(f"a confusion matrix must be square [C, C], got shape {m.shape}")
+    rows = m.sum(axis=1, keepdims=True)
+    return np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
+
+
+def plot_confusion(cm: Any, class_names: Sequence[str] | None = None, title: str = "",
+                   ax: Axes | None = None) -> Figure:
+    """A seaborn heatmap of the row-normalised confusion matrix, each cell annotated with its count.
+
+    Colour is the share of the true class (row) predicted as each class, so the diagonal is the per-class
+    (producer's) accuracy whatever the class sizes; the numbers are the raw counts.
+
+    Args:
+        cm: confusion matrix ``[C, C]`` of counts, rows = true class, columns = predicted class (as
+            :func:`rswb.metrics.classification.classification_report` returns it).
+        class_names: name of each class (default: ``class k``).
+        title: title; OA and AA of the matrix are appended.
+        ax: axes to draw on (default: a new figure).
+
+    Returns:
+        The figure.
+    """
+    import seaborn as sns
+
+    counts = _array(cm).astype(np.int64)
+    share = normalize_rows(counts)
+    c = len(counts)
+    names = _names(class_names, c)
+    if ax is None:
+        side = max(4.5, 0.55 * c + 2.5)
+        ax = plt.subplots(figsize=(side + 1.2, side), layout="constrained")[1]
+    sns.heatmap(share, annot=counts, fmt="d", cmap="Blues", vmin=0.0, vmax=1.0, square=True, ax=ax,
+                xticklabels=names, yticklabels=names, annot_kws={"fontsize": 8 if c <= 12 else 6},
+                cbar_kws={"label": "share of the true class"}, linewidths=0.3, linecolor="white")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.tick_params(axis="x", labelrotation=45, labelsize="small")
+    ax.tick_params(axis="y", labelrotation=0, labelsize="small")
+    scores = scores_from_confusion(counts) if counts.sum() else {"OA": float("nan"), "AA": float("nan")}
+    ax.set_title(f"{title}{': ' if title else ''}OA {100 * scores['OA']:.1f} %, AA {100 * scores['AA']:.1f} % "
+                 f"({counts.sum()} items)", fontsize="medium")
+    return ax.figure
+
+
+# ---------------------------------------------------------------------------------------------------- class maps
+
+
+def map_accuracy(pred: np.ndarray, ground_truth: np.ndarray) -> float:
+    """Share of the labelled pixels of ``ground_truth`` (1..C, 0 = unlabelled) where the 0-based ``pred`` is right."""
+    labelled = ground_truth > 0
+    if not labelled.any():
+        return float("nan")
+    return float((pred[labelled] == ground_truth[labelled] - 1).mean())
+
+
+def plot_class_maps(maps: Mapping[str, Any], ground_truth: Any, class_names: Sequence[str] | None = None,
+                    ncols: int = 4) -> Figure:
+    """Full-scene predicted class maps next to the ground truth, in the fixed label colours with one legend.
+
+    Args:
+        maps: ``{title: predicted map [H, W]}`` of 0-based classes (e.g. :func:`rswb.tasks.pha.dense_predict`
+            per version).
+        ground_truth: label map ``[H, W]`` with 1..C for the classes and 0 = unlabelled (shown black).
+        class_names: name of each class (default: ``class k``).
+        ncols: panels per row.
+
+    Returns:
+        The figure: the ground truth first, then one panel per map titled with its accuracy on the labelled
+        ground-truth pixels (all of them, so it can differ from a run's subsampled test score).
+
+    Raises:
+        ValueError: a map's shape differs from the ground truth's.
+    """
+    gt = _array(ground_truth).astype(np.int64)
+    preds = {k: _array(v).astype(np.int64) for k, v in maps.items()}
+    for k, v in preds.items():
+        if v.shape != gt.shape:
+            raise ValueError(f"map {k!r} has shape {v.shape}, the ground truth {gt.shape}")
+    c = len(class_names) if class_names is not None else int(max([gt.max(), *(v.max() + 1 for v in preds.values())]))
+    names = _names(class_names, c)
+    panels = 1 + len(preds)
+    cols = max(1, min(ncols, panels))
+    rows = -(-panels // cols)
+    aspect = gt.shape[0] / max(gt.shape[1], 1)
+    height = 3.6 * aspect * rows + 0.4 + _legend_space(c + 1)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, height), squeeze=False, layout="constrained")
+    axes = axes.ravel()
+    for ax in axes[panels:]:
+        fig.delaxes(ax)
+    _show_labels(axes[0], gt, c, f"ground truth ({int((gt > 0).sum())} px)")
+    for ax, (title, pred) in zip(axes[1:], preds.items()):
+        _show_labels(ax, pred + 1, c, f"{title}\nOA {100 * map_accuracy(pred, gt):.1f} % on the labelled px")
+    _class_legend(fig, names)
+    return fig
+
+
+def plot_version_detail(pred_map: Any | None, ground_truth: Any | None, cm: Any,
+                        class_names: Sequence[str] | None = None, title: str = "") -> Figure:
+    """One version at a glance: its full-scene class map (pixel mode) next to its confusion matrix.
+
+    Args:
+        pred_map: predicted map ``[H, W]`` of 0-based classes, or ``None`` (scene mode: the matrix only).
+        ground_truth: label map ``[H, W]`` (1..C, 0 = unlabelled) to score the map against, or ``None``.
+        cm: test confusion matrix ``[C, C]``.
+        class_names: name of each class.
+        title: the version (or any title).
+
+    Returns:
+        The figure (what :func:`version_picker` shows per version).
+    """
+    c = len(_array(cm))
+    names = _names(class_names, c)
+    if pred_map is None:
+        return plot_confusion(cm, names, title)
+    side = max(4.5, 0.55 * c + 2.5)
+    fig, axes = plt.subplots(1, 2, figsize=(side + 6.0, side), gridspec_kw={"width_ratios": [1, 1.25]},
+                             layout="constrained")
+    pred = _array(pred_map).astype(np.int64)
+    sub = "" if ground_truth is None else f"\nOA {100 * map_accuracy(pred, _array(ground_truth)):.1f} % on the map"
+    _show_labels(axes[0], pred + 1, c, f"{title} class map{sub}")
+    axes[0].legend(handles=[Patch(color=_class_colour(i, c), label=n) for i, n in enumerate(names)],
+                   loc="upper left", bbox_to_anchor=(-0.05, -0.02), ncol=2, fontsize="x-small", frameon=False)
+    plot_confusion(cm, names, title, ax=axes[1])
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------- alignment
+
+
+def plot_alignment_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]]) -> Figure:
+    """How MS and PAN features come together during training, per stage and version, from ``metrics.jsonl``.
+
+    Three panels over the epochs: the linear CKA of the MS and PAN stage features (``train_cka_<stage>``, every
+    two-branch version); the mean cosine of positive MS-PAN pairs of the alignment embeddings
+    (``train_sim_<stage>``, aligned versions only); the weight of each stage's alignment term
+    (``train_w_<stage>``: flat for the equal schedule, a bump moving shallow -> deep for the progressive one).
+    Colour = version (fixed per ladder version), line style = stage (dotted shallow, dashed middle, solid deep).
+
+    Args:
+        histories: ``{version: epoch records}``, each record a dict of one ``metrics.jsonl`` line
+            (:meth:`rswb.engine.runs.RunFolder.read_history`); versions without a term are skipped in its panel.
+
+    Returns:
+        The figure (a panel with nothing to show says so).
+    """
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2), layout="constrained")
+    panels = (("cka", "linear CKA of MS vs PAN stage features", "CKA"),
+              ("sim", "cosine of positive MS-PAN pairs (aligned stages)", "mean cosine"),
+              ("w", "stage weight of the alignment term", "weight"))
+    shown: list[str] = []
+    for ax, (term, title, ylabel) in zip(axes, panels):
+        drawn = False
+        for version in _version_order(list(histories)):
+            records = sorted(histories[version], key=lambda r: r.get("epoch", 0))
+            for stage in STAGE_NAMES:
+                key = f"train_{term}_{stage}"
+                pts = [(r.get("epoch", i + 1), r[key]) for i, r in enumerate(records)
+                       if r.get(key) is not None and np.isfinite(r[key])]
+                if not pts:
+                    continue
+                x, y = zip(*pts)
+                ax.plot(x, y, STAGE_STYLES[stage], color=_version_colour(version), marker=".", linewidth=1.5)
+                drawn = True
+                if version not in shown:
+                    shown.append(version)
+        if not drawn:
+            ax.text(0.5, 0.5, "no version in the selection logs this", ha="center", va="center",
+                    transform=ax.transAxes, color="gray")
+        ax.set_title(title, fontsize="medium")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    handles = [Line2D([], [], color=_version_colour(v), linewidth=2, label=v) for v in shown]
+    handles += [Line2D([], [], color="black", linestyle=STAGE_STYLES[s], label=s) for s in STAGE_NAMES]
+    fig.legend(handles=handles, loc="outside right center", fontsize="small", frameon=False)
+    return fig
+
+
+def pair_cosines(ms: Any, pan: Any) -> tuple[float, float]:
+    """Mean cosine similarity of the positive pairs ``(ms_i, pan_i)`` and of all the other pairs ``(ms_i, pan_j)``.
+
+    Args:
+        ms: MS embeddings ``[N, D]``.
+        pan: PAN embeddings ``[N, D]`` (row ``i`` is the same item as ``ms[i]``).
+
+    Returns:
+        ``(positive, negative)``: aligned embeddings have a high first and a lower second value; a gap near 0
+        means an item's MS embedding is no closer to its own PAN embedding than to any other.
+    """
+    a, b = _unit(_array(ms)), _unit(_array(pan))
+    if a.shape != b.shape:
+        raise ValueError(f"MS embeddings {a.shape} and PAN embeddings {b.shape} differ in shape")
+    sim = a @ b.T
+    n = len(sim)
+    pos = float(np.trace(sim) / n)
+    neg = float((sim.sum() - np.trace(sim)) / (n * (n - 1))) if n > 1 else float("nan")
+    return pos, neg
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def plot_modality_embedding(before: Mapping[str, Any], after: Mapping[str, Any],
+                            class_names: Sequence[str] | None = None, n_pairs: int = 20, seed: int = 0) -> Figure:
+    """2-D PCA of MS and PAN embeddings of the same items, before and after alignment, side by side.
+
+    Each panel L2-normalises the embeddings (InfoNCE compares cosines) and projects the MS and PAN points together
+    onto their first two principal components, so a gap between the modalities shows as two separate clouds.
+    MS points are circles, PAN points triangles, both coloured by class (fixed label colours); grey lines join the
+    two embeddings of ``n_pairs`` random items. Titles give :func:`pair_cosines`.
+
+    Args:
+        before: ``{"ms": [N, D], "pan": [N, D], "labels": [N]}`` of the untrained model (optional ``"title"``).
+        after: the same for the trained model (see :func:`modality_embeddings`).
+        class_names: name of each 0-based class (default: ``class k``).
+        n_pairs: pairs joined by a line.
+        seed: which pairs are joined.
+
+    Returns:
+        The figure: two panels and a legend of markers and classes.
+    """
+    labels_all = np.concatenate([_array(d["labels"]).reshape(-1) for d in (before, after)])
+    c = len(class_names) if class_names is not None else int(labels_all.max()) + 1
+    names = _names(class_names, c)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2), layout="constrained")
+    for ax, (default, emb) in zip(axes, (("before alignment (untrained)", before), ("after alignment", after))):
+        ms, pan = _unit(_array(emb["ms"])), _unit(_array(emb["pan"]))
+        y = _array(emb["labels"]).reshape(-1).astype(np.int64)
+        if not len(ms) == len(pan) == len(y):
+            raise ValueError(f"ms, pan and labels differ in length: {len(ms)}, {len(pan)}, {len(y)}")
+        xy, share = _pca_2d(np.concatenate([ms, pan]))
+        p_ms, p_pan = xy[: len(ms)], xy[len(ms):]
+        pick = np.random.default_rng(seed).choice(len(ms), min(n_pairs, len(ms)), replace=False)
+        for i in pick:
+            ax.plot([p_ms[i, 0], p_pan[i, 0]], [p_ms[i, 1], p_pan[i, 1]], color="gray", linewidth=0.7, alpha=0.7)
+        colours = np.array([_class_colour(int(k), c) for k in y])
+        ax.scatter(p_ms[:, 0], p_ms[:, 1], s=14, marker="o", c=colours, alpha=0.8, linewidths=0)
+        ax.scatter(p_pan[:, 0], p_pan[:, 1], s=18, marker="^", facecolors="none", edgecolors=colours, linewidths=0.9)
+        pos, neg = pair_cosines(ms, pan)
+        ax.set_title(f"{emb.get('title', default)}\npair cosine {pos:.2f}, other pairs {neg:.2f}", fontsize="medium")
+        ax.set_xlabel(f"PC1 ({100 * share[0]:.0f} % of variance)")
+        ax.set_ylabel(f"PC2 ({100 * share[1]:.0f} % of variance)")
+        ax.grid(alpha=0.3)
+    handles = [Line2D([], [], marker="o", linestyle="", color="gray", label="MS"),
+               Line2D([], [], marker="^", linestyle="", markerfacecolor="none", color="gray", label="PAN"),
+               Line2D([], [], color="gray", label="same item")]
+    present = np.unique(labels_all)
+    handles += [Patch(color=_class_colour(int(k), c), label=names[int(k)]) for k in present]
+    fig.legend(handles=handles, loc="outside right center", fontsize="small", frameon=False)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------- dictionary
+
+
+def class_mean_codes(codes: Any, labels: Any, num_classes: int) -> np.ndarray:
+    """Mean code of every class: ``[C, atoms]`` (a class with no item is all zero)."""
+    a = _array(codes).astype(np.float64)
+    y = _array(labels).reshape(-1).astype(np.int64)
+    if len(a) != len(y):
+        raise ValueError(f"{len(a)} codes but {len(y)} labels")
+    sums = np.zeros((num_classes, a.shape[1]))
+    np.add.at(sums, y, a)
+    counts = np.bincount(y, minlength=num_classes)[:num_classes, None]
+    return np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
+
+
+def plot_dictionary_usage(codes_ms: Any, codes_pan: Any, labels: Any, class_names: Sequence[str]) -> Figure:
+    """How the two modalities use the shared dictionary (``pha_v5``).
+
+    Left and middle: the mean code of each class on each atom (``[C, atoms]`` heatmaps on one colour scale), for
+    MS and for PAN; similar rows in both mean the modalities describe a class with the same atoms. Right: the share
+    of active atoms (code > 0) per item, averaged per class, for MS and PAN (the overall share in the legend).
+
+    Args:
+        codes_ms: non-negative MS codes ``[N, atoms]`` (``codes_ms`` of :meth:`rswb.models.pha.PHANet.forward`).
+        codes_pan: PAN codes ``[N, atoms]`` of the same items.
+        labels: 0-based class of each item ``[N]``.
+        class_names: name of each class.
+
+    Returns:
+        The figure.
+    """
+    ms, pan = _array(codes_ms).astype(np.float64), _array(codes_pan).astype(np.float64)
+    if ms.shape != pan.shape:
+        raise ValueError(f"MS codes {ms.shape} and PAN codes {pan.shape} differ in shape")
+    y = _array(labels).reshape(-1).astype(np.int64)
+    c, atoms = len(class_names), ms.shape[1]
+    means = {m: class_mean_codes(x, y, c) for m, x in (("MS", ms), ("PAN", pan))}
+    vmax = max(float(v.max()) for v in means.values()) or 1.0
+    fig, axes = plt.subplots(1, 3, figsize=(17, 0.35 * c + 2.8), gridspec_kw={"width_ratios": [1, 1, 0.7]},
+                             layout="constrained")
+    for ax, (m, mean) in zip(axes, means.items()):
+        im = ax.imshow(mean, aspect="auto", cmap="magma", vmin=0, vmax=vmax, interpolation="nearest")
+        ax.set_yticks(range(c))
+        ax.set_yticklabels(class_names if m == "MS" else [], fontsize="small")
+        ax.set_xlabel(f"atom (of {atoms})")
+        ax.set_title(f"{m}: mean code per class", fontsize="medium")
+    fig.colorbar(im, ax=axes[:2], fraction=0.02, pad=0.01, label="mean code")
+    x = np.arange(c)
+    for i, (m, codes) in enumerate((("MS", ms), ("PAN", pan))):
+        share = class_mean_codes(codes > 0, y, c).mean(1)
+        axes[2].barh(x + (i - 0.5) * 0.4, 100 * share, 0.4, label=f"{m} (all items: {100 * (codes > 0).mean():.0f} %)")
+    axes[2].set_yticks(x)
+    axes[2].set_yticklabels([])
+    axes[2].set_ylim(c - 0.5, -0.5)  # class 0 on top, as in the heatmaps
+    axes[2].set_xlabel("active atoms per item (%)")
+    axes[2].set_title("share of active atoms", fontsize="medium")
+    axes[2].legend(fontsize="x-small", loc="lower right")
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------- widget
+
+
+def version_picker(views: Mapping[str, Callable[[], Figure]], value: str | None = None) -> Any:
+    """A dropdown that switches which version's figure is shown.
+
+    Each view is drawn on first selection (then cached) and shown as a PNG in an ``ipywidgets.Image``: an image
+    widget's state is plain data, so the picker also builds and draws its first view headless (papermill, a plain
+    Python process) where an ``Output`` widget would need a frontend.
+
+    Args:
+        views: ``{version: callable () -> Figure}``, e.g. ``lambda: plot_version_detail(...)`` per version.
+        value: the version shown first (default: the first one).
+
+    Returns:
+        An ``ipywidgets.VBox``: the ``Dropdown``, then the ``Image``.
+
+    Raises:
+        ImportError: ipywidgets is not installed (``pip install 'rswb[notebooks]'``).
+        ValueError: ``views`` is empty or ``value`` is not one of them.
+    """
+    try:
+        import ipywidgets as widgets
+    except ImportError as err:
+        raise ImportError("version_picker needs ipywidgets (pip install 'rswb[notebooks]')") from err
+    if not views:
+        raise ValueError("version_picker needs at least one view")
+    first = next(iter(views)) if value is None else value
+    if first not in views:
+        raise ValueError(f"{first!r} is not one of the views: {', '.join(views)}")
+    pick = widgets.Dropdown(options=list(views), value=first, description="version")
+    image = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
+    cache: dict[str, bytes] = {}
+
+    def show(*_: Any) -> None:
+        if pick.value not in cache:
+            fig = views[pick.value]()
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", bbox_inches="tight")
+            plt.close(fig)  # shown through the widget only, not again by the inline backend
+            cache[pick.value] = buf.getvalue()
+        image.value = cache[pick.value]
+
+    pick.observe(show, names="value")
+    show()
+    return widgets.VBox([pick, image])
+
+
+# ---------------------------------------------------------------------------------------------------- run outputs
+
+
+def load_predictions(run_dir: str | Path, device: str | None = None) -> dict[str, Any]:
+    """A finished PHA run's test predictions (no training): its model, confusion matrix and full-scene map.
+
+    Pixel mode runs the model densely over the whole normalised scene (:func:`rswb.tasks.pha.dense_predict`) and
+    reads the run's test pixels from that map, which gives the same predictions as per-patch inference; scene mode
+    (a scene folder) classifies the test images with :meth:`~rswb.engine.Task.collect`.
+
+    Args:
+        run_dir: a finished ``rswb train pha`` run (its ``best.pt`` is loaded).
+        device: where to run the model (None: the best available).
+
+    Returns:
+        ``model`` (the trained :class:`~rswb.models.pha.PHANet`, in eval mode), ``pred_map`` (``[H, W]`` int64
+        0-based classes, ``None`` in scene mode), ``y_true`` and ``y_pred`` (``[N]`` 0-based, the run's test
+        set), ``confusion`` (``[C, C]``), ``per_class_accuracy`` (``[C]``) and ``metrics`` (``OA``, ``AA``,
+        ``kappa`` fractions, equal to the run's recorded test scores).
+    """
+    from rswb.engine.device import select_device
+    from rswb.engine.launch import load_trained
+    from rswb.engine.task import EvalContext
+    from rswb.tasks.pha import PixelPatches, dense_predict
+
+    bundle = load_trained(run_dir)
+    dev = select_device(device)
+    task = bundle.task.to(dev)
+    test = bundle.test
+    if task.scene is not None and isinstance(test, PixelPatches):
+        pred_map = dense_predict(task.model, task.scene, device=dev)
+        y_true, y_pred = test.pixel_labels, pred_map[test.rows, test.cols]
+    else:
+        pred_map = None
+        out = task.collect(test, EvalContext(dev))
+        y_true, y_pred = out["label"].numpy(), out["logits"].argmax(1).numpy()
+    report = classification_report(y_true, y_pred, num_classes=task.num_classes)
+    return {"model": task.model, "pred_map": pred_map, "y_true": np.asarray(y_true), "y_pred": np.asarray(y_pred),
+            "confusion": report["confusion_matrix"], "per_class_accuracy": report["per_class_accuracy"],
+            "metrics": scores_from_confusion(report["confusion_matrix"])}
+
+
+def _sample(n_items: int, n: int | None, seed: int) -> np.ndarray:
+    if n is None or n >= n_items:
+        return np.arange(n_items)
+    return np.sort(np.random.default_rng(seed).choice(n_items, n, replace=False))
+
+
+def _batches(dataset: Dataset, indices: np.ndarray, batch_size: int) -> Iterator[dict[str, Any]]:
+    """Batch dicts of ``dataset[indices]`` (a patch dataset's ``__getitems__`` already returns one)."""
+    for start in range(0, len(indices), batch_size):
+        chunk = [int(i) for i in indices[start:start + batch_size]]
+        items = dataset.__getitems__(chunk) if hasattr(dataset, "__getitems__") else [dataset[i] for i in chunk]
+        yield items if isinstance(items, dict) else default_collate(list(items))
+
+
+@torch.no_grad()
+def _outputs(model: torch.nn.Module, dataset: Dataset, n: int | None, seed: int, batch_size: int,
+             pick: Callable[[dict[str, Any]], dict[str, torch.Tensor]]) -> dict[str, np.ndarray]:
+    """``pick(model output)`` over a seeded sample of ``dataset``, concatenated, with the items' labels."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    chunks: dict[str, list[np.ndarray]] = {"labels": []}
+    for batch in _batches(dataset, _sample(len(dataset), n, seed), batch_size):
+        x = {k: batch[k].to(device) for k in ("ms", "pan") if k in batch}
+        for k, v in pick(model(x)).items():
+            chunks.setdefault(k, []).append(v.float().cpu().numpy())
+        chunks["labels"].append(_array(batch["label"]).astype(np.int64))
+    model.train(was_training)
+    return {k: np.concatenate(v) for k, v in chunks.items()}
+
+
+def modality_embeddings(model: torch.nn.Module, dataset: Dataset, n: int | None = 300, stage: int | str | None = None,
+                        seed: int = 0, batch_size: int = 256) -> dict[str, Any]:
+    """The MS and PAN alignment embeddings of one stage on a seeded sample of items.
+
+    Args:
+        model: an aligned :class:`~rswb.models.pha.PHANet` version (``pha_v2`` ... ``pha_v5``), trained or not.
+        dataset: items with ``ms``, ``pan`` and ``label`` (e.g. a run's test split, ``PHAData.test``).
+        n: items to sample (``None``: all).
+        stage: stage index or name (``"shallow"``, ``"middle"``, ``"deep"``); default: the deepest aligned stage
+            (for ``pha_v5`` the deep embeddings are the dictionary codes).
+        seed: seed of the sample (the same seed gives the same items for two models).
+        batch_size: items per forward pass.
+
+    Returns:
+        ``{"ms": [N, D], "pan": [N, D], "labels": [N], "stage": name}`` for :func:`plot_modality_embedding`.
+
+    Raises:
+        ValueError: the model aligns no stage, or not ``stage``.
+    """
+    aligned = tuple(getattr(model, "align_stages", ()))
+    if not aligned:
+        raise ValueError("the model has no alignment embeddings (pick an aligned version: pha_v2 ... pha_v5)")
+    s = aligned[-1] if stage is None else (STAGE_NAMES.index(stage) if isinstance(stage, str) else int(stage))
+    if s not in aligned:
+        raise ValueError(f"stage {stage!r} is not aligned in this model; aligned: "
+                         f"{', '.join(STAGE_NAMES[a] for a in aligned)}")
+    out = _outputs(model, dataset, n, seed, batch_size, lambda o: {"ms": o["embed"][s][0], "pan": o["embed"][s][1]})
+    return {**out, "stage": STAGE_NAMES[s]}
+
+
+def dictionary_codes(model: torch.nn.Module, dataset: Dataset, n: int | None = 1000, seed: int = 0,
+                     batch_size: int = 256) -> dict[str, np.ndarray]:
+    """The dictionary codes of both modalities (``pha_v5``) on a seeded sample of items.
+
+    Args:
+        model: a :class:`~rswb.models.pha.PHANet` with the compensated dictionary.
+        dataset: items with ``ms``, ``pan`` and ``label``.
+        n: items to sample (``None``: all).
+        seed: seed of the sample.
+        batch_size: items per forward pass.
+
+    Returns:
+        ``{"ms": [N, atoms], "pan": [N, atoms], "labels": [N]}`` for :func:`plot_dictionary_usage`.
+
+    Raises:
+        ValueError: the model has no dictionary.
+    """
+    if getattr(model, "dictionary", None) is None:
+        raise ValueError("the model has no dictionary (only pha_v5 has one)")
+    return _outputs(model, dataset, n, seed, batch_size, lambda o: {"ms": o["codes_ms"], "pan": o["codes_pan"]})

@@ -1,0 +1,225 @@
+"""PHA version ladder: forward/backward on patches and whole images, dense == per-patch, option checks, registry."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rswb.data.mspan import patch_padding
+from rswb.models.pha import PHA_VERSIONS, CompensatedDictionary, PHANet, ms_only, pan_only
+from rswb.registry import create_model, list_models
+
+WIDTHS = (4, 8, 8)
+C = 5
+TWO_BRANCH = [v for v in PHA_VERSIONS if v.startswith("pha_v")]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny convolutions run ~100x slower with two threads on a contended 2-core machine; restore afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def build(version: str, seed: int = 0, **kw) -> PHANet:
+    torch.manual_seed(seed)
+    kw.setdefault("widths", WIDTHS)
+    kw.setdefault("proj_dim", 6)
+    if version == "pha_v5":
+        kw.setdefault("atoms", 10)
+    return create_model(version, num_classes=C, **kw)
+
+
+def randomize(model: PHANet, seed: int = 0) -> PHANet:
+    """Non-trivial batch-norm statistics and exchange convolutions, so that eval-mode checks see every part."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.copy_(0.1 * torch.randn(mod.running_mean.shape, generator=g))
+                mod.running_var.copy_(0.5 + torch.rand(mod.running_var.shape, generator=g))
+                mod.weight.copy_(1 + 0.1 * torch.randn(mod.weight.shape, generator=g))
+                mod.bias.copy_(0.1 * torch.randn(mod.bias.shape, generator=g))
+        if model.exchange is not None:
+            for pair in model.exchange:
+                for conv in pair.values():
+                    conv.weight.copy_(0.2 * torch.randn(conv.weight.shape, generator=g))
+                    conv.bias.copy_(0.05 * torch.randn(conv.bias.shape, generator=g))
+    return model
+
+
+def inputs(b: int, h: int, w: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"ms": torch.rand(b, 4, h, w, generator=g), "pan": torch.rand(b, 1, 4 * h, 4 * w, generator=g)}
+
+
+def training_objective(out: dict) -> torch.Tensor:
+    """A scalar that touches every output a task's losses use (logits, embeddings, dictionary parts)."""
+    total = out["logits"].square().mean()
+    for a, b in out["embed"].values():
+        total = total + (a * b).sum(1).mean() + a.square().mean() + b.square().mean()
+    for key in ("codes_ms", "codes_pan", "shared_ms", "shared_pan", "specific_ms", "specific_pan"):
+        if key in out:
+            total = total + out[key].square().mean()
+    return total
+
+
+@pytest.mark.parametrize("version", PHA_VERSIONS)
+@pytest.mark.parametrize("shape", [(3, 16, 16), (2, 40, 36)], ids=["patches", "whole_images"])
+def test_forward_backward(version, shape):
+    model = build(version).train()
+    b, h, w = shape
+    out = model(inputs(b, h, w))
+    assert out["logits"].shape == (b, C)
+    assert set(out["stage_features"]) == set(model.modalities)
+    for feats in out["stage_features"].values():
+        assert [tuple(f.shape) for f in feats] == [(b, WIDTHS[0]), (b, WIDTHS[1]), (b, WIDTHS[2])]
+    assert sorted(out["embed"]) == list(model.align_stages)
+    for s, (a, e) in out["embed"].items():
+        dim = 10 if (version == "pha_v5" and s == 2) else 6
+        assert a.shape == e.shape == (b, dim)
+    if version == "pha_v5":
+        assert out["codes_ms"].shape == (b, 10) and out["shared_pan"].shape == (b, WIDTHS[-1])
+        assert (out["codes_ms"] >= 0).all() and out["deep_ms"].shape == (b, WIDTHS[-1])
+        assert "ms2" not in model.proj and "ms1" in model.proj  # the deep stage aligns the codes instead
+    training_objective(out).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, f"{version}: no gradient for {name}"
+        assert torch.isfinite(p.grad).all(), f"{version}: non-finite gradient for {name}"
+    head = model.head[1].weight.grad
+    assert head.abs().sum() > 0
+    for m in model.modalities:
+        assert model.branches[m].stem[0].weight.grad.abs().sum() > 0, f"{version}: stem of {m} got no gradient"
+    for s in model.align_stages:
+        key = f"ms{s}"
+        if key in model.proj:
+            assert model.proj[key][0].weight.grad.abs().sum() > 0
+    if model.exchange is not None:  # zero-initialised, but they still receive gradient
+        assert model.exchange[0]["pan_to_ms"].weight.grad.abs().sum() > 0
+    if model.dictionary is not None:
+        assert model.dictionary.atoms.grad.abs().sum() > 0
+
+
+def padded_scene(h: int, w: int, seed: int = 0, patch: int = 16):
+    """A random scene reflect-padded the way the patch sampler pads it, and the patch of one pixel."""
+    x = inputs(1, h, w, seed)
+    (mb, ma), (pb, pa) = patch_padding(patch, 4 * patch, 4)
+    ms = F.pad(x["ms"], (mb, ma, mb, ma), mode="reflect")
+    pan = F.pad(x["pan"], (pb, pa, pb, pa), mode="reflect")
+
+    def patch_of(r: int, c: int) -> dict[str, torch.Tensor]:
+        return {"ms": ms[:, :, r:r + patch, c:c + patch],
+                "pan": pan[:, :, 4 * r:4 * (r + patch), 4 * c:4 * (c + patch)]}
+
+    return ms, pan, patch_of
+
+
+@pytest.mark.parametrize("version", PHA_VERSIONS)
+def test_dense_equals_per_patch_forward(version):
+    model = randomize(build(version), seed=1).eval()
+    h, w = 11, 9
+    ms, pan, patch_of = padded_scene(h, w, seed=2)
+    assert ms.shape[-2:] == (h + 15, w + 15) and pan.shape[-2:] == (4 * (h + 15), 4 * (w + 15))
+    with torch.no_grad():
+        dense = model.dense(ms if "ms" in model.branches else None, pan if "pan" in model.branches else None)
+        assert dense.shape == (1, C, h, w)
+        pixels = [(0, 0), (0, w - 1), (h - 1, 0), (h - 1, w - 1), (5, 4), (3, 8), (10, 2)]
+        batch = [patch_of(r, c) for r, c in pixels]
+        ref = model({k: torch.cat([b[k] for b in batch]) for k in ("ms", "pan")})["logits"]
+    for i, (r, c) in enumerate(pixels):
+        torch.testing.assert_close(dense[0, :, r, c], ref[i], atol=1e-5, rtol=1e-5)
+
+
+def test_single_modality_versions_reject_alignment_options():
+    for builder in (ms_only, pan_only):
+        for kw in ({"align_stages": (2,)}, {"stage_fusion": True}, {"dictionary_atoms": 8}):
+            with pytest.raises(ValueError, match="need both modalities"):
+                builder(num_classes=3, widths=WIDTHS, **kw)
+    with pytest.raises(ValueError, match="modalities"):
+        PHANet(3, modalities=("ms", "sar"), widths=WIDTHS)
+    with pytest.raises(ValueError, match="align_schedule"):
+        PHANet(3, widths=WIDTHS, align_stages=(2,), align_schedule="sometimes")
+    with pytest.raises(ValueError, match="too small"):
+        PHANet(3, widths=WIDTHS, patch=12)
+
+
+def test_single_modality_versions_ignore_the_other_input():
+    torch.manual_seed(0)
+    ms_model, pan_model = build("ms_only").eval(), build("pan_only").eval()
+    x = inputs(2, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(ms_model({"ms": x["ms"]})["logits"], ms_model(x)["logits"])
+        assert torch.equal(pan_model({"pan": x["pan"]})["logits"], pan_model(x)["logits"])
+    assert "pan" not in ms_model.branches and "ms" not in pan_model.branches
+
+
+def test_wrong_inputs_raise_helpful_errors():
+    model = build("pha_v1").eval()
+    x = inputs(2, 16, 16)
+    with pytest.raises(ValueError, match=r"PAN must be 4 x the MS size"):
+        model({"ms": x["ms"], "pan": x["pan"][..., :60, :60]})
+    with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
+        model({"ms": x["ms"]})
+    with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
+        model({"ms": x["ms"][0], "pan": x["pan"]})
+
+
+def test_v4_with_zero_exchange_is_v3_with_the_same_weights():
+    v3, v4 = build("pha_v3", seed=3).eval(), build("pha_v4", seed=4).eval()
+    missing, unexpected = v4.load_state_dict(v3.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("exchange.") for k in missing)
+    x = inputs(3, 16, 16, seed=5)
+    with torch.no_grad():
+        a, b = v3(x), v4(x)
+        torch.testing.assert_close(a["logits"], b["logits"])
+        for s in (0, 1, 2):
+            torch.testing.assert_close(a["embed"][s][0], b["embed"][s][0])
+        randomize(v4)  # non-zero exchange: the branches now see each other
+        assert not torch.allclose(v4(x)["logits"], v3(x)["logits"])
+
+
+def test_compensated_dictionary_parts():
+    torch.manual_seed(0)
+    d = CompensatedDictionary(6, atoms=5)
+    out = d(torch.randn(4, 6), torch.randn(4, 6))
+    assert out["fused"].shape == (4, 18) and d.out_features == 18
+    atoms = F.normalize(d.atoms, dim=1)
+    torch.testing.assert_close(out["shared_ms"], out["codes_ms"] @ atoms)
+    torch.testing.assert_close(out["fused"][:, :6], 0.5 * (out["shared_ms"] + out["shared_pan"]))
+    torch.testing.assert_close(out["fused"][:, 6:12], out["specific_ms"])
+
+
+def test_describe():
+    expected = {
+        "ms_only": ("ms", [], "none", False, 0), "pan_only": ("pan", [], "none", False, 0),
+        "pha_v1": ("ms+pan", [], "none", False, 0), "pha_v2": ("ms+pan", ["deep"], "deep", False, 0),
+        "pha_v3": ("ms+pan", ["shallow", "middle", "deep"], "equal", False, 0),
+        "pha_v4": ("ms+pan", ["shallow", "middle", "deep"], "progressive", True, 0),
+        "pha_v5": ("ms+pan", ["shallow", "middle", "deep"], "progressive", True, 10),
+    }
+    for version in PHA_VERSIONS:
+        model = build(version)
+        d = model.describe()
+        assert set(d) == {"modalities", "align_stages", "align_schedule", "stage_fusion", "dictionary_atoms",
+                          "parameters"}
+        assert (d["modalities"], d["align_stages"], d["align_schedule"], d["stage_fusion"],
+                d["dictionary_atoms"]) == expected[version]
+        assert d["parameters"] == sum(p.numel() for p in model.parameters())
+
+
+def test_registry_lists_the_ladder():
+    assert list_models("pha_v*") == ["pha_v1", "pha_v2", "pha_v3", "pha_v4", "pha_v5"]
+    assert set(PHA_VERSIONS) <= set(list_models())
+    assert TWO_BRANCH == ["pha_v1", "pha_v2", "pha_v3", "pha_v4", "pha_v5"]
+    model = create_model("pha_v2", num_classes=3, widths=WIDTHS, bands=8)
+    assert isinstance(model, PHANet) and model.num_classes == 3 and model.bands == 8
+
+
+def test_pan_slightly_too_large_is_rejected():
+    model = build("pha_v1").eval()
+    x = inputs(1, 16, 16)
+    with pytest.raises(ValueError, match="PAN"):
+        model({"ms": x["ms"], "pan": torch.rand(1, 1, 67, 67)})

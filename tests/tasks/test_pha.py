@@ -1,0 +1,367 @@
+"""`rswb train pha`: co-registered augmentation, dense == per-patch inference, schedules, loss terms, splits, runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from rswb.cli import main
+from rswb.data.mspan import PatchSampler, load_mspan
+from rswb.data.synthetic import ensure_embedded
+from rswb.losses.pha import progressive_weights
+from rswb.models.pha import PHA_VERSIONS, PHANet
+from rswb.registry import create_model
+from rswb.tasks.hashing import dihedral
+from rswb.tasks.pha import PHAConfig, PHATask, PixelPatches, augment_pairs, dense_predict, patch_predict, prepare_data
+
+WIDTHS = (4, 8, 8)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny convolutions run ~100x slower with two threads on a contended 2-core machine; restore afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def scene():
+    """The embedded MS+PAN scene, normalised (200 x 200 MS, 800 x 800 PAN, 8 classes)."""
+    return load_mspan(ensure_embedded("mspan")).normalized()
+
+
+@pytest.fixture(scope="module")
+def sampler(scene):
+    return PatchSampler(scene, 16)
+
+
+def model_for(version: str, num_classes: int = 8, seed: int = 0, **kw) -> PHANet:
+    torch.manual_seed(seed)
+    if version == "pha_v5":
+        kw.setdefault("atoms", 12)
+    return create_model(version, num_classes=num_classes, widths=WIDTHS, proj_dim=8, **kw)
+
+
+def make_task(version: str, **kw) -> PHATask:
+    return PHATask(model_for(version), 8, **kw)
+
+
+def lab_copy(tmp_path):
+    dst = tmp_path / "lab"
+    shutil.copytree(ensure_embedded("mspan"), dst)
+    return dst
+
+
+# ---------------------------------------------------------------------------------------------------- augmentation
+
+
+def test_augment_pairs_keeps_ms_and_pan_co_registered():
+    g = torch.Generator().manual_seed(0)
+    ms = torch.rand(64, 4, 6, 6, generator=g)
+    up = lambda x: x[:, :1].repeat_interleave(4, -2).repeat_interleave(4, -1)  # noqa: E731
+    batch = {"ms": ms, "pan": up(ms), "label": torch.arange(64)}
+    out = augment_pairs(batch, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(out["pan"], up(out["ms"]))
+    assert out["label"] is batch["label"] and torch.equal(batch["ms"], ms)  # other keys kept, input untouched
+    views = []
+    for i in range(64):
+        match = [v for v in range(8) if torch.equal(out["ms"][i], dihedral(ms[i], v))]
+        assert match, f"sample {i} is not a dihedral view of its input"
+        views.append(match[0])
+    assert len(set(views)) >= 6  # 64 draws of 8 views: the views vary across the batch
+    again = augment_pairs(batch, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(again["ms"], out["ms"])  # seeded
+
+
+def test_augment_pairs_with_one_modality():
+    ms = torch.rand(5, 4, 6, 6)
+    out = augment_pairs({"ms": ms}, generator=torch.Generator().manual_seed(0))
+    assert set(out) == {"ms"} and out["ms"].shape == ms.shape
+
+
+# ---------------------------------------------------------------------------------------------------- inference
+
+
+def random_eval_state(model: PHANet, seed: int = 0) -> PHANet:
+    """Non-zero exchange convolutions and batch-norm statistics, so that the dense check covers every part."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.copy_(0.1 * torch.randn(mod.running_mean.shape, generator=g))
+                mod.running_var.copy_(0.5 + torch.rand(mod.running_var.shape, generator=g))
+        for pair in model.exchange or []:
+            for conv in pair.values():
+                conv.weight.copy_(0.2 * torch.randn(conv.weight.shape, generator=g))
+    return model.eval()
+
+
+def test_dense_predict_equals_patch_predict_on_the_embedded_scene(scene, sampler):
+    model = random_eval_state(model_for("pha_v5"))
+    h, w = scene.shape
+    rng = np.random.default_rng(0)
+    rows, cols = rng.integers(0, h, 500), rng.integers(0, w, 500)
+    border = np.array([[0, 0], [0, w - 1], [h - 1, 0], [h - 1, w - 1], [0, 57], [h - 1, 3], [1, w - 2], [7, 8],
+                       [h - 8, w - 9], [100, 0]])
+    rows, cols = np.concatenate([border[:, 0], rows]), np.concatenate([border[:, 1], cols])
+    ref = patch_predict(model, sampler, rows, cols, batch_size=256, return_logits=True)
+    dense = dense_predict(model, scene, tile=256, return_logits=True)
+    assert dense.shape == (8, h, w) and dense.dtype == np.float32
+    np.testing.assert_allclose(dense[:, rows, cols].T, ref, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(dense_predict(model, scene, tile=37, return_logits=True), dense, atol=1e-5, rtol=1e-5)
+    labels = dense_predict(model, scene, tile=37)
+    assert labels.shape == (h, w) and labels.dtype == np.int64
+    np.testing.assert_array_equal(labels, dense.argmax(0))  # the tile size does not change anything
+    np.testing.assert_array_equal(labels[rows, cols], patch_predict(model, sampler, rows, cols))
+    assert not model.training
+
+
+def test_dense_predict_single_modality(scene, sampler):
+    for version in ("ms_only", "pan_only"):
+        model = random_eval_state(model_for(version))
+        rows, cols = np.array([0, 50, 199]), np.array([199, 3, 0])
+        ref = patch_predict(model, sampler, rows, cols, return_logits=True)
+        dense = dense_predict(model, scene, tile=128, return_logits=True)
+        np.testing.assert_allclose(dense[:, rows, cols].T, ref, atol=1e-4, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------- the task
+
+
+def test_schedule_per_version():
+    for version in ("pha_v4", "pha_v5"):
+        task = make_task(version, progressive_width=0.5)
+        for epoch, progress in ((0, 0.0), (4, 0.5), (8, 1.0)):
+            want = progressive_weights(progress, 3, 0.5).tolist()
+            assert list(task.schedule(epoch, 9).values()) == pytest.approx(want)
+            assert sorted(task.schedule(epoch, 9)) == [0, 1, 2]
+        assert task.schedule(0, 1) == pytest.approx(dict(enumerate(progressive_weights(0.0).tolist())))
+        wide = make_task(version, progressive_width=2.0)
+        assert list(wide.schedule(0, 5).values()) == pytest.approx(progressive_weights(0.0, 3, 2.0).tolist())
+    assert make_task("pha_v3").schedule(3, 10) == pytest.approx({0: 1 / 3, 1: 1 / 3, 2: 1 / 3})
+    assert make_task("pha_v2").schedule(3, 10) == {2: 1.0}
+    for version in ("ms_only", "pan_only", "pha_v1"):
+        assert make_task(version).schedule(0, 10) == {}
+    task = make_task("pha_v4")
+    assert task.stage_weights == task.schedule(0, 1)
+    task.on_epoch_start(9, 10)
+    assert task.stage_weights == task.schedule(9, 10) and max(task.stage_weights, key=task.stage_weights.get) == 2
+
+
+def small_batch(n: int = 6, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"ms": torch.rand(n, 4, 16, 16, generator=g), "pan": torch.rand(n, 1, 64, 64, generator=g),
+            "label": torch.randint(0, 8, (n,), generator=g)}
+
+
+@pytest.mark.parametrize("version", PHA_VERSIONS)
+def test_losses_terms_per_version(version):
+    calls = []
+
+    def unlabelled(n):
+        calls.append(n)
+        return {k: v for k, v in small_batch(n, seed=len(calls) + 10).items() if k != "label"}
+
+    task = make_task(version, unlabelled=unlabelled, n_unlabelled=4).train()
+    terms = task.losses(small_batch())
+    model = task.model
+    expect = {"cls_loss", "acc"}
+    if model.align_stages:
+        expect |= {"align_loss"}
+        for s in model.align_stages:
+            name = ("shallow", "middle", "deep")[s]
+            expect |= {f"nce_{name}", f"w_{name}", f"sim_{name}"}
+    if version == "pha_v5":
+        expect |= {"recon_loss", "decor_loss", "sparse_loss", "code_active"}
+    if len(model.modalities) == 2:
+        expect |= {"cka_shallow", "cka_middle", "cka_deep"}
+    assert set(terms) == expect
+    for k, v in terms.items():
+        assert v.ndim == 0 and torch.isfinite(v), k
+    if model.align_stages:
+        want = sum(float(terms[f"w_{n}"]) * float(terms[f"nce_{n}"]) for n in ("shallow", "middle", "deep")
+                   if f"w_{n}" in terms)
+        assert float(terms["align_loss"].detach()) == pytest.approx(want, rel=1e-5)
+    # The unlabelled callable is used only by the versions with alignment, only in training.
+    assert calls == ([4] if model.align_stages else [])
+    task.eval()
+    task.losses(small_batch())
+    assert len(calls) == (1 if model.align_stages else 0)
+    task.train()
+    loss, report = task(small_batch())
+    assert torch.isfinite(loss) and float(report["loss"]) == pytest.approx(float(loss.detach()))
+    loss.backward()
+    assert model.head[1].weight.grad is not None
+
+
+def test_total_loss_uses_the_weights():
+    torch.manual_seed(0)
+    weights = {"align_loss": 0.5, "recon_loss": 2.0, "decor_loss": 0.25, "sparse_loss": 0.1}
+    task = PHATask(model_for("pha_v5"), 8, augment=False, loss_weights=weights).eval()  # eval: no dropout
+    batch = small_batch()
+    with torch.no_grad():
+        terms = task.losses(batch)
+        loss = task(batch)[0]
+    want = float(terms["cls_loss"]) + sum(w * float(terms[k]) for k, w in weights.items())
+    assert float(loss) == pytest.approx(want, rel=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------- data
+
+
+def pixel_set(ds: PixelPatches) -> set[tuple[int, int]]:
+    return set(zip(ds.rows.tolist(), ds.cols.tolist()))
+
+
+def test_prepare_data_pixel_splits(scene):
+    cfg = PHAConfig(shots=5, val_shots=3, max_test=200, repeats=4)
+    data = prepare_data(cfg)
+    assert data.mode == "pixel" and data.num_classes == 8 and data.bands == 4 and data.ratio == 4
+    assert data.source == "embedded" and isinstance(data.train, PixelPatches)
+    assert len(data.train) == 8 * 5 * 4 and len(data.val) == 8 * 3
+    assert np.bincount(data.train.labels, minlength=8).tolist() == [20] * 8
+    assert np.bincount(data.val.pixel_labels, minlength=8).tolist() == [3] * 8
+    assert 190 <= len(data.test) <= 210 and set(data.test.pixel_labels.tolist()) == set(range(8))
+    train, val, test = pixel_set(data.train), pixel_set(data.val), pixel_set(data.test)
+    assert len(train) == 40 and len(val) == 24
+    assert not train & val and not train & test and not val & test
+    # Each pixel's label is its map's value - 1; test pixels come from the test map, the others from the train map.
+    for ds, split in ((data.train, "train"), (data.val, "train"), (data.test, "test")):
+        np.testing.assert_array_equal(scene.labels[split][ds.rows, ds.cols] - 1, ds.pixel_labels)
+    item = data.train[3]
+    assert item["ms"].shape == (4, 16, 16) and item["pan"].shape == (1, 64, 64) and int(item["label"]) in range(8)
+    batch = data.train.__getitems__([0, 1, 40])
+    assert batch["ms"].shape == (3, 4, 16, 16) and int(batch["row"][2]) == int(batch["row"][0])  # 40 repeats pixel 0
+    extra = data.unlabelled(5)
+    assert extra["ms"].shape == (5, 4, 16, 16) and extra["pan"].shape == (5, 1, 64, 64)
+    again = prepare_data(cfg)
+    assert pixel_set(again.train) == train and pixel_set(again.val) == val and pixel_set(again.test) == test
+    other = prepare_data(PHAConfig(shots=5, val_shots=3, max_test=200, split_seed=1))
+    assert pixel_set(other.train) != train
+
+
+def test_prepare_data_missing_path_raises(tmp_path):
+    from rswb.data.errors import DatasetNotFoundError
+
+    with pytest.raises(DatasetNotFoundError) as err:
+        prepare_data(PHAConfig(data=str(tmp_path / "nowhere")))
+    assert "nowhere" in str(err.value)
+
+
+def test_missing_path_message_says_not_found(tmp_path):
+    from rswb.data.errors import DatasetNotFoundError
+
+    with pytest.raises(DatasetNotFoundError, match="not found|does not exist"):
+        prepare_data(PHAConfig(data=str(tmp_path / "nowhere")))
+
+
+# ---------------------------------------------------------------------------------------------------- runs
+
+
+def test_train_task_end_to_end(tmp_path):
+    from rswb.engine.launch import train_task
+
+    result = train_task("pha", {"version": "pha_v2", "epochs": 1, "repeats": 1, "max_test": 300, "widths": "4,8,8",
+                                "batch_size": 32, "shots": 5, "val_shots": 2, "unlabelled": 16, "progress": False},
+                        run_name="x", runs_root=tmp_path)
+    assert 0.0 <= result.test["OA"] <= 1.0 and {"OA", "AA", "kappa"} <= set(result.test)
+    final = json.loads((tmp_path / "x" / "metrics.json").read_text())
+    assert final["version"] == "pha_v2" and final["test"]["OA"] == pytest.approx(result.test["OA"])
+    record = json.loads((tmp_path / "x" / "metrics.jsonl").read_text().splitlines()[0])
+    text = json.dumps(record)
+    assert "align_loss" in text and "cka_deep" in text
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "rswb.cli", *args], capture_output=True, text=True, timeout=300,
+                          env=env)
+
+
+def test_train_pha_cli_on_a_lab_folder(tmp_path):
+    lab = lab_copy(tmp_path)
+    out = run_cli("train", "pha", "--data", str(lab), "--version", "pha_v1", "--shots", "3", "--val-shots", "2",
+                  "--epochs", "1", "--repeats", "1", "--widths", "4,8,8", "--max-test", "200", "--batch-size", "32",
+                  "--runs-root", str(tmp_path / "runs"), "--name", "c", "--progress", "false")
+    assert out.returncode == 0, out.stderr
+    final = json.loads((tmp_path / "runs" / "c" / "metrics.json").read_text())
+    assert final["version"] == "pha_v1" and final["data"] == str(lab)
+    assert 0.0 <= final["test"]["OA"] <= 1.0
+
+
+def test_train_pha_cli_missing_data_exits_2(tmp_path, capsys):
+    missing = tmp_path / "no_such_scene"
+    code = main(["train", "pha", "--data", str(missing), "--epochs", "1", "--runs-root", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert code == 2 and str(missing) in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_train_pha_cli_wrong_pan_size_exits_2(tmp_path, capsys):
+    import rasterio
+
+    from tests.data.fakes import write_tif
+
+    lab = lab_copy(tmp_path)
+    with rasterio.open(lab / "pan.tif") as src:
+        pan = src.read()
+    write_tif(lab / "pan.tif", np.ascontiguousarray(pan[:, :700, :]))
+    code = main(["train", "pha", "--data", str(lab), "--epochs", "1", "--runs-root", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert code == 2 and "pan.tif" in err and "700x800" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------------------------------------------- scene mode
+
+
+def test_scene_mode_prepare_and_one_step():
+    # image_size 64 -> MS 16 x 16: three stages of two unpadded 3x3 convolutions need at least 13 x 13 MS pixels,
+    # so 32 (MS 8 x 8) gives maps too small for the network (see the next test).
+    cfg = PHAConfig(data=str(ensure_embedded("scenes")), image_size=64, shots=2, val_shots=1, unlabelled_pool=2,
+                    max_test=20, repeats=2)
+    data = prepare_data(cfg)
+    assert data.mode == "scene" and data.num_classes == 10 and data.bands == 3 and data.scene is None
+    assert len(data.train) == 10 * 2 * 2 and len(data.val) == 10 and len(data.test) == 20
+    item = data.train[0]
+    assert item["ms"].shape == (3, 16, 16) and item["pan"].shape == (1, 64, 64)
+    assert set(data.split.train.tolist()).isdisjoint(data.split.val.tolist())
+    extra = data.unlabelled(3)
+    assert extra["ms"].shape == (3, 3, 16, 16) and extra["pan"].shape == (3, 1, 64, 64)
+
+    torch.manual_seed(0)
+    model = create_model("pha_v1", num_classes=10, bands=3, widths=WIDTHS)
+    task = PHATask(model, 10, unlabelled=data.unlabelled, n_unlabelled=2).train()
+    batch = task.collate([data.train[i] for i in range(4)])
+    opt = torch.optim.SGD(task.parameters(), lr=0.1)
+    loss, report = task(batch)
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss) and "cka_deep" in report
+
+
+def test_scene_mode_image_size_32_gives_8x8_ms():
+    cfg = PHAConfig(data=str(ensure_embedded("scenes")), image_size=64, shots=2, val_shots=1, unlabelled_pool=2,
+                    max_test=20)
+    data = prepare_data(cfg)
+    item = data.train[0]
+    assert data.mode == "scene" and item["ms"].shape == (3, 16, 16) and item["pan"].shape == (1, 64, 64)
+
+
+def test_scene_mode_too_small_images_raise_a_clear_error():
+    from rswb.tasks.pha import pha_task
+
+    cfg = PHAConfig(data=str(ensure_embedded("scenes")), version="pha_v1", widths="4,8,8", image_size=32, shots=2,
+                    val_shots=1, unlabelled_pool=2, max_test=20)
+    with pytest.raises(ValueError, match="image_size|too small"):
+        bundle = pha_task(cfg)
+        bundle.task.train()(bundle.task.collate([bundle.train[0], bundle.train[1]]))
