@@ -52,7 +52,7 @@ from rswb.registry import create_model, register_task
 from rswb.tasks.hashing import dihedral
 
 __all__ = [
-    "PHAConfig", "PHAData", "PHATask", "PixelPatches", "SceneImages", "augment_pairs", "dense_predict",
+    "PHAConfig", "PHAData", "PHATask", "PixelPatches", "SceneImages", "augment_pairs", "dense_predict", "jitter_gains",
     "patch_predict", "pha_task", "prepare_data",
 ]
 
@@ -71,6 +71,8 @@ class PHAConfig:
     ms_patch: int = option(16, "MS patch size (PAN patch = ratio x this)")
     unlabelled: int = option(64, "unlabelled patches / images per step for the alignment terms (0: none)")
     augment: bool = option(True, "random flips and 90-degree rotations, the same for MS and PAN")
+    jitter: float = option(0.3, "random gain in [1 - jitter, 1 + jitter] per sample, drawn independently for MS "
+                                "and PAN (0: none)")
     repeats: int = option(16, "passes over the few-shot set per epoch (few shots make very short epochs)")
     temperature: float = option(0.1, "InfoNCE temperature")
     align_weight: float = option(0.5, "weight of the alignment term")
@@ -120,6 +122,7 @@ class PixelPatches(Dataset):
         batch["ms"] = batch["ms"].contiguous()
         batch["label"] = torch.as_tensor(self.pixel_labels[idx])
         batch["row"], batch["col"] = torch.as_tensor(self.rows[idx]), torch.as_tensor(self.cols[idx])
+        batch["id"] = batch["row"] * self.sampler.width + batch["col"]  # pixel identity (duplicates in a batch)
         return batch
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -127,10 +130,19 @@ class PixelPatches(Dataset):
 
 
 class SceneImages(Dataset):
-    """A subset of a Wald-simulated scene set repeated ``repeats`` times (scene mode's few-shot splits)."""
+    """A subset of a Wald-simulated scene set repeated ``repeats`` times (scene mode's few-shot splits).
 
-    def __init__(self, base: Dataset, indices: np.ndarray, repeats: int = 1):
+    Args:
+        base: the simulated images.
+        indices: positions in ``base`` of this subset's images.
+        repeats: passes over the subset per epoch.
+        ids: identity of each image of ``base`` (default: its position), returned as ``"id"`` so that the
+            alignment loss can recognise the same image drawn twice in a batch.
+    """
+
+    def __init__(self, base: Dataset, indices: np.ndarray, repeats: int = 1, ids: np.ndarray | None = None):
         self.base, self.indices, self.repeats = base, np.asarray(indices, np.int64), max(1, int(repeats))
+        self.ids = np.arange(len(base)) if ids is None else np.asarray(ids, np.int64)
 
     @property
     def labels(self) -> np.ndarray:
@@ -141,7 +153,8 @@ class SceneImages(Dataset):
         return len(self.indices) * self.repeats
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return self.base[int(self.indices[index % len(self.indices)])]
+        j = int(self.indices[index % len(self.indices)])
+        return {**self.base[j], "id": int(self.ids[j])}
 
 
 def _collate(samples: Any) -> dict[str, Any]:
@@ -172,6 +185,24 @@ def augment_pairs(batch: dict[str, torch.Tensor], generator: torch.Generator | N
             if sel.numel():
                 y[sel] = dihedral(x[sel], v)
         out[key] = y
+    return out
+
+
+def jitter_gains(batch: dict[str, torch.Tensor], amount: float,
+                 generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """Multiply each sample's MS and its PAN by independent random gains in ``[1 - amount, 1 + amount]``.
+
+    Why: illumination (sun, haze, slope) scales both modalities of a pixel alike. Without this, the cheapest way for
+    cross-modal InfoNCE to find a pixel's partner is to match brightness, a nuisance the alignment then writes into
+    the features; independent gains take that shortcut away and make the classifier robust to brightness as well.
+    """
+    out = dict(batch)
+    for key in ("ms", "pan"):
+        x = batch.get(key)
+        if x is None:
+            continue
+        g = 1.0 + amount * (2.0 * torch.rand((x.shape[0], 1, 1, 1), generator=generator) - 1.0)
+        out[key] = x * g.to(x.device, x.dtype)
     return out
 
 
@@ -245,6 +276,7 @@ class PHATask(Task):
         unlabelled: callable ``n -> batch`` of unlabelled items (``None``: labelled items only).
         n_unlabelled: unlabelled items per step (only versions with alignment use them).
         augment: dihedral augmentation during training.
+        jitter: independent per-modality gain jitter during training (see :func:`jitter_gains`).
         temperature: InfoNCE temperature.
         progressive_width: see :func:`rswb.losses.pha.progressive_weights`.
         scene: the normalised scene (pixel mode), for dense evaluation of large pixel sets.
@@ -255,13 +287,13 @@ class PHATask(Task):
     monitor_mode = "max"
 
     def __init__(self, model: PHANet, num_classes: int, unlabelled: Callable[[int], dict[str, Any]] | None = None,
-                 n_unlabelled: int = 0, augment: bool = True, temperature: float = 0.1,
+                 n_unlabelled: int = 0, augment: bool = True, jitter: float = 0.0, temperature: float = 0.1,
                  progressive_width: float = 0.5, scene: MSPANScene | None = None,
                  loss_weights: dict[str, float] | None = None, info: dict[str, str] | None = None):
         super().__init__(model, loss_weights, info)
         self.num_classes = int(num_classes)
         self.unlabelled, self.n_unlabelled = unlabelled, int(n_unlabelled)
-        self.augment, self.temperature = bool(augment), float(temperature)
+        self.augment, self.temperature, self.jitter = bool(augment), float(temperature), float(jitter)
         self.progressive_width = float(progressive_width)
         self.scene = scene
         self.stage_weights = self.schedule(0, 1)
@@ -290,11 +322,18 @@ class PHATask(Task):
         n = y.shape[0]
         x = {k: batch[k] for k in ("ms", "pan") if k in batch}
         aligned = bool(model.align_stages)
+        ids = batch.get("id")
         if self.training and aligned and self.unlabelled is not None and self.n_unlabelled > 0:
             extra = self.unlabelled(self.n_unlabelled)
             x = {k: torch.cat([v, extra[k].to(v.device, v.dtype)]) for k, v in x.items()}
+            if ids is not None and "id" in extra:
+                ids = torch.cat([ids, extra["id"].to(ids.device)])
+            else:
+                ids = None
         if self.training and self.augment:
             x = augment_pairs(x)
+        if self.training and self.jitter > 0:
+            x = jitter_gains(x, self.jitter)
         out = model(x)
         terms: dict[str, torch.Tensor] = {"cls_loss": F.cross_entropy(out["logits"][:n].float(), y)}
         with torch.no_grad():
@@ -302,7 +341,7 @@ class PHATask(Task):
         if aligned:
             total = 0.0
             for s, (a, b) in out["embed"].items():
-                nce = cross_modal_info_nce(a, b, self.temperature)
+                nce = cross_modal_info_nce(a, b, self.temperature, ids)
                 w = self.stage_weights.get(s, 0.0)
                 total = total + w * nce
                 name = STAGE_NAMES[s]
@@ -449,7 +488,9 @@ def _pixel_data(cfg: PHAConfig, path: Path | None) -> PHAData:
 
     def unlabelled(n: int) -> dict[str, torch.Tensor]:
         pick = torch.randint(0, len(pool_r), (n,)).numpy()
-        return sampler.gather(pool_r[pick], pool_c[pick])
+        batch = sampler.gather(pool_r[pick], pool_c[pick])
+        batch["id"] = torch.as_tensor(pool_r[pick] * sampler.width + pool_c[pick])
+        return batch
 
     return PHAData("pixel", train, val, test, split, num_classes, scene.bands, scene.ratio, scene.class_names,
                    scene, sampler, unlabelled, source)
@@ -472,10 +513,11 @@ def _scene_data(cfg: PHAConfig, path: Path) -> PHAData:
                            range(num_classes)]) if cfg.unlabelled else np.zeros(0, np.int64)
     pool_idx = split.rest[np.sort(rest)] if len(rest) else np.zeros(0, np.int64)
     kw = {"image_size": cfg.image_size, "ratio": cfg.ratio, "gain_at_nyquist": cfg.mtf_gain}
-    labelled = WaldSceneDataset(folder, indices=np.concatenate([split.train, split.val]), **kw)
+    labelled_idx = np.concatenate([split.train, split.val])
+    labelled = WaldSceneDataset(folder, indices=labelled_idx, **kw)
     n_train = len(split.train)
-    train = SceneImages(labelled, np.arange(n_train), cfg.repeats)
-    val = SceneImages(labelled, np.arange(n_train, len(labelled)))
+    train = SceneImages(labelled, np.arange(n_train), cfg.repeats, ids=labelled_idx)
+    val = SceneImages(labelled, np.arange(n_train, len(labelled)), ids=labelled_idx)
     t_labels = np.asarray(test_folder.labels)
     keep = _subsample(np.arange(len(t_labels)), t_labels, cfg.max_test, cfg.split_seed)
     test = WaldSceneDataset(test_folder, indices=keep, **kw)
@@ -486,7 +528,9 @@ def _scene_data(cfg: PHAConfig, path: Path) -> PHAData:
         def unlabelled(n: int) -> dict[str, torch.Tensor]:
             pick = torch.randint(0, len(pool), (n,)).tolist()
             items = pool.__getitems__(pick)
-            return {k: torch.stack([s[k] for s in items]) for k in ("ms", "pan")}
+            out = {k: torch.stack([s[k] for s in items]) for k in ("ms", "pan")}
+            out["id"] = torch.as_tensor(pool_idx[pick])  # candidate index, the same numbering as "id" below
+            return out
 
     return PHAData("scene", train, val, test, split, num_classes, 3, cfg.ratio, list(folder.classes),
                    unlabelled=unlabelled, source=str(path))
@@ -531,8 +575,8 @@ def pha_task(cfg: PHAConfig) -> TaskBundle:
     weights = {"align_loss": cfg.align_weight, "recon_loss": cfg.recon_weight, "decor_loss": cfg.decor_weight,
                "sparse_loss": cfg.sparse_weight}
     task = PHATask(model, data.num_classes, unlabelled=data.unlabelled, n_unlabelled=cfg.unlabelled,
-                   augment=cfg.augment, temperature=cfg.temperature, progressive_width=cfg.progressive_width,
-                   scene=data.scene, loss_weights=weights,
+                   augment=cfg.augment, jitter=cfg.jitter, temperature=cfg.temperature,
+                   progressive_width=cfg.progressive_width, scene=data.scene, loss_weights=weights,
                    info={"method": "pha", "version": cfg.version, "data": data.source})
     defaults = {"epochs": 30, "batch_size": 64, "optimizer": "adamw", "lr": 2e-3, "weight_decay": 1e-4,
                 "warmup_epochs": 1, "schedule": "cosine"}

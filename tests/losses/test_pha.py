@@ -244,3 +244,32 @@ def test_linear_cka_invariances():
     assert float(linear_cka(x * 0.01, y)) == pytest.approx(float(linear_cka(x, y)), rel=1e-5)
     big = torch.randn(5000, 4, generator=g)
     assert float(linear_cka(big, torch.randn(5000, 4, generator=g))) < 0.01
+
+
+def _masked_nce_reference(a, b, t, ids):
+    """Loop reference of InfoNCE with same-id rows (other than the positive) removed from the negatives."""
+    n = a.shape[0]
+    an = [a[i] / a[i].norm() for i in range(n)]
+    bn = [b[i] / b[i].norm() for i in range(n)]
+    total = 0.0
+    for i in range(n):
+        keep = [j for j in range(n) if j == i or ids[j] != ids[i]]
+        row = [float(an[i] @ bn[j]) / t for j in keep]
+        col = [float(an[j] @ bn[i]) / t for j in keep]
+        pos = float(an[i] @ bn[i]) / t
+        total += 0.5 * (math.log(sum(math.exp(v) for v in row)) - pos)
+        total += 0.5 * (math.log(sum(math.exp(v) for v in col)) - pos)
+    return total / n
+
+
+def test_info_nce_masks_duplicate_samples_from_the_negatives():
+    g = torch.Generator().manual_seed(7)
+    a, b = torch.randn(9, 5, generator=g), torch.randn(9, 5, generator=g)
+    ids = torch.tensor([0, 1, 2, 1, 4, 0, 6, 7, 1])
+    got = float(cross_modal_info_nce(a, b, 0.3, ids))
+    assert got == pytest.approx(_masked_nce_reference(a.double(), b.double(), 0.3, ids.tolist()), rel=1e-5)
+    # All-distinct ids change nothing; a wrong length is an error.
+    plain = float(cross_modal_info_nce(a, b, 0.3))
+    assert float(cross_modal_info_nce(a, b, 0.3, torch.arange(9))) == pytest.approx(plain)
+    with pytest.raises(ValueError, match="ids"):
+        cross_modal_info_nce(a, b, 0.3, torch.arange(4))

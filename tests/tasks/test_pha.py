@@ -365,3 +365,16 @@ def test_scene_mode_too_small_images_raise_a_clear_error():
     with pytest.raises(ValueError, match="image_size|too small"):
         bundle = pha_task(cfg)
         bundle.task.train()(bundle.task.collate([bundle.train[0], bundle.train[1]]))
+
+
+def test_jitter_gains_are_per_sample_independent_per_modality_and_bounded():
+    from rswb.tasks.pha import jitter_gains
+
+    g = torch.Generator().manual_seed(3)
+    x = {"ms": torch.ones(256, 4, 2, 2), "pan": torch.ones(256, 1, 8, 8)}
+    out = jitter_gains(x, 0.3, generator=g)
+    ms_gain, pan_gain = out["ms"][:, 0, 0, 0], out["pan"][:, 0, 0, 0]
+    assert float(ms_gain.min()) >= 0.7 and float(ms_gain.max()) <= 1.3
+    assert torch.all(out["ms"] == ms_gain[:, None, None, None])  # one gain per sample, all bands alike
+    assert abs(float(torch.corrcoef(torch.stack([ms_gain, pan_gain]))[0, 1])) < 0.2  # drawn independently
+    assert torch.equal(jitter_gains(x, 0.0)["pan"], x["pan"])

@@ -1,0 +1,75 @@
+"""Notebook 02 (PHA version ladder) runs headless under papermill on the embedded scene in the quick profile."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+papermill = pytest.importorskip("papermill")
+pytest.importorskip("ipykernel")
+
+NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "02_pha_versions.ipynb"
+CELL_TIMEOUT_S = 300
+
+
+def _run(path: Path, out: Path, tmp_path: Path, **parameters) -> nbformat.NotebookNode:
+    # The "python3" kernelspec runs the interpreter of the tests (see test_04_hash_evaluation); the kernel starts in
+    # tmp_path so that nothing lands in the checkout, and a per-cell limit turns a stuck kernel into a failure.
+    papermill.execute_notebook(str(path), str(out), parameters=parameters, kernel_name="python3",
+                               cwd=str(tmp_path), progress_bar=False, execution_timeout=CELL_TIMEOUT_S)
+    return nbformat.read(out, as_version=4)
+
+
+def _errors(nb: nbformat.NotebookNode) -> list[str]:
+    return [f"{o.get('ename')}: {o.get('evalue')}" for c in nb.cells if c.cell_type == "code"
+            for o in c.get("outputs", []) if o.get("output_type") == "error"]
+
+
+def test_committed_notebook_is_thin_and_stripped():
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1
+    names = {line.split("=")[0].strip() for line in tagged[0].source.splitlines() if "=" in line}
+    assert names == {"DATA_ROOT", "VERSIONS", "SHOTS", "EPOCHS", "SEEDS", "PROFILE", "DEVICE", "OUTPUT_DIR"}
+    namespace: dict = {}
+    exec(tagged[0].source, namespace)  # literals only
+    assert namespace["VERSIONS"] == ["ms_only", "pan_only", "pha_v1", "pha_v2", "pha_v3", "pha_v4", "pha_v5"]
+    assert namespace["DATA_ROOT"] is None and namespace["EPOCHS"] is None and namespace["PROFILE"] == "quick"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code)
+    assert "metrics.json" in code[-1].source
+    assert nb.cells[0].cell_type == "markdown"
+    assert max(len(c.source.splitlines()) for c in code[1:]) <= 12  # thin (after the imports): helpers live in rswb
+
+
+def test_notebook_02_runs_on_the_embedded_scene(tmp_path, monkeypatch):
+    # CI exports MPLBACKEND=Agg for the test process; the kernel must keep Jupyter's inline backend to show figures.
+    monkeypatch.delenv("MPLBACKEND", raising=False)
+    output_dir = tmp_path / "runs"
+    versions = ["pan_only", "pha_v1", "pha_v5"]
+    # One run finished beforehand (the quick profile's options): the notebook must reuse it, not train it again.
+    import rswb.tasks  # noqa: F401  (registers the "pha" task)
+    from rswb.engine.launch import train_task
+
+    reused = output_dir / "quick-10shot-2ep-pan_only-s0" / "metrics.json"
+    train_task("pha", {"version": "pan_only", "epochs": 2, "repeats": 4, "max_test": 3000, "progress": False},
+               run_name=reused.parent.name, runs_root=output_dir)
+    stamp = reused.stat().st_mtime_ns
+    params = {"VERSIONS": versions, "EPOCHS": 2, "PROFILE": "quick", "OUTPUT_DIR": str(output_dir)}
+    nb = _run(NOTEBOOK, tmp_path / "02_out.ipynb", tmp_path, **params)
+    assert _errors(nb) == []
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    assert metrics["profile"] == "quick" and metrics["epochs"] == 2 and metrics["data"] == "embedded"
+    assert list(metrics["versions"]) == versions
+    for scores in metrics["versions"].values():
+        assert 0.0 <= scores["OA"] <= 1.0 and 0.0 <= scores["AA"] <= 1.0 and -1.0 <= scores["kappa"] <= 1.0
+    for v in versions:  # the table reports what each run recorded
+        run = json.loads((output_dir / f"quick-10shot-2ep-{v}-s0" / "metrics.json").read_text())
+        assert metrics["versions"][v]["OA"] == pytest.approx(run["test"]["OA"])
+    # Figures: scene, bars, confusion matrices (one when pha_v1 is the best), maps, alignment, embedding, dictionary.
+    images = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert images >= 7
+    assert reused.stat().st_mtime_ns == stamp  # the finished run was reused
