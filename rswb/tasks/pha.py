@@ -83,7 +83,8 @@ class PHAConfig:
     widths: str = option("16,32,64", "channels of the shallow, middle and deep stage")
     atoms: int = option(64, "dictionary atoms (pha_v5)")
     dropout: float = option(0.2, "dropout before the classifier")
-    image_size: int = option(128, "scene mode: images are resized to this size (PAN); MS is size / ratio")
+    image_size: int = option(64, "scene mode: images are resized to this size (PAN; 64 = the CPU profile, 256 = full "
+                                  "UC Merced resolution); MS is size / ratio")
     ratio: int = option(4, "scene mode: simulated PAN/MS ratio")
     mtf_gain: float = option(0.3, "scene mode: MTF gain at the MS Nyquist frequency (Wald protocol)")
     unlabelled_pool: int = option(30, "scene mode: unlabelled training images kept per class")
