@@ -11,21 +11,9 @@ import pytest
 papermill = pytest.importorskip("papermill")
 pytest.importorskip("ipykernel")
 
+from tests.notebooks.helpers import error_outputs, run_notebook  # noqa: E402
+
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "02_pha_versions.ipynb"
-CELL_TIMEOUT_S = 300
-
-
-def _run(path: Path, out: Path, tmp_path: Path, **parameters) -> nbformat.NotebookNode:
-    # The "python3" kernelspec runs the interpreter of the tests (see test_04_hash_evaluation); the kernel starts in
-    # tmp_path so that nothing lands in the checkout, and a per-cell limit turns a stuck kernel into a failure.
-    papermill.execute_notebook(str(path), str(out), parameters=parameters, kernel_name="python3",
-                               cwd=str(tmp_path), progress_bar=False, execution_timeout=CELL_TIMEOUT_S)
-    return nbformat.read(out, as_version=4)
-
-
-def _errors(nb: nbformat.NotebookNode) -> list[str]:
-    return [f"{o.get('ename')}: {o.get('evalue')}" for c in nb.cells if c.cell_type == "code"
-            for o in c.get("outputs", []) if o.get("output_type") == "error"]
 
 
 def test_committed_notebook_is_thin_and_stripped():
@@ -59,8 +47,8 @@ def test_notebook_02_runs_on_the_embedded_scene(tmp_path, monkeypatch):
                run_name=reused.parent.name, runs_root=output_dir)
     stamp = reused.stat().st_mtime_ns
     params = {"VERSIONS": versions, "EPOCHS": 2, "PROFILE": "quick", "OUTPUT_DIR": str(output_dir)}
-    nb = _run(NOTEBOOK, tmp_path / "02_out.ipynb", tmp_path, **params)
-    assert _errors(nb) == []
+    nb = run_notebook(NOTEBOOK, tmp_path / "02_out.ipynb", tmp_path, **params)
+    assert error_outputs(nb) == []
     metrics = json.loads((output_dir / "metrics.json").read_text())
     assert metrics["profile"] == "quick" and metrics["epochs"] == 2 and metrics["data"] == "embedded"
     assert list(metrics["versions"]) == versions

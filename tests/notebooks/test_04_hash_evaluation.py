@@ -12,29 +12,16 @@ import pytest
 papermill = pytest.importorskip("papermill")
 pytest.importorskip("ipykernel")
 
+from tests.notebooks.helpers import error_outputs, run_notebook  # noqa: E402
+
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "04_hash_evaluation.ipynb"
-CELL_TIMEOUT_S = 300
-
-
-def _run(path: Path, out: Path, tmp_path: Path, **parameters) -> nbformat.NotebookNode:
-    # The "python3" kernelspec launches `python`, which jupyter_client replaces by sys.executable: the kernel runs in
-    # the interpreter that runs the tests. The kernel starts in tmp_path, so nothing lands in the checkout.
-    # A per-cell time limit turns a stuck kernel into a failure instead of a hung test run.
-    papermill.execute_notebook(str(path), str(out), parameters=parameters, kernel_name="python3",
-                               cwd=str(tmp_path), progress_bar=False, execution_timeout=CELL_TIMEOUT_S)
-    return nbformat.read(out, as_version=4)
-
-
-def _errors(nb: nbformat.NotebookNode) -> list[str]:
-    return [f"{o.get('ename')}: {o.get('evalue')}" for c in nb.cells if c.cell_type == "code"
-            for o in c.get("outputs", []) if o.get("output_type") == "error"]
 
 
 def test_notebook_kernel_is_the_test_interpreter(tmp_path):
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import sys\nprint(sys.executable)")])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, tmp_path / "probe.ipynb")
-    ran = _run(tmp_path / "probe.ipynb", tmp_path / "probe_out.ipynb", tmp_path)
+    ran = run_notebook(tmp_path / "probe.ipynb", tmp_path / "probe_out.ipynb", tmp_path)
     printed = "".join(o.get("text", "") for o in ran.cells[0].outputs).strip()
     assert Path(printed).resolve() == Path(sys.executable).resolve()
 
@@ -57,8 +44,8 @@ def test_notebook_04_runs_on_embedded_scenes(tmp_path, monkeypatch):
     monkeypatch.delenv("MPLBACKEND", raising=False)
     output_dir = tmp_path / "runs"
     params = {"BITS": [16, 32], "EPOCHS": 3, "PROFILE": "quick", "OUTPUT_DIR": str(output_dir), "TOP_K": 4}
-    nb = _run(NOTEBOOK, tmp_path / "04_out.ipynb", tmp_path, **params)
-    assert _errors(nb) == []
+    nb = run_notebook(NOTEBOOK, tmp_path / "04_out.ipynb", tmp_path, **params)
+    assert error_outputs(nb) == []
     metrics = json.loads((output_dir / "metrics.json").read_text())
     assert metrics["profile"] == "quick" and set(metrics["bits"]) == {"16", "32"}
     for per_bits in metrics["bits"].values():

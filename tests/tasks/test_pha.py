@@ -20,6 +20,7 @@ from rswb.models.pha import PHA_VERSIONS, PHANet
 from rswb.registry import create_model
 from rswb.tasks.hashing import dihedral
 from rswb.tasks.pha import PHAConfig, PHATask, PixelPatches, augment_pairs, dense_predict, patch_predict, prepare_data
+from tests.models.test_pha import randomize
 
 WIDTHS = (4, 8, 8)
 
@@ -91,22 +92,8 @@ def test_augment_pairs_with_one_modality():
 # ---------------------------------------------------------------------------------------------------- inference
 
 
-def random_eval_state(model: PHANet, seed: int = 0) -> PHANet:
-    """Non-zero exchange convolutions and batch-norm statistics, so that the dense check covers every part."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for mod in model.modules():
-            if isinstance(mod, torch.nn.BatchNorm2d):
-                mod.running_mean.copy_(0.1 * torch.randn(mod.running_mean.shape, generator=g))
-                mod.running_var.copy_(0.5 + torch.rand(mod.running_var.shape, generator=g))
-        for pair in model.exchange or []:
-            for conv in pair.values():
-                conv.weight.copy_(0.2 * torch.randn(conv.weight.shape, generator=g))
-    return model.eval()
-
-
 def test_dense_predict_equals_patch_predict_on_the_embedded_scene(scene, sampler):
-    model = random_eval_state(model_for("pha_v5"))
+    model = randomize(model_for("pha_v5"))
     h, w = scene.shape
     rng = np.random.default_rng(0)
     rows, cols = rng.integers(0, h, 500), rng.integers(0, w, 500)
@@ -127,7 +114,7 @@ def test_dense_predict_equals_patch_predict_on_the_embedded_scene(scene, sampler
 
 def test_dense_predict_single_modality(scene, sampler):
     for version in ("ms_only", "pan_only"):
-        model = random_eval_state(model_for(version))
+        model = randomize(model_for(version))
         rows, cols = np.array([0, 50, 199]), np.array([199, 3, 0])
         ref = patch_predict(model, sampler, rows, cols, return_logits=True)
         dense = dense_predict(model, scene, tile=128, return_logits=True)
