@@ -93,7 +93,7 @@ def test_augment_pairs_with_one_modality():
 
 
 def test_dense_predict_equals_patch_predict_on_the_embedded_scene(scene, sampler):
-    model = randomize(model_for("pha_v5"))
+    model = randomize(model_for("pha_v5")).eval()
     h, w = scene.shape
     rng = np.random.default_rng(0)
     rows, cols = rng.integers(0, h, 500), rng.integers(0, w, 500)
@@ -114,7 +114,7 @@ def test_dense_predict_equals_patch_predict_on_the_embedded_scene(scene, sampler
 
 def test_dense_predict_single_modality(scene, sampler):
     for version in ("ms_only", "pan_only"):
-        model = randomize(model_for(version))
+        model = randomize(model_for(version)).eval()
         rows, cols = np.array([0, 50, 199]), np.array([199, 3, 0])
         ref = patch_predict(model, sampler, rows, cols, return_logits=True)
         dense = dense_predict(model, scene, tile=128, return_logits=True)
