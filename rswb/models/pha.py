@@ -1,7 +1,9 @@
 """PHA: few-shot MS+PAN classification as a ladder of registered model versions (METHODS.md section 1).
 
 Every version is one :class:`PHANet` configuration; each step of the ladder changes one thing and its builder's
-docstring says what and why (``docs/pha_versions.md`` collects them with the measured effect):
+docstring says what and why (keyword arguments override a version's settings, which is how ablations such as
+``pha_v4`` without stage fusion are built: ``create_model("pha_v4", stage_fusion=False)``);
+``docs/pha_versions.md`` collects them with the measured effect:
 
 =============  ==========================================================================================
 ``ms_only``    MS branch + classifier (single-modality baseline)
@@ -300,7 +302,7 @@ def pha_v2(num_classes: int = 8, bands: int = 4, ratio: int = 4, **kw: Any) -> P
     Why: the usual way to make two modalities agree; alignment needs no labels, so it also learns from unlabelled
     pixels, which few-shot training has plenty of.
     """
-    return PHANet(num_classes, bands, ratio, align_stages=(2,), align_schedule="deep", **kw)
+    return PHANet(num_classes, bands, ratio, **{"align_stages": (2,), "align_schedule": "deep", **kw})
 
 
 @register_model
@@ -310,7 +312,7 @@ def pha_v3(num_classes: int = 8, bands: int = 4, ratio: int = 4, **kw: Any) -> P
     Change: per-stage projection heads and an InfoNCE term per stage.
     Why: misalignment at shallow stages propagates upward; aligning only the top cannot fix it (PHA problem 1).
     """
-    return PHANet(num_classes, bands, ratio, align_stages=(0, 1, 2), align_schedule="equal", **kw)
+    return PHANet(num_classes, bands, ratio, **{"align_stages": (0, 1, 2), "align_schedule": "equal", **kw})
 
 
 @register_model
@@ -325,8 +327,8 @@ def pha_v4(num_classes: int = 8, bands: int = 4, ratio: int = 4, **kw: Any) -> P
     Why: align the foundations first, then build on them; and let the branches use each other's aligned features
     at every depth instead of only at the end.
     """
-    return PHANet(num_classes, bands, ratio, align_stages=(0, 1, 2), align_schedule="progressive",
-                  stage_fusion=True, **kw)
+    return PHANet(num_classes, bands, ratio, **{"align_stages": (0, 1, 2), "align_schedule": "progressive",
+                                                "stage_fusion": True, **kw})
 
 
 @register_model
@@ -340,5 +342,5 @@ def pha_v5(num_classes: int = 8, bands: int = 4, ratio: int = 4, atoms: int = 64
     Why: over-alignment erases what only one modality knows (PHA problem 2). Here alignment can only pull the
     shared codes together, while the specific parts keep the rest and are given back to the classifier.
     """
-    return PHANet(num_classes, bands, ratio, align_stages=(0, 1, 2), align_schedule="progressive",
-                  stage_fusion=True, dictionary_atoms=atoms, **kw)
+    return PHANet(num_classes, bands, ratio, **{"align_stages": (0, 1, 2), "align_schedule": "progressive",
+                                                "stage_fusion": True, "dictionary_atoms": atoms, **kw})

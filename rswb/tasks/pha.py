@@ -89,6 +89,9 @@ class PHAConfig:
     mtf_gain: float = option(0.3, "scene mode: MTF gain at the MS Nyquist frequency (Wald protocol)")
     unlabelled_pool: int = option(30, "scene mode: unlabelled training images kept per class")
     max_test: int | None = option(None, "use at most this many test items (seeded subsample; quick runs)")
+    align_schedule: str | None = option(None, "ablation: override the version's alignment schedule "
+                                              "(equal | deep | progressive; None: the version's own)")
+    stage_fusion: bool | None = option(None, "ablation: override the version's stage-wise fusion (None: its own)")
 
 
 # ---------------------------------------------------------------------------------------------------- datasets
@@ -565,6 +568,11 @@ def build_model(cfg: PHAConfig, data: PHAData) -> PHANet:
     kw: dict[str, Any] = {"widths": widths, "dropout": cfg.dropout, "patch": cfg.ms_patch}
     if cfg.version == "pha_v5":
         kw["atoms"] = cfg.atoms
+    for key in ("align_schedule", "stage_fusion"):
+        if getattr(cfg, key) is not None:
+            if cfg.version in ("ms_only", "pan_only", "pha_v1"):
+                raise ValueError(f"--{key.replace('_', '-')} needs an aligned version (pha_v2 and later)")
+            kw[key] = getattr(cfg, key)
     return create_model(cfg.version, num_classes=data.num_classes, bands=data.bands, ratio=data.ratio, **kw)
 
 

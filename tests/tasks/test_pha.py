@@ -365,3 +365,15 @@ def test_jitter_gains_are_per_sample_independent_per_modality_and_bounded():
     assert torch.all(out["ms"] == ms_gain[:, None, None, None])  # one gain per sample, all bands alike
     assert abs(float(torch.corrcoef(torch.stack([ms_gain, pan_gain]))[0, 1])) < 0.2  # drawn independently
     assert torch.equal(jitter_gains(x, 0.0)["pan"], x["pan"])
+
+
+def test_ablation_overrides_reach_the_model_and_need_an_aligned_version():
+    from rswb.tasks.pha import build_model
+
+    data = prepare_data(PHAConfig(shots=2, val_shots=1, max_test=50))
+    model = build_model(PHAConfig(version="pha_v4", widths="4,8,8", stage_fusion=False), data)
+    assert model.exchange is None and model.align_schedule == "progressive"
+    model = build_model(PHAConfig(version="pha_v4", widths="4,8,8", align_schedule="equal"), data)
+    assert model.exchange is not None and model.align_schedule == "equal"
+    with pytest.raises(ValueError, match="aligned version"):
+        build_model(PHAConfig(version="pha_v1", widths="4,8,8", stage_fusion=True), data)
