@@ -372,8 +372,8 @@ def test_ablation_overrides_reach_the_model_and_need_an_aligned_version():
 
     data = prepare_data(PHAConfig(shots=2, val_shots=1, max_test=50))
     model = build_model(PHAConfig(version="pha_v4", widths="4,8,8", stage_fusion=False), data)
-    assert model.exchange is None and model.align_schedule == "progressive"
+    assert model.stage_fuse is None and model.align_schedule == "progressive"
     model = build_model(PHAConfig(version="pha_v4", widths="4,8,8", align_schedule="equal"), data)
-    assert model.exchange is not None and model.align_schedule == "equal"
+    assert model.stage_fuse is not None and model.align_schedule == "equal"
     with pytest.raises(ValueError, match="aligned version"):
         build_model(PHAConfig(version="pha_v1", widths="4,8,8", stage_fusion=True), data)
