@@ -67,6 +67,11 @@ class Branch(nn.Module):
             for i in range(len(widths)))
 
 
+def _box_mean(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean of every k x k window (stride 1) of a feature map, computed in channels-last memory format."""
+    return F.avg_pool2d(x.contiguous(memory_format=torch.channels_last), k, stride=1)
+
+
 def _mlp(cin: int, hidden: int, cout: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(cin, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, cout))
 
@@ -251,11 +256,13 @@ class PHANet(nn.Module):
         Returns:
             ``[B, num_classes, h, w]``: for every pixel exactly what :meth:`forward` gives for its patch.
         """
+        # Channels-last: oneDNN's convolutions keep it, and window averaging is several times faster in it.
+        ms, pan = (None if t is None else t.contiguous(memory_format=torch.channels_last) for t in (ms, pan))
         maps = self.stage_maps(ms, pan)
         # A patch's stage-s map is (patch - 4 (s + 1)) pixels wide; averaging every window of that size over the
         # scene's stage-s map gives each pixel's pooled stage feature, all on the same output grid.
         used = range(self.stages) if self.stage_fuse is not None else [self.stages - 1]
-        pooled = {m: {s: F.avg_pool2d(fs[s], self.patch - 2 * CONVS_PER_STAGE * (s + 1), stride=1) for s in used}
+        pooled = {m: {s: _box_mean(fs[s], self.patch - 2 * CONVS_PER_STAGE * (s + 1)) for s in used}
                   for m, fs in maps.items()}
         b, _, h, w = pooled[self.modalities[0]][self.stages - 1].shape
         flat = {m: [v[s].permute(0, 2, 3, 1).reshape(b * h * w, -1) if s in v else None for s in range(self.stages)]
