@@ -84,7 +84,8 @@ def describe_task(name: str) -> str:
     """Help text of a task: its docstring and the options of its config (for ``rswb train NAME --help``)."""
     builder = get("task", name)
     doc = (inspect.getdoc(builder) or "").strip()
-    lines = [f"task {name}: {doc.splitlines()[0] if doc else ''}"]
+    # The whole docstring: builders state there the training settings they prefer over TrainConfig's defaults.
+    lines = [f"task {name}: {doc}" if doc else f"task {name}"]
     cls = task_config_class(builder)
     for title, conf in (("task options", cls), ("training options", TrainConfig)):
         if conf is None:

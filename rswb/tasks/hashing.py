@@ -227,7 +227,12 @@ class HashTask(Task):
 
 @register_task("hash")
 def hash_task(cfg: HashConfig) -> TaskBundle:
-    """DHCL deep hashing on a scene folder (UC Merced / AID / embedded), leave-one-out mAP@K."""
+    """DHCL deep hashing on a scene folder (UC Merced / AID / embedded), leave-one-out mAP@K.
+
+    Training settings this task prefers (the training options below override them): frozen backbone: 40 epochs,
+    batch 90, lr 1e-3, cosine, 1 warm-up epoch; fine-tuning: 30 epochs, batch 90, lr 1e-4, step schedule (x0.5
+    every 10 epochs).
+    """
     from rswb.data.synthetic import ensure_embedded
 
     root = Path(cfg.data) if cfg.data else ensure_embedded("scenes")

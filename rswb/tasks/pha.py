@@ -578,7 +578,11 @@ def build_model(cfg: PHAConfig, data: PHAData) -> PHANet:
 
 @register_task("pha")
 def pha_task(cfg: PHAConfig) -> TaskBundle:
-    """Few-shot MS+PAN classification with a PHA version (pixel mode on lab-format scenes, scene mode via Wald)."""
+    """Few-shot MS+PAN classification with a PHA version (pixel mode on lab-format scenes, scene mode via Wald).
+
+    Training settings this task prefers (the training options below override them): 30 epochs, batch 64, AdamW,
+    lr 2e-3, weight decay 1e-4, cosine schedule with 1 warm-up epoch.
+    """
     data = prepare_data(cfg)
     model = build_model(cfg, data)
     weights = {"align_loss": cfg.align_weight, "recon_loss": cfg.recon_weight, "decor_loss": cfg.decor_weight,

@@ -377,3 +377,9 @@ def test_ablation_overrides_reach_the_model_and_need_an_aligned_version():
     assert model.stage_fuse is not None and model.align_schedule == "equal"
     with pytest.raises(ValueError, match="aligned version"):
         build_model(PHAConfig(version="pha_v1", widths="4,8,8", stage_fusion=True), data)
+
+
+def test_train_help_states_the_training_settings_the_task_prefers(capsys):
+    assert main(["train", "pha", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "30 epochs" in out and "--version" in out and "--shots" in out and "--epochs" in out
