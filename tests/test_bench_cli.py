@@ -10,7 +10,7 @@ import pytest
 
 from rswb.cli import main
 
-NAMES = ["retrieval_rsicd", "retrieval_5k", "hashing_loo", "hashing_1m", "patch_sampler"]
+NAMES = ["retrieval_rsicd", "retrieval_5k", "hashing_loo", "hashing_1m", "patch_sampler", "pha_dense"]
 MACHINE_KEYS = {"cpu", "cores", "torch", "threads", "device"}
 
 
@@ -27,6 +27,7 @@ def test_quick_json_runs_every_benchmark(capsys):
     for name in ("retrieval_rsicd", "retrieval_5k", "patch_sampler"):
         assert out[name]["vs_floor"] == pytest.approx(out[name]["rswb_s"] / out[name]["floor_s"])
     assert out["retrieval_5k"]["reference_extrapolated_from"]  # the quick 5k run also takes the subset path
+    assert out["pha_dense"]["map_agreement"] == 1.0  # dense and per-patch maps are the same map
 
 
 def test_named_subset_prints_a_table(capsys):
