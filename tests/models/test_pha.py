@@ -15,13 +15,7 @@ C = 5
 TWO_BRANCH = [v for v in PHA_VERSIONS if v.startswith("pha_v")]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convolutions run ~100x slower with two threads on a contended 2-core machine; restore afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see tests/conftest.py
 
 
 def build(version: str, seed: int = 0, **kw) -> PHANet:
