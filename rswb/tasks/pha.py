@@ -46,14 +46,14 @@ from rswb.losses.pha import (
     reconstruction_loss,
     sparsity_loss,
 )
-from rswb.metrics.classification import classification_metrics
+from rswb.metrics.classification import confusion_matrix, report_from_confusion, scores_from_confusion
 from rswb.models.pha import PHA_VERSIONS, STAGE_NAMES, PHANet
 from rswb.registry import create_model, register_task
 from rswb.tasks.hashing import dihedral
 
 __all__ = [
     "PHAConfig", "PHAData", "PHATask", "PixelPatches", "SceneImages", "augment_pairs", "dense_predict", "jitter_gains",
-    "patch_predict", "pha_task", "prepare_data",
+    "patch_predict", "pha_task", "prepare_data", "scores",
 ]
 
 
@@ -264,6 +264,21 @@ def patch_predict(model: PHANet, sampler: PatchSampler, rows: np.ndarray, cols: 
 # ---------------------------------------------------------------------------------------------------- the task
 
 
+def scores(labels: np.ndarray, pred: np.ndarray, num_classes: int) -> dict[str, float]:
+    """OA, AA, kappa (fractions) and ``acc_<k>``, the accuracy of class value k (1..C, as in the label maps).
+
+    Classes without a sample in ``labels`` get no ``acc_<k>`` entry (their accuracy is undefined), so every value
+    is a finite float that the run's ``metrics.json`` can hold.
+    """
+    cm = confusion_matrix(labels, pred, num_classes=num_classes)
+    out = {k: float(v) for k, v in scores_from_confusion(cm).items()}
+    report = report_from_confusion(cm)
+    for k, (acc, n) in enumerate(zip(report["per_class_accuracy"], report["support"])):
+        if n > 0:
+            out[f"acc_{k + 1}"] = float(acc)
+    return out
+
+
 class PHATask(Task):
     """Few-shot classification with the PHA alignment and dictionary terms of the model's version.
 
@@ -380,9 +395,8 @@ class PHATask(Task):
         return out
 
     def metrics(self, outputs: dict[str, torch.Tensor]) -> dict[str, float]:
-        """OA, AA and kappa (fractions) of the arg-max predictions."""
-        pred = outputs["logits"].argmax(1).numpy()
-        return classification_metrics(outputs["label"].numpy(), pred, num_classes=self.num_classes)
+        """OA, AA, kappa and the accuracy of each class (see :func:`scores`) of the arg-max predictions."""
+        return scores(outputs["label"].numpy(), outputs["logits"].argmax(1).numpy(), self.num_classes)
 
     def dense_is_faster(self, dataset: Dataset) -> bool:
         """Whether scoring ``dataset`` is cheaper as one dense pass over the scene than patch by patch.
@@ -400,8 +414,7 @@ class PHATask(Task):
         if self.dense_is_faster(dataset) and not ctx.dist.enabled:
             pred_map = dense_predict(self.model, self.scene, device=ctx.device)
             pred = pred_map[dataset.rows, dataset.cols]
-            return {k: float(v) for k, v in classification_metrics(dataset.pixel_labels, pred,
-                                                                   num_classes=self.num_classes).items()}
+            return scores(dataset.pixel_labels, pred, self.num_classes)
         return super().evaluate(dataset, ctx)
 
 

@@ -377,3 +377,22 @@ def test_train_help_states_the_training_settings_the_task_prefers(capsys):
     assert main(["train", "pha", "--help"]) == 0
     out = capsys.readouterr().out
     assert "30 epochs" in out and "--version" in out and "--shots" in out and "--epochs" in out
+
+
+def test_scores_per_class_accuracy_matches_a_loop_and_skips_absent_classes():
+    from rswb.tasks.pha import scores
+
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 5, 300)
+    y[y == 3] = 0  # class value 4 (index 3) has no sample
+    pred = np.where(rng.random(300) < 0.7, y, rng.integers(0, 5, 300))
+    got = scores(y, pred, 5)
+    for c in range(5):
+        members = [i for i in range(300) if y[i] == c]
+        if not members:
+            assert f"acc_{c + 1}" not in got
+            continue
+        assert got[f"acc_{c + 1}"] == pytest.approx(sum(pred[i] == c for i in members) / len(members))
+    assert got["OA"] == pytest.approx(float(np.mean(pred == y)))
+    present = [got[f"acc_{c + 1}"] for c in range(5) if f"acc_{c + 1}" in got]
+    assert got["AA"] == pytest.approx(float(np.mean(present)))
