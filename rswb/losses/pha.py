@@ -13,7 +13,8 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
+
+from rswb.losses.contrastive import symmetric_info_nce
 
 __all__ = [
     "cross_modal_info_nce", "decorrelation_loss", "linear_cka", "progressive_weights", "reconstruction_loss",
@@ -23,34 +24,13 @@ __all__ = [
 
 def cross_modal_info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.1,
                          ids: torch.Tensor | None = None) -> torch.Tensor:
-    """Symmetric InfoNCE between two modalities' embeddings of the same samples.
+    """Symmetric InfoNCE between the MS and PAN embeddings of the same samples.
 
-    Row i of ``a`` and row i of ``b`` are one sample seen by two modalities (the positive pair); every other row of
-    the other modality is a negative. With ``s_ij = cos(a_i, b_j) / T`` the loss is
-    ``1/2 [ mean_i -log softmax_j(s_ij)[i] + mean_j -log softmax_i(s_ij)[j] ]`` (MS->PAN and PAN->MS).
-
-    Args:
-        a: ``[B, D]`` embeddings of modality 1 (need not be normalised).
-        b: ``[B, D]`` embeddings of modality 2.
-        temperature: softmax temperature ``T``.
-        ids: optional ``[B]`` sample identities (e.g. pixel index). Rows ``j != i`` with ``ids[j] == ids[i]`` are
-            the same sample drawn twice (few-shot epochs repeat their few pixels, so a batch often holds
-            duplicates): they are dropped from the negatives instead of being pushed away from their own twin.
+    :func:`rswb.losses.contrastive.symmetric_info_nce` under PHA's name: row i of ``a`` and of ``b`` are one pixel
+    seen by the two modalities; ``ids`` (pixel identities) keep a pixel drawn twice in a batch (few-shot epochs
+    repeat their few pixels) from being pushed away from its own twin.
     """
-    if a.shape != b.shape or a.ndim != 2:
-        raise ValueError(f"expected two [B, D] tensors of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
-    a = F.normalize(a.float(), dim=1)
-    b = F.normalize(b.float(), dim=1)
-    logits = a @ b.t() / temperature
-    n = a.shape[0]
-    target = torch.arange(n, device=a.device)
-    if ids is not None:
-        ids = ids.to(a.device).reshape(-1)
-        if ids.shape[0] != n:
-            raise ValueError(f"ids has {ids.shape[0]} entries for a batch of {n}")
-        twin = (ids[:, None] == ids[None, :]) & ~torch.eye(n, dtype=torch.bool, device=a.device)
-        logits = logits.masked_fill(twin, float("-inf"))
-    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+    return symmetric_info_nce(a, b, temperature, ids)
 
 
 def progressive_weights(progress: float, stages: int = 3, width: float = 0.5) -> torch.Tensor:
