@@ -58,6 +58,11 @@ class Vocabulary:
     def __len__(self) -> int:
         return len(self.words)
 
+    def __call__(self, captions: Sequence[str], max_length: int = 40) -> dict[str, torch.Tensor]:
+        """``{"input_ids", "attention_mask"}`` like a Hugging Face tokenizer, so both text encoders take one batch."""
+        ids, mask = self.encode(captions, max_length)
+        return {"input_ids": ids, "attention_mask": mask}
+
     def encode(self, captions: Sequence[str], max_length: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids ``[B, L]`` (padded with 0, unknown words 1) and the mask ``[B, L]`` of real tokens."""
         rows = [[self.index.get(t, self.UNK) for t in self.tokenize(c)][:max_length] or [self.UNK] for c in captions]
