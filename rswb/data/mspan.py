@@ -268,6 +268,18 @@ def load_mspan(path: str | Path, ratio: int | None = None, num_classes: int | No
     return scene
 
 
+def is_mspan_source(path: str | Path) -> bool:
+    """Whether :func:`load_mspan` reads ``path`` as a scene: a ``.mat`` file, or a folder holding an MS raster.
+
+    Callers that accept several kinds of data (e.g. ``rswb train pha``) use this to pick the reader; the reader
+    itself then reports anything else that is missing or wrong.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return _find(path, MS_NAMES) is not None
+    return path.suffix.lower() == ".mat"
+
+
 def _find(root: Path, names: Sequence[str]) -> Path | None:
     return next((root / n for n in names if (root / n).exists()), None)
 
@@ -592,6 +604,6 @@ class MSPANPatchDataset(torch.utils.data.Dataset):
 
 
 __all__ = [
-    "MSPANScene", "MSPANPatchDataset", "PatchSampler", "apply_band_stats", "band_stats", "label_colormap",
-    "load_mspan", "patch_padding", "read_label_map", "read_raster", "validate_scene",
+    "MSPANScene", "MSPANPatchDataset", "PatchSampler", "apply_band_stats", "band_stats", "is_mspan_source",
+    "label_colormap", "load_mspan", "patch_padding", "read_label_map", "read_raster", "validate_scene",
 ]

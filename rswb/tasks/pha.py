@@ -21,7 +21,6 @@ Evaluation of a large pixel set (the test map) runs the model densely over the w
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from tqdm.auto import tqdm
 from rswb.config import option
 from rswb.data.errors import DataFormatError, DatasetNotFoundError
 from rswb.data.fewshot import FewShotSplit, few_shot_split
-from rswb.data.mspan import MSPANScene, PatchSampler, load_mspan, patch_padding
+from rswb.data.mspan import MSPANScene, PatchSampler, is_mspan_source, load_mspan, patch_padding
 from rswb.engine.task import EvalContext, Task, TaskBundle
 from rswb.losses.pha import (
     cross_modal_info_nce,
@@ -409,12 +408,33 @@ class PHATask(Task):
         h, w = self.scene.shape
         return len(dataset) * self.model.patch ** 2 > 4 * h * w
 
+    def predictions(self, dataset: Dataset, ctx: EvalContext, dense: bool | None = None) -> dict[str, Any]:
+        """True and predicted 0-based classes of every item of ``dataset``, and the full-scene map when computed.
+
+        Args:
+            dataset: a split of this task.
+            ctx: device, precision and batch size.
+            dense: classify the whole scene with :func:`dense_predict` and read the pixels from the map (pixel
+                mode only); ``None``: when :meth:`dense_is_faster`. Both ways give the same predictions.
+
+        Returns:
+            ``y_true`` and ``y_pred`` ``[N]`` int64, ``pred_map`` ``[H, W]`` (``None`` unless dense).
+        """
+        pixel_set = self.scene is not None and isinstance(dataset, PixelPatches)
+        if dense is None:
+            dense = self.dense_is_faster(dataset) and not ctx.dist.enabled
+        if dense and pixel_set:
+            pred_map = dense_predict(self.model, self.scene, device=ctx.device)
+            return {"y_true": dataset.pixel_labels, "y_pred": pred_map[dataset.rows, dataset.cols],
+                    "pred_map": pred_map}
+        out = self.collect(dataset, ctx)
+        return {"y_true": out["label"].numpy(), "y_pred": out["logits"].argmax(1).numpy(), "pred_map": None}
+
     def evaluate(self, dataset: Dataset, ctx: EvalContext) -> dict[str, float]:
         """Score a split; large pixel sets go through :func:`dense_predict` (same logits, far less work)."""
         if self.dense_is_faster(dataset) and not ctx.dist.enabled:
-            pred_map = dense_predict(self.model, self.scene, device=ctx.device)
-            pred = pred_map[dataset.rows, dataset.cols]
-            return scores(dataset.pixel_labels, pred, self.num_classes)
+            pred = self.predictions(dataset, ctx, dense=True)
+            return scores(pred["y_true"], pred["y_pred"], self.num_classes)
         return super().evaluate(dataset, ctx)
 
 
@@ -456,21 +476,14 @@ def _shots(value: float) -> int | float:
     return int(value) if float(value) >= 1 and float(value).is_integer() else float(value)
 
 
-def _is_lab(path: Path) -> bool:
-    if path.is_file():
-        return path.suffix.lower() == ".mat"
-    names = {p.name.lower() for p in path.iterdir()} if path.is_dir() else set()
-    return bool(names & {"ms4.tif", "ms4.tiff", "ms.tif", "ms.tiff"}) or path.suffix.lower() == ".mat"
-
-
-def _subsample(idx: np.ndarray, labels: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
-    """At most ``limit`` items, stratified (the same share of every class), seeded."""
-    if limit is None or len(idx) <= limit:
-        return idx
+def _subsample(labels: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
+    """Indices of at most ``limit`` of the items with these labels, stratified (the same share of every class)."""
+    if limit is None or len(labels) <= limit:
+        return np.arange(len(labels))
     keep = []
-    frac = limit / len(idx)
-    for c in np.unique(labels[idx]):
-        members = idx[labels[idx] == c]
+    frac = limit / len(labels)
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
         k = max(1, round(frac * len(members)))
         keep.append(np.random.default_rng([seed, int(c), 0x7E57]).choice(members, k, replace=False))
     return np.sort(np.concatenate(keep))
@@ -496,7 +509,7 @@ def _pixel_data(cfg: PHAConfig, path: Path | None) -> PHAData:
     rows, cols, labels = scene.labelled_pixels("train")
     split = few_shot_split(labels, _shots(cfg.shots), _shots(cfg.val_shots), cfg.split_seed, num_classes)
     t_rows, t_cols, t_labels = scene.labelled_pixels("test")
-    keep = _subsample(np.arange(len(t_rows)), t_labels, cfg.max_test, cfg.split_seed)
+    keep = _subsample(t_labels, cfg.max_test, cfg.split_seed)
     train = PixelPatches(sampler, rows[split.train], cols[split.train], labels[split.train], cfg.repeats)
     val = PixelPatches(sampler, rows[split.val], cols[split.val], labels[split.val])
     test = PixelPatches(sampler, t_rows[keep], t_cols[keep], t_labels[keep])
@@ -536,7 +549,7 @@ def _scene_data(cfg: PHAConfig, path: Path) -> PHAData:
     train = SceneImages(labelled, np.arange(n_train), cfg.repeats, ids=labelled_idx)
     val = SceneImages(labelled, np.arange(n_train, len(labelled)), ids=labelled_idx)
     t_labels = np.asarray(test_folder.labels)
-    keep = _subsample(np.arange(len(t_labels)), t_labels, cfg.max_test, cfg.split_seed)
+    keep = _subsample(t_labels, cfg.max_test, cfg.split_seed)
     test = WaldSceneDataset(test_folder, indices=keep, **kw)
     unlabelled = None
     if len(pool_idx):
@@ -568,7 +581,7 @@ def prepare_data(cfg: PHAConfig) -> PHAData:
         raise DatasetNotFoundError(path, "data path not found",
                                    "a lab-format folder (ms4.tif, pan.tif, train.npy, test.npy), a .mat MS/PAN pair, "
                                    "or a scene-classification folder")
-    return _pixel_data(cfg, path) if _is_lab(path) else _scene_data(cfg, path)
+    return _pixel_data(cfg, path) if is_mspan_source(path) else _scene_data(cfg, path)
 
 
 def build_model(cfg: PHAConfig, data: PHAData) -> PHANet:
@@ -608,7 +621,3 @@ def pha_task(cfg: PHAConfig) -> TaskBundle:
                 "warmup_epochs": 1, "schedule": "cosine"}
     return TaskBundle(task, data.train, data.val, data.test, train_defaults=defaults)
 
-
-def steps_per_epoch(n_items: int, batch_size: int) -> int:
-    """Optimiser steps of one epoch (the last incomplete batch included)."""
-    return math.ceil(n_items / batch_size)

@@ -626,21 +626,15 @@ def load_predictions(run_dir: str | Path, device: str | None = None) -> dict[str
     from rswb.engine.device import select_device
     from rswb.engine.launch import load_trained
     from rswb.engine.task import EvalContext
-    from rswb.tasks.pha import PixelPatches, dense_predict
 
     bundle = load_trained(run_dir)
     dev = select_device(device)
     task = bundle.task.to(dev)
-    test = bundle.test
-    if task.scene is not None and isinstance(test, PixelPatches):
-        pred_map = dense_predict(task.model, task.scene, device=dev)
-        y_true, y_pred = test.pixel_labels, pred_map[test.rows, test.cols]
-    else:
-        pred_map = None
-        out = task.collect(test, EvalContext(dev))
-        y_true, y_pred = out["label"].numpy(), out["logits"].argmax(1).numpy()
+    pred = task.predictions(bundle.test, EvalContext(dev), dense=True)  # dense: the notebook shows the full map
+    y_true, y_pred = pred["y_true"], pred["y_pred"]
     report = classification_report(y_true, y_pred, num_classes=task.num_classes)
-    return {"model": task.model, "pred_map": pred_map, "y_true": np.asarray(y_true), "y_pred": np.asarray(y_pred),
+    return {"model": task.model, "pred_map": pred["pred_map"], "y_true": np.asarray(y_true),
+            "y_pred": np.asarray(y_pred),
             "confusion": report["confusion_matrix"], "per_class_accuracy": report["per_class_accuracy"],
             "metrics": scores_from_confusion(report["confusion_matrix"])}
 

@@ -21,6 +21,7 @@ from rswb.data.mspan import (
     MSPANScene,
     PatchSampler,
     band_stats,
+    is_mspan_source,
     load_mspan,
     patch_padding,
     read_label_map,
@@ -687,3 +688,12 @@ def test_sampler_on_cuda_matches_cpu():
     gpu = PatchSampler(scene, device="cuda").gather(rows, cols)
     assert gpu["ms"].is_cuda
     assert torch.equal(cpu["ms"], gpu["ms"].cpu()) and torch.equal(cpu["pan"], gpu["pan"].cpu())
+
+
+def test_is_mspan_source_recognises_what_load_mspan_reads(tmp_path):
+    (tmp_path / "lab").mkdir()
+    (tmp_path / "lab" / "ms4.tif").touch()
+    (tmp_path / "scenes" / "forest").mkdir(parents=True)
+    (tmp_path / "pair.mat").touch()
+    assert is_mspan_source(tmp_path / "lab") and is_mspan_source(tmp_path / "pair.mat")
+    assert not is_mspan_source(tmp_path / "scenes") and not is_mspan_source(tmp_path / "image.tif")
