@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from rswb.config import option
 from rswb.data.scenes import SceneFolder
+from rswb.data.transforms import dihedral
 from rswb.engine.checkpoint import atomic_save, load_checkpoint
 from rswb.engine.device import select_device
 from rswb.engine.splits import validation_indices
@@ -70,30 +71,6 @@ class HashConfig:
     split_seed: int = option(0, "seed of the validation split")
     per_class: int | None = option(None, "use at most this many images per class in each split (quick runs)")
     cache_dir: str | None = option(None, "feature cache folder (default: $RSWB_CACHE_DIR or ~/.cache/rswb)")
-
-
-DIHEDRAL = ("identity", "hflip", "vflip", "rot180", "rot90", "rot270", "transpose", "antitranspose")
-
-
-def dihedral(x: torch.Tensor, view: int) -> torch.Tensor:
-    """One of the 8 flips/rotations of images ``[..., H, W]`` (view 0 is the identity); see ``DIHEDRAL``."""
-    if view == 0:
-        return x
-    if view == 1:
-        return x.flip(-1)
-    if view == 2:
-        return x.flip(-2)
-    if view == 3:
-        return x.flip(-1, -2)
-    if view == 4:
-        return x.rot90(1, (-2, -1))
-    if view == 5:
-        return x.rot90(-1, (-2, -1))
-    if view == 6:
-        return x.transpose(-2, -1)
-    if view == 7:
-        return x.flip(-1, -2).transpose(-2, -1)
-    raise ValueError(f"view must be in 0..7, got {view}")
 
 
 @torch.no_grad()

@@ -36,6 +36,7 @@ from rswb.config import option
 from rswb.data.errors import DataFormatError, DatasetNotFoundError
 from rswb.data.fewshot import FewShotSplit, few_shot_split
 from rswb.data.mspan import MSPANScene, PatchSampler, is_mspan_source, load_mspan, patch_padding
+from rswb.data.transforms import dihedral
 from rswb.engine.task import EvalContext, Task, TaskBundle
 from rswb.losses.pha import (
     cross_modal_info_nce,
@@ -48,7 +49,6 @@ from rswb.losses.pha import (
 from rswb.metrics.classification import confusion_matrix, report_from_confusion, scores_from_confusion
 from rswb.models.pha import PHA_VERSIONS, STAGE_NAMES, PHANet
 from rswb.registry import create_model, register_task
-from rswb.tasks.hashing import dihedral
 
 __all__ = [
     "PHAConfig", "PHAData", "PHATask", "PixelPatches", "SceneImages", "augment_pairs", "dense_predict", "jitter_gains",

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from rswb.cli import main
-from rswb.tasks.hashing import FeatureSet, HashConfig, dihedral, hash_task
+from rswb.data.transforms import dihedral
+from rswb.tasks.hashing import FeatureSet, HashConfig, hash_task
 
 
 def test_dihedral_views_are_the_eight_distinct_symmetries():

@@ -15,10 +15,10 @@ import torch
 from rswb.cli import main
 from rswb.data.mspan import PatchSampler, load_mspan
 from rswb.data.synthetic import ensure_embedded
+from rswb.data.transforms import dihedral
 from rswb.losses.pha import progressive_weights
 from rswb.models.pha import PHA_VERSIONS, PHANet
 from rswb.registry import create_model
-from rswb.tasks.hashing import dihedral
 from rswb.tasks.pha import PHAConfig, PHATask, PixelPatches, augment_pairs, dense_predict, patch_predict, prepare_data
 from tests.models.test_pha import randomize
 
