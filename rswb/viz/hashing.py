@@ -27,6 +27,7 @@ from rswb.metrics.hashing import binarize, hamming_distance, pack_codes
 __all__ = [
     "gallery_widget",
     "hamming_ranking",
+    "pca_2d",
     "plot_code_embedding",
     "plot_hamming_histograms",
     "plot_map_vs_bits",
@@ -157,7 +158,7 @@ def plot_hamming_histograms(codes: Any, labels: Any, exclude_self: bool = True, 
     return ax.figure
 
 
-def _pca_2d(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def pca_2d(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The first two principal components ``[N, 2]`` and their share of the variance ``[2]``."""
     x = x - x.mean(0)
     u, s, vt = np.linalg.svd(x, full_matrices=False)
@@ -194,7 +195,7 @@ def plot_code_embedding(codes: Any, labels: Any, class_names: Sequence[str] | No
     x = _codes(codes).astype(np.float64)
     y = _array(labels).reshape(-1)
     if method == "pca":
-        xy, share = _pca_2d(x)
+        xy, share = pca_2d(x)
         axis_labels = [f"PC{i + 1} ({100 * share[i]:.0f} % of variance)" for i in range(2)]
     elif method == "tsne":
         try:

@@ -34,7 +34,7 @@ from torch.utils.data._utils.collate import default_collate
 from rswb.data.mspan import MSPANScene, label_colormap
 from rswb.metrics.classification import classification_report, scores_from_confusion
 from rswb.models.pha import PHA_VERSIONS, STAGE_NAMES
-from rswb.viz.hashing import _pca_2d
+from rswb.viz.hashing import pca_2d
 
 __all__ = [
     "class_mean_codes",
@@ -473,7 +473,7 @@ def plot_modality_embedding(before: Mapping[str, Any], after: Mapping[str, Any],
         y = _array(emb["labels"]).reshape(-1).astype(np.int64)
         if not len(ms) == len(pan) == len(y):
             raise ValueError(f"ms, pan and labels differ in length: {len(ms)}, {len(pan)}, {len(y)}")
-        xy, share = _pca_2d(np.concatenate([ms, pan]))
+        xy, share = pca_2d(np.concatenate([ms, pan]))
         p_ms, p_pan = xy[: len(ms)], xy[len(ms):]
         pick = np.random.default_rng(seed).choice(len(ms), min(n_pairs, len(ms)), replace=False)
         for i in pick:

@@ -87,7 +87,7 @@ def test_code_embedding_one_scatter_per_class():
 def test_pca_matches_the_covariance_eigenvectors():
     codes, _, _ = _data(n=50, k=8)
     x = codes.astype(float) - codes.mean(0)
-    xy, share = vh._pca_2d(codes.astype(float))
+    xy, share = vh.pca_2d(codes.astype(float))
     w, v = np.linalg.eigh(np.cov(x.T, bias=True))
     top = v[:, ::-1][:, :2]
     for i in range(2):  # the same axes up to sign

@@ -213,7 +213,7 @@ def test_modality_embedding_is_a_joint_pca_of_both_modalities():
     assert len(ax.get_lines()) == 5  # pair lines
     ms_pts, pan_pts = (c.get_offsets() for c in ax.collections)
     unit = [x / np.linalg.norm(x, axis=1, keepdims=True) for x in (before["ms"], before["pan"])]
-    want, _ = vp._pca_2d(np.concatenate(unit))
+    want, _ = vp.pca_2d(np.concatenate(unit))
     assert np.allclose(ms_pts, want[:40]) and np.allclose(pan_pts, want[40:])
     pos, neg = vp.pair_cosines(after["ms"], after["pan"])
     assert f"pair cosine {pos:.2f}, other pairs {neg:.2f}" in fig.axes[1].get_title()
