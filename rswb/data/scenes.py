@@ -12,6 +12,7 @@ Extensions ``.tif .tiff .jpg .jpeg .png`` are accepted; images are decoded with 
 
 from __future__ import annotations
 
+import copy
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -148,10 +149,20 @@ class SceneFolder(torch.utils.data.Dataset):
     def __init__(self, root: str | Path, split: str = "all", transforms=None, layout: str = "auto",
                  image_size: int | tuple[int, int] | None = None):
         self.root = Path(root)
-        all_records, self.classes, self.layout = scan_scene_folder(root, layout)
-        mask = split_mask(all_records, self.layout, split)
-        self.records = [r for r, keep in zip(all_records, mask) if keep]
-        self.split, self.transforms, self.image_size = split, transforms, image_size
+        self._all_records, self.classes, self.layout = scan_scene_folder(root, layout)
+        self.transforms, self.image_size = transforms, image_size
+        self._select(split)
+
+    def _select(self, split: str) -> None:
+        mask = split_mask(self._all_records, self.layout, split)
+        self.records = [r for r, keep in zip(self._all_records, mask) if keep]
+        self.split = split
+
+    def with_split(self, split: str) -> SceneFolder:
+        """The same folder restricted to another split, without scanning the disk again (a shallow copy)."""
+        other = copy.copy(self)
+        other._select(split)
+        return other
 
     def __len__(self) -> int:
         return len(self.records)

@@ -192,7 +192,7 @@ class WaldSceneDataset(torch.utils.data.Dataset):
         if size < r or size % r:
             raise ValueError(f"image_size must be a positive multiple of ratio {r}, got {image_size}")
         if isinstance(root, SceneFolder):
-            folder = root if split is None or split == root.split else SceneFolder(root.root, split, layout=root.layout)
+            folder = root if split is None or split == root.split else root.with_split(split)
         else:
             folder = SceneFolder(root, "all" if split is None else split, layout=layout)
         n_split = len(folder.records)

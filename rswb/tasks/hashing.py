@@ -214,8 +214,9 @@ def hash_task(cfg: HashConfig) -> TaskBundle:
 
     root = Path(cfg.data) if cfg.data else ensure_embedded("scenes")
     size = cfg.image_size
-    train_all = _limit_per_class(SceneFolder(root, "train", layout=cfg.layout, image_size=size), cfg.per_class)
-    query = _limit_per_class(SceneFolder(root, "query", layout=cfg.layout, image_size=size), cfg.per_class)
+    folder = SceneFolder(root, "train", layout=cfg.layout, image_size=size)
+    train_all = _limit_per_class(folder, cfg.per_class)
+    query = _limit_per_class(folder.with_split("query"), cfg.per_class)
     num_classes = len(train_all.classes)
     tr_idx, va_idx = validation_indices(len(train_all), cfg.val_fraction, cfg.split_seed, train_all.labels)
 

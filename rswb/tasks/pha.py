@@ -535,7 +535,7 @@ def _scene_data(cfg: PHAConfig, path: Path) -> PHAData:
         raise ValueError(f"image_size must be a multiple of ratio {cfg.ratio} and at least {min_size} (the MS image "
                          f"must have >= {cfg.ms_patch - 3} pixels for the network), got {cfg.image_size}")
     folder = SceneFolder(path, split="train")
-    test_folder = SceneFolder(path, split="test")
+    test_folder = folder.with_split("test")
     labels = np.asarray(folder.labels)
     num_classes = len(folder.classes)
     split = few_shot_split(labels, _shots(cfg.shots), _shots(cfg.val_shots), cfg.split_seed, num_classes)

@@ -262,3 +262,14 @@ def test_load_image_converts_to_rgb(tmp_path):
     np.testing.assert_array_equal(rgb[..., 1], gray)
     t = image_to_tensor(rgb)
     assert t.shape == (3, 4, 5) and float(t.max()) == pytest.approx(19 / 255)
+
+
+def test_with_split_equals_a_fresh_scan_of_that_split():
+    from rswb.data.synthetic import ensure_embedded
+
+    root = ensure_embedded("scenes")
+    folder = SceneFolder(root, "train")
+    for split in ("all", "train", "query", "test"):
+        view, fresh = folder.with_split(split), SceneFolder(root, split)
+        assert view.records == fresh.records and view.split == split
+    assert folder.split == "train"  # the original is unchanged
