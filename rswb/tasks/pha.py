@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from rswb.config import option
 from rswb.data.errors import DataFormatError, DatasetNotFoundError
 from rswb.data.fewshot import FewShotSplit, few_shot_split
-from rswb.data.mspan import MSPANScene, PatchSampler, is_mspan_source, load_mspan, patch_padding
+from rswb.data.mspan import MSPANScene, PatchCache, PatchSampler, is_mspan_source, load_mspan, patch_padding
 from rswb.data.transforms import dihedral
 from rswb.engine.task import EvalContext, Task, TaskBundle
 from rswb.losses.pha import (
@@ -99,17 +99,24 @@ class PHAConfig:
 class PixelPatches(Dataset):
     """Labelled pixels of a scene as patch pairs; ``__getitems__`` returns a whole batch dict at once.
 
+    The same pixels are visited every epoch, so their patches are extracted once into a
+    :class:`~rswb.data.mspan.PatchCache` on first use when they fit in ``cache_bytes`` (a few-shot split always
+    does); larger pixel sets are gathered from the scene on the fly.
+
     Args:
         sampler: the scene's patch sampler (shared by every split).
         rows, cols, labels: the pixels and their 0-based classes.
         repeats: the dataset is this many passes over the pixels (index ``i`` is pixel ``i % n``).
+        cache_bytes: largest patch cache to build (0 disables it).
     """
 
     def __init__(self, sampler: PatchSampler, rows: np.ndarray, cols: np.ndarray, labels: np.ndarray,
-                 repeats: int = 1):
+                 repeats: int = 1, cache_bytes: int = 512 << 20):
         self.sampler, self.repeats = sampler, max(1, int(repeats))
         self.rows, self.cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
         self.pixel_labels = np.asarray(labels, np.int64)
+        self.cache_bytes = cache_bytes
+        self._cache: PatchCache | None = None
 
     @property
     def labels(self) -> np.ndarray:
@@ -121,7 +128,12 @@ class PixelPatches(Dataset):
 
     def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
         idx = np.asarray(indices, np.int64) % len(self.rows)
-        batch = self.sampler.gather(self.rows[idx], self.cols[idx])
+        if self._cache is None and 0 < len(self.rows) * self.sampler.pair_bytes <= self.cache_bytes:
+            self._cache = self.sampler.cache(self.rows, self.cols)
+        if self._cache is not None:
+            batch = self._cache.gather(idx)
+        else:
+            batch = self.sampler.gather(self.rows[idx], self.cols[idx])
         batch["ms"] = batch["ms"].contiguous()
         batch["label"] = torch.as_tensor(self.pixel_labels[idx])
         batch["row"], batch["col"] = torch.as_tensor(self.rows[idx]), torch.as_tensor(self.cols[idx])
@@ -130,7 +142,6 @@ class PixelPatches(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return {k: v[0] for k, v in self.__getitems__([index]).items()}
-
 
 class SceneImages(Dataset):
     """A subset of a Wald-simulated scene set repeated ``repeats`` times (scene mode's few-shot splits).

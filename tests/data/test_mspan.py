@@ -635,6 +635,35 @@ def test_batches_leave_global_rng_state_alone():
     assert torch.equal(torch_state, torch.get_rng_state())
 
 
+def test_gather_into_preallocated_buffers_matches_the_plain_gather():
+    scene = random_scene(9, 8, 4, 3, seed=4)
+    sampler = PatchSampler(scene, ms_patch=5)
+    rows, cols = np.array([0, 8, 4, 4]), np.array([7, 0, 3, 3])
+    out = {"ms": torch.empty(4, 5, 5, 3), "pan": torch.empty(4, 1, 20, 20)}
+    got = sampler.gather(rows, cols, out=out)
+    ref = sampler.gather(rows, cols)
+    assert torch.equal(got["ms"], ref["ms"]) and torch.equal(got["pan"], ref["pan"])
+    assert got["pan"].data_ptr() == out["pan"].data_ptr()  # written in place, no extra copy
+
+
+def test_patch_cache_delivers_the_samplers_batches():
+    scene = random_scene(11, 9, 4, 4, seed=3)
+    sampler = PatchSampler(scene, ms_patch=6)
+    rows, cols, labels = scene.labelled_pixels("train")
+    cache = sampler.cache(rows, cols, chunk=5)  # several fill steps, the last one partial
+    assert len(cache) == len(rows) and cache.nbytes == len(rows) * sampler.pair_bytes == len(rows) * 4 * (4 * 36 + 576)
+    for kwargs in ({"batch_size": 7, "seed": 5}, {"batch_size": 8, "shuffle": False, "drop_last": True}):
+        a = collect(sampler.batches(rows, cols, labels, **kwargs))
+        b = collect(cache.batches(labels, **kwargs))
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+    got = cache.gather([2, 0, 2])
+    ref = sampler.gather(rows[[2, 0, 2]], cols[[2, 0, 2]])
+    assert torch.equal(got["ms"], ref["ms"]) and torch.equal(got["pan"], ref["pan"])
+    with pytest.raises(ValueError, match="differ in length"):
+        sampler.cache(rows, cols[:-1])
+
+
 def test_patch_dataset_with_a_dataloader_matches_the_sampler(tmp_path):
     fake = make_mspan_folder(tmp_path, h=9, w=8, ratio=4, bands=4)
     ds = MSPANPatchDataset(fake.path, "train", ms_patch=6, normalize="minmax")
@@ -685,9 +714,13 @@ def test_sampler_on_cuda_matches_cpu():
     scene = random_scene(20, 17, 4, 4, seed=9)
     rows, cols = np.divmod(np.arange(20 * 17), 17)
     cpu = PatchSampler(scene).gather(rows, cols)
-    gpu = PatchSampler(scene, device="cuda").gather(rows, cols)
+    sampler = PatchSampler(scene, device="cuda")
+    gpu = sampler.gather(rows, cols)
     assert gpu["ms"].is_cuda
     assert torch.equal(cpu["ms"], gpu["ms"].cpu()) and torch.equal(cpu["pan"], gpu["pan"].cpu())
+    cached = sampler.cache(rows, cols).gather(np.arange(len(rows)))
+    assert cached["pan"].is_cuda
+    assert torch.equal(cpu["ms"], cached["ms"].cpu()) and torch.equal(cpu["pan"], cached["pan"].cpu())
 
 
 def test_is_mspan_source_recognises_what_load_mspan_reads(tmp_path):

@@ -230,6 +230,21 @@ def test_prepare_data_pixel_splits(scene):
     assert pixel_set(other.train) != train
 
 
+def test_pixel_patches_cache_changes_nothing_but_the_speed(scene):
+    data = prepare_data(PHAConfig(shots=5, val_shots=3, max_test=200, repeats=2))
+    ds = data.train
+    plain = PixelPatches(ds.sampler, ds.rows, ds.cols, ds.pixel_labels, repeats=2, cache_bytes=0)
+    cached = PixelPatches(ds.sampler, ds.rows, ds.cols, ds.pixel_labels, repeats=2)
+    idx = [0, 7, 45, 7]
+    a, b = plain.__getitems__(idx), cached.__getitems__(idx)
+    assert plain._cache is None and cached._cache is not None and len(cached._cache) == 40
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # A pixel set larger than the budget is gathered on the fly.
+    small = PixelPatches(ds.sampler, ds.rows, ds.cols, ds.pixel_labels, cache_bytes=39 * ds.sampler.pair_bytes)
+    small.__getitems__([0])
+    assert small._cache is None
+
+
 def test_prepare_data_missing_path_raises(tmp_path):
     from rswb.data.errors import DatasetNotFoundError
 
