@@ -11,13 +11,13 @@ from rswb.data.errors import (
     LabelRangeError,
     ShapeMismatchError,
 )
-from rswb.data.mspan import MSPANPatchDataset, MSPANScene, PatchCache, PatchSampler, load_mspan
+from rswb.data.mspan import MSPANPatchDataset, MSPANScene, PatchCache, PatchSampler, PixelSet, load_mspan
 from rswb.data.scenes import SceneFolder, load_image
 from rswb.data.wald import WaldSceneDataset, wald_simulate
 
 __all__ = [
     "CaptionMismatchError", "CaptionSet", "CorruptImageError", "DataError", "DataFormatError", "DatasetNotFoundError",
     "ImageResolver", "ImageTextDataset", "InvalidPixelError", "LabelRangeError", "MSPANPatchDataset", "MSPANScene",
-    "PatchCache", "PatchSampler", "SceneFolder", "ShapeMismatchError", "WaldSceneDataset", "load_image", "load_mspan",
-    "read_captions", "read_karpathy", "read_precomp", "wald_simulate",
+    "PatchCache", "PatchSampler", "PixelSet", "SceneFolder", "ShapeMismatchError", "WaldSceneDataset", "load_image",
+    "load_mspan", "read_captions", "read_karpathy", "read_precomp", "wald_simulate",
 ]

@@ -529,8 +529,19 @@ class PatchSampler:
         """Bytes of one delivered MS + PAN patch pair."""
         return self._pan.element_size() * (self.bands * self.ms_patch ** 2 + self.pan_patch ** 2)
 
-    def cache(self, rows: np.ndarray, cols: np.ndarray, chunk: int = 2048) -> PatchCache:
-        """Extract the patches of a fixed pixel set once into contiguous memory (see :class:`PatchCache`)."""
+    def cache(self, rows: np.ndarray, cols: np.ndarray, chunk: int = 2048,
+              max_bytes: int | None = None) -> PatchCache | None:
+        """Extract the patches of a fixed pixel set once into contiguous memory (see :class:`PatchCache`).
+
+        Args:
+            rows: MS pixel rows ``[N]``.
+            cols: MS pixel columns ``[N]``.
+            chunk: pixels gathered per step while filling.
+            max_bytes: return ``None`` instead when the cache would need more memory than this (or there are no
+                pixels); ``None`` means no limit.
+        """
+        if max_bytes is not None and not 0 < len(rows) * self.pair_bytes <= max_bytes:
+            return None
         return PatchCache(self, rows, cols, chunk=chunk)
 
     def batches(self, rows: np.ndarray, cols: np.ndarray, labels: np.ndarray | None = None, batch_size: int = 128,
@@ -648,6 +659,42 @@ class PatchCache:
             yield batch
 
 
+class PixelSet:
+    """A fixed set of pixels of one scene whose patch pairs are fetched by position in the set.
+
+    The first :meth:`gather` extracts every pixel's patches into a :class:`PatchCache` when they fit in
+    ``cache_bytes`` (datasets visit the same pixels every epoch, and cached epochs read contiguous memory); a larger
+    set is gathered from the scene on every call.
+
+    Args:
+        sampler: the scene's sampler.
+        rows, cols: MS pixel coordinates ``[N]``.
+        cache_bytes: largest cache to build (0 never caches).
+    """
+
+    def __init__(self, sampler: PatchSampler, rows: np.ndarray, cols: np.ndarray, cache_bytes: int = 512 << 20):
+        self.sampler, self.cache_bytes = sampler, cache_bytes
+        self.rows, self.cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+        self._cache: PatchCache | None = None
+        self._tried = False
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def cached(self) -> bool:
+        """Whether the patches are served from a cache (decided on the first :meth:`gather`)."""
+        return self._cache is not None
+
+    def gather(self, index: np.ndarray) -> dict[str, torch.Tensor]:
+        """Patches of the pixels at positions ``index`` of the set, as :meth:`PatchSampler.gather` returns."""
+        if not self._tried:
+            self._cache, self._tried = self.sampler.cache(self.rows, self.cols, max_bytes=self.cache_bytes), True
+        if self._cache is not None:
+            return self._cache.gather(index)
+        return self.sampler.gather(self.rows[index], self.cols[index])
+
+
 class MSPANPatchDataset(torch.utils.data.Dataset):
     """Labelled pixels of one split as dict samples ``{"ms": [C,p,p], "pan": [1,P,P], "label", "row", "col"}``.
 
@@ -660,23 +707,26 @@ class MSPANPatchDataset(torch.utils.data.Dataset):
         transforms: optional callable applied to each sample dict (or batch dict in ``__getitems__``).
         ms_patch, pan_patch: patch sizes.
         normalize: ``"minmax"``, ``"percentile"`` or ``None`` (raw values).
+        cache_bytes: on first use, extract the split's patches once into a :class:`PatchCache` when they fit in this
+            many bytes (epochs after the first then read contiguous memory); 0 gathers from the scene every time.
     """
 
     def __init__(self, root: str | Path | MSPANScene, split: str = "train", transforms=None, ms_patch: int = 16,
-                 pan_patch: int | None = None, normalize: str | None = "minmax"):
+                 pan_patch: int | None = None, normalize: str | None = "minmax", cache_bytes: int = 512 << 20):
         scene = root if isinstance(root, MSPANScene) else load_mspan(root)
         if normalize:
             scene = scene.normalized(normalize)
         self.scene, self.split, self.transforms = scene, split, transforms
         self.rows, self.cols, self.labels = scene.labelled_pixels(split)
         self.sampler = PatchSampler(scene, ms_patch, pan_patch)
+        self.pixels = PixelSet(self.sampler, self.rows, self.cols, cache_bytes)
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
         idx = np.asarray(indices)
-        batch = self.sampler.gather(self.rows[idx], self.cols[idx])
+        batch = self.pixels.gather(idx)
         ms, pan = batch["ms"].contiguous(), batch["pan"]
         samples = [
             {"ms": ms[i], "pan": pan[i], "label": int(self.labels[j]), "row": int(self.rows[j]),

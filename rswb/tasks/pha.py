@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from rswb.config import option
 from rswb.data.errors import DataFormatError, DatasetNotFoundError
 from rswb.data.fewshot import FewShotSplit, few_shot_split
-from rswb.data.mspan import MSPANScene, PatchCache, PatchSampler, is_mspan_source, load_mspan, patch_padding
+from rswb.data.mspan import MSPANScene, PatchSampler, PixelSet, is_mspan_source, load_mspan, patch_padding
 from rswb.data.transforms import dihedral
 from rswb.engine.task import EvalContext, Task, TaskBundle
 from rswb.losses.pha import (
@@ -99,9 +99,9 @@ class PHAConfig:
 class PixelPatches(Dataset):
     """Labelled pixels of a scene as patch pairs; ``__getitems__`` returns a whole batch dict at once.
 
-    The same pixels are visited every epoch, so their patches are extracted once into a
-    :class:`~rswb.data.mspan.PatchCache` on first use when they fit in ``cache_bytes`` (a few-shot split always
-    does); larger pixel sets are gathered from the scene on the fly.
+    The same pixels are visited every epoch, so a :class:`~rswb.data.mspan.PixelSet` extracts their patches once
+    on first use when they fit in ``cache_bytes`` (a few-shot split always does); larger pixel sets are gathered from
+    the scene on the fly.
 
     Args:
         sampler: the scene's patch sampler (shared by every split).
@@ -115,8 +115,7 @@ class PixelPatches(Dataset):
         self.sampler, self.repeats = sampler, max(1, int(repeats))
         self.rows, self.cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
         self.pixel_labels = np.asarray(labels, np.int64)
-        self.cache_bytes = cache_bytes
-        self._cache: PatchCache | None = None
+        self.pixels = PixelSet(sampler, self.rows, self.cols, cache_bytes)
 
     @property
     def labels(self) -> np.ndarray:
@@ -128,12 +127,7 @@ class PixelPatches(Dataset):
 
     def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
         idx = np.asarray(indices, np.int64) % len(self.rows)
-        if self._cache is None and 0 < len(self.rows) * self.sampler.pair_bytes <= self.cache_bytes:
-            self._cache = self.sampler.cache(self.rows, self.cols)
-        if self._cache is not None:
-            batch = self._cache.gather(idx)
-        else:
-            batch = self.sampler.gather(self.rows[idx], self.cols[idx])
+        batch = self.pixels.gather(idx)
         batch["ms"] = batch["ms"].contiguous()
         batch["label"] = torch.as_tensor(self.pixel_labels[idx])
         batch["row"], batch["col"] = torch.as_tensor(self.rows[idx]), torch.as_tensor(self.cols[idx])

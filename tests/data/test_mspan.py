@@ -20,6 +20,7 @@ from rswb.data.mspan import (
     MSPANPatchDataset,
     MSPANScene,
     PatchSampler,
+    PixelSet,
     band_stats,
     is_mspan_source,
     load_mspan,
@@ -664,9 +665,25 @@ def test_patch_cache_delivers_the_samplers_batches():
         sampler.cache(rows, cols[:-1])
 
 
-def test_patch_dataset_with_a_dataloader_matches_the_sampler(tmp_path):
+def test_pixel_set_caches_only_what_fits():
+    scene = random_scene(11, 9, 4, 4, seed=3)
+    sampler = PatchSampler(scene, ms_patch=6)
+    rows, cols, _ = scene.labelled_pixels("train")
+    idx = np.array([3, 0, 3])
+    ref = sampler.gather(rows[idx], cols[idx])
+    for budget, cached in ((len(rows) * sampler.pair_bytes, True), (len(rows) * sampler.pair_bytes - 1, False),
+                           (0, False)):
+        pixels = PixelSet(sampler, rows, cols, cache_bytes=budget)
+        got = pixels.gather(idx)
+        assert pixels.cached is cached and len(pixels) == len(rows)
+        assert torch.equal(got["ms"], ref["ms"]) and torch.equal(got["pan"], ref["pan"])
+    assert sampler.cache(rows[:0], cols[:0], max_bytes=1 << 30) is None  # nothing to cache
+
+
+@pytest.mark.parametrize("cache_bytes", [0, 1 << 30])
+def test_patch_dataset_with_a_dataloader_matches_the_sampler(tmp_path, cache_bytes):
     fake = make_mspan_folder(tmp_path, h=9, w=8, ratio=4, bands=4)
-    ds = MSPANPatchDataset(fake.path, "train", ms_patch=6, normalize="minmax")
+    ds = MSPANPatchDataset(fake.path, "train", ms_patch=6, normalize="minmax", cache_bytes=cache_bytes)
     assert len(ds) == int((fake.labels["train"] > 0).sum())
     sampler = PatchSampler(load_mspan(fake.path).normalized("minmax"), ms_patch=6)
     expected = sampler.batches(ds.rows, ds.cols, ds.labels, batch_size=5, shuffle=False)
@@ -678,7 +695,7 @@ def test_patch_dataset_with_a_dataloader_matches_the_sampler(tmp_path):
         assert torch.equal(got["label"], exp["label"])
         assert torch.equal(got["row"], exp["row"]) and torch.equal(got["col"], exp["col"])
         n += len(got["label"])
-    assert n == len(ds)
+    assert n == len(ds) and ds.pixels.cached is bool(cache_bytes)
     assert float(ds[0]["ms"].min()) >= 0.0 and float(ds[0]["ms"].max()) <= 1.0
 
 

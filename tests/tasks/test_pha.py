@@ -237,12 +237,12 @@ def test_pixel_patches_cache_changes_nothing_but_the_speed(scene):
     cached = PixelPatches(ds.sampler, ds.rows, ds.cols, ds.pixel_labels, repeats=2)
     idx = [0, 7, 45, 7]
     a, b = plain.__getitems__(idx), cached.__getitems__(idx)
-    assert plain._cache is None and cached._cache is not None and len(cached._cache) == 40
+    assert not plain.pixels.cached and cached.pixels.cached and len(cached.pixels) == 40
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # A pixel set larger than the budget is gathered on the fly.
     small = PixelPatches(ds.sampler, ds.rows, ds.cols, ds.pixel_labels, cache_bytes=39 * ds.sampler.pair_bytes)
     small.__getitems__([0])
-    assert small._cache is None
+    assert not small.pixels.cached
 
 
 def test_prepare_data_missing_path_raises(tmp_path):
