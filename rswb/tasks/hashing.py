@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
-import os
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +31,7 @@ from tqdm.auto import tqdm
 from rswb.config import option
 from rswb.data.scenes import SceneFolder
 from rswb.data.transforms import dihedral
-from rswb.engine.checkpoint import atomic_save, load_checkpoint
+from rswb.engine.cache import cache_root, cached, digest
 from rswb.engine.device import select_device
 from rswb.engine.splits import validation_indices
 from rswb.engine.task import Task, TaskBundle
@@ -90,34 +88,17 @@ def extract_features(backbone: torch.nn.Module, dataset: Dataset, views: int = 1
     return torch.cat(out)
 
 
-def _cache_dir(cfg: HashConfig) -> Path:
-    return Path(cfg.cache_dir or os.environ.get("RSWB_CACHE_DIR") or Path.home() / ".cache" / "rswb") / "features"
-
-
 def _cached_features(backbone: torch.nn.Module, folder: SceneFolder, views: int, cfg: HashConfig) -> torch.Tensor:
-    """Features of ``folder`` from the disk cache, computed and stored atomically on a miss.
+    """Features of ``folder`` from the disk cache (:mod:`rswb.engine.cache`), computed and stored on a miss.
 
     The key covers the backbone (name and a digest of its actual weights, so a randomly initialised backbone of
     another seed is another entry), the image list (paths, sizes, modification times), the image size and the number
     of views, so a changed file or setting never returns stale features.
     """
-    h = hashlib.sha256()
-    h.update(repr((cfg.backbone, cfg.image_size, views)).encode())
-    for name, tensor in backbone.state_dict().items():
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    for rec in folder.records:
-        st = os.stat(rec.path)
-        h.update(f"{Path(rec.path).resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    path = _cache_dir(cfg) / f"{cfg.backbone}-{h.hexdigest()[:20]}.pt"
-    if path.exists():
-        try:
-            return load_checkpoint(path)["features"]
-        except Exception:  # noqa: BLE001 - an unreadable cache entry is recomputed, never trusted
-            pass
-    feats = extract_features(backbone, folder, views, desc=f"{cfg.backbone} features ({len(folder)} images x {views})")
-    atomic_save({"features": feats}, path)
-    return feats
+    key = digest((cfg.backbone, cfg.image_size, views), [backbone], [rec.path for rec in folder.records])
+    path = cache_root(cfg.cache_dir) / "features" / f"{cfg.backbone}-{key}.pt"
+    desc = f"{cfg.backbone} features ({len(folder)} images x {views})"
+    return cached(path, lambda: {"features": extract_features(backbone, folder, views, desc=desc)})["features"]
 
 
 def _limit_per_class(folder: SceneFolder, per_class: int | None) -> SceneFolder:
