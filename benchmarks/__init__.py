@@ -29,6 +29,16 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
 }
 
 
+def parse_value(text: str):
+    """A command-line ``key=value`` value as int, float, bool, None or the string itself."""
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
+
+
 def names() -> list[str]:
     """The registered benchmark names, in the order ``rswb bench`` runs them."""
     return list(BENCHMARKS)

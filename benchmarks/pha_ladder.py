@@ -19,19 +19,10 @@ import statistics
 import time
 from pathlib import Path
 
-from benchmarks import machine_info
+from benchmarks import machine_info, parse_value
 
 VERSIONS = ("ms_only", "pan_only", "pha_v1", "pha_v2", "pha_v3", "pha_v4", "pha_v5")
 RESULTS = Path(__file__).parent / "results"
-
-
-def _value(text: str):
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
 
 
 def run(tag: str, data: str | None, versions: list[str], seeds: list[int], shots: float, epochs: int | None,
@@ -104,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--extra", nargs="*", default=[], help="more options as key=value (e.g. image_size=128)")
     a = p.parse_args(argv)
     extra = dict(kv.split("=", 1) for kv in a.extra)
-    extra = {k: _value(v) for k, v in extra.items()}
+    extra = {k: parse_value(v) for k, v in extra.items()}
     shots = int(a.shots) if a.shots >= 1 else a.shots
     results = run(a.tag, a.data, a.versions, a.seeds, shots, a.epochs, a.runs_root, extra)
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -88,15 +88,20 @@ class GRUTextEncoder(nn.Module):
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=Vocabulary.PAD)
         self.gru = nn.GRU(embed_dim, hidden, batch_first=True, bidirectional=True)
         self.proj = nn.Linear(2 * hidden, out_dim)
+        self.state_dim = 2 * hidden
         self.out_features = out_dim
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Caption embeddings ``[B, out_dim]`` of token ids ``[B, L]`` with mask ``[B, L]``."""
+        return self.proj(masked_mean(self.token_states(ids, mask), mask))
+
+    def token_states(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Per-token GRU outputs ``[B, L, 2 * hidden]`` (zero at padding), for models that pool tokens themselves."""
         lengths = mask.sum(1).clamp_min(1).cpu()
         packed = nn.utils.rnn.pack_padded_sequence(self.embed(ids), lengths, batch_first=True, enforce_sorted=False)
         out, _ = self.gru(packed)
         out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=ids.shape[1])
-        return self.proj(masked_mean(out, mask))
+        return out
 
 
 def minilm_path() -> Path:
@@ -136,7 +141,7 @@ class MiniLMTextEncoder(nn.Module):
         self.max_length, self.freeze = int(max_length), bool(freeze)
         if self.freeze:
             self.transformer.requires_grad_(False)
-        width = self.transformer.config.hidden_size
+        width = self.state_dim = self.transformer.config.hidden_size
         self.proj = nn.Linear(width, out_dim) if out_dim else nn.Identity()
         self.out_features = out_dim or width
 
@@ -147,11 +152,14 @@ class MiniLMTextEncoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Caption embeddings ``[B, out_features]``."""
+        return self.proj(masked_mean(self.token_states(input_ids, attention_mask), attention_mask.bool()))
+
+    def token_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The transformer's last hidden states ``[B, L, 384]`` (no projection), for models that pool tokens."""
         if self.freeze:
             self.transformer.eval()  # no dropout in a frozen encoder, even while the rest trains
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
-            states = self.transformer(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return self.proj(masked_mean(states, attention_mask.bool()))
+            return self.transformer(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
     def encode(self, captions: Sequence[str]) -> torch.Tensor:
         """Embeddings of raw captions (tokenised here, on the encoder's device)."""

@@ -4,4 +4,4 @@ Importing this package registers the built-in tasks (see ``rswb train --list``);
 dataclass and returns a :class:`rswb.engine.TaskBundle`.
 """
 
-from rswb.tasks import hashing, pha  # noqa: F401,E402  (registers "hash" and "pha")
+from rswb.tasks import hashing, pha, retrieval  # noqa: F401,E402  (registers "hash", "pha", "retrieval")

@@ -1,0 +1,110 @@
+"""Image-text retrieval on a caption set: VSE++, CLIP-style, FISVL, KAMCL and the ablation of each component.
+
+Every (variant, seed) is one ``rswb train retrieval`` run with the same backbone, text encoder, epochs and batch
+size (the task's defaults unless ``--extra`` changes them); finished runs are reused. A variant is a method plus
+option overrides (``VARIANTS``). Writes ``benchmarks/results/retrieval_<tag>.json`` and ``retrieval_<tag>_table.md``
+(the test table: mean +- std over seeds, and the median training time of a run).
+
+Usage::
+
+    python -m benchmarks.retrieval_ucm --tag ucm --data ../shared/data/ucm_captions
+        --images ../shared/data/UCMerced_LandUse                       # (one line) all variants, seeds 0 1 2
+    python -m benchmarks.retrieval_ucm --tag ucm --variants clip fisvl --seeds 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from benchmarks import machine_info, parse_value
+
+RESULTS = Path(__file__).parent / "results"
+
+# name -> task options; "METHOD-no-X" is the full method without component X.
+VARIANTS: dict[str, dict] = {
+    "vsepp": {"method": "vsepp"},
+    "clip": {"method": "clip"},
+    "fisvl": {"method": "fisvl"},
+    "kamcl": {"method": "kamcl"},
+    "fisvl-no-local": {"method": "fisvl", "local_branch": False},
+    "fisvl-no-fgis": {"method": "fisvl", "fgis_steps": 0},
+    "fisvl-no-affil": {"method": "fisvl", "affil_weight": 0.0},
+    "fisvl-no-hard": {"method": "fisvl", "hard_weight": 0.0},
+    "fisvl-no-value": {"method": "fisvl", "value_stage": 1.0},
+    "kamcl-no-ha": {"method": "kamcl", "hierarchical": False},
+    "kamcl-no-knowledge": {"method": "kamcl", "num_tags": 0},
+    "kamcl-no-queue": {"method": "kamcl", "queue_size": 0},
+    "kamcl-no-moco": {"method": "kamcl", "moco_weight": 0.0},
+}
+KEYS = ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "mR")
+
+
+def run(tag: str, data: str | None, images: str | None, variants: list[str], seeds: list[int], runs_root: str,
+        extra: dict) -> dict:
+    """Train every (variant, seed) run (reusing finished ones) and return their test metrics and times."""
+    import rswb.tasks  # noqa: F401  (registers "retrieval")
+    from rswb.engine.launch import train_task
+
+    results: dict = {"tag": tag, "data": data or "embedded", "images": images, "options": extra, "runs": []}
+    for v in variants:
+        for s in seeds:
+            name = f"{tag}-{v}-s{s}"
+            final = Path(runs_root) / name / "metrics.json"
+            t0 = time.perf_counter()
+            if not final.exists():
+                opts = {"data": data, "images": images, "seed": s, "split_seed": 0, "progress": False,
+                        **VARIANTS[v], **extra}
+                train_task("retrieval", opts, run_name=name, runs_root=runs_root, overwrite=True)
+            metrics = json.loads(final.read_text())
+            results["runs"].append({"variant": v, "seed": s, "test": metrics["test"], "val": metrics["val"],
+                                    "train_time_s": metrics["time_s"], "wall_s": time.perf_counter() - t0,
+                                    "best_epoch": metrics["best_epoch"], "device": metrics["device"]})
+            print(f"{name}: test mR {metrics['test']['mR']:.2f}  ({metrics['time_s']:.0f} s)", flush=True)
+    results["machine"] = machine_info()
+    return results
+
+
+def table(results: dict) -> str:
+    """Markdown: one row per variant, mean +- std over seeds of every test metric, median training time."""
+    head = "| variant | " + " | ".join(k.replace("_", " ") for k in KEYS) + " | seeds | train time / run |"
+    lines = [head, "|---" * (len(KEYS) + 3) + "|"]
+    for v in dict.fromkeys(r["variant"] for r in results["runs"]):
+        rows = [r for r in results["runs"] if r["variant"] == v]
+        cells = []
+        for k in KEYS:
+            vals = [r["test"][k] for r in rows]
+            sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+            cells.append(f"{statistics.mean(vals):.2f} +- {sd:.2f}")
+        t = statistics.median(r["train_time_s"] for r in rows)
+        lines.append(f"| {v} | " + " | ".join(cells) + f" | {len(rows)} | {t:.0f} s |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point (see the module docstring)."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tag", required=True, help="name of this experiment (runs and result files)")
+    p.add_argument("--data", default=None, help="caption folder or JSON (default: the embedded captions)")
+    p.add_argument("--images", default=None, help="image root (UCM-Captions: the UC Merced folder)")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="VARIANT")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--runs-root", default="runs/retrieval")
+    p.add_argument("--extra", nargs="*", default=[], help="more options as key=value (e.g. epochs=20)")
+    a = p.parse_args(argv)
+    extra = {k: parse_value(v) for k, v in (kv.split("=", 1) for kv in a.extra)}
+    results = run(a.tag, a.data, a.images, a.variants, a.seeds, a.runs_root, extra)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"retrieval_{a.tag}.json").write_text(json.dumps(results, indent=1))
+    cmd = "python -m benchmarks.retrieval_ucm " + " ".join(argv if argv is not None else sys.argv[1:])
+    text = f"Command: `{cmd}`\n\n" + table(results) + "\n"
+    (RESULTS / f"retrieval_{a.tag}_table.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
