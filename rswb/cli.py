@@ -96,6 +96,30 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_search(args: argparse.Namespace) -> int:
+    import rswb.tasks  # noqa: F401
+    from rswb.engine import select_device
+    from rswb.engine.launch import load_trained
+    from rswb.engine.runs import resolve_run
+    from rswb.tasks.retrieval import RetrievalSplit, search_text, split_embeddings
+
+    run = resolve_run(args.run, args.root)
+    bundle = load_trained(run)
+    split = bundle.test if args.split == "test" else bundle.val
+    if not isinstance(split, RetrievalSplit):
+        raise ValueError(f"{run}: not a retrieval run (rswb train retrieval)")
+    emb = split_embeddings(bundle.task, split, select_device(args.device))
+    hits = search_text(bundle.task, split, args.query, k=args.k, embeddings=emb)
+    if args.json:
+        print(json.dumps(hits, indent=2))
+        return 0
+    print(f"top {len(hits)} of {split.num_images} {args.split} images for {args.query!r} ({run.name}):")
+    for h in hits:
+        print(f"  {h['rank']:>2}. {h['score']:.3f}  {h['path']}")
+        print(f"      {h['captions'][0] if h['captions'] else ''}")
+    return 0
+
+
 def _cmd_runs_list(args: argparse.Namespace) -> int:
     from rswb.engine.runs import format_table, list_runs
 
@@ -191,6 +215,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
     ev.set_defaults(func=_cmd_eval)
 
+    se = sub.add_parser("search", help="the images of a retrieval run's test split that best match a text query")
+    se.add_argument("run", help="run name (under --root) or run folder of rswb train retrieval")
+    se.add_argument("query", help="the text to search for, e.g. \"a river next to a forest\"")
+    se.add_argument("--k", type=int, default=5, help="how many images (default 5)")
+    se.add_argument("--split", default="test", choices=["test", "val"], help="the gallery")
+    se.add_argument("--root", default="runs", help="folder of runs (default: runs)")
+    se.add_argument("--device", default=None, help="cuda | mps | cpu (default: the best available)")
+    se.add_argument("--json", action="store_true", help="print the hits as JSON")
+    se.set_defaults(func=_cmd_search)
+
     runs = sub.add_parser("runs", help="list and compare run folders")
     runs_sub = runs.add_subparsers(dest="runs_command", metavar="ACTION", required=True)
     rl = runs_sub.add_parser("list", help="one line per run under --root")
@@ -223,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rswb: data error: {err}", file=sys.stderr)
         return 2
     except (KeyError, ValueError, FileNotFoundError, FileExistsError) as err:
-        if args.command not in ("train", "runs", "eval"):
+        if args.command not in ("train", "runs", "eval", "search"):
             raise
         # Bad options, unknown tasks or runs, an existing run folder: one clear line, not a traceback.
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err

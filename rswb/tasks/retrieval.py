@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
@@ -108,6 +109,55 @@ class RetrievalConfig:
 # ------------------------------------------------------------------------------------------------------------ data
 
 
+class QueryEncoder:
+    """Raw captions -> the text inputs a split's batches carry, by the same pipeline as the training data.
+
+    Used for the splits' caption tags and for free-text queries (``rswb search``, notebook 03's search box).
+
+    Args:
+        tag_vocabulary: KAMCL's tag words (empty: no ``tags`` input).
+        max_words: captions are cut to this many words.
+        minilm: the frozen MiniLM whose token states the batches carry (``states``/``mask``), or whose tokenizer
+            gives ``tokens`` when ``states`` is False.
+        vocab: the GRU's vocabulary (``tokens``).
+        states: emit MiniLM token states (frozen text encoder) instead of tokens.
+    """
+
+    def __init__(self, tag_vocabulary: Sequence[str], max_words: int, minilm: torch.nn.Module | None = None,
+                 vocab: Vocabulary | None = None, states: bool = True):
+        self.tag_index = {w: i for i, w in enumerate(tag_vocabulary)}
+        self.max_words, self.minilm, self.vocab, self.states = int(max_words), minilm, vocab, bool(states)
+
+    def tags(self, captions: Sequence[str]) -> torch.Tensor:
+        """Each caption's own tag words, multi-hot ``[N, K]`` (uint8)."""
+        out = torch.zeros(len(captions), len(self.tag_index), dtype=torch.uint8)
+        for j, c in enumerate(captions):
+            for w in content_words(c):
+                if w in self.tag_index:
+                    out[j, self.tag_index[w]] = 1
+        return out
+
+    @torch.no_grad()
+    def __call__(self, captions: Sequence[str]) -> dict[str, Any]:
+        """Text inputs of ``captions`` (``states``/``mask`` or ``tokens``, plus ``tags`` when there is a vocabulary)."""
+        caps = [_truncate(c, self.max_words) for c in captions]
+        out: dict[str, Any] = {}
+        if self.vocab is not None:
+            ids, mask = self.vocab.encode(caps, max_length=self.max_words)
+            out["tokens"] = {"input_ids": ids, "attention_mask": mask}
+        elif self.states:
+            toks = self.minilm.tokenize(caps)
+            device = next(self.minilm.parameters()).device
+            st = self.minilm.token_states(toks["input_ids"].to(device), toks["attention_mask"].to(device))
+            out.update(states=st.float().cpu(), mask=toks["attention_mask"].bool())
+        else:
+            toks = self.minilm.tokenize(caps)
+            out["tokens"] = {"input_ids": toks["input_ids"], "attention_mask": toks["attention_mask"]}
+        if self.tag_index:
+            out["tags"] = self.tags(caps).float()
+        return out
+
+
 @dataclass
 class RetrievalSplit(Dataset):
     """One split: its images, captions and everything a batch needs, gathered per batch by index.
@@ -130,6 +180,8 @@ class RetrievalSplit(Dataset):
         values: FISVL value weight per caption ``[N_c]``.
         image_size: decode size when images are loaded.
         augment: random dihedral view per loaded training image.
+        query_encoder: turns free text into this split's text inputs.
+        backbone: the frozen feature extractor of cached levels (``None`` when the model holds its backbone).
     """
 
     name: str
@@ -146,6 +198,8 @@ class RetrievalSplit(Dataset):
     values: torch.Tensor | None = None
     image_size: int = 224
     augment: bool = False
+    query_encoder: QueryEncoder | None = None
+    backbone: torch.nn.Module | None = None
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -368,21 +422,12 @@ def prepare_data(cfg: RetrievalConfig, progress: bool = True) -> RetrievalData:
 
     # Knowledge from the training captions only.
     vocab_tags = build_tag_vocabulary(train_cs.captions, k=cfg.num_tags) if cfg.num_tags else []
-    tag_index = {w: i for i, w in enumerate(vocab_tags)}
     per_image = [train_cs.captions_of(i) for i in range(train_cs.num_images)]
     targets = torch.from_numpy(tag_targets(per_image, vocab_tags)) if vocab_tags else None
     values = torch.from_numpy(caption_values(train_cs.captions))
 
-    def caption_tags(captions: list[str]) -> torch.Tensor:
-        out = torch.zeros(len(captions), len(vocab_tags), dtype=torch.uint8)
-        for j, c in enumerate(captions):
-            for w in content_words(c):
-                if w in tag_index:
-                    out[j, tag_index[w]] = 1
-        return out
-
     # Image inputs: cached frozen feature levels, or nothing (the model loads images).
-    channels = None
+    channels, backbone = None, None
     levels: dict[str, dict[str, torch.Tensor] | None] = {s: None for s in paths}
     if cfg.freeze_backbone:
         backbone = (create_model(cfg.backbone, pretrained=cfg.pretrained) if cfg.backbone == "efficientnet_lite0"
@@ -396,7 +441,7 @@ def prepare_data(cfg: RetrievalConfig, progress: bool = True) -> RetrievalData:
 
     # Text inputs: cached frozen MiniLM states, or tokens for an encoder inside the model.
     text_cache: dict[str, dict[str, torch.Tensor]] = {}
-    vocab = None
+    vocab, encoder = None, None
     split_caps = {"train": train_cs.captions, "val": val_cs.captions, "test": test_cs.captions}
     if cfg.text_encoder == "minilm":
         encoder = create_model("minilm", freeze=True, max_length=2 * cfg.max_words)
@@ -419,6 +464,7 @@ def prepare_data(cfg: RetrievalConfig, progress: bool = True) -> RetrievalData:
             text_cache[split] = {"tokens": {"input_ids": ids, "attention_mask": mask}}
     else:
         raise ValueError(f"unknown text encoder {cfg.text_encoder!r}; use minilm or gru_text")
+    queries = QueryEncoder(vocab_tags, cfg.max_words, minilm=encoder, vocab=vocab, states=cfg.freeze_text)
 
     def build(cs: CaptionSet, train: bool) -> RetrievalSplit:
         names = scenes[cs.split]
@@ -427,9 +473,9 @@ def prepare_data(cfg: RetrievalConfig, progress: bool = True) -> RetrievalData:
         return RetrievalSplit(
             name=cs.split, captions=cs.captions, caption_to_image=np.asarray(cs.caption_to_image, np.int64),
             image_paths=paths[cs.split], labels=labels, levels=levels[cs.split], states=tc.get("states"),
-            mask=tc.get("mask"), tokens=tc.get("tokens"), caption_tags=caption_tags(cs.captions),
+            mask=tc.get("mask"), tokens=tc.get("tokens"), caption_tags=queries.tags(cs.captions),
             targets=targets if train else None, values=values if train else None, image_size=cfg.image_size,
-            augment=train)
+            augment=train, query_encoder=queries, backbone=backbone)
 
     return RetrievalData(train=build(train_cs, True), val=build(val_cs, False), test=build(test_cs, False),
                          class_names=class_names, tag_vocabulary=vocab_tags, root=root, image_root=image_root,
@@ -602,3 +648,102 @@ def _version(cfg: RetrievalConfig) -> str:
         off += ["-queue"] if cfg.queue_size == 0 else []
         off += ["-moco"] if cfg.moco_weight == 0 else []
     return cfg.method + "".join(off)
+
+
+# --- search and explanation (rswb search, notebook 03) -----------------------------------------------------------
+
+
+def split_embeddings(task: RetrievalTask, split: RetrievalSplit, device: str | torch.device | None = None,
+                     batch_size: int = 256) -> dict[str, torch.Tensor]:
+    """Normalised embeddings of a split's images ``[N_i, D]`` and captions ``[N_c, D]`` (CPU float32)."""
+    dev = select_device(device)
+    task.to(dev)
+    return task.embeddings(split, EvalContext(dev, batch_size=batch_size))
+
+
+@torch.no_grad()
+def encode_queries(task: RetrievalTask, split: RetrievalSplit, queries: Sequence[str]) -> torch.Tensor:
+    """Normalised embeddings ``[Q, D]`` of free-text queries, through the split's text pipeline (CPU float32)."""
+    if split.query_encoder is None:
+        raise ValueError("this split has no query encoder (build it with prepare_data)")
+    was_training = task.training
+    task.eval()
+    device = next(task.parameters()).device
+    emb = task.model.encode_text(to_device(split.query_encoder(list(queries)), device)).float().cpu()
+    task.train(was_training)
+    return emb
+
+
+def search_text(task: RetrievalTask, split: RetrievalSplit, query: str, k: int = 5,
+                embeddings: dict[str, torch.Tensor] | None = None) -> list[dict[str, Any]]:
+    """The ``k`` images of ``split`` most similar to a free-text query, best first.
+
+    Args:
+        task: a trained retrieval task (e.g. ``load_trained(run).task``).
+        split: the gallery (e.g. the run's test split).
+        query: any caption-like text.
+        k: how many images.
+        embeddings: :func:`split_embeddings` of the split, to reuse across queries.
+
+    Returns:
+        ``[{"rank", "image", "path", "score", "captions"}]``: image index, file, cosine similarity, its captions.
+    """
+    emb = embeddings or split_embeddings(task, split)
+    q = encode_queries(task, split, [query])[0]
+    scores = emb["image"] @ q
+    top = torch.topk(scores, min(k, len(scores)))
+    return [{"rank": r + 1, "image": int(i), "path": str(split.image_paths[int(i)]), "score": float(v),
+             "captions": [split.captions[j] for j in np.flatnonzero(split.caption_to_image == int(i))]}
+            for r, (v, i) in enumerate(zip(top.values, top.indices))]
+
+
+def search_image(task: RetrievalTask, split: RetrievalSplit, image: int, k: int = 5,
+                 embeddings: dict[str, torch.Tensor] | None = None) -> list[dict[str, Any]]:
+    """The ``k`` captions of ``split`` most similar to image ``image``, best first.
+
+    Returns:
+        ``[{"rank", "caption", "score", "own"}]`` (``own``: the caption belongs to that image).
+    """
+    emb = embeddings or split_embeddings(task, split)
+    scores = emb["text"] @ emb["image"][image]
+    top = torch.topk(scores, min(k, len(scores)))
+    return [{"rank": r + 1, "caption": split.captions[int(j)], "score": float(v),
+             "own": bool(split.caption_to_image[int(j)] == image)}
+            for r, (v, j) in enumerate(zip(top.values, top.indices))]
+
+
+def _pooled_branch(model: RetrievalNet) -> torch.nn.Module:
+    """The linear map each method applies to the pooled image vector (see :func:`token_similarity`)."""
+    if model.method in ("vsepp", "clip"):
+        return model.img_head
+    if model.method == "fisvl":
+        return model.cls
+    return model.aggregator.final if model.aggregator is not None else model.img_head
+
+
+@torch.no_grad()
+def token_similarity(task: RetrievalTask, split: RetrievalSplit, image: int, query: str) -> np.ndarray:
+    """Where the model looks: the similarity of each image location with a text query, ``[h, w]`` (stride 32).
+
+    Every method's image embedding has a term that is a linear map ``W`` of the pooled backbone vector, the mean of
+    the last feature map's tokens ``h_ij``. Applying ``W`` to each token instead gives that location's share of the
+    term, ``W h_ij``; its cosine similarity with the query's embedding shows which regions pull the image towards
+    the text. (The other heads - FISVL's graph, KAMCL's GPO - are nonlinear and not decomposed.)
+    """
+    model: RetrievalNet = task.model
+    backbone = model.backbone if model.backbone is not None else split.backbone
+    if backbone is None:
+        raise ValueError("no backbone to compute the image's feature map from")
+    device = next(task.parameters()).device
+    backbone.eval().to(device)
+    img = image_to_tensor(load_image(split.image_paths[image], split.image_size))[None].to(device)
+    feats = backbone.forward_features(img)
+    last = next(f.name for f in reversed(backbone.feature_info) if f.channels == backbone.num_features)
+    fmap = feats[last][0].float()  # [F, h, w]
+    tokens = F.normalize(_pooled_branch(model)(fmap.flatten(1).t()), dim=1)  # [h*w, D]
+    q = encode_queries(task, split, [query])[0].to(device)
+    return (tokens @ q).reshape(fmap.shape[1:]).cpu().numpy()
+
+
+__all__ += ["QueryEncoder", "encode_queries", "search_image", "search_text", "split_embeddings",
+            "token_similarity"]

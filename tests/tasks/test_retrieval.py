@@ -1,0 +1,224 @@
+"""The retrieval task on the embedded captions: data preparation, the method schedules, evaluation, search."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from rswb.data.captions import read_captions
+from rswb.data.errors import DatasetNotFoundError
+from rswb.data.synthetic import ensure_embedded
+from rswb.data.tags import build_tag_vocabulary, tag_targets
+from rswb.engine.launch import load_trained, train_task
+from rswb.engine.task import EvalContext
+from rswb.metrics.retrieval import retrieval_metrics
+from rswb.models.retrieval import retrieval_net
+from rswb.tasks.retrieval import (
+    RetrievalConfig,
+    RetrievalTask,
+    prepare_data,
+    search_image,
+    search_text,
+    split_embeddings,
+    token_similarity,
+)
+
+QUICK = {"backbone": "small_cnn", "pretrained": False, "image_size": 64}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    import os
+
+    old = os.environ.get("RSWB_CACHE_DIR")
+    path = tmp_path_factory.mktemp("cache")
+    os.environ["RSWB_CACHE_DIR"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("RSWB_CACHE_DIR", None)
+    else:
+        os.environ["RSWB_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="module")
+def data(cache):
+    torch.manual_seed(0)
+    return prepare_data(RetrievalConfig(method="fisvl", num_tags=32, **QUICK))
+
+
+def build_task(data, method: str, **options) -> RetrievalTask:
+    torch.manual_seed(0)
+    cfg = RetrievalConfig(method=method, num_tags=32, **QUICK, **options)
+    model = retrieval_net(method, channels=data.channels, text_dim=data.text_dim, embed_dim=32,
+                          num_tags=len(data.tag_vocabulary) if method == "kamcl" else 0)
+    return RetrievalTask(model, cfg)
+
+
+def test_splits_scenes_and_knowledge_come_from_the_caption_files(data):
+    root = ensure_embedded("captions")
+    train = read_captions(root, "train")
+    assert len(data.train) == train.num_captions and data.train.num_images == train.num_images
+    assert data.val.num_images == read_captions(root, "val").num_images  # the set's own val split
+    assert data.test.num_images == read_captions(root, "test").num_images
+    # Scene labels from the Karpathy JSON beside the precomp files, one class index per image.
+    js = json.loads((root / "dataset.json").read_text())
+    scene = {img["filename"]: img["scene"] for img in js["images"]}
+    names = [scene[p.name] for p in data.train.image_paths]
+    assert [data.class_names[i] for i in data.train.labels] == names
+    # Captions are cut to max_words (30); some embedded ones are longer.
+    assert data.train.captions == [" ".join(c.split()[:30]) for c in train.captions]
+    assert data.train.captions != train.captions
+    # Knowledge from the (cut) training captions only, rows aligned with the training images.
+    assert data.tag_vocabulary == build_tag_vocabulary(data.train.captions, k=32)
+    per_image = [[data.train.captions[j] for j in np.flatnonzero(data.train.caption_to_image == i)]
+                 for i in range(train.num_images)]
+    np.testing.assert_array_equal(data.train.targets.numpy(), tag_targets(per_image, data.tag_vocabulary))
+    assert data.val.targets is None and data.train.values.shape == (len(data.train),)
+    # A caption's own tags are the vocabulary words it contains.
+    j = 3
+    words = set(data.train.captions[j].lower().replace(".", " ").split())
+    own = {data.tag_vocabulary[k] for k in np.flatnonzero(data.train.caption_tags[j].numpy())}
+    assert own and own <= words
+
+
+def test_a_training_batch_holds_each_captions_own_image(data):
+    idx = [0, 5, 6, 17]
+    b = data.train.__getitems__(idx)
+    img = data.train.caption_to_image[idx]
+    assert b["image_id"].tolist() == img.tolist()
+    for k, v in b["levels"].items():
+        torch.testing.assert_close(v, data.train.levels[k][torch.as_tensor(img)])
+    width = int(data.train.mask[idx].sum(1).max())
+    assert b["states"].shape[1] == width and b["mask"].shape == (4, width)
+    assert b["label"].tolist() == data.train.labels[img].tolist()
+    assert b["tag_targets"].shape == (4, 32) and b["tags"].shape == (4, 32) and b["value"].shape == (4,)
+
+
+def test_validation_images_are_carved_from_train_when_the_set_has_no_val_split(cache, tmp_path):
+    root = ensure_embedded("captions")
+    dst = tmp_path / "captions"
+    dst.mkdir()
+    for split in ("train", "test"):
+        for kind in ("caps", "filename"):
+            shutil.copy(root / f"{split}_{kind}.txt", dst / f"{split}_{kind}.txt")
+    d = prepare_data(RetrievalConfig(data=str(dst), images=str(root / "images"), num_tags=0, val_fraction=0.2,
+                                     **QUICK))
+    n = read_captions(root, "train").num_images
+    assert d.val.num_images == round(0.2 * n) and d.train.num_images + d.val.num_images == n
+    assert not set(map(str, d.val.image_paths)) & set(map(str, d.train.image_paths))
+    per_image = np.bincount(d.val.caption_to_image)
+    assert per_image.min() == per_image.max() == 5  # every caption of a held-out image moves with it
+
+
+def test_errors_name_the_problem(cache, tmp_path):
+    root = ensure_embedded("captions")
+    dst = tmp_path / "noimages"
+    dst.mkdir()
+    for split in ("train", "test"):
+        for kind in ("caps", "filename"):
+            shutil.copy(root / f"{split}_{kind}.txt", dst / f"{split}_{kind}.txt")
+    with pytest.raises(DatasetNotFoundError, match="--images"):
+        prepare_data(RetrievalConfig(data=str(dst), **QUICK))
+    flat = tmp_path / "flat"
+    shutil.copytree(root / "images", flat)
+    with pytest.raises(ValueError, match="FISVL needs a scene label"):
+        prepare_data(RetrievalConfig(data=str(dst), images=str(flat), method="fisvl", **QUICK))
+
+
+def test_fisvl_switches_to_the_value_stage(data):
+    task = build_task(data, "fisvl", value_stage=0.5)
+    b = data.train.__getitems__(list(range(0, 64)))
+    task.on_epoch_start(1, 4)
+    with torch.no_grad():
+        early = task.losses(b)
+    assert float(early["nce_loss"]) > 0 and float(early["hard_loss"]) >= 0 and float(early["value_loss"]) == 0
+    task.on_epoch_start(2, 4)
+    with torch.no_grad():
+        late = task.losses(b)
+    assert float(late["nce_loss"]) == 0 and float(late["hard_loss"]) == 0 and float(late["value_loss"]) > 0
+    assert float(late["affil_loss"]) > 0 and float(early["affil_loss"]) > 0
+
+
+def test_kamcl_moves_its_key_encoder_fills_its_queues_and_adds_knowledge_later(data):
+    task = build_task(data, "kamcl", queue_size=100, knowledge_stage=0.5, momentum=0.5)
+    opt = torch.optim.SGD([p for p in task.parameters() if p.requires_grad], lr=0.5)
+    task.train()
+    task.on_epoch_start(0, 2)
+    b = data.train.__getitems__(list(range(0, 40)))
+    before = {n: p.clone() for n, p in task.key.key.named_parameters()}
+    loss, rep = task(b)
+    assert float(rep["concept_loss"]) == 0 and float(rep["moco_loss"]) > 0
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    assert int(task.queue_img.count) == 40 and int(task.queue_txt.count) == 40
+    assert task.queue_img.contents()[1].tolist() == b["image_id"].tolist()
+    task.on_epoch_start(1, 2)
+    _, rep = task(data.train.__getitems__(list(range(40, 80))))
+    assert float(rep["concept_loss"]) > 0
+    moved = [n for n, p in task.key.key.named_parameters() if not torch.equal(p, before[n])]
+    assert len(moved) == len(before)  # the EMA reached every key parameter, not only the first few
+    task.eval()
+    with torch.no_grad():
+        task.losses(b)
+    assert int(task.queue_img.count) == 80  # evaluation never enqueues
+
+
+def test_evaluate_scores_every_image_against_every_caption(data):
+    task = build_task(data, "clip")
+    ctx = EvalContext(torch.device("cpu"), batch_size=7)
+    res = task.evaluate(data.test, ctx)
+    emb = task.embeddings(data.test, ctx)
+    assert emb["image"].shape == (data.test.num_images, 32) and emb["text"].shape == (len(data.test), 32)
+    ref = retrieval_metrics((emb["image"] @ emb["text"].t()).numpy(), data.test.caption_to_image)
+    assert res == pytest.approx(ref)
+    # Embeddings in batches of 7 equal one pass over everything.
+    whole = task.model.encode_image({"levels": data.test.levels})
+    torch.testing.assert_close(emb["image"], whole, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["vsepp", "clip", "fisvl", "kamcl"])
+def test_each_method_trains_end_to_end(cache, tmp_path, method):
+    opts = {"method": method, **QUICK, "epochs": 2, "batch_size": 64, "progress": False, "num_tags": 32,
+            "queue_size": 256}
+    res = train_task("retrieval", opts, run_name=method, runs_root=tmp_path)
+    final = json.loads((tmp_path / method / "metrics.json").read_text())
+    assert set(final["test"]) >= {"i2t_R@1", "t2i_R@10", "mR"} and 0 <= final["test"]["mR"] <= 100
+    hist = [json.loads(line) for line in (tmp_path / method / "metrics.jsonl").read_text().splitlines()]
+    assert len(hist) == 2 and all(np.isfinite(h["train_loss"]) for h in hist)
+    if method == "fisvl":  # 2 epochs: stage 1 then the value stage
+        assert hist[0]["train_value_loss"] == 0 and hist[1]["train_value_loss"] > 0
+    assert res.test["mR"] == pytest.approx(final["test"]["mR"])
+
+
+def test_search_and_where_the_model_looks(cache, tmp_path, capsys):
+    opts = {"method": "clip", **QUICK, "epochs": 3, "batch_size": 64, "progress": False, "lr": 3e-3}
+    train_task("retrieval", opts, run_name="clip", runs_root=tmp_path)
+    bundle = load_trained(tmp_path / "clip")
+    split = bundle.test
+    emb = split_embeddings(bundle.task, split)
+    query = split.captions[0]
+    hits = search_text(bundle.task, split, query, k=4, embeddings=emb)
+    assert [h["rank"] for h in hits] == [1, 2, 3, 4]
+    assert all(hits[i]["score"] >= hits[i + 1]["score"] for i in range(3))
+    # The query's score for an image is the dot product of the two embeddings the evaluation uses.
+    cap_emb = emb["text"][0]
+    assert hits[0]["score"] == pytest.approx(float(emb["image"][hits[0]["image"]] @ cap_emb), abs=1e-4)
+    caps = search_image(bundle.task, split, 0, k=3, embeddings=emb)
+    assert len(caps) == 3 and caps[0]["score"] >= caps[-1]["score"]
+    own = [c for c in caps if c["own"]]
+    assert all(split.caption_to_image[split.captions.index(c["caption"])] == 0 for c in own)
+    heat = token_similarity(bundle.task, split, 0, query)
+    assert heat.shape == (2, 2) and np.all(np.abs(heat) <= 1 + 1e-5)
+    # rswb search prints the same ranking.
+    from rswb.cli import main
+
+    capsys.readouterr()
+    assert main(["search", str(tmp_path / "clip"), query, "--k", "4", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert [h["image"] for h in printed] == [h["image"] for h in hits]
+    assert main(["search", str(tmp_path / "nowhere"), query]) == 2
