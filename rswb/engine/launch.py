@@ -163,3 +163,28 @@ def load_trained(run_dir: str | Path, weights: str = "best") -> TaskBundle:
     bundle.task.load_state_dict(load_checkpoint(path)["task"])
     bundle.task.eval()
     return bundle
+
+
+def finished_with(run_dir: str | Path, task_name: str, options: Mapping[str, Any]) -> bool:
+    """Whether ``run_dir`` holds a finished run of ``task_name`` whose saved options include ``options``."""
+    run = RunFolder(run_dir)
+    if not (run.final.exists() and run.config.exists()):
+        return False
+    saved = run.read_config()
+    resolved = {**saved.get("train", {}), **saved.get("task_config", {})}
+    return saved.get("task_name") == task_name and all(k in resolved and resolved[k] == v for k, v in options.items())
+
+
+def train_or_reuse(task_name: str, options: Mapping[str, Any], run_dir: str | Path, device: str | None = None,
+                   progress: bool = True) -> Path:
+    """The run folder ``run_dir``: reused when it holds a finished run with the same options, else (re)trained.
+
+    Notebooks call this so that re-running them only trains what is missing. ``device`` and ``progress`` do not
+    change a run's result, so they are not compared.
+    """
+    run_dir = Path(run_dir)
+    if finished_with(run_dir, task_name, options):
+        return run_dir
+    result = train_task(task_name, {**options, "device": device, "progress": progress}, run_name=run_dir.name,
+                        runs_root=run_dir.parent, overwrite=True)
+    return Path(result.run_dir)

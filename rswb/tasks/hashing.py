@@ -261,18 +261,6 @@ def hash_options(bits: int, profile: str, data_root: str | Path | None, epochs: 
             "cue": bool(cue)}
 
 
-def _finished_with(run_dir: Path, options: dict[str, Any]) -> bool:
-    """Whether ``run_dir`` holds a finished run whose saved options include ``options``."""
-    from rswb.engine.runs import RunFolder
-
-    run = RunFolder(run_dir)
-    if not (run.final.exists() and run.config.exists()):
-        return False
-    saved = run.read_config()
-    resolved = {**saved.get("train", {}), **saved.get("task_config", {})}
-    return saved.get("task_name") == "hash" and all(k in resolved and resolved[k] == v for k, v in options.items())
-
-
 def train_or_load(bits: int, profile: str, data_root: str | Path | None, epochs: int, seed: int,
                   output_dir: str | Path, cue: bool = True, device: str | None = None,
                   progress: bool = True) -> Path:
@@ -297,16 +285,11 @@ def train_or_load(bits: int, profile: str, data_root: str | Path | None, epochs:
     Returns:
         The run folder.
     """
-    from rswb.engine.launch import train_task
+    from rswb.engine.launch import train_or_reuse
 
     options = hash_options(bits, profile, data_root, epochs, seed, cue)
     name = f"{profile}-{int(bits)}bit{'' if cue else '-nocue'}"
-    run_dir = Path(output_dir) / name
-    if _finished_with(run_dir, options):
-        return run_dir
-    result = train_task("hash", {**options, "device": device, "progress": progress}, run_name=name,
-                        runs_root=output_dir, overwrite=True)
-    return Path(result.run_dir)
+    return train_or_reuse("hash", options, Path(output_dir) / name, device=device, progress=progress)
 
 
 def load_codes(run_dir: str | Path, device: str | None = None) -> dict[str, Any]:

@@ -747,3 +747,53 @@ def token_similarity(task: RetrievalTask, split: RetrievalSplit, image: int, que
 
 __all__ += ["QueryEncoder", "encode_queries", "search_image", "search_text", "split_embeddings",
             "token_similarity"]
+
+
+# --- notebook 03: profiles and cached runs per method --------------------------------------------------------------
+
+PROFILES: dict[str, dict[str, Any]] = {
+    # Seconds per run on a 2-core CPU (the papermill test): a small random CNN on 64-px images and the frozen
+    # MiniLM's cached token states, a 32-word tag vocabulary and a short queue.
+    "quick": {"backbone": "small_cnn", "pretrained": False, "image_size": 64, "num_tags": 32, "queue_size": 512,
+              "batch_size": 64},
+    # Frozen ImageNet EfficientNet-Lite0 and MiniLM with cached features (RetrievalConfig's defaults): minutes.
+    "cpu": {},
+    # Both encoders fine-tune (a GPU profile; FISVL's learning-rate schedule).
+    "full": {"freeze_backbone": False, "freeze_text": False},
+}
+"""Option overrides of ``rswb train retrieval`` for each profile of notebook 03 (see :func:`train_or_load`)."""
+
+
+def train_or_load(method: str, profile: str, data_root: str | Path | None, image_root: str | Path | None,
+                  epochs: int, seed: int, output_dir: str | Path, device: str | None = None,
+                  progress: bool = True) -> Path:
+    """The run folder ``output_dir/<profile>-<method>``: reused when finished with the same options, else trained.
+
+    Args:
+        method: ``vsepp``, ``clip``, ``fisvl`` or ``kamcl``.
+        profile: a key of :data:`PROFILES`.
+        data_root: caption folder or JSON (None: the embedded captions).
+        image_root: image folder (None: ``images/`` beside the captions).
+        epochs: training epochs.
+        seed: training seed.
+        output_dir: parent folder of the runs.
+        device: training device (None: the best available).
+        progress: show progress bars.
+
+    Raises:
+        KeyError: an unknown profile.
+    """
+    from rswb.engine.launch import train_or_reuse
+
+    if profile not in PROFILES:
+        raise KeyError(f"unknown profile {profile!r}; use one of {', '.join(PROFILES)}")
+
+    def absolute(p: str | Path | None) -> str | None:
+        return str(Path(p).expanduser().resolve()) if p is not None else None
+
+    options = {**PROFILES[profile], "method": method, "data": absolute(data_root), "images": absolute(image_root),
+               "epochs": int(epochs), "seed": int(seed)}
+    return train_or_reuse("retrieval", options, Path(output_dir) / f"{profile}-{method}", device, progress)
+
+
+__all__ += ["PROFILES", "train_or_load"]

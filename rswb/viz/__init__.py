@@ -24,8 +24,26 @@ from rswb.viz.pha import (
     summarize_versions,
     version_picker,
 )
+from rswb.viz.retrieval import (
+    failure_cases,
+    plot_caption_examples,
+    plot_failure_cases,
+    plot_search_hits,
+    plot_similarity_matrix,
+    plot_token_similarity,
+    plot_training_curves,
+    search_widget,
+)
 
 __all__ = [
+    "failure_cases",
+    "plot_caption_examples",
+    "plot_failure_cases",
+    "plot_search_hits",
+    "plot_similarity_matrix",
+    "plot_token_similarity",
+    "plot_training_curves",
+    "search_widget",
     "dictionary_codes",
     "gallery_widget",
     "hamming_ranking",

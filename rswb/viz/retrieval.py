@@ -1,0 +1,206 @@
+"""Figures and widgets of notebook 03 (image-text retrieval); every plotting function returns its Figure."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rswb.data.scenes import load_image
+from rswb.metrics.retrieval import retrieval_ranks_from_embeddings
+
+__all__ = [
+    "failure_cases", "plot_caption_examples", "plot_failure_cases", "plot_search_hits", "plot_similarity_matrix",
+    "plot_token_similarity", "plot_training_curves", "search_widget",
+]
+
+
+def _captions_of(split, image: int) -> list[str]:
+    return [split.captions[j] for j in np.flatnonzero(split.caption_to_image == image)]
+
+
+def _wrap(text: str, width: int = 38) -> str:
+    return "\n".join(textwrap.wrap(text, width))
+
+
+def plot_caption_examples(split, images: Sequence[int] = (0, 1, 2, 3), size: int = 256):
+    """A few images of a split, each with all its captions underneath."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(images), figsize=(3.6 * len(images), 5.2), squeeze=False)
+    for ax, i in zip(axes[0], images):
+        ax.imshow(load_image(split.image_paths[i], size))
+        ax.set_title(Path(split.image_paths[i]).name, fontsize=9)
+        ax.set_xlabel("\n".join(_wrap(f"- {c}", 44) for c in _captions_of(split, i)), fontsize=7, loc="left")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    return fig
+
+
+def plot_training_curves(runs: Mapping[str, str | Path], metric: str = "val_mR"):
+    """Per method: the training loss and a validation metric per epoch, read from each run's ``metrics.jsonl``."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    for name, run in runs.items():
+        hist = [json.loads(line) for line in Path(run, "metrics.jsonl").read_text().splitlines() if line.strip()]
+        epochs = [h["epoch"] for h in hist]
+        axes[0].plot(epochs, [h["train_loss"] for h in hist], marker="o", label=name)
+        axes[1].plot(epochs, [h.get(metric, np.nan) for h in hist], marker="o", label=name)
+    axes[0].set(title="training loss (weighted sum of the *_loss terms)", xlabel="epoch", yscale="log")
+    axes[1].set(title=f"validation {metric.removeprefix('val_')}", xlabel="epoch")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_similarity_matrix(embeddings: Mapping[str, torch.Tensor], split, n_images: int = 10):
+    """Cosine similarity of the first ``n_images`` test images (rows) with all their captions (columns).
+
+    The ground-truth blocks are outlined: a good model is bright inside them and dark elsewhere.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    n = min(n_images, split.num_images)
+    cols = np.flatnonzero(split.caption_to_image < n)
+    cols = cols[np.argsort(split.caption_to_image[cols], kind="stable")]
+    sim = (embeddings["image"][:n] @ embeddings["text"][cols].t()).numpy()
+    fig, ax = plt.subplots(figsize=(min(14, 0.25 * len(cols) + 3), 0.4 * n + 2))
+    im = ax.imshow(sim, cmap="viridis", aspect="auto")
+    owners = split.caption_to_image[cols]
+    for i in range(n):
+        idx = np.flatnonzero(owners == i)
+        if len(idx):
+            ax.add_patch(Rectangle((idx[0] - 0.5, i - 0.5), len(idx), 1, fill=False, ec="white", lw=1.5))
+    ax.set(xlabel="captions (grouped by their image)", ylabel="image", title="image-caption cosine similarity")
+    ax.set_yticks(range(n))
+    fig.colorbar(im, ax=ax, fraction=0.03)
+    fig.tight_layout()
+    return fig
+
+
+def plot_search_hits(hits: Sequence[dict[str, Any]], query: str, truth: int | None = None, size: int = 200):
+    """The images :func:`rswb.tasks.retrieval.search_text` returned, best first, with their scores.
+
+    ``truth``: the image the query belongs to (a test caption), framed green when found, and the others red.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(hits), figsize=(2.6 * len(hits), 3.2), squeeze=False)
+    for ax, h in zip(axes[0], hits):
+        ax.imshow(load_image(h["path"], size))
+        ax.set_title(f"#{h['rank']}  {h['score']:.3f}\n{Path(h['path']).name}", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if truth is not None:
+            color = "tab:green" if h["image"] == truth else "tab:red"
+            for side in ax.spines.values():
+                side.set(color=color, linewidth=3)
+    fig.suptitle(_wrap(f"query: {query}", 100), fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_token_similarity(image_path: str | Path, heat: np.ndarray, query: str, size: int = 256):
+    """The image, and the per-location similarity with the query (bilinear upsampled) laid over it."""
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    img = load_image(image_path, size)
+    lo, hi = float(heat.min()), float(heat.max())
+    up = np.asarray(Image.fromarray(((heat - lo) / max(hi - lo, 1e-12) * 255).astype(np.uint8)).resize(
+        (img.shape[1], img.shape[0]), Image.BILINEAR), dtype=np.float32) / 255.0
+    fig, axes = plt.subplots(1, 2, figsize=(8, 4.3))
+    axes[0].imshow(img)
+    axes[0].set_title(Path(image_path).name, fontsize=9)
+    axes[1].imshow(img)
+    over = axes[1].imshow(up * (hi - lo) + lo, cmap="jet", alpha=0.45, vmin=lo, vmax=hi)
+    axes[1].set_title(_wrap(f"similarity with: {query}", 50), fontsize=9)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(over, ax=axes[1], fraction=0.046)
+    fig.tight_layout()
+    return fig
+
+
+def failure_cases(embeddings: Mapping[str, torch.Tensor], split, n: int = 4) -> list[dict[str, Any]]:
+    """The ``n`` captions whose own image ranks worst in text-to-image search (ties: the first captions).
+
+    Returns:
+        ``[{"caption", "index", "truth", "rank", "top"}]``: the caption, its index, its image, that image's 1-based
+        rank, and the image ranked first instead.
+    """
+    _, t2i = retrieval_ranks_from_embeddings(embeddings["image"], embeddings["text"], split.caption_to_image)
+    worst = np.argsort(-t2i, kind="stable")[:n]
+    top = (embeddings["text"][torch.as_tensor(worst)] @ embeddings["image"].t()).argmax(1).numpy()
+    return [{"caption": split.captions[j], "index": int(j), "truth": int(split.caption_to_image[j]),
+             "rank": int(t2i[j]) + 1, "top": int(t)} for j, t in zip(worst, top)]
+
+
+def plot_failure_cases(cases: Sequence[dict[str, Any]], split, size: int = 180):
+    """For each failure: the caption, its true image and the image the model ranked first instead."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(cases), 2, figsize=(6.5, 3.0 * len(cases)), squeeze=False)
+    for row, case in zip(axes, cases):
+        for ax, key, label in ((row[0], "truth", f"its image (rank {case['rank']})"), (row[1], "top", "ranked #1")):
+            ax.imshow(load_image(split.image_paths[case[key]], size))
+            ax.set_title(f"{label}: {Path(split.image_paths[case[key]]).name}", fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        row[0].set_ylabel(_wrap(case["caption"], 30), fontsize=8, rotation=0, ha="right", va="center")
+    fig.tight_layout()
+    return fig
+
+
+def search_widget(task, split, embeddings: Mapping[str, torch.Tensor], k: int = 5, query: str = ""):
+    """An interactive search: type a caption to see the top-``k`` images, or pick an image to see its top captions.
+
+    Returns the ipywidgets box (display it as a cell's last expression); headless runs show its initial state.
+    """
+    import ipywidgets as w
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+
+    from rswb.tasks.retrieval import search_image, search_text
+
+    box = w.Text(value=query, placeholder="a caption, e.g. many buildings near a green park",
+                 description="text:", layout=w.Layout(width="70%"), continuous_update=False)
+    go = w.Button(description="search images")
+    pick = w.Dropdown(options=[(f"{i}: {Path(p).name}", i) for i, p in enumerate(split.image_paths)],
+                      description="image:")
+    out = w.Output()
+
+    def show_text(_=None):
+        with out:
+            out.clear_output(wait=True)
+            if box.value.strip():
+                hits = search_text(task, split, box.value, k=k, embeddings=embeddings)
+                display(plot_search_hits(hits, box.value))
+                plt.close("all")
+
+    def show_image(change=None):
+        with out:
+            out.clear_output(wait=True)
+            i = pick.value
+            fig, ax = plt.subplots(figsize=(3, 3))
+            ax.imshow(load_image(split.image_paths[i], 200))
+            ax.axis("off")
+            display(fig)
+            plt.close(fig)
+            for c in search_image(task, split, i, k=k, embeddings=embeddings):
+                print(f"#{c['rank']} {c['score']:.3f} {'(its own) ' if c['own'] else ''}{c['caption']}")
+
+    go.on_click(show_text)
+    box.observe(show_text, names="value")  # Enter (or leaving the box) searches, as the button does
+    pick.observe(show_image, names="value")
+    show_text()
+    return w.VBox([w.HBox([box, go]), pick, out])

@@ -1,0 +1,46 @@
+"""Notebook 03 (image-text retrieval) runs headless under papermill on the embedded captions in the quick profile."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+papermill = pytest.importorskip("papermill")
+pytest.importorskip("ipykernel")
+pytest.importorskip("ipywidgets")
+
+from tests.notebooks.helpers import error_outputs, run_notebook  # noqa: E402
+
+NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "03_retrieval_training.ipynb"
+
+
+def test_committed_notebook_is_thin_and_stripped():
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1
+    names = {line.split("=")[0].strip() for line in tagged[0].source.splitlines() if "=" in line}
+    assert {"DATA_ROOT", "IMAGE_ROOT", "METHODS", "EPOCHS", "PROFILE", "DEVICE", "SEED", "OUTPUT_DIR"} <= names
+    assert all(n.isupper() for n in names)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code)
+    assert "metrics.json" in code[-1].source
+
+
+def test_notebook_03_runs_on_embedded_captions(tmp_path, monkeypatch):
+    monkeypatch.setenv("RSWB_CACHE_DIR", str(tmp_path / "cache"))  # inherited by the kernel
+    monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel keeps Jupyter's inline backend
+    output_dir = tmp_path / "runs"
+    params = {"METHODS": ["clip", "fisvl", "kamcl"], "EPOCHS": 2, "PROFILE": "quick", "OUTPUT_DIR": str(output_dir)}
+    nb = run_notebook(NOTEBOOK, tmp_path / "03_out.ipynb", tmp_path, **params)
+    assert error_outputs(nb) == []
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    assert metrics["profile"] == "quick" and set(metrics["methods"]) == {"clip", "fisvl", "kamcl"}
+    for m in metrics["methods"].values():
+        assert {"i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "mR", "best_epoch"} <= set(m)
+        assert all(0.0 <= m[k] <= 100.0 for k in m if "R" in k)
+    # Figures: data glance, curves, similarity matrix, search hits, token similarity, failure cases.
+    images = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert images >= 6
