@@ -33,7 +33,7 @@ from rswb.registry import create_model, register_model
 
 __all__ = [
     "FGIS", "METHODS", "DualEncoder", "HierarchicalAggregator", "RetrievalNet", "SceneFineGrainedBranch",
-    "dual_encoder", "feature_levels", "level_channels", "retrieval_net",
+    "dual_encoder", "feature_levels", "level_channels", "make_backbone", "make_text_encoder", "retrieval_net",
 ]
 
 METHODS = ("vsepp", "clip", "fisvl", "kamcl")
@@ -372,12 +372,45 @@ class RetrievalNet(nn.Module):
         return {**self.image_head(self._levels(batch)), **self.text_head(states, mask, batch.get("tags"))}
 
 
+def make_backbone(name: str, pretrained: bool = True, path: str | None = None) -> nn.Module:
+    """A registered backbone by name.
+
+    ``efficientnet_lite0`` (ImageNet weights when ``pretrained``), ``small_cnn``, or ``hf_backbone`` (a local Hugging
+    Face checkpoint folder ``path``).
+    """
+    if name == "hf_backbone":
+        if not path:
+            raise ValueError("the hf_backbone needs the checkpoint folder (--backbone-path)")
+        return create_model(name, path=path)
+    return create_model(name, pretrained=pretrained) if name == "efficientnet_lite0" else create_model(name)
+
+
+def make_text_encoder(name: str, freeze: bool = True, path: str | None = None, vocab_size: int | None = None,
+                      max_length: int = 64) -> nn.Module:
+    """A text encoder with ``token_states`` by name.
+
+    ``minilm`` (offline), ``hf_text`` (a local checkpoint folder ``path``) or ``gru_text`` (``vocab_size`` words).
+    """
+    if name == "minilm":
+        return create_model("minilm", freeze=freeze, max_length=max_length)
+    if name == "hf_text":
+        if not path:
+            raise ValueError("the hf_text encoder needs the checkpoint folder (--text-path)")
+        return create_model("hf_text", path=path, freeze=freeze, max_length=max_length)
+    if name == "gru_text":
+        if vocab_size is None:
+            raise ValueError("the GRU text encoder needs vocab_size")
+        return create_model("gru_text", vocab_size=vocab_size)
+    raise ValueError(f"unknown text encoder {name!r}; use minilm, hf_text or gru_text")
+
+
 @register_model
 def retrieval_net(method: str = "clip", channels: dict[str, int] | None = None, text_dim: int = 384,
                   embed_dim: int = 512, local_branch: bool = True, fgis_steps: int = 2, hierarchical: bool = True,
                   num_tags: int = 0, backbone: str | None = None, pretrained: bool = True,
                   text_encoder: str | None = None, freeze_text: bool = True,
-                  vocab_size: int | None = None) -> RetrievalNet:
+                  vocab_size: int | None = None, backbone_path: str | None = None,
+                  text_path: str | None = None) -> RetrievalNet:
     """A retrieval method's model (``vsepp``, ``clip``, ``fisvl``, ``kamcl``; see :class:`RetrievalNet`).
 
     Args:
@@ -391,27 +424,21 @@ def retrieval_net(method: str = "clip", channels: dict[str, int] | None = None, 
         num_tags: KAMCL's tag vocabulary size (0: no knowledge-aided parts).
         backbone: registered backbone to fine-tune inside the model (``None``: cached levels).
         pretrained: load the backbone's ImageNet weights.
-        text_encoder: ``minilm`` or ``gru_text`` inside the model (``None``: cached states).
-        freeze_text: keep MiniLM's transformer fixed.
+        text_encoder: ``minilm``, ``hf_text`` or ``gru_text`` inside the model (``None``: cached states).
+        freeze_text: keep the pretrained text transformer fixed.
         vocab_size: vocabulary size of ``gru_text``.
+        backbone_path: checkpoint folder of ``hf_backbone``.
+        text_path: checkpoint folder of ``hf_text``.
     """
     bb = None
     if backbone is not None:
-        bb = (create_model(backbone, pretrained=pretrained) if backbone == "efficientnet_lite0"
-              else create_model(backbone))
+        bb = make_backbone(backbone, pretrained, backbone_path)
         channels = level_channels(bb)
     if channels is None:
         raise ValueError("pass the feature-level channels of the cached features, or a backbone")
     txt = None
-    if text_encoder == "minilm":
-        txt = create_model("minilm", freeze=freeze_text)
-    elif text_encoder == "gru_text":
-        if vocab_size is None:
-            raise ValueError("the GRU text encoder needs vocab_size")
-        txt = create_model("gru_text", vocab_size=vocab_size)
-    elif text_encoder is not None:
-        raise ValueError(f"unknown text encoder {text_encoder!r}; use minilm or gru_text")
-    if txt is not None:
+    if text_encoder is not None:
+        txt = make_text_encoder(text_encoder, freeze_text, text_path, vocab_size)
         text_dim = txt.state_dim
     return RetrievalNet(method, channels, text_dim, embed_dim, local_branch, fgis_steps, hierarchical, num_tags,
                         backbone=bb, text_encoder=txt)

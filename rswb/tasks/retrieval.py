@@ -61,9 +61,17 @@ from rswb.losses.retrieval import (
 )
 from rswb.metrics.retrieval import retrieval_metrics_from_embeddings
 from rswb.models.momentum import FeatureQueue, MomentumEncoder
-from rswb.models.retrieval import METHODS, RetrievalNet, feature_levels, level_channels, retrieval_net
+from rswb.models.retrieval import (
+    METHODS,
+    RetrievalNet,
+    feature_levels,
+    level_channels,
+    make_backbone,
+    make_text_encoder,
+    retrieval_net,
+)
 from rswb.models.text import Vocabulary
-from rswb.registry import create_model, register_task
+from rswb.registry import register_task
 
 __all__ = ["RetrievalConfig", "RetrievalData", "RetrievalSplit", "RetrievalTask", "prepare_data", "retrieval_task"]
 
@@ -79,8 +87,10 @@ class RetrievalConfig:
     backbone: str = option("efficientnet_lite0", "registered image backbone (efficientnet_lite0 | small_cnn)")
     pretrained: bool = option(True, "load the backbone's ImageNet weights")
     freeze_backbone: bool = option(True, "train on cached frozen image features (CPU profile)")
-    text_encoder: str = option("minilm", "minilm (pretrained, offline) | gru_text (vocabulary from train captions)")
-    freeze_text: bool = option(True, "keep MiniLM frozen and train on its cached token states")
+    backbone_path: str | None = option(None, "checkpoint folder of --backbone hf_backbone (Swin, ResNet, ...)")
+    text_encoder: str = option("minilm", "minilm (offline) | hf_text (--text-path) | gru_text (train vocabulary)")
+    text_path: str | None = option(None, "checkpoint folder of --text-encoder hf_text (BERT, ...)")
+    freeze_text: bool = option(True, "keep the text transformer frozen and train on its cached token states")
     image_size: int = option(224, "images are resized to this square size")
     embed_dim: int = option(512, "joint embedding size")
     max_words: int = option(30, "captions are cut to this many words")
@@ -430,8 +440,7 @@ def prepare_data(cfg: RetrievalConfig, progress: bool = True) -> RetrievalData:
     channels, backbone = None, None
     levels: dict[str, dict[str, torch.Tensor] | None] = {s: None for s in paths}
     if cfg.freeze_backbone:
-        backbone = (create_model(cfg.backbone, pretrained=cfg.pretrained) if cfg.backbone == "efficientnet_lite0"
-                    else create_model(cfg.backbone))
+        backbone = make_backbone(cfg.backbone, cfg.pretrained, cfg.backbone_path)
         channels = level_channels(backbone)
         for split, ps in paths.items():
             key = digest(("levels", cfg.backbone, cfg.image_size), [backbone], ps)
@@ -443,14 +452,14 @@ def prepare_data(cfg: RetrievalConfig, progress: bool = True) -> RetrievalData:
     text_cache: dict[str, dict[str, torch.Tensor]] = {}
     vocab, encoder = None, None
     split_caps = {"train": train_cs.captions, "val": val_cs.captions, "test": test_cs.captions}
-    if cfg.text_encoder == "minilm":
-        encoder = create_model("minilm", freeze=True, max_length=2 * cfg.max_words)
+    if cfg.text_encoder in ("minilm", "hf_text"):
+        encoder = make_text_encoder(cfg.text_encoder, True, cfg.text_path, max_length=2 * cfg.max_words)
         text_dim = encoder.state_dim
         for split, caps in split_caps.items():
             if cfg.freeze_text:
                 key = digest(("states", encoder.max_length), [encoder], texts=caps)
-                path = cache_root(cfg.cache_dir) / "text" / f"minilm-{key}.pt"
-                desc = f"MiniLM token states ({split}, {len(caps)} captions)"
+                path = cache_root(cfg.cache_dir) / "text" / f"{cfg.text_encoder}-{key}.pt"
+                desc = f"{cfg.text_encoder} token states ({split}, {len(caps)} captions)"
                 text_cache[split] = cached(path, lambda caps=caps, desc=desc: _extract_states(encoder, caps, desc))
             else:
                 toks = encoder.tokenize(caps)
@@ -463,7 +472,7 @@ def prepare_data(cfg: RetrievalConfig, progress: bool = True) -> RetrievalData:
             ids, mask = vocab.encode(caps, max_length=cfg.max_words)
             text_cache[split] = {"tokens": {"input_ids": ids, "attention_mask": mask}}
     else:
-        raise ValueError(f"unknown text encoder {cfg.text_encoder!r}; use minilm or gru_text")
+        raise ValueError(f"unknown text encoder {cfg.text_encoder!r}; use minilm, hf_text or gru_text")
     queries = QueryEncoder(vocab_tags, cfg.max_words, minilm=encoder, vocab=vocab, states=cfg.freeze_text)
 
     def build(cs: CaptionSet, train: bool) -> RetrievalSplit:
@@ -616,14 +625,15 @@ def retrieval_task(cfg: RetrievalConfig) -> TaskBundle:
     if cfg.method not in METHODS:
         raise ValueError(f"unknown method {cfg.method!r}; use one of {', '.join(METHODS)}")
     data = prepare_data(cfg)
-    frozen = cfg.freeze_backbone and (cfg.text_encoder == "minilm" and cfg.freeze_text)
+    cached_text = cfg.text_encoder in ("minilm", "hf_text") and cfg.freeze_text
+    frozen = cfg.freeze_backbone and cached_text
     model = retrieval_net(
         cfg.method, channels=data.channels, text_dim=data.text_dim, embed_dim=cfg.embed_dim,
         local_branch=cfg.local_branch, fgis_steps=cfg.fgis_steps, hierarchical=cfg.hierarchical,
         num_tags=len(data.tag_vocabulary), backbone=None if cfg.freeze_backbone else cfg.backbone,
-        pretrained=cfg.pretrained,
-        text_encoder=None if (cfg.text_encoder == "minilm" and cfg.freeze_text) else cfg.text_encoder,
-        freeze_text=cfg.freeze_text, vocab_size=len(data.vocab) if data.vocab is not None else None)
+        pretrained=cfg.pretrained, text_encoder=None if cached_text else cfg.text_encoder,
+        freeze_text=cfg.freeze_text, vocab_size=len(data.vocab) if data.vocab is not None else None,
+        backbone_path=cfg.backbone_path, text_path=cfg.text_path)
     info = {"method": cfg.method, "version": _version(cfg), "data": f"{data.root.name}"}
     task = RetrievalTask(model, cfg, info)
     defaults = ({"epochs": 10, "batch_size": 128, "lr": 1e-3, "weight_decay": 0.01, "schedule": "cosine",
