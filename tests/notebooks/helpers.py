@@ -28,3 +28,21 @@ def error_outputs(nb: nbformat.NotebookNode) -> list[str]:
     """``"Name: message"`` of every error output of an executed notebook."""
     return [f"{o.get('ename')}: {o.get('evalue')}" for c in nb.cells if c.cell_type == "code"
             for o in c.get("outputs", []) if o.get("output_type") == "error"]
+
+
+def check_committed(path: Path) -> tuple[set[str], nbformat.NotebookNode]:
+    """Assert the house rules of a committed notebook and return its parameter names and the notebook.
+
+    One ``parameters`` cell of upper-case names, no outputs or execution counts, a markdown introduction first, and
+    ``metrics.json`` written by the last code cell.
+    """
+    nb = nbformat.read(path, as_version=4)
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1
+    names = {line.split("=")[0].strip() for line in tagged[0].source.splitlines() if "=" in line}
+    assert all(n.isupper() for n in names)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code)
+    assert "metrics.json" in code[-1].source
+    assert nb.cells[0].cell_type == "markdown"
+    return names, nb

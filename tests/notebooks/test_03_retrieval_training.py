@@ -5,28 +5,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import nbformat
 import pytest
 
 papermill = pytest.importorskip("papermill")
 pytest.importorskip("ipykernel")
 pytest.importorskip("ipywidgets")
 
-from tests.notebooks.helpers import error_outputs, run_notebook  # noqa: E402
+from tests.notebooks.helpers import check_committed, error_outputs, run_notebook  # noqa: E402
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "03_retrieval_training.ipynb"
 
 
 def test_committed_notebook_is_thin_and_stripped():
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-    assert len(tagged) == 1
-    names = {line.split("=")[0].strip() for line in tagged[0].source.splitlines() if "=" in line}
+    names, nb = check_committed(NOTEBOOK)
     assert {"DATA_ROOT", "IMAGE_ROOT", "METHODS", "EPOCHS", "PROFILE", "DEVICE", "SEED", "OUTPUT_DIR"} <= names
-    assert all(n.isupper() for n in names)
-    code = [c for c in nb.cells if c.cell_type == "code"]
-    assert all(not c.outputs and c.execution_count is None for c in code)
-    assert "metrics.json" in code[-1].source
 
 
 def test_notebook_03_runs_on_embedded_captions(tmp_path, monkeypatch):

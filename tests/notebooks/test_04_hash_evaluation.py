@@ -12,7 +12,7 @@ import pytest
 papermill = pytest.importorskip("papermill")
 pytest.importorskip("ipykernel")
 
-from tests.notebooks.helpers import error_outputs, run_notebook  # noqa: E402
+from tests.notebooks.helpers import check_committed, error_outputs, run_notebook  # noqa: E402
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "04_hash_evaluation.ipynb"
 
@@ -27,15 +27,8 @@ def test_notebook_kernel_is_the_test_interpreter(tmp_path):
 
 
 def test_committed_notebook_is_thin_and_stripped():
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-    assert len(tagged) == 1
-    names = {line.split("=")[0].strip() for line in tagged[0].source.splitlines() if "=" in line}
+    names, nb = check_committed(NOTEBOOK)
     assert {"DATA_ROOT", "BITS", "EPOCHS", "PROFILE", "DEVICE", "SEED", "OUTPUT_DIR", "TOP_K"} <= names
-    assert all(n.isupper() for n in names)
-    code = [c for c in nb.cells if c.cell_type == "code"]
-    assert all(not c.outputs and c.execution_count is None for c in code)
-    assert "metrics.json" in code[-1].source
 
 
 def test_notebook_04_runs_on_embedded_scenes(tmp_path, monkeypatch):

@@ -98,13 +98,18 @@ def test_a_training_batch_holds_each_captions_own_image(data):
     assert b["tag_targets"].shape == (4, 32) and b["tags"].shape == (4, 32) and b["value"].shape == (4,)
 
 
-def test_validation_images_are_carved_from_train_when_the_set_has_no_val_split(cache, tmp_path):
-    root = ensure_embedded("captions")
-    dst = tmp_path / "captions"
+def precomp_without_val(root, dst):
+    """A copy of the embedded precomp train/test files only (no val split, no JSON, no images)."""
     dst.mkdir()
     for split in ("train", "test"):
         for kind in ("caps", "filename"):
             shutil.copy(root / f"{split}_{kind}.txt", dst / f"{split}_{kind}.txt")
+    return dst
+
+
+def test_validation_images_are_carved_from_train_when_the_set_has_no_val_split(cache, tmp_path):
+    root = ensure_embedded("captions")
+    dst = precomp_without_val(root, tmp_path / "captions")
     d = prepare_data(RetrievalConfig(data=str(dst), images=str(root / "images"), num_tags=0, val_fraction=0.2,
                                      **QUICK))
     n = read_captions(root, "train").num_images
@@ -116,11 +121,7 @@ def test_validation_images_are_carved_from_train_when_the_set_has_no_val_split(c
 
 def test_errors_name_the_problem(cache, tmp_path):
     root = ensure_embedded("captions")
-    dst = tmp_path / "noimages"
-    dst.mkdir()
-    for split in ("train", "test"):
-        for kind in ("caps", "filename"):
-            shutil.copy(root / f"{split}_{kind}.txt", dst / f"{split}_{kind}.txt")
+    dst = precomp_without_val(root, tmp_path / "noimages")
     with pytest.raises(DatasetNotFoundError, match="--images"):
         prepare_data(RetrievalConfig(data=str(dst), **QUICK))
     flat = tmp_path / "flat"
