@@ -2,8 +2,8 @@
 
 Every (variant, seed) is one ``rswb train retrieval`` run with the same backbone, text encoder, epochs and batch
 size (the task's defaults unless ``--extra`` changes them); finished runs are reused. A variant is a method plus
-option overrides (``VARIANTS``). Writes ``benchmarks/results/retrieval_<tag>.json`` and ``retrieval_<tag>_table.md``
-(the test table: mean +- std over seeds, and the median training time of a run).
+option overrides (``VARIANTS``). Writes ``benchmarks/results/<out>.json`` and ``<out>_table.md`` (``--out``,
+default ``retrieval_<tag>``): the test table, mean +- std over seeds, and the median training time of a run.
 
 Usage::
 
@@ -95,14 +95,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--runs-root", default="runs/retrieval")
     p.add_argument("--extra", nargs="*", default=[], help="more options as key=value (e.g. epochs=20)")
+    p.add_argument("--out", default=None, help="result file stem (default: retrieval_<tag>)")
     a = p.parse_args(argv)
     extra = {k: parse_value(v) for k, v in (kv.split("=", 1) for kv in a.extra)}
     results = run(a.tag, a.data, a.images, a.variants, a.seeds, a.runs_root, extra)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"retrieval_{a.tag}.json").write_text(json.dumps(results, indent=1))
+    stem = a.out or f"retrieval_{a.tag}"
+    (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=1))
     cmd = "python -m benchmarks.retrieval_ucm " + " ".join(argv if argv is not None else sys.argv[1:])
     text = f"Command: `{cmd}`\n\n" + table(results) + "\n"
-    (RESULTS / f"retrieval_{a.tag}_table.md").write_text(text)
+    (RESULTS / f"{stem}_table.md").write_text(text)
     print(text)
 
 

@@ -1,5 +1,16 @@
 """Figures and widgets the notebooks use; every plotting function returns its matplotlib Figure."""
 
+from rswb.viz.data import (
+    band_statistics,
+    class_pixel_counts,
+    load_for_inspection,
+    plot_band_histograms,
+    plot_caption_statistics,
+    plot_captioned_images,
+    plot_class_balance,
+    plot_registration,
+    plot_scene_grid,
+)
 from rswb.viz.hashing import (
     gallery_widget,
     hamming_ranking,
@@ -36,6 +47,15 @@ from rswb.viz.retrieval import (
 )
 
 __all__ = [
+    "band_statistics",
+    "class_pixel_counts",
+    "load_for_inspection",
+    "plot_band_histograms",
+    "plot_caption_statistics",
+    "plot_captioned_images",
+    "plot_class_balance",
+    "plot_registration",
+    "plot_scene_grid",
     "failure_cases",
     "plot_caption_examples",
     "plot_failure_cases",

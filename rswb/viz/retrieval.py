@@ -13,6 +13,7 @@ import torch
 
 from rswb.data.scenes import load_image
 from rswb.metrics.retrieval import retrieval_ranks_from_embeddings
+from rswb.viz.data import plot_captioned_images
 
 __all__ = [
     "failure_cases", "plot_caption_examples", "plot_failure_cases", "plot_search_hits", "plot_similarity_matrix",
@@ -30,17 +31,8 @@ def _wrap(text: str, width: int = 38) -> str:
 
 def plot_caption_examples(split, images: Sequence[int] = (0, 1, 2, 3), size: int = 256):
     """A few images of a split, each with all its captions underneath."""
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(images), figsize=(3.6 * len(images), 5.2), squeeze=False)
-    for ax, i in zip(axes[0], images):
-        ax.imshow(load_image(split.image_paths[i], size))
-        ax.set_title(Path(split.image_paths[i]).name, fontsize=9)
-        ax.set_xlabel("\n".join(_wrap(f"- {c}", 44) for c in _captions_of(split, i)), fontsize=7, loc="left")
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.tight_layout()
-    return fig
+    return plot_captioned_images([split.image_paths[i] for i in images], [_captions_of(split, i) for i in images],
+                                 size)
 
 
 def plot_training_curves(runs: Mapping[str, str | Path], metric: str = "val_mR"):
