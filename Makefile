@@ -17,11 +17,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt -e '.[all,dev]'
 	@touch $(STAMP)
 
-demo: $(STAMP)  ## generate the embedded data and print its validated summaries
+demo: $(STAMP)  ## the notebook suite, quick profile, on the embedded data: reports/<timestamp>/index.html
 	$(BIN)/rswb data synth
-	$(BIN)/rswb data check data/embedded/mspan
-	$(BIN)/rswb data check data/embedded/scenes
-	$(BIN)/rswb data check data/embedded/captions
+	$(BIN)/rswb notebooks run --profile quick
 
 test: $(STAMP) lint  ## lint, then the whole test suite (real-data tests skip with a reason without ../shared/data)
 	$(BIN)/python -m pytest

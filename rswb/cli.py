@@ -120,6 +120,25 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_notebooks_run(args: argparse.Namespace) -> int:
+    import yaml
+
+    from rswb.notebooks import run_suite
+
+    params = {}
+    for item in args.param:
+        if "=" not in item:
+            raise ValueError(f"--param {item!r}: expected KEY=VALUE")
+        key, value = item.split("=", 1)
+        params[key] = yaml.safe_load(value)
+    report, results = run_suite(args.profile, args.only, params, args.reports)
+    print(f"report: {report / 'index.html'}")
+    failed = [r for r in results if r.status != "ok"]
+    for r in failed:
+        print(f"rswb notebooks: {r.name} failed: {r.error}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def _cmd_runs_list(args: argparse.Namespace) -> int:
     from rswb.engine.runs import format_table, list_runs
 
@@ -225,6 +244,16 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--json", action="store_true", help="print the hits as JSON")
     se.set_defaults(func=_cmd_search)
 
+    nbs = sub.add_parser("notebooks", help="run the notebook suite headless into an HTML report")
+    nbs_sub = nbs.add_subparsers(dest="notebooks_command", metavar="ACTION", required=True)
+    nr = nbs_sub.add_parser("run", help="execute the notebooks with papermill into reports/<timestamp>/")
+    nr.add_argument("--profile", default="quick", help="quick (CI, embedded data) | full (the real schedules, GPU)")
+    nr.add_argument("--only", nargs="+", default=None, metavar="NB", help="notebooks to run, e.g. 02 04")
+    nr.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a parameter in every notebook that has it (YAML value; repeatable)")
+    nr.add_argument("--reports", default="reports", help="parent folder of the report folders (default: reports)")
+    nr.set_defaults(func=_cmd_notebooks_run)
+
     runs = sub.add_parser("runs", help="list and compare run folders")
     runs_sub = runs.add_subparsers(dest="runs_command", metavar="ACTION", required=True)
     rl = runs_sub.add_parser("list", help="one line per run under --root")
@@ -257,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rswb: data error: {err}", file=sys.stderr)
         return 2
     except (KeyError, ValueError, FileNotFoundError, FileExistsError) as err:
-        if args.command not in ("train", "runs", "eval", "search"):
+        if args.command not in ("train", "runs", "eval", "search", "notebooks"):
             raise
         # Bad options, unknown tasks or runs, an existing run folder: one clear line, not a traceback.
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
