@@ -139,6 +139,14 @@ def _cmd_notebooks_run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _cmd_notebooks_baseline(args: argparse.Namespace) -> int:
+    from rswb.notebooks import BASELINES, write_baselines
+
+    path = write_baselines(args.report, args.out or BASELINES)
+    print(f"baselines written: {path}")
+    return 0
+
+
 def _cmd_runs_list(args: argparse.Namespace) -> int:
     from rswb.engine.runs import format_table, list_runs
 
@@ -253,6 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="override a parameter in every notebook that has it (YAML value; repeatable)")
     nr.add_argument("--reports", default="reports", help="parent folder of the report folders (default: reports)")
     nr.set_defaults(func=_cmd_notebooks_run)
+    nb_base = nbs_sub.add_parser("baseline", help="write tests/notebooks/baselines.yaml from a quick-profile report")
+    nb_base.add_argument("report", help="a report folder of `rswb notebooks run --profile quick`")
+    nb_base.add_argument("--out", default=None, help="baselines file (default: tests/notebooks/baselines.yaml)")
+    nb_base.set_defaults(func=_cmd_notebooks_baseline)
 
     runs = sub.add_parser("runs", help="list and compare run folders")
     runs_sub = runs.add_subparsers(dest="runs_command", metavar="ACTION", required=True)

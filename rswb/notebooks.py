@@ -23,17 +23,17 @@ from typing import Any
 
 from rswb.config import atomic_write_text
 
-__all__ = ["NOTEBOOKS", "PROFILES", "NotebookResult", "flatten_metrics", "notebook_parameters", "run_suite",
-           "write_index"]
+__all__ = ["BASELINES", "NOTEBOOKS", "PROFILES", "NotebookResult", "compare_to_baselines", "flatten_metrics",
+           "load_baselines", "make_baselines", "notebook_parameters", "run_suite", "tolerance", "write_index"]
 
 NOTEBOOKS = ("01_data_inspection", "02_pha_versions", "03_retrieval_training", "04_hash_evaluation")
 
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "quick": {
         "01_data_inspection": {},
-        "02_pha_versions": {"PROFILE": "quick", "VERSIONS": ["pan_only", "pha_v1", "pha_v5"], "EPOCHS": 3},
-        "03_retrieval_training": {"PROFILE": "quick", "METHODS": ["vsepp", "clip", "fisvl", "kamcl"], "EPOCHS": 3},
-        "04_hash_evaluation": {"PROFILE": "quick", "BITS": [16, 32, 64], "EPOCHS": 5},
+        "02_pha_versions": {"PROFILE": "quick", "VERSIONS": ["pan_only", "pha_v1", "pha_v5"], "EPOCHS": 2},
+        "03_retrieval_training": {"PROFILE": "quick", "METHODS": ["vsepp", "clip", "fisvl", "kamcl"], "EPOCHS": 2},
+        "04_hash_evaluation": {"PROFILE": "quick", "BITS": [16, 32], "EPOCHS": 3, "TOP_K": 4},
     },
     "full": {
         "01_data_inspection": {},
@@ -186,3 +186,104 @@ without error, in {sum(r.seconds for r in results):.0f} s.</p>
     path = report / "index.html"
     atomic_write_text(page, path)
     return path
+
+
+# --- regression baselines ------------------------------------------------------------------------------------------
+
+BASELINES = Path(__file__).resolve().parents[1] / "tests" / "notebooks" / "baselines.yaml"
+"""The quick-profile metrics of every notebook on the embedded data, with tolerances (the notebook tests' reference)."""
+
+_IGNORED = ("best_epoch", "time", "seconds")
+
+
+def tolerance(key: str, value: float) -> float | None:
+    """The default absolute tolerance of a metric in the baselines (``None``: not compared).
+
+    Data facts (counts, sizes, the registration correlation) and echoed settings must match exactly (1e-6, or 1e-3
+    for the correlation). Trained scores move with the platform's floating-point details and thread counts, so they
+    get a band that still catches a broken pipeline: 10 points for percentages (``R@K``, ``mR``), 0.1 for fractions
+    (OA, AA, kappa, mAP, precision, recall, accuracy), half the value for rank statistics. Timings and the selected
+    epoch are not compared.
+    """
+    leaf = key.rsplit(".", 1)[-1]
+    if any(s in leaf for s in _IGNORED):
+        return None
+    if "correlation" in leaf:
+        return 1e-3
+    if "R@" in leaf or leaf == "mR":
+        return 10.0
+    if "medr" in leaf or "meanr" in leaf:
+        return max(1.0, 0.5 * abs(value))
+    if any(s in leaf for s in ("OA", "AA", "kappa", "mAP", "MAP", "P@", "R@r", "acc", "duplicate_rate")):
+        return 0.1 if "duplicate_rate" not in leaf else 1e-6
+    return 1e-6 * max(1.0, abs(value))
+
+
+def make_baselines(metrics: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """``{notebook: {metric: {"value": v, "tol": t}}}`` from each notebook's ``metrics.json``.
+
+    Tolerances come from :func:`tolerance`; metrics it does not compare are left out.
+    """
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for name, m in metrics.items():
+        entries = {}
+        for key, value in flatten_metrics(m).items():
+            tol = tolerance(key, value)
+            if tol is not None:
+                entries[key] = {"value": round(value, 6), "tol": tol}
+        out[name] = entries
+    return out
+
+
+def load_baselines(path: str | Path = BASELINES) -> dict[str, dict[str, dict[str, float]]]:
+    """The baselines file (empty when it does not exist)."""
+    import yaml
+
+    path = Path(path)
+    return (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
+
+
+def compare_to_baselines(name: str, metrics: Mapping[str, Any],
+                         baselines: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None) -> list[str]:
+    """Readable differences between a notebook's metrics and its baselines (empty: within tolerance).
+
+    Each line names the metric, the baseline, the value now, the difference and the tolerance; a metric that
+    disappeared is reported too (a new metric is not: it has no baseline yet).
+    """
+    base = (baselines if baselines is not None else load_baselines()).get(name)
+    if base is None:
+        return [f"{name}: no baselines (run `rswb notebooks baseline REPORT` after a quick-profile run)"]
+    flat = flatten_metrics(metrics)
+    problems = []
+    for key, ref in base.items():
+        if key not in flat:
+            problems.append(f"{name}: {key} missing (baseline {ref['value']:.6g})")
+            continue
+        diff = flat[key] - ref["value"]
+        if abs(diff) > ref["tol"]:
+            problems.append(f"{name}: {key} = {flat[key]:.6g}, baseline {ref['value']:.6g} "
+                            f"(difference {diff:+.4g}, tolerance {ref['tol']:.4g})")
+    return problems
+
+
+def write_baselines(report: str | Path, path: str | Path = BASELINES) -> Path:
+    """Write the baselines file from a finished quick-profile report folder (every notebook must have passed)."""
+    import yaml
+
+    report = Path(report)
+    metrics = {}
+    for name in NOTEBOOKS:
+        f = report / name / "metrics.json"
+        if not f.exists():
+            raise FileNotFoundError(f"{f}: missing; run `rswb notebooks run --profile quick` and pass its folder")
+        metrics[name] = json.loads(f.read_text())
+    header = ("# Quick-profile metrics of the notebooks on the embedded data, with tolerances\n"
+              "# (rswb.notebooks.tolerance). The notebook tests compare their runs against these values.\n"
+              "# Update deliberately, after checking the new numbers, with:\n"
+              "#   rswb notebooks run --profile quick && rswb notebooks baseline reports/<timestamp>\n"
+              f"# Written from {report.name}.\n")
+    atomic_write_text(header + yaml.safe_dump(make_baselines(metrics), sort_keys=False), Path(path))
+    return Path(path)
+
+
+__all__ += ["write_baselines"]

@@ -46,3 +46,29 @@ def test_a_failing_notebook_fails_the_command_with_its_cell_error(tmp_path, monk
     assert "failed" in page
     with pytest.raises(KeyError, match="no notebook matches"):
         run_suite("quick", only=["99"], reports_root=tmp_path)
+
+
+def test_a_drifted_metric_fails_with_a_readable_diff():
+    from rswb.notebooks import compare_to_baselines, make_baselines
+
+    metrics = {"methods": {"clip": {"mR": 41.5, "i2t_medr": 4.0, "best_epoch": 2}}, "seed": 0}
+    base = make_baselines({"03_retrieval_training": metrics})
+    assert set(base["03_retrieval_training"]) == {"methods.clip.mR", "methods.clip.i2t_medr", "seed"}  # epoch: no
+    assert compare_to_baselines("03_retrieval_training", metrics, base) == []
+    within = {"methods": {"clip": {"mR": 45.0, "i2t_medr": 5.0}}, "seed": 0}
+    assert compare_to_baselines("03_retrieval_training", within, base) == []
+    drifted = {"methods": {"clip": {"mR": 12.0}}, "seed": 1}  # a broken pipeline: mR collapsed, medr missing
+    problems = compare_to_baselines("03_retrieval_training", drifted, base)
+    assert len(problems) == 3
+    assert "methods.clip.mR = 12, baseline 41.5 (difference -29.5, tolerance 10)" in problems[0]
+    assert "methods.clip.i2t_medr missing" in problems[1] and "seed = 1, baseline 0" in problems[2]
+    assert "no baselines" in compare_to_baselines("99_new", metrics, base)[0]
+
+
+def test_committed_baselines_cover_every_notebook():
+    from rswb.notebooks import BASELINES, load_baselines
+
+    base = load_baselines()
+    assert BASELINES.exists() and set(base) == set(NOTEBOOKS)
+    assert all(entries for entries in base.values())
+    assert all(e["tol"] >= 0 for entries in base.values() for e in entries.values())

@@ -46,3 +46,17 @@ def check_committed(path: Path) -> tuple[set[str], nbformat.NotebookNode]:
     assert "metrics.json" in code[-1].source
     assert nb.cells[0].cell_type == "markdown"
     return names, nb
+
+
+def assert_matches_baselines(name: str, metrics_file: Path) -> None:
+    """Fail with a readable diff when a notebook's metrics drift from ``tests/notebooks/baselines.yaml``."""
+    import json
+
+    import pytest
+
+    from rswb.notebooks import compare_to_baselines
+
+    problems = compare_to_baselines(name, json.loads(metrics_file.read_text()))
+    if problems:
+        pytest.fail("metrics drifted from tests/notebooks/baselines.yaml (update it deliberately with "
+                    "`rswb notebooks baseline REPORT`):\n  " + "\n  ".join(problems), pytrace=False)

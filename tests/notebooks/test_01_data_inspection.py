@@ -10,7 +10,13 @@ import pytest
 papermill = pytest.importorskip("papermill")
 pytest.importorskip("ipykernel")
 
-from tests.notebooks.helpers import check_committed, error_outputs, run_notebook  # noqa: E402
+from rswb.notebooks import PROFILES  # noqa: E402
+from tests.notebooks.helpers import (  # noqa: E402
+    assert_matches_baselines,
+    check_committed,
+    error_outputs,
+    run_notebook,
+)
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "01_data_inspection.ipynb"
 
@@ -26,8 +32,10 @@ def test_committed_notebook_is_thin_and_stripped():
 
 def test_notebook_01_on_the_embedded_data(tmp_path, monkeypatch):
     monkeypatch.delenv("MPLBACKEND", raising=False)
-    nb = run_notebook(NOTEBOOK, tmp_path / "01.ipynb", tmp_path, OUTPUT_DIR=str(tmp_path / "out"))
+    params = {**PROFILES["quick"]["01_data_inspection"], "OUTPUT_DIR": str(tmp_path / "out")}
+    nb = run_notebook(NOTEBOOK, tmp_path / "01.ipynb", tmp_path, **params)
     assert error_outputs(nb) == []
+    assert_matches_baselines("01_data_inspection", tmp_path / "out" / "metrics.json")
     m = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert m["mspan"]["bands"] == 4 and m["mspan"]["pan_ms_correlation"] > 0.5
     assert m["scenes"]["classes"] >= 10 and m["captions"]["captions"] == 5 * m["captions"]["images"]

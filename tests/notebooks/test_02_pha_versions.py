@@ -11,7 +11,8 @@ import pytest
 papermill = pytest.importorskip("papermill")
 pytest.importorskip("ipykernel")
 
-from tests.notebooks.helpers import error_outputs, run_notebook  # noqa: E402
+from rswb.notebooks import PROFILES  # noqa: E402
+from tests.notebooks.helpers import assert_matches_baselines, error_outputs, run_notebook  # noqa: E402
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "02_pha_versions.ipynb"
 
@@ -37,7 +38,9 @@ def test_notebook_02_runs_on_the_embedded_scene(tmp_path, monkeypatch):
     # CI exports MPLBACKEND=Agg for the test process; the kernel must keep Jupyter's inline backend to show figures.
     monkeypatch.delenv("MPLBACKEND", raising=False)
     output_dir = tmp_path / "runs"
-    versions = ["pan_only", "pha_v1", "pha_v5"]
+    quick = PROFILES["quick"]["02_pha_versions"]  # the suite's quick profile: its metrics are the baselines
+    versions = quick["VERSIONS"]
+    assert quick["EPOCHS"] == 2 and versions[0] == "pan_only"  # the pre-trained run below matches them
     # One run finished beforehand (the quick profile's options): the notebook must reuse it, not train it again.
     import rswb.tasks  # noqa: F401  (registers the "pha" task)
     from rswb.engine.launch import train_task
@@ -46,9 +49,10 @@ def test_notebook_02_runs_on_the_embedded_scene(tmp_path, monkeypatch):
     train_task("pha", {"version": "pan_only", "epochs": 2, "repeats": 4, "max_test": 3000, "progress": False},
                run_name=reused.parent.name, runs_root=output_dir)
     stamp = reused.stat().st_mtime_ns
-    params = {"VERSIONS": versions, "EPOCHS": 2, "PROFILE": "quick", "OUTPUT_DIR": str(output_dir)}
+    params = {**quick, "OUTPUT_DIR": str(output_dir)}
     nb = run_notebook(NOTEBOOK, tmp_path / "02_out.ipynb", tmp_path, **params)
     assert error_outputs(nb) == []
+    assert_matches_baselines("02_pha_versions", output_dir / "metrics.json")
     metrics = json.loads((output_dir / "metrics.json").read_text())
     assert metrics["profile"] == "quick" and metrics["epochs"] == 2 and metrics["data"] == "embedded"
     assert list(metrics["versions"]) == versions

@@ -11,7 +11,13 @@ papermill = pytest.importorskip("papermill")
 pytest.importorskip("ipykernel")
 pytest.importorskip("ipywidgets")
 
-from tests.notebooks.helpers import check_committed, error_outputs, run_notebook  # noqa: E402
+from rswb.notebooks import PROFILES  # noqa: E402
+from tests.notebooks.helpers import (  # noqa: E402
+    assert_matches_baselines,
+    check_committed,
+    error_outputs,
+    run_notebook,
+)
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "03_retrieval_training.ipynb"
 
@@ -25,11 +31,12 @@ def test_notebook_03_runs_on_embedded_captions(tmp_path, monkeypatch):
     monkeypatch.setenv("RSWB_CACHE_DIR", str(tmp_path / "cache"))  # inherited by the kernel
     monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel keeps Jupyter's inline backend
     output_dir = tmp_path / "runs"
-    params = {"METHODS": ["clip", "fisvl", "kamcl"], "EPOCHS": 2, "PROFILE": "quick", "OUTPUT_DIR": str(output_dir)}
+    params = {**PROFILES["quick"]["03_retrieval_training"], "OUTPUT_DIR": str(output_dir)}
     nb = run_notebook(NOTEBOOK, tmp_path / "03_out.ipynb", tmp_path, **params)
     assert error_outputs(nb) == []
+    assert_matches_baselines("03_retrieval_training", output_dir / "metrics.json")
     metrics = json.loads((output_dir / "metrics.json").read_text())
-    assert metrics["profile"] == "quick" and set(metrics["methods"]) == {"clip", "fisvl", "kamcl"}
+    assert metrics["profile"] == "quick" and set(metrics["methods"]) == set(params["METHODS"])
     for m in metrics["methods"].values():
         assert {"i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "mR", "best_epoch"} <= set(m)
         assert all(0.0 <= m[k] <= 100.0 for k in m if "R" in k)

@@ -12,7 +12,13 @@ import pytest
 papermill = pytest.importorskip("papermill")
 pytest.importorskip("ipykernel")
 
-from tests.notebooks.helpers import check_committed, error_outputs, run_notebook  # noqa: E402
+from rswb.notebooks import PROFILES  # noqa: E402
+from tests.notebooks.helpers import (  # noqa: E402
+    assert_matches_baselines,
+    check_committed,
+    error_outputs,
+    run_notebook,
+)
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "04_hash_evaluation.ipynb"
 
@@ -36,9 +42,10 @@ def test_notebook_04_runs_on_embedded_scenes(tmp_path, monkeypatch):
     # CI exports MPLBACKEND=Agg for the test process; the kernel must keep Jupyter's inline backend to show figures.
     monkeypatch.delenv("MPLBACKEND", raising=False)
     output_dir = tmp_path / "runs"
-    params = {"BITS": [16, 32], "EPOCHS": 3, "PROFILE": "quick", "OUTPUT_DIR": str(output_dir), "TOP_K": 4}
+    params = {**PROFILES["quick"]["04_hash_evaluation"], "OUTPUT_DIR": str(output_dir)}
     nb = run_notebook(NOTEBOOK, tmp_path / "04_out.ipynb", tmp_path, **params)
     assert error_outputs(nb) == []
+    assert_matches_baselines("04_hash_evaluation", output_dir / "metrics.json")
     metrics = json.loads((output_dir / "metrics.json").read_text())
     assert metrics["profile"] == "quick" and set(metrics["bits"]) == {"16", "32"}
     for per_bits in metrics["bits"].values():
