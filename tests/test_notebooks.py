@@ -72,3 +72,16 @@ def test_committed_baselines_cover_every_notebook():
     assert BASELINES.exists() and set(base) == set(NOTEBOOKS)
     assert all(entries for entries in base.values())
     assert all(e["tol"] >= 0 for entries in base.values() for e in entries.values())
+
+
+def test_every_notebook_is_in_the_suite_stripped_and_introduced():
+    import nbformat
+
+    on_disk = sorted(p.stem for p in notebooks_dir().glob("*.ipynb"))
+    assert on_disk == sorted(NOTEBOOKS)
+    for name in NOTEBOOKS:
+        nb = nbformat.read(notebooks_dir() / f"{name}.ipynb", as_version=4)
+        assert nb.cells[0].cell_type == "markdown" and "parameter" in nb.cells[0].source.lower(), name
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                assert not cell.outputs and cell.execution_count is None, f"{name}: committed with outputs"
