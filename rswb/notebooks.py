@@ -230,7 +230,7 @@ def make_baselines(metrics: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[s
         for key, value in flatten_metrics(m).items():
             tol = tolerance(key, value)
             if tol is not None:
-                entries[key] = {"value": round(value, 6), "tol": tol}
+                entries[key] = {"value": round(value, 6), "tol": float(f"{tol:.3g}")}
         out[name] = entries
     return out
 

@@ -46,7 +46,7 @@ def test_notebook_02_runs_on_the_embedded_scene(tmp_path, monkeypatch):
     from rswb.engine.launch import train_task
 
     reused = output_dir / "quick-10shot-2ep-pan_only-s0" / "metrics.json"
-    train_task("pha", {"version": "pan_only", "epochs": 2, "repeats": 4, "max_test": 3000, "progress": False},
+    train_task("pha", {"version": "pan_only", "epochs": 2, "repeats": 8, "max_test": 3000, "progress": False},
                run_name=reused.parent.name, runs_root=output_dir)
     stamp = reused.stat().st_mtime_ns
     params = {**quick, "OUTPUT_DIR": str(output_dir)}
