@@ -84,7 +84,7 @@ class RetrievalConfig:
     images: str | None = option(None, "image root (UCM-Captions: the UC Merced folder); None: images/ beside data")
     fmt: str = option("auto", "caption format: auto | karpathy | precomp")
     method: str = option("clip", "vsepp | clip | fisvl | kamcl")
-    backbone: str = option("efficientnet_lite0", "registered image backbone (efficientnet_lite0 | small_cnn)")
+    backbone: str = option("efficientnet_lite0", "image backbone: efficientnet_lite0 | small_cnn | hf_backbone")
     pretrained: bool = option(True, "load the backbone's ImageNet weights")
     freeze_backbone: bool = option(True, "train on cached frozen image features (CPU profile)")
     backbone_path: str | None = option(None, "checkpoint folder of --backbone hf_backbone (Swin, ResNet, ...)")
@@ -258,6 +258,7 @@ class RetrievalSplit(Dataset):
         return batch
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        """Caption ``index`` as a batch of one (the same dict as :meth:`__getitems__`, leading dimension 1)."""
         return self.__getitems__([index])
 
     def image_batches(self, batch_size: int) -> Iterator[dict[str, Any]]:
