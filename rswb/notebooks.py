@@ -162,7 +162,8 @@ def write_index(report: Path, results: Sequence[NotebookResult], profile: str) -
     rows = []
     for r in results:
         flat = flatten_metrics(r.metrics)
-        shown = "<br>".join(f"{html.escape(k)} = {v:.4g}" for k, v in list(flat.items())[:40])
+        shown = "<br>".join(f"{html.escape(k)} = {int(v) if v.is_integer() else format(v, '.4g')}"
+                            for k, v in list(flat.items())[:40])
         more = f"<br>... {len(flat) - 40} more in metrics.json" if len(flat) > 40 else ""
         colour = "#1a7f37" if r.status == "ok" else "#cf222e"
         error = f"<br><code>{html.escape(r.error)}</code>" if r.error else ""
