@@ -223,3 +223,19 @@ def test_search_and_where_the_model_looks(cache, tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out)
     assert [h["image"] for h in printed] == [h["image"] for h in hits]
     assert main(["search", str(tmp_path / "nowhere"), query]) == 2
+
+
+def test_the_fine_tuning_profile_trains_encoders_inside_the_model(cache, tmp_path):
+    # freeze_backbone=False: images are loaded (with random dihedral views) and the backbone trains; gru_text: a
+    # vocabulary of the training captions and a GRU inside the model.
+    opts = {"method": "fisvl", **QUICK, "freeze_backbone": False, "text_encoder": "gru_text", "epochs": 1,
+            "batch_size": 64, "lr": 1e-3, "progress": False, "max_images": 60}
+    res = train_task("retrieval", opts, run_name="ft", runs_root=tmp_path)
+    model = res.task.model
+    assert model.backbone is not None and model.text_encoder is not None
+    assert any(p.requires_grad for p in model.backbone.parameters())
+    final = json.loads((tmp_path / "ft" / "metrics.json").read_text())
+    assert 0 <= final["test"]["mR"] <= 100
+    bundle = load_trained(tmp_path / "ft")
+    b = bundle.train.__getitems__([0, 1])
+    assert "image" in b and "tokens" in b and b["image"].shape[-1] == 64
