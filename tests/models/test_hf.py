@@ -76,3 +76,20 @@ def test_retrieval_trains_with_hugging_face_encoders(checkpoints, tmp_path, monk
     train_task("retrieval", opts, run_name="hf", runs_root=tmp_path)
     final = json.loads((tmp_path / "hf" / "metrics.json").read_text())
     assert 0 <= final["test"]["mR"] <= 100
+
+
+def test_a_transformer_text_encoder_fine_tunes_inside_the_model(checkpoints, tmp_path, monkeypatch):
+    # freeze_text=False: batches carry tokens and the (tiny) BERT trains with the heads, as MiniLM would on a GPU.
+    import rswb.tasks  # noqa: F401  (registers "retrieval")
+    from rswb.engine.launch import train_task
+
+    monkeypatch.setenv("RSWB_CACHE_DIR", str(tmp_path / "cache"))
+    opts = {"method": "clip", "backbone": "small_cnn", "pretrained": False, "image_size": 64, "text_encoder": "hf_text",
+            "text_path": str(checkpoints / "bert"), "freeze_text": False, "epochs": 1, "batch_size": 64,
+            "progress": False, "max_images": 60}
+    res = train_task("retrieval", opts, run_name="ft", runs_root=tmp_path)
+    enc = res.task.model.text_encoder
+    assert enc is not None and all(p.requires_grad for p in enc.transformer.parameters())
+    before = create_model("hf_text", path=str(checkpoints / "bert")).transformer.state_dict()
+    after = enc.transformer.state_dict()
+    assert any(not torch.equal(before[k], after[k].cpu()) for k in before)  # it moved
