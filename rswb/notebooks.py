@@ -23,8 +23,9 @@ from typing import Any
 
 from rswb.config import atomic_write_text
 
-__all__ = ["BASELINES", "NOTEBOOKS", "PROFILES", "NotebookResult", "compare_to_baselines", "flatten_metrics",
-           "load_baselines", "make_baselines", "notebook_parameters", "run_suite", "tolerance", "write_index"]
+__all__ = ["BASELINES", "NOTEBOOKS", "PROFILES", "NotebookResult", "compare_to_baselines", "error_outputs",
+           "flatten_metrics", "load_baselines", "make_baselines", "notebook_parameters", "run_suite", "tolerance",
+           "write_index"]
 
 NOTEBOOKS = ("01_data_inspection", "02_pha_versions", "03_retrieval_training", "04_hash_evaluation")
 
@@ -69,16 +70,17 @@ def notebook_parameters(path: str | Path) -> set[str]:
     return set(papermill.inspect_notebook(str(path)))
 
 
+def error_outputs(nb) -> list[str]:
+    """``"cell N: Name: message"`` of every error output of an executed notebook (an ``nbformat`` node)."""
+    return [f"cell {i}: {o.get('ename')}: {o.get('evalue')}" for i, c in enumerate(nb.cells)
+            if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
+
+
 def _cell_error(path: Path) -> str:
-    """``"cell N: Name: message"`` of the first error output of an executed notebook."""
+    """The first error output of an executed notebook file."""
     import nbformat
 
-    nb = nbformat.read(path, as_version=4)
-    for i, cell in enumerate(nb.cells):
-        for out in cell.get("outputs", []) if cell.cell_type == "code" else []:
-            if out.get("output_type") == "error":
-                return f"cell {i}: {out.get('ename')}: {out.get('evalue')}"
-    return "unknown error"
+    return next(iter(error_outputs(nbformat.read(path, as_version=4))), "unknown error")
 
 
 def _export_html(ipynb: Path) -> None:

@@ -85,8 +85,7 @@ def dual_encoder(image_backbone: str = "efficientnet_lite0", text_encoder: str =
         freeze_text: keep MiniLM's transformer fixed.
         text_kwargs: further options of the text encoder.
     """
-    backbone = (create_model(image_backbone, pretrained=pretrained) if image_backbone == "efficientnet_lite0"
-                else create_model(image_backbone))
+    backbone = make_backbone(image_backbone, pretrained)
     if text_encoder == "minilm":
         text = create_model("minilm", freeze=freeze_text, **text_kwargs)
     elif text_encoder == "gru_text":

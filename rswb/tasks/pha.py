@@ -137,6 +137,7 @@ class PixelPatches(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         return {k: v[0] for k, v in self.__getitems__([index]).items()}
 
+
 class SceneImages(Dataset):
     """A subset of a Wald-simulated scene set repeated ``repeats`` times (scene mode's few-shot splits).
 

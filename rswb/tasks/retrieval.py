@@ -130,13 +130,14 @@ class QueryEncoder:
         minilm: the frozen MiniLM whose token states the batches carry (``states``/``mask``), or whose tokenizer
             gives ``tokens`` when ``states`` is False.
         vocab: the GRU's vocabulary (``tokens``).
-        states: emit MiniLM token states (frozen text encoder) instead of tokens.
+        states: emit MiniLM token states (frozen text encoder) instead of tokens (ignored with a vocabulary).
     """
 
     def __init__(self, tag_vocabulary: Sequence[str], max_words: int, minilm: torch.nn.Module | None = None,
                  vocab: Vocabulary | None = None, states: bool = True):
         self.tag_index = {w: i for i, w in enumerate(tag_vocabulary)}
-        self.max_words, self.minilm, self.vocab, self.states = int(max_words), minilm, vocab, bool(states)
+        self.max_words, self.minilm, self.vocab = int(max_words), minilm, vocab
+        self.states = bool(states) and vocab is None
 
     def tags(self, captions: Sequence[str]) -> torch.Tensor:
         """Each caption's own tag words, multi-hot ``[N, K]`` (uint8)."""
@@ -147,22 +148,27 @@ class QueryEncoder:
                     out[j, self.tag_index[w]] = 1
         return out
 
+    def tokens(self, captions: Sequence[str]) -> dict[str, torch.Tensor]:
+        """``input_ids`` and ``attention_mask`` ``[N, L]`` of captions (cut to ``max_words``) for the text encoder."""
+        caps = [_truncate(c, self.max_words) for c in captions]
+        if self.vocab is not None:
+            ids, mask = self.vocab.encode(caps, max_length=self.max_words)
+            return {"input_ids": ids, "attention_mask": mask}
+        toks = self.minilm.tokenize(caps)
+        return {"input_ids": toks["input_ids"], "attention_mask": toks["attention_mask"]}
+
     @torch.no_grad()
     def __call__(self, captions: Sequence[str]) -> dict[str, Any]:
         """Text inputs of ``captions`` (``states``/``mask`` or ``tokens``, plus ``tags`` when there is a vocabulary)."""
         caps = [_truncate(c, self.max_words) for c in captions]
         out: dict[str, Any] = {}
-        if self.vocab is not None:
-            ids, mask = self.vocab.encode(caps, max_length=self.max_words)
-            out["tokens"] = {"input_ids": ids, "attention_mask": mask}
-        elif self.states:
-            toks = self.minilm.tokenize(caps)
+        toks = self.tokens(caps)
+        if self.states:
             device = next(self.minilm.parameters()).device
             st = self.minilm.token_states(toks["input_ids"].to(device), toks["attention_mask"].to(device))
             out.update(states=st.float().cpu(), mask=toks["attention_mask"].bool())
         else:
-            toks = self.minilm.tokenize(caps)
-            out["tokens"] = {"input_ids": toks["input_ids"], "attention_mask": toks["attention_mask"]}
+            out["tokens"] = toks
         if self.tag_index:
             out["tags"] = self.tags(caps).float()
         return out
@@ -219,6 +225,10 @@ class RetrievalSplit(Dataset):
         """Number of images."""
         return len(self.image_paths)
 
+    def captions_of(self, image: int) -> list[str]:
+        """All captions of image ``image``."""
+        return [self.captions[j] for j in np.flatnonzero(self.caption_to_image == image)]
+
     def image_inputs(self, index: np.ndarray, augment: bool = False) -> dict[str, Any]:
         """``{"levels": ...}`` or ``{"image": [B, 3, S, S]}`` of images ``index``."""
         idx = torch.as_tensor(np.asarray(index, np.int64))
@@ -270,11 +280,6 @@ class RetrievalSplit(Dataset):
         """Every caption once, in order, as batches of model inputs."""
         for start in range(0, len(self), batch_size):
             yield self.text_inputs(np.arange(start, min(len(self), start + batch_size)))
-
-
-def _collate(batch: Any) -> Any:
-    """Batches arrive whole from :meth:`RetrievalSplit.__getitems__`."""
-    return batch
 
 
 @dataclass
@@ -450,31 +455,24 @@ def prepare_data(cfg: RetrievalConfig, progress: bool = True) -> RetrievalData:
             levels[split] = cached(path, lambda ps=ps, desc=desc: _extract_levels(backbone, ps, cfg.image_size, desc))
 
     # Text inputs: cached frozen MiniLM states, or tokens for an encoder inside the model.
-    text_cache: dict[str, dict[str, torch.Tensor]] = {}
-    vocab, encoder = None, None
-    split_caps = {"train": train_cs.captions, "val": val_cs.captions, "test": test_cs.captions}
-    if cfg.text_encoder in ("minilm", "hf_text"):
-        encoder = make_text_encoder(cfg.text_encoder, True, cfg.text_path, max_length=2 * cfg.max_words)
-        text_dim = encoder.state_dim
-        for split, caps in split_caps.items():
-            if cfg.freeze_text:
-                key = digest(("states", encoder.max_length), [encoder], texts=caps)
-                path = cache_root(cfg.cache_dir) / "text" / f"{cfg.text_encoder}-{key}.pt"
-                desc = f"{cfg.text_encoder} token states ({split}, {len(caps)} captions)"
-                text_cache[split] = cached(path, lambda caps=caps, desc=desc: _extract_states(encoder, caps, desc))
-            else:
-                toks = encoder.tokenize(caps)
-                text_cache[split] = {"tokens": {"input_ids": toks["input_ids"],
-                                                "attention_mask": toks["attention_mask"]}}
-    elif cfg.text_encoder == "gru_text":
-        vocab = Vocabulary.build(train_cs.captions, min_count=1)
-        text_dim = 0
-        for split, caps in split_caps.items():
-            ids, mask = vocab.encode(caps, max_length=cfg.max_words)
-            text_cache[split] = {"tokens": {"input_ids": ids, "attention_mask": mask}}
-    else:
+    if cfg.text_encoder not in ("minilm", "hf_text", "gru_text"):
         raise ValueError(f"unknown text encoder {cfg.text_encoder!r}; use minilm, hf_text or gru_text")
+    vocab, encoder = None, None
+    if cfg.text_encoder == "gru_text":
+        vocab = Vocabulary.build(train_cs.captions, min_count=1)
+    else:
+        encoder = make_text_encoder(cfg.text_encoder, True, cfg.text_path, max_length=2 * cfg.max_words)
+    text_dim = encoder.state_dim if encoder is not None else 0
     queries = QueryEncoder(vocab_tags, cfg.max_words, minilm=encoder, vocab=vocab, states=cfg.freeze_text)
+    text_cache: dict[str, dict[str, Any]] = {}
+    for split, caps in {"train": train_cs.captions, "val": val_cs.captions, "test": test_cs.captions}.items():
+        if queries.states:
+            key = digest(("states", encoder.max_length), [encoder], texts=caps)
+            path = cache_root(cfg.cache_dir) / "text" / f"{cfg.text_encoder}-{key}.pt"
+            desc = f"{cfg.text_encoder} token states ({split}, {len(caps)} captions)"
+            text_cache[split] = cached(path, lambda caps=caps, desc=desc: _extract_states(encoder, caps, desc))
+        else:
+            text_cache[split] = {"tokens": queries.tokens(caps)}
 
     def build(cs: CaptionSet, train: bool) -> RetrievalSplit:
         names = scenes[cs.split]
@@ -610,8 +608,8 @@ class RetrievalTask(Task):
         return retrieval_metrics_from_embeddings(emb["image"], emb["text"], dataset.caption_to_image)
 
     def collate(self, samples: Any) -> Any:
-        """Batches come whole from :meth:`RetrievalSplit.__getitems__`."""
-        return _collate(samples)
+        """Batches come whole from :meth:`RetrievalSplit.__getitems__`: passed through."""
+        return samples
 
 
 @register_task("retrieval")
@@ -626,8 +624,8 @@ def retrieval_task(cfg: RetrievalConfig) -> TaskBundle:
     if cfg.method not in METHODS:
         raise ValueError(f"unknown method {cfg.method!r}; use one of {', '.join(METHODS)}")
     data = prepare_data(cfg)
-    cached_text = cfg.text_encoder in ("minilm", "hf_text") and cfg.freeze_text
-    frozen = cfg.freeze_backbone and cached_text
+    cached_text = data.train.states is not None  # prepare_data cached a frozen transformer's token states
+    frozen = data.train.levels is not None and cached_text
     model = retrieval_net(
         cfg.method, channels=data.channels, text_dim=data.text_dim, embed_dim=cfg.embed_dim,
         local_branch=cfg.local_branch, fgis_steps=cfg.fgis_steps, hierarchical=cfg.hierarchical,
@@ -704,7 +702,7 @@ def search_text(task: RetrievalTask, split: RetrievalSplit, query: str, k: int =
     scores = emb["image"] @ q
     top = torch.topk(scores, min(k, len(scores)))
     return [{"rank": r + 1, "image": int(i), "path": str(split.image_paths[int(i)]), "score": float(v),
-             "captions": [split.captions[j] for j in np.flatnonzero(split.caption_to_image == int(i))]}
+             "captions": split.captions_of(int(i))}
             for r, (v, i) in enumerate(zip(top.values, top.indices))]
 
 

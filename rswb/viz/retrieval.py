@@ -21,17 +21,13 @@ __all__ = [
 ]
 
 
-def _captions_of(split, image: int) -> list[str]:
-    return [split.captions[j] for j in np.flatnonzero(split.caption_to_image == image)]
-
-
 def _wrap(text: str, width: int = 38) -> str:
     return "\n".join(textwrap.wrap(text, width))
 
 
 def plot_caption_examples(split, images: Sequence[int] = (0, 1, 2, 3), size: int = 256):
     """A few images of a split, each with all its captions underneath."""
-    return plot_captioned_images([split.image_paths[i] for i in images], [_captions_of(split, i) for i in images],
+    return plot_captioned_images([split.image_paths[i] for i in images], [split.captions_of(i) for i in images],
                                  size)
 
 

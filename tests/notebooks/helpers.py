@@ -6,6 +6,8 @@ from pathlib import Path
 
 import nbformat
 
+from rswb.notebooks import error_outputs  # noqa: F401  (re-exported for the notebook tests)
+
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 CELL_TIMEOUT_S = 300
 
@@ -22,12 +24,6 @@ def run_notebook(path: Path, out: Path, tmp_path: Path, **parameters) -> nbforma
     papermill.execute_notebook(str(path), str(out), parameters=parameters, kernel_name="python3",
                                cwd=str(tmp_path), progress_bar=False, execution_timeout=CELL_TIMEOUT_S)
     return nbformat.read(out, as_version=4)
-
-
-def error_outputs(nb: nbformat.NotebookNode) -> list[str]:
-    """``"Name: message"`` of every error output of an executed notebook."""
-    return [f"{o.get('ename')}: {o.get('evalue')}" for c in nb.cells if c.cell_type == "code"
-            for o in c.get("outputs", []) if o.get("output_type") == "error"]
 
 
 def check_committed(path: Path) -> tuple[set[str], nbformat.NotebookNode]:
