@@ -448,8 +448,9 @@ def prepare_data(cfg: RetrievalConfig, progress: bool = True) -> RetrievalData:
     if cfg.freeze_backbone:
         backbone = make_backbone(cfg.backbone, cfg.pretrained, cfg.backbone_path)
         channels = level_channels(backbone)
+        weights = digest(modules=[backbone])  # hashed once, not once per split
         for split, ps in paths.items():
-            key = digest(("levels", cfg.backbone, cfg.image_size), [backbone], ps)
+            key = digest(("levels", cfg.backbone, cfg.image_size, weights), files=ps)
             path = cache_root(cfg.cache_dir) / "levels" / f"{cfg.backbone}-{key}.pt"
             desc = f"{cfg.backbone} feature levels ({split}, {len(ps)} images)"
             levels[split] = cached(path, lambda ps=ps, desc=desc: _extract_levels(backbone, ps, cfg.image_size, desc))
@@ -465,9 +466,10 @@ def prepare_data(cfg: RetrievalConfig, progress: bool = True) -> RetrievalData:
     text_dim = encoder.state_dim if encoder is not None else 0
     queries = QueryEncoder(vocab_tags, cfg.max_words, minilm=encoder, vocab=vocab, states=cfg.freeze_text)
     text_cache: dict[str, dict[str, Any]] = {}
+    weights = digest(modules=[encoder]) if queries.states else ""
     for split, caps in {"train": train_cs.captions, "val": val_cs.captions, "test": test_cs.captions}.items():
         if queries.states:
-            key = digest(("states", encoder.max_length), [encoder], texts=caps)
+            key = digest(("states", encoder.max_length, weights), texts=caps)
             path = cache_root(cfg.cache_dir) / "text" / f"{cfg.text_encoder}-{key}.pt"
             desc = f"{cfg.text_encoder} token states ({split}, {len(caps)} captions)"
             text_cache[split] = cached(path, lambda caps=caps, desc=desc: _extract_states(encoder, caps, desc))
