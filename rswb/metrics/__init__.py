@@ -1,7 +1,8 @@
 """Evaluation metrics: pure functions over numpy arrays or torch tensors that return flat dicts with stable keys.
 
 * :mod:`rswb.metrics.classification`: ``OA``, ``AA``, ``kappa`` (fractions) and per-class arrays.
-* :mod:`rswb.metrics.retrieval`: ``i2t_R@K``, ``t2i_R@K``, ``mR`` (percentages), ``*_medr``, ``*_meanr`` (1-based).
+* :mod:`rswb.metrics.retrieval`: ``i2t_R@K``, ``t2i_R@K``, ``mR`` (percentages), ``*_medr``, ``*_meanr``
+  (1-based), under an explicit tie rule (``expected`` by default; ``optimistic`` / ``pessimistic`` bounds; ``published`` loop).
 * :mod:`rswb.metrics.hashing`: ``mAP@K``, ``P@K``, ``P@r{r}``, ``R@r{r}`` (fractions) and the PR curve.
 """
 
@@ -15,14 +16,25 @@ from rswb.metrics.classification import (
 )
 from rswb.metrics.hashing import binarize, hamming_distance, hash_metrics, pack_codes, pr_curve, unpack_codes
 from rswb.metrics.retrieval import (
+    DEFAULT_TIES,
+    TIE_RULES,
+    RankCounts,
+    TieCounts,
+    metrics_from_counts,
     metrics_from_ranks,
+    normalize_caption,
     retrieval_metrics,
     retrieval_metrics_from_embeddings,
+    retrieval_rank_counts,
     retrieval_ranks,
     retrieval_ranks_from_embeddings,
 )
 
 __all__ = [
+    "DEFAULT_TIES",
+    "TIE_RULES",
+    "RankCounts",
+    "TieCounts",
     "binarize",
     "class_labels",
     "classification_metrics",
@@ -30,12 +42,15 @@ __all__ = [
     "confusion_matrix",
     "hamming_distance",
     "hash_metrics",
+    "metrics_from_counts",
     "metrics_from_ranks",
+    "normalize_caption",
     "pack_codes",
     "pr_curve",
     "report_from_confusion",
     "retrieval_metrics",
     "retrieval_metrics_from_embeddings",
+    "retrieval_rank_counts",
     "retrieval_ranks",
     "retrieval_ranks_from_embeddings",
     "scores_from_confusion",

@@ -1,60 +1,87 @@
-"""Image-text retrieval metrics: R@K in both directions, mR, median and mean rank.
+"""Image-text retrieval metrics: R@K in both directions, mR, median and mean rank, under an explicit tie rule.
 
-Conventions (METHODS.md, "Shared evaluation semantics"):
+Conventions (``docs/methods.md``, "Shared evaluation semantics"):
 
 * ``sim`` is the image x caption similarity ``[N_i, N_c]`` and ``caption_to_image`` ``[N_c]`` says which image
   each caption describes (any number of captions per image, at least one each; never ``j // 5``).
 * **i2t**: the query is image ``i``; the items are all captions, sorted by ``sim[i, :]`` descending; the
   positives are the captions of image ``i``. **t2i**: the query is caption ``j``; the items are all images, sorted
-  by ``sim[:, j]`` descending; the one positive is image ``caption_to_image[j]``.
+  by ``sim[:, j]`` descending; the positive is image ``caption_to_image[j]``.
+* ``positives="text"`` (the de-duplicated view): a caption whose normalised text (:func:`normalize_caption`) equals
+  the text of one of image ``i``'s captions is also a positive of image ``i``, and in t2i every image that owns
+  the caption's text is a positive. On UCM-Captions 868 of the 1,050 test captions are word for word a caption of
+  another image (template sentences), so the two views differ a lot there.
 * A query's **rank** is the 0-based position of its first positive in that sorted list. ``R@K`` = 100 x the share
   of queries with ``rank < K`` (a percentage); ``mR`` = the mean of all recalls reported (the six of
   ``ks=(1, 5, 10)``). ``medr`` / ``meanr`` are the median / mean of the **1-based** ranks (``rank + 1``, so a
   perfect retriever scores 1.0); the median of an even count is the midpoint (``np.median``), where published
   code often reports ``floor(median(0-based)) + 1``.
 
-Tie rule (``ties``): when items score exactly the same, the sorted order is not defined by the scores. Let
-``s*`` be the best score of any positive of the query. Then:
+Tie rule (``ties``): when items score exactly the same, the sorted order is not defined by the scores. Let ``s*``
+be the best score of any positive of the query, ``a`` the number of negatives scoring strictly above ``s*``, ``n``
+the number of negatives tied with ``s*`` and ``p >= 1`` the number of positives tied with it. Then:
 
-* ``"optimistic"`` (default): ties are broken in favour of the positives, ``rank = #{negatives with score > s*}``
-  (= the number of items, of any kind, scoring strictly higher than ``s*``). For i2t this equals
-  ``min over positives c of #{captions scoring strictly higher than c}``.
-* ``"pessimistic"``: ties are broken against the positives, ``rank = #{negatives with score >= s*}``. Other
-  positives never count against a query: two captions of image ``i`` tied at the top still give rank 0, because
-  every ordering of that tie puts a positive first.
+* ``"expected"`` (default, the headline): the tied items are put in uniformly random order and every metric is its
+  expectation over those orders, in closed form (no sampling). The number ``X`` of tied negatives before the first
+  tied positive has ``P(X >= m) = C(n, m) / C(n + p, m)``, so ``P(rank < K) = 1 - P(X >= K - a)`` (0 when
+  ``K <= a``), ``E[rank] = a + n / (p + 1)``; ``R@K`` and ``meanr`` are exact expectations. ``medr`` is the
+  median of the pooled rank distribution (all queries, all tie orders): the midpoint of the smallest 1-based ``r``
+  with ``E[share of ranks <= r] >= 1/2`` and the smallest with ``> 1/2``, which is ``np.median`` when no tie occurs.
+* ``"optimistic"``: ties broken in favour of the positives, ``rank = a``; an upper bound on every recall.
+* ``"pessimistic"``: ties broken against the positives, ``rank = a + n``; a lower bound. Other positives never count
+  against a query: two captions of image ``i`` tied at the top still give rank 0.
+* ``"published"``: the per-query loop of published remote-sensing retrieval evaluation code, reproduced exactly:
+  for image ``i``, ``inds = np.argsort(sim[i])[::-1]`` (numpy's default, ascending, then reversed) and the best
+  position of any positive; for caption ``j``, the same over ``sim[:, j]``. The order among ties is whatever
+  numpy's sort leaves (it can differ between numpy builds and CPUs). Vectorised with ``np.argsort`` along an axis,
+  which sorts every row with the same kernel as the 1-D call (tested against the literal loop). This is the number
+  to set beside a paper's.
 
-Both rules are the best and the worst position of the first positive over all orders consistent with the scores;
-they agree whenever no negative ties with ``s*``. A per-query ``argsort`` (the way published code evaluates) falls
-somewhere in between, depending on the sort algorithm.
+All four agree when no negative ties with ``s*``; ``optimistic <= expected, published <= pessimistic`` per query.
 
-Cost: no sort at all. The ground-truth scores are gathered once (``gt[j] = sim[caption_to_image[j], j]``, and the
-per-image best ``s*`` is a segment max of ``gt``); each rank is then a count of scores above a threshold, so
-:func:`retrieval_metrics` reads ``sim`` from memory once, in blocks of rows that stay in cache while they are
-compared twice (with each row's ``s*`` for i2t, with each column's ``gt`` for t2i). On CPU the blocks are shared out
-to ``torch.get_num_threads()`` threads (numpy's ufuncs release the GIL); at 5,000 x 25,000 this takes ~2-3x the time
-of a plain ``sim.max()`` (``benchmarks/results/bench.md``).
+Cost of the counting rules: no sort at all. The positive scores are gathered once, the best per query is a segment
+max, and each count is a comparison of every score with a threshold: :func:`retrieval_metrics` reads ``sim`` from
+memory once, in blocks of rows that stay in cache while they are compared (with each row's ``s*`` for i2t, with each
+column's ``s*`` for t2i; ``"expected"`` compares each block once more against the same thresholds, ``>`` and
+``>=``). On CPU the blocks are shared out to ``torch.get_num_threads()`` threads (numpy's ufuncs release the GIL).
 :func:`retrieval_metrics_from_embeddings` computes ``sim`` block by block (image rows for i2t, caption rows for t2i)
-and never holds more than ``memory_budget_bytes`` of it.
+and never holds more than ``memory_budget_bytes`` of it. ``"published"`` argsorts every row and column (a few
+seconds at 5,000 x 25,000).
 """
 
 from __future__ import annotations
 
+import re
 import threading
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import torch
+from scipy.special import gammaln
 
 ArrayLike = np.ndarray | torch.Tensor
-Ties = Literal["optimistic", "pessimistic"]
+Ties = Literal["expected", "optimistic", "pessimistic", "published"]
+Positives = Literal["image", "text"]
+#: Every tie rule, the headline first.
+TIE_RULES: tuple[str, ...] = ("expected", "optimistic", "pessimistic", "published")
+#: The rule every retrieval number in rswb is reported under unless it says otherwise.
+DEFAULT_TIES = "expected"
 
 __all__ = [
+    "DEFAULT_TIES",
+    "TIE_RULES",
+    "RankCounts",
+    "TieCounts",
+    "metrics_from_counts",
     "metrics_from_ranks",
+    "normalize_caption",
     "retrieval_metrics",
     "retrieval_metrics_from_embeddings",
+    "retrieval_rank_counts",
     "retrieval_ranks",
     "retrieval_ranks_from_embeddings",
 ]
@@ -73,6 +100,8 @@ _EVEN_BYTES = np.uint64(0x00FF00FF00FF00FF)
 _ONES_16 = np.uint64(0x0001000100010001)
 # Column counts are summed in byte counters over at most this many rows (so a block holds at most 255 rows).
 _MAX_UINT8_ROWS = 255
+# The published rule argsorts blocks of rows: int64 order + int64 positions + the scores per entry.
+_ARGSORT_BYTES_PER_ENTRY = 24
 
 
 def _as_tensor(x: ArrayLike, name: str) -> torch.Tensor:
@@ -90,47 +119,114 @@ def _as_tensor(x: ArrayLike, name: str) -> torch.Tensor:
 
 
 def _check_ties(ties: str) -> None:
-    if ties not in ("optimistic", "pessimistic"):
-        raise ValueError(f"ties must be 'optimistic' or 'pessimistic', got {ties!r}")
+    if ties not in TIE_RULES:
+        raise ValueError(f"ties must be one of {', '.join(map(repr, TIE_RULES))}; got {ties!r}")
 
 
-def _check_index(caption_to_image: ArrayLike, n_images: int, n_captions: int, device: torch.device) -> torch.Tensor:
-    """Validate the caption -> image map and return it as int64 on ``device``."""
+def _check_index(caption_to_image: ArrayLike, n_images: int, n_captions: int) -> np.ndarray:
+    """Validate the caption -> image map and return it as an int64 numpy array."""
     idx = _as_tensor(caption_to_image, "caption_to_image")
     if idx.is_floating_point():
         raise ValueError("caption_to_image must hold integer image indices")
-    idx = idx.reshape(-1).to(device=device, dtype=torch.int64)
-    if idx.numel() != n_captions:
-        raise ValueError(f"caption_to_image has {idx.numel()} entries but there are {n_captions} captions")
+    idx = idx.reshape(-1).cpu().numpy().astype(np.int64)
+    if idx.size != n_captions:
+        raise ValueError(f"caption_to_image has {idx.size} entries but there are {n_captions} captions")
     if n_captions == 0 or n_images == 0:
         raise ValueError(f"retrieval needs at least one image and one caption, got {n_images} x {n_captions}")
     lo, hi = int(idx.min()), int(idx.max())
     if lo < 0 or hi >= n_images:
         raise ValueError(f"caption_to_image values must lie in [0, {n_images}), got [{lo}, {hi}]")
-    per_image = torch.bincount(idx, minlength=n_images)
-    if bool((per_image == 0).any()):
-        missing = torch.nonzero(per_image == 0).reshape(-1)
+    per_image = np.bincount(idx, minlength=n_images)
+    if (per_image == 0).any():
+        missing = np.flatnonzero(per_image == 0)
         raise ValueError(
-            f"{missing.numel()} image(s) have no caption (first: {missing[:5].cpu().tolist()}); every image needs "
+            f"{missing.size} image(s) have no caption (first: {missing[:5].tolist()}); every image needs "
             "at least one, so drop those rows from the similarity matrix first"
         )
     return idx
 
 
-def _best_positive(
-    gt: torch.Tensor, caption_to_image: torch.Tensor, n_images: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per image: the best score of its captions ``[N_i]`` and how many of its captions reach it ``[N_i]``."""
-    best = torch.full((n_images,), -torch.inf, dtype=gt.dtype, device=gt.device)
-    best.scatter_reduce_(0, caption_to_image, gt, reduce="amax")
-    at_best = torch.bincount(caption_to_image[gt == best[caption_to_image]], minlength=n_images)
+def normalize_caption(text: str) -> str:
+    """The form two captions are compared in for ``positives="text"``: lower case, words only, single spaces.
+
+    ``"There are  many cars ."`` and ``"there are many cars"`` are the same caption.
+    """
+    return " ".join(re.findall(r"\w+", str(text).lower()))
+
+
+@dataclass(frozen=True)
+class _Pairs:
+    """The positive (image, caption) pairs of a problem.
+
+    ``img``/``cap`` are sorted by image (then caption); ``by_caption`` sorts them by caption (then image);
+    ``img_starts`` [N_i + 1] / ``cap_starts`` [N_c + 1] delimit each query's run in those orders (every image and
+    every caption has at least one positive: its own captions / its own image).
+    """
+
+    img: np.ndarray
+    cap: np.ndarray
+    by_caption: np.ndarray
+    img_starts: np.ndarray
+    cap_starts: np.ndarray
+
+    @classmethod
+    def build(cls, idx: np.ndarray, n_images: int, positives: str, texts: Sequence[str] | None) -> _Pairs:
+        n_c = idx.size
+        if positives == "image":
+            cap = np.argsort(idx, kind="stable")
+            img = idx[cap]
+            # One positive per caption: sorting by caption is the inverse permutation, and every run has length 1.
+            by_caption = np.empty_like(cap)
+            by_caption[cap] = np.arange(n_c)
+            return cls(img, cap, by_caption, np.searchsorted(img, np.arange(n_images + 1)), np.arange(n_c + 1))
+        elif positives == "text":
+            if texts is None or len(texts) != n_c:
+                got = "none" if texts is None else len(texts)
+                raise ValueError(f"positives='text' needs texts=, the text of every caption ({n_c}); got {got}")
+            _, group = np.unique([normalize_caption(t) for t in texts], return_inverse=True)
+            group = group.reshape(-1).astype(np.int64)
+            # Every (image, text group) it owns, then every caption of that group: the image's positives.
+            owned = np.unique(idx * (group.max() + 1) + group)
+            own_img, own_group = owned // (group.max() + 1), owned % (group.max() + 1)
+            caps_by_group = np.argsort(group, kind="stable")
+            group_starts = np.searchsorted(group[caps_by_group], np.arange(group.max() + 2))
+            sizes = group_starts[own_group + 1] - group_starts[own_group]
+            img = np.repeat(own_img, sizes)
+            first = np.repeat(group_starts[own_group], sizes)
+            offset = np.arange(img.size) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+            cap = caps_by_group[first + offset]
+            order = np.lexsort((cap, img))
+            img, cap = img[order], cap[order]
+        else:
+            raise ValueError(f"positives must be 'image' or 'text', got {positives!r}")
+        by_caption = np.lexsort((img, cap))
+        img_starts = np.searchsorted(img, np.arange(n_images + 1))
+        cap_starts = np.searchsorted(cap[by_caption], np.arange(n_c + 1))
+        return cls(img, cap, by_caption, img_starts, cap_starts)
+
+
+def _segment_best(scores: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per segment of ``scores`` (delimited by ``starts``, none empty): the maximum and how many reach it."""
+    heads = starts[:-1]
+    best = np.maximum.reduceat(scores, heads)
+    at_best = np.add.reduceat((scores == np.repeat(best, np.diff(starts))).astype(np.int64), heads)
     return best, at_best
 
 
-def _check_finite_gt(gt: torch.Tensor) -> None:
-    # A NaN ground-truth score would compare False with everything and silently rank first.
-    if bool(torch.isnan(gt).any()):
+def _positive_scores(s: torch.Tensor, pairs: _Pairs) -> np.ndarray:
+    if s.device.type == "cpu":
+        # numpy, not torch indexing: a torch op just before the counting pass leaves torch's OpenMP threads
+        # spin-waiting on the cores that the counting threads are about to use (measured: 1.5x slower at RSICD size).
+        ps = s.numpy()[pairs.img, pairs.cap]
+    else:
+        ps = s[torch.from_numpy(pairs.img).to(s.device), torch.from_numpy(pairs.cap).to(s.device)].cpu().numpy()
+    if np.isnan(ps).any():
+        # A NaN ground-truth score would compare False with everything and silently rank first.
         raise ValueError("the similarity of some ground-truth pairs is NaN")
+    return ps
+
+
+# ------------------------------------------------------------------ counting kernels
 
 
 def _bool_buffer(rows: int, n: int) -> np.ndarray:
@@ -184,79 +280,66 @@ def _use_numpy(t: torch.Tensor, backend: str) -> bool:
     return backend == "numpy" or (backend == "auto" and t.device.type == "cpu")
 
 
-def retrieval_ranks(
-    sim: ArrayLike,
-    caption_to_image: ArrayLike,
-    *,
-    ties: Ties = "optimistic",
-    memory_budget_bytes: int = 64 * 2**20,
-    backend: Literal["auto", "numpy", "torch"] = "auto",
-) -> tuple[np.ndarray, np.ndarray]:
-    """0-based ranks of every query in both directions, from a precomputed similarity matrix.
-
-    Args:
-        sim: similarity ``[N_i, N_c]`` (numpy array or tensor on any device; higher = more similar; no NaN).
-        caption_to_image: image index of every caption ``[N_c]``; every image needs at least one caption.
-        ties: ``"optimistic"`` or ``"pessimistic"`` (see the module docstring).
-        memory_budget_bytes: bound on the temporaries of the blocks in flight (the comparison results of all
-            threads); a floating-point ``sim`` is read in place, never copied (integer scores are converted to
-            float64 first).
-        backend: ``"auto"`` (numpy kernels on CPU, torch elsewhere), ``"numpy"`` or ``"torch"``.
-
-    Returns:
-        ``(i2t_ranks [N_i], t2i_ranks [N_c])`` as int64 numpy arrays.
-    """
-    _check_ties(ties)
-    s = _as_tensor(sim, "sim")
-    if s.ndim != 2:
-        raise ValueError(f"sim must be [N_i, N_c], got shape {tuple(s.shape)}")
-    if not s.is_floating_point():
-        s = s.to(torch.float64)  # integer or boolean scores: exact in float64, and -inf is needed for the segment max
-    n_i, n_c = s.shape
-    idx = _check_index(caption_to_image, n_i, n_c, s.device)
-    strict = ties == "optimistic"
-
-    if _use_numpy(s, backend):
-        # The gathers and the segment max in numpy too: a torch op here would leave torch's OpenMP threads
-        # spin-waiting on the cores that the counting threads are about to use (measured: 1.5x slower at RSICD size).
-        a, ix = s.numpy(), idx.numpy()
-        gt_np = a[ix, np.arange(n_c)]
-        if np.isnan(gt_np).any():
-            raise ValueError("the similarity of some ground-truth pairs is NaN")
-        best_np = np.full(n_i, -np.inf, dtype=a.dtype)
-        np.maximum.at(best_np, ix, gt_np)
-        i2t, t2i = _ranks_numpy(a, gt_np, best_np, strict, memory_budget_bytes)
-        if not strict:
-            # ">=" also counted the positives themselves: the captions of image i at its best score, and the
-            # caption's own image.
-            i2t -= np.bincount(ix[gt_np == best_np[ix]], minlength=n_i)
-            t2i -= 1
-        return i2t, t2i
-
-    gt = s[idx, torch.arange(n_c, device=s.device)]
-    _check_finite_gt(gt)
-    best, at_best = _best_positive(gt, idx, n_i)
-    i2t, t2i = _ranks_torch(s, gt, best, strict, memory_budget_bytes)
-    i2t, t2i = i2t.cpu(), t2i.cpu()
-    if not strict:
-        i2t = i2t - at_best.cpu()
-        t2i = t2i - 1
-    return i2t.numpy().astype(np.int64), t2i.numpy().astype(np.int64)
-
-
 def _default_workers() -> int:
     """Threads for the numpy counting pass: torch's intra-op thread count (numpy's ufuncs release the GIL)."""
     return max(1, torch.get_num_threads())
 
 
-def _ranks_numpy(
-    s: np.ndarray, gt: np.ndarray, best: np.ndarray, strict: bool, budget: int, workers: int | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Both directions in one pass over row blocks of ``s``: rows give i2t, column sums give t2i.
+class _ColumnCounts:
+    """Column sums of boolean comparison rows, added as 64-bit words (8 byte counters each).
+
+    Rows go into byte counters ``hits`` for up to ``_MAX_UINT8_ROWS`` rows, then into uint16 ``partial`` (half the
+    traffic of int64), then into int64 ``total``, each before it could overflow.
+    """
+
+    def __init__(self, words: int, n: int) -> None:
+        self.block = np.empty(words, dtype=np.uint64)
+        self.hits = np.zeros(words, dtype=np.uint64)
+        self.hits_bytes = self.hits.view(np.uint8)[:n]
+        self.partial = np.zeros(n, dtype=np.uint16)
+        self.total = np.zeros(n, dtype=np.int64)
+        self.in_hits = self.in_partial = 0
+
+    def add(self, rows: np.ndarray) -> None:
+        """Add the comparison rows ``rows`` (``[R, words]`` uint64 view of a :func:`_bool_buffer`)."""
+        n = rows.shape[0]
+        if self.in_hits + n > _MAX_UINT8_ROWS:
+            if self.in_partial + self.in_hits > _PARTIAL_MAX:
+                self.total += self.partial
+                self.partial[:] = 0
+                self.in_partial = 0
+            np.add(self.partial, self.hits_bytes, out=self.partial)
+            self.hits[:] = 0
+            self.in_partial += self.in_hits
+            self.in_hits = 0
+        np.add.reduce(rows, axis=0, out=self.block)
+        np.add(self.hits, self.block, out=self.hits)
+        self.in_hits += n
+
+    def result(self) -> np.ndarray:
+        return self.total + self.partial + self.hits_bytes
+
+
+Mode = bool | str  # True: ">", False: ">=", "tie": "==" on the negatives only
+
+
+def _count_numpy(
+    s: np.ndarray,
+    row_thr: np.ndarray,
+    col_thr: np.ndarray,
+    modes: tuple[Mode, ...],
+    budget: int,
+    workers: int | None = None,
+    pairs: _Pairs | None = None,
+) -> dict[Mode, tuple[np.ndarray, np.ndarray]]:
+    """One pass over row blocks of ``s``: per mode, row counts against ``row_thr``, column counts against ``col_thr``.
+
+    A mode is ``True`` for ``>``, ``False`` for ``>=`` and ``"tie"`` for ``==`` over the negatives only (``pairs``
+    says which entries are positives); ``row_thr`` [N_i] serves i2t, ``col_thr`` [N_c] t2i.
 
     The row blocks are shared out to ``workers`` threads (default :func:`_default_workers`) that take the next
     block as they finish one, so a thread slowed down by another process on its core takes fewer blocks. Each thread
-    keeps its own comparison buffer and t2i partial sums; ``budget`` bounds the buffers of all threads together.
+    keeps its own comparison buffer and column sums; ``budget`` bounds the buffers of all threads together.
     """
     n_i, n_c = s.shape
     workers = _default_workers() if workers is None else max(1, int(workers))
@@ -265,155 +348,337 @@ def _ranks_numpy(
     rows = max(1, min(_MAX_UINT8_ROWS, _CACHE_BLOCK_BYTES // n_c, budget // (n_c * workers)))
     n_blocks = -(-n_i // rows)
     workers = min(workers, n_blocks)
-    cmp = np.greater if strict else np.greater_equal
-    i2t = np.empty(n_i, dtype=np.int64)
+    row_counts = {m: np.zeros(n_i, dtype=np.int64) for m in modes}
     next_block = iter(range(n_blocks))
     lock = threading.Lock()
+    compare = {True: np.greater, False: np.greater_equal, "tie": np.equal}
 
-    def work() -> np.ndarray:
+    def work() -> dict[Mode, np.ndarray]:
         buf = _bool_buffer(rows, n_c)
         words = buf.view(np.uint64)
-        # Column counts: the comparison rows are added as 64-bit words (8 byte counters each), into ``column_hits``
-        # for up to 255 rows, then into uint16 ``partial`` (half the traffic of int64), then into int64 ``t2i``.
-        block_hits = np.empty(words.shape[1], dtype=np.uint64)
-        column_hits = np.zeros(words.shape[1], dtype=np.uint64)
-        hits_bytes = column_hits.view(np.uint8)[:n_c]
-        partial = np.zeros(n_c, dtype=np.uint16)
-        t2i = np.zeros(n_c, dtype=np.int64)
-        in_hits = in_partial = 0
+        cols = {m: _ColumnCounts(words.shape[1], n_c) for m in modes}
         while True:
             with lock:
                 k = next(next_block, None)
             if k is None:
-                t2i += partial
-                t2i += hits_bytes
-                return t2i
+                return {m: c.result() for m, c in cols.items()}
             r0 = k * rows
             block = s[r0 : r0 + rows]
             n = block.shape[0]
-            # i2t first: its scalar-threshold comparison is the lightest pass, so it is the one that waits on memory;
-            # the t2i comparison then reads the block again from cache.
-            i2t[r0 : r0 + n] = _count_rows_numpy(block, best[r0 : r0 + n], strict, buf)
-            cmp(block, gt, out=buf[:n, :n_c])
-            if in_hits + n > _MAX_UINT8_ROWS:
-                if in_partial + in_hits > _PARTIAL_MAX:
-                    t2i += partial
-                    partial[:] = 0
-                    in_partial = 0
-                np.add(partial, hits_bytes, out=partial)
-                column_hits[:] = 0
-                in_partial += in_hits
-                in_hits = 0
-            np.add.reduce(words[:n], axis=0, out=block_hits)
-            np.add(column_hits, block_hits, out=column_hits)
-            in_hits += n
+            if "tie" in modes:
+                lo, hi = pairs.img_starts[r0], pairs.img_starts[r0 + n]
+                pos_rows, pos_cols = pairs.img[lo:hi] - r0, pairs.cap[lo:hi]
+            for m in modes:
+                # i2t first: its scalar-threshold comparison is the lightest pass, so it is the one that waits on
+                # memory; the t2i comparisons then read the block again from cache.
+                if m != "tie":
+                    row_counts[m][r0 : r0 + n] = _count_rows_numpy(block, row_thr[r0 : r0 + n], m, buf)
+                    continue
+                # Exact ties with a negative are rare in most data: compare, clear the positives, and count
+                # only when anything is left (any() costs a fraction of the count).
+                np.equal(block, row_thr[r0 : r0 + n, None], out=buf[:n, :n_c])
+                buf[pos_rows, pos_cols] = False
+                if buf[:n].any():
+                    row_counts[m][r0 : r0 + n] = _row_counts(buf[:n])
+            for m in modes:
+                compare[m](block, col_thr, out=buf[:n, :n_c])
+                if m == "tie":
+                    buf[pos_rows, pos_cols] = False
+                    if not buf[:n].any():
+                        continue
+                cols[m].add(words[:n])
 
     if workers == 1:
-        return i2t, work()
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rswb-ranks") as pool:
-        partials = [f.result() for f in [pool.submit(work) for _ in range(workers)]]
-    return i2t, np.sum(partials, axis=0)
+        col_counts = work()
+    else:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rswb-ranks") as pool:
+            partials = [f.result() for f in [pool.submit(work) for _ in range(workers)]]
+        col_counts = {m: np.sum([p[m] for p in partials], axis=0) for m in modes}
+    return {m: (row_counts[m], col_counts[m]) for m in modes}
 
 
-def _ranks_torch(
-    s: torch.Tensor, gt: torch.Tensor, best: torch.Tensor, strict: bool, budget: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _count_torch(
+    s: torch.Tensor, row_thr: torch.Tensor, col_thr: torch.Tensor, modes: tuple[bool, ...], budget: int
+) -> dict[Mode, tuple[np.ndarray, np.ndarray]]:
     n_i, n_c = s.shape
     rows = max(1, budget // max(1, n_c))
-    i2t = torch.empty(n_i, dtype=torch.int64, device=s.device)
-    t2i = torch.zeros(n_c, dtype=torch.int64, device=s.device)
+    out = {}
+    for m in modes:
+        i2t = torch.empty(n_i, dtype=torch.int64, device=s.device)
+        t2i = torch.zeros(n_c, dtype=torch.int64, device=s.device)
+        for r0 in range(0, n_i, rows):
+            block = s[r0 : r0 + rows]
+            t2i += ((block > col_thr) if m else (block >= col_thr)).sum(0)
+            i2t[r0 : r0 + block.shape[0]] = _count_rows_torch(block, row_thr[r0 : r0 + rows], m)
+        out[m] = (i2t.cpu().numpy(), t2i.cpu().numpy())
+    return out
+
+
+def _modes(ties: str) -> tuple[bool, ...]:
+    """The comparisons a counting rule needs: ``>`` (above ``s*``), ``>=`` (above or tied), or both."""
+    return {"optimistic": (True,), "pessimistic": (False,), "expected": (True, False)}[ties]
+
+
+def _tie_counts(ties: str, counts: dict[Mode, tuple[np.ndarray, np.ndarray]], tied_pos: tuple) -> tuple | RankCounts:
+    """Ranks of a bound rule, or the :class:`RankCounts` of the expected rule, from the counts of its modes.
+
+    ``tied_pos`` holds the positives tied at the best score, per direction: ``>=`` counted them too (other positives
+    never count against a query). The tied negatives come from the ``"tie"`` mode or as ``>=`` minus ``>``.
+    """
+    if ties == "optimistic":
+        return counts[True]
+    at_or_above = counts.get(False)
+    if ties == "pessimistic":
+        return tuple(ge - tp for ge, tp in zip(at_or_above, tied_pos))
+    above = counts[True]
+    neg = counts["tie"] if "tie" in counts else tuple(ge - gt - tp for ge, gt, tp in zip(at_or_above, above, tied_pos))
+    return RankCounts(
+        *(TieCounts(a.astype(np.int64), n.astype(np.int64), tp) for a, n, tp in zip(above, neg, tied_pos))
+    )
+
+
+# ------------------------------------------------------------------ rank counts and the expected rule
+
+
+@dataclass(frozen=True)
+class TieCounts:
+    """What the rank of every query of one direction depends on, tie rule aside.
+
+    Attributes:
+        above: negatives scoring strictly above the query's best positive score ``s*`` ``[Q]`` (int64).
+        tied_neg: negatives scoring exactly ``s*`` ``[Q]``.
+        tied_pos: positives scoring exactly ``s*`` ``[Q]`` (at least 1).
+    """
+
+    above: np.ndarray
+    tied_neg: np.ndarray
+    tied_pos: np.ndarray
+
+    def ranks(self, ties: str) -> np.ndarray:
+        """0-based ranks: ``above`` (optimistic), ``above + tied_neg`` (pessimistic) or the expected rank (float)."""
+        if ties == "optimistic":
+            return self.above
+        if ties == "pessimistic":
+            return self.above + self.tied_neg
+        if ties == "expected":
+            return self.above + self.tied_neg / (self.tied_pos + 1.0)
+        raise ValueError(f"TieCounts gives the optimistic, pessimistic or expected ranks, not {ties!r}")
+
+    def prob_within(self, k: int) -> np.ndarray:
+        """``P(rank < k)`` of every query ``[Q]`` when the tied items are in uniformly random order."""
+        m = k - self.above  # tied negatives that may precede the first positive and still leave rank < k
+        out = (m > self.tied_neg).astype(np.float64)
+        inside = np.flatnonzero((m >= 1) & (m <= self.tied_neg))
+        if inside.size:
+            n, p, mm = (x[inside].astype(np.float64) for x in (self.tied_neg, self.tied_pos, m))
+            # P(X >= m) = C(n, m) / C(n + p, m): the first m of the tied items are all negatives.
+            log_tail = gammaln(n + 1) - gammaln(n - mm + 1) - gammaln(n + p + 1) + gammaln(n + p - mm + 1)
+            out[inside] = 1.0 - np.exp(log_tail)
+        return out
+
+    def median_rank(self) -> float:
+        """Median of the pooled 1-based rank distribution (see the module docstring)."""
+        # Queries without a tied negative have one rank; only the others spread over several, so the pooled CDF
+        # F(r) = E[share of 1-based ranks <= r] is a sorted-array count plus a sum over the tied queries.
+        tied = self.tied_neg > 0
+        fixed = np.sort(self.above[~tied] + 1)
+        spread = TieCounts(self.above[tied], self.tied_neg[tied], self.tied_pos[tied])
+        n = self.above.size
+
+        def cdf(r: int) -> float:
+            return (np.searchsorted(fixed, r, side="right") + spread.prob_within(r).sum()) / n
+
+        def first(strictly: bool) -> int:
+            a, b = 1, int((self.above + self.tied_neg).max()) + 1  # F(b) = 1
+            while a < b:
+                mid = (a + b) // 2
+                f = cdf(mid)
+                if f > 0.5 or (not strictly and f >= 0.5):
+                    b = mid
+                else:
+                    a = mid + 1
+            return a
+
+        return (first(False) + first(True)) / 2
+
+
+@dataclass(frozen=True)
+class RankCounts:
+    """:class:`TieCounts` of both directions (from :func:`retrieval_rank_counts`)."""
+
+    i2t: TieCounts
+    t2i: TieCounts
+
+    def ranks(self, ties: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(i2t, t2i)`` 0-based ranks under a counting rule (:meth:`TieCounts.ranks`)."""
+        return self.i2t.ranks(ties), self.t2i.ranks(ties)
+
+
+def metrics_from_counts(counts: RankCounts, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """Expected recalls, mR and rank statistics when tied items are in uniformly random order.
+
+    Args:
+        counts: the per-query counts of both directions (:func:`retrieval_rank_counts`).
+        ks: the cut-offs ``K`` of ``R@K``.
+
+    Returns:
+        The keys of :func:`metrics_from_ranks`; with no exact tie the values equal it on the optimistic ranks.
+    """
+    ks = _check_ks(ks)
+    out: dict[str, float] = {}
+    recalls = []
+    for direction, c in (("i2t", counts.i2t), ("t2i", counts.t2i)):
+        for k in ks:
+            out[f"{direction}_R@{k}"] = float(100.0 * np.mean(c.prob_within(k)))
+            recalls.append(out[f"{direction}_R@{k}"])
+    out["mR"] = float(np.mean(recalls))
+    for direction, c in (("i2t", counts.i2t), ("t2i", counts.t2i)):
+        out[f"{direction}_medr"] = float(c.median_rank())
+        out[f"{direction}_meanr"] = float(np.mean(c.ranks("expected") + 1))
+    return out
+
+
+# ------------------------------------------------------------------ from a similarity matrix
+
+
+def _prepare(sim: ArrayLike, caption_to_image: ArrayLike, positives: str, texts: Sequence[str] | None):
+    s = _as_tensor(sim, "sim")
+    if s.ndim != 2:
+        raise ValueError(f"sim must be [N_i, N_c], got shape {tuple(s.shape)}")
+    if not s.is_floating_point():
+        s = s.to(torch.float64)  # integer or boolean scores: exact in float64
+    idx = _check_index(caption_to_image, *s.shape)
+    return s, _Pairs.build(idx, s.shape[0], positives, texts)
+
+
+def _matrix_counts(s: torch.Tensor, pairs: _Pairs, ties: str, budget: int, backend: str) -> tuple | RankCounts:
+    """A counting rule's ranks (or :class:`RankCounts`) from one pass over the whole matrix."""
+    ps = _positive_scores(s, pairs)
+    row_best, row_tied = _segment_best(ps, pairs.img_starts)
+    col_best, col_tied = _segment_best(ps[pairs.by_caption], pairs.cap_starts)
+    modes = _modes(ties)
+    if _use_numpy(s, backend):
+        # The numpy kernel counts the tied negatives directly (cheaper than a second full count, see _count_numpy).
+        modes = tuple("tie" if m is False and ties == "expected" else m for m in modes)
+        counts = _count_numpy(s.numpy(), row_best, col_best, modes, budget, pairs=pairs)
+    else:
+        dev = s.device
+        counts = _count_torch(s, torch.from_numpy(row_best).to(dev), torch.from_numpy(col_best).to(dev), modes, budget)
+    return _tie_counts(ties, counts, (row_tied, col_tied))
+
+
+def _positions(order: np.ndarray) -> np.ndarray:
+    """Inverse of row-wise permutations ``[R, M]``: ``pos[r, order[r, k]] = k``."""
+    pos = np.empty_like(order)
+    np.put_along_axis(pos, order, np.broadcast_to(np.arange(order.shape[1]), order.shape), axis=1)
+    return pos
+
+
+def _published_rows(block: np.ndarray) -> np.ndarray:
+    """Positions of every item in each row's ``np.argsort(row)[::-1]`` ``[R, M]``."""
+    return _positions(np.argsort(block, axis=1)[:, ::-1])
+
+
+def _first_positive(pos: np.ndarray, rows: np.ndarray, cols: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Per query (segments of ``starts``, relative to the block): the best position of any of its positives."""
+    return np.minimum.reduceat(pos[rows, cols], starts[:-1] - starts[0])
+
+
+def _published_matrix(s: np.ndarray, pairs: _Pairs, budget: int) -> tuple[np.ndarray, np.ndarray]:
+    n_i, n_c = s.shape
+    i2t = np.empty(n_i, dtype=np.int64)
+    rows = max(1, budget // (n_c * _ARGSORT_BYTES_PER_ENTRY))
     for r0 in range(0, n_i, rows):
-        block = s[r0 : r0 + rows]
-        t2i += ((block > gt) if strict else (block >= gt)).sum(0)
-        i2t[r0 : r0 + block.shape[0]] = _count_rows_torch(block, best[r0 : r0 + rows], strict)
+        r1 = min(r0 + rows, n_i)
+        lo, hi = pairs.img_starts[r0], pairs.img_starts[r1]
+        pos = _published_rows(s[r0:r1])
+        i2t[r0:r1] = _first_positive(pos, pairs.img[lo:hi] - r0, pairs.cap[lo:hi], pairs.img_starts[r0 : r1 + 1])
+    t2i = np.empty(n_c, dtype=np.int64)
+    cols = max(1, budget // (n_i * _ARGSORT_BYTES_PER_ENTRY))
+    img_c, cap_c = pairs.img[pairs.by_caption], pairs.cap[pairs.by_caption]
+    for c0 in range(0, n_c, cols):
+        c1 = min(c0 + cols, n_c)
+        lo, hi = pairs.cap_starts[c0], pairs.cap_starts[c1]
+        # The column copied into a row: numpy's argsort of a strided 1-D column copies it the same way.
+        pos = _published_rows(np.ascontiguousarray(s[:, c0:c1].T))
+        t2i[c0:c1] = _first_positive(pos, cap_c[lo:hi] - c0, img_c[lo:hi], pairs.cap_starts[c0 : c1 + 1])
     return i2t, t2i
 
 
-def retrieval_ranks_from_embeddings(
-    image_emb: ArrayLike,
-    text_emb: ArrayLike,
+def _matrix_ranks(
+    sim: ArrayLike,
+    caption_to_image: ArrayLike,
+    ties: str,
+    positives: str,
+    texts: Sequence[str] | None,
+    budget: int,
+    backend: str,
+) -> tuple[np.ndarray, np.ndarray] | RankCounts:
+    _check_ties(ties)
+    s, pairs = _prepare(sim, caption_to_image, positives, texts)
+    if ties == "published":
+        _positive_scores(s, pairs)  # the NaN check
+        return _published_matrix(s.cpu().numpy(), pairs, budget)
+    return _matrix_counts(s, pairs, ties, budget, backend)
+
+
+def retrieval_ranks(
+    sim: ArrayLike,
     caption_to_image: ArrayLike,
     *,
-    ties: Ties = "optimistic",
-    memory_budget_bytes: int = 256 * 2**20,
+    ties: Ties = DEFAULT_TIES,
+    positives: Positives = "image",
+    texts: Sequence[str] | None = None,
+    memory_budget_bytes: int = 64 * 2**20,
     backend: Literal["auto", "numpy", "torch"] = "auto",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """0-based ranks in both directions with ``sim = image_emb @ text_emb.T`` computed block by block.
-
-    i2t reads blocks of image rows ``[R, N_c]``, t2i blocks of caption rows ``[R, N_i]``; each query's ground-truth
-    score is taken from the same block it is compared against, so a pair is never scored by two different matrix
-    products (which may differ in the last bit and break ties inconsistently).
+    """0-based ranks of every query in both directions, from a precomputed similarity matrix.
 
     Args:
-        image_emb: image embeddings ``[N_i, D]`` (numpy or tensor; the similarity is the plain dot product, so
-            L2-normalise first for cosine similarity).
-        text_emb: caption embeddings ``[N_c, D]``, same dtype family and device as ``image_emb``.
-        caption_to_image: image index of every caption ``[N_c]``.
-        ties: ``"optimistic"`` or ``"pessimistic"`` (see the module docstring).
-        memory_budget_bytes: bound on one similarity block plus its comparison result (at least one row is
-            always used).
+        sim: similarity ``[N_i, N_c]`` (numpy array or tensor on any device; higher = more similar; no NaN).
+        caption_to_image: image index of every caption ``[N_c]``; every image needs at least one caption.
+        ties: ``"expected"``, ``"optimistic"``, ``"pessimistic"`` or ``"published"`` (module docstring).
+        positives: ``"image"`` (a caption matches its own image) or ``"text"`` (also every image owning the same
+            normalised text); ``"text"`` needs ``texts``.
+        texts: the caption texts ``[N_c]``, for ``positives="text"``.
+        memory_budget_bytes: bound on the temporaries of the blocks in flight; a floating-point ``sim`` is read
+            in place, never copied (integer scores are converted to float64 first).
         backend: ``"auto"`` (numpy kernels on CPU, torch elsewhere), ``"numpy"`` or ``"torch"``.
 
     Returns:
-        ``(i2t_ranks [N_i], t2i_ranks [N_c])`` as int64 numpy arrays.
+        ``(i2t_ranks [N_i], t2i_ranks [N_c])`` as numpy arrays: int64, except under ``"expected"``, where they are
+        the expected ranks (float64; for R@K use :func:`retrieval_metrics`, which takes the whole distribution).
     """
-    _check_ties(ties)
-    img, txt = _as_tensor(image_emb, "image_emb"), _as_tensor(text_emb, "text_emb")
-    if img.ndim != 2 or txt.ndim != 2 or img.shape[1] != txt.shape[1]:
-        raise ValueError(f"embeddings must be [N_i, D] and [N_c, D], got {tuple(img.shape)} and {tuple(txt.shape)}")
-    if img.device != txt.device:
-        raise ValueError(f"image_emb is on {img.device} but text_emb is on {txt.device}")
-    dtype = torch.promote_types(img.dtype, txt.dtype)
-    if not dtype.is_floating_point:
-        dtype = torch.float32
-    img, txt = img.to(dtype), txt.to(dtype)
-    n_i, n_c = img.shape[0], txt.shape[0]
-    idx = _check_index(caption_to_image, n_i, n_c, img.device)
-    strict = ties == "optimistic"
-    numpy_counts = _use_numpy(img, backend)
-    item = img.element_size() + 1  # one similarity plus one comparison byte per entry
-
-    # i2t: blocks of image rows; each image's captions are a contiguous run of the caption order sorted by image.
-    caption_order = torch.argsort(idx, stable=True)
-    starts = torch.searchsorted(idx[caption_order], torch.arange(n_i + 1, device=idx.device)).cpu().tolist()
-    rows = max(1, memory_budget_bytes // (n_c * item))
-    buf = _bool_buffer(min(rows, n_i), n_c) if numpy_counts else None
-    i2t = torch.empty(n_i, dtype=torch.int64)
-    for r0 in range(0, n_i, rows):
-        r1 = min(r0 + rows, n_i)
-        block = img[r0:r1] @ txt.T
-        caps = caption_order[starts[r0] : starts[r1]]
-        owner = idx[caps] - r0
-        gt = block[owner, caps]
-        _check_finite_gt(gt)
-        best, at_best = _best_positive(gt, owner, r1 - r0)
-        counts = _count_block(block, best, strict, numpy_counts, buf)
-        i2t[r0:r1] = (counts if strict else counts - at_best).cpu()
-
-    # t2i: blocks of caption rows; the only positive of caption j is image idx[j].
-    rows = max(1, memory_budget_bytes // (n_i * item))
-    buf = _bool_buffer(min(rows, n_c), n_i) if numpy_counts else None
-    t2i = torch.empty(n_c, dtype=torch.int64)
-    for c0 in range(0, n_c, rows):
-        c1 = min(c0 + rows, n_c)
-        block = txt[c0:c1] @ img.T
-        gt = block[torch.arange(c1 - c0, device=block.device), idx[c0:c1]]
-        _check_finite_gt(gt)
-        counts = _count_block(block, gt, strict, numpy_counts, buf)
-        t2i[c0:c1] = (counts if strict else counts - 1).cpu()
-    return i2t.numpy(), t2i.numpy()
+    out = _matrix_ranks(sim, caption_to_image, ties, positives, texts, memory_budget_bytes, backend)
+    return out.ranks("expected") if isinstance(out, RankCounts) else out
 
 
-def _count_block(
-    block: torch.Tensor, thr: torch.Tensor, strict: bool, numpy_counts: bool, buf: np.ndarray | None
-) -> torch.Tensor:
-    if numpy_counts:
-        return torch.from_numpy(_count_rows_numpy(block.numpy(), thr.numpy(), strict, buf))
-    return _count_rows_torch(block, thr, strict)
+def retrieval_rank_counts(
+    sim: ArrayLike,
+    caption_to_image: ArrayLike,
+    *,
+    positives: Positives = "image",
+    texts: Sequence[str] | None = None,
+    memory_budget_bytes: int = 64 * 2**20,
+    backend: Literal["auto", "numpy", "torch"] = "auto",
+) -> RankCounts:
+    """Per query of both directions: negatives above the best positive, negatives and positives tied with it.
+
+    Every counting rule follows from these (:meth:`RankCounts.ranks`, :func:`metrics_from_counts`). Arguments as
+    :func:`retrieval_ranks`.
+    """
+    return _matrix_ranks(sim, caption_to_image, "expected", positives, texts, memory_budget_bytes, backend)
+
+
+def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
+    ks = tuple(int(k) for k in ks)
+    if not ks or min(ks) < 1:
+        raise ValueError(f"ks must be positive integers, got {ks}")
+    return ks
 
 
 def metrics_from_ranks(i2t_ranks: ArrayLike, t2i_ranks: ArrayLike, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
-    """Recalls, mR and rank statistics from 0-based ranks.
+    """Recalls, mR and rank statistics from 0-based integer ranks (one fixed order; see :func:`metrics_from_counts`).
 
     Args:
         i2t_ranks: 0-based rank of every image query ``[N_i]``.
@@ -424,9 +689,7 @@ def metrics_from_ranks(i2t_ranks: ArrayLike, t2i_ranks: ArrayLike, ks: Sequence[
         ``i2t_R@K`` and ``t2i_R@K`` for every K (percentages), ``mR`` (their mean), ``i2t_medr``, ``i2t_meanr``,
         ``t2i_medr``, ``t2i_meanr`` (1-based ranks), all floats.
     """
-    ks = tuple(int(k) for k in ks)
-    if not ks or min(ks) < 1:
-        raise ValueError(f"ks must be positive integers, got {ks}")
+    ks = _check_ks(ks)
     out: dict[str, float] = {}
     recalls = []
     ranks = {"i2t": _as_numpy_ranks(i2t_ranks), "t2i": _as_numpy_ranks(t2i_ranks)}
@@ -445,7 +708,13 @@ def _as_numpy_ranks(r: ArrayLike) -> np.ndarray:
     a = r.detach().cpu().numpy() if isinstance(r, torch.Tensor) else np.asarray(r)
     if a.size == 0:
         raise ValueError("no ranks given")
+    if a.dtype.kind == "f" and not np.array_equal(a, np.round(a)):
+        raise ValueError("metrics_from_ranks needs integer ranks; expected ranks go through metrics_from_counts")
     return a.reshape(-1).astype(np.int64)
+
+
+def _metrics(out: tuple[np.ndarray, np.ndarray] | RankCounts, ks: Sequence[int]) -> dict[str, float]:
+    return metrics_from_counts(out, ks) if isinstance(out, RankCounts) else metrics_from_ranks(*out, ks)
 
 
 def retrieval_metrics(
@@ -453,7 +722,9 @@ def retrieval_metrics(
     caption_to_image: ArrayLike,
     *,
     ks: Sequence[int] = (1, 5, 10),
-    ties: Ties = "optimistic",
+    ties: Ties = DEFAULT_TIES,
+    positives: Positives = "image",
+    texts: Sequence[str] | None = None,
     memory_budget_bytes: int = 64 * 2**20,
 ) -> dict[str, float]:
     """Image-to-text and text-to-image retrieval scores of a precomputed similarity matrix.
@@ -462,15 +733,117 @@ def retrieval_metrics(
         sim: similarity ``[N_i, N_c]`` (numpy array or tensor on any device; no NaN).
         caption_to_image: image index of every caption ``[N_c]`` (any number of captions per image, at least one).
         ks: the cut-offs ``K`` of ``R@K``.
-        ties: ``"optimistic"`` (default) or ``"pessimistic"`` (see the module docstring).
+        ties: ``"expected"`` (default), ``"optimistic"``, ``"pessimistic"`` or ``"published"`` (module docstring).
+        positives: ``"image"`` (default) or ``"text"`` (with ``texts``; see the module docstring).
+        texts: the caption texts ``[N_c]``, for ``positives="text"``.
         memory_budget_bytes: bound on the temporaries of one block.
 
     Returns:
         ``{"i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "mR", "i2t_medr", "i2t_meanr",
         "t2i_medr", "t2i_meanr"}`` for the default ``ks`` (see :func:`metrics_from_ranks`).
     """
-    i2t, t2i = retrieval_ranks(sim, caption_to_image, ties=ties, memory_budget_bytes=memory_budget_bytes)
-    return metrics_from_ranks(i2t, t2i, ks)
+    return _metrics(_matrix_ranks(sim, caption_to_image, ties, positives, texts, memory_budget_bytes, "auto"), ks)
+
+
+# ------------------------------------------------------------------ from embeddings, block by block
+
+
+def _embedding_ranks(
+    image_emb: ArrayLike,
+    text_emb: ArrayLike,
+    caption_to_image: ArrayLike,
+    ties: str,
+    positives: str,
+    texts: Sequence[str] | None,
+    budget: int,
+    backend: str,
+) -> tuple[np.ndarray, np.ndarray] | RankCounts:
+    _check_ties(ties)
+    img, txt = _as_tensor(image_emb, "image_emb"), _as_tensor(text_emb, "text_emb")
+    if img.ndim != 2 or txt.ndim != 2 or img.shape[1] != txt.shape[1]:
+        raise ValueError(f"embeddings must be [N_i, D] and [N_c, D], got {tuple(img.shape)} and {tuple(txt.shape)}")
+    if img.device != txt.device:
+        raise ValueError(f"image_emb is on {img.device} but text_emb is on {txt.device}")
+    dtype = torch.promote_types(img.dtype, txt.dtype)
+    if not dtype.is_floating_point:
+        dtype = torch.float32
+    img, txt = img.to(dtype), txt.to(dtype)
+    n_i, n_c = img.shape[0], txt.shape[0]
+    pairs = _Pairs.build(_check_index(caption_to_image, n_i, n_c), n_i, positives, texts)
+    published = ties == "published"
+    modes = () if published else _modes(ties)
+    numpy_counts = _use_numpy(img, backend)
+    item = _ARGSORT_BYTES_PER_ENTRY if published else img.element_size() + 1  # score + comparison byte per entry
+
+    def direction(queries: torch.Tensor, items: torch.Tensor, q_of_pair, item_of_pair, starts):
+        """Blocks of query rows ``[R, M]``; each query's positives are a contiguous run of the pairs."""
+        n_q, n_items = queries.shape[0], items.shape[0]
+        rows = max(1, budget // (n_items * item))
+        buf = _bool_buffer(min(rows, n_q), n_items) if numpy_counts and not published else None
+        out = {m: np.empty(n_q, dtype=np.int64) for m in modes} if not published else np.empty(n_q, np.int64)
+        tied = np.empty(n_q, dtype=np.int64)
+        for r0 in range(0, n_q, rows):
+            r1 = min(r0 + rows, n_q)
+            lo, hi = starts[r0], starts[r1]
+            block = queries[r0:r1] @ items.T
+            # Each pair is scored from the block it is compared against, so a pair is never scored by two matrix
+            # products (which may differ in the last bit and break ties inconsistently).
+            q, it = q_of_pair[lo:hi] - r0, item_of_pair[lo:hi]
+            ps = block[torch.from_numpy(q).to(block.device), torch.from_numpy(it).to(block.device)].cpu().numpy()
+            if np.isnan(ps).any():
+                raise ValueError("the similarity of some ground-truth pairs is NaN")
+            if published:
+                out[r0:r1] = _first_positive(_published_rows(block.cpu().numpy()), q, it, starts[r0 : r1 + 1])
+                continue
+            best, tied[r0:r1] = _segment_best(ps, starts[r0 : r1 + 1] - lo)
+            for m in modes:
+                if numpy_counts:
+                    out[m][r0:r1] = _count_rows_numpy(block.numpy(), best, m, buf)
+                else:
+                    thr = torch.from_numpy(best).to(block.device)
+                    out[m][r0:r1] = _count_rows_torch(block, thr, m).cpu().numpy()
+        return out, tied
+
+    i2t, i2t_tied = direction(img, txt, pairs.img, pairs.cap, pairs.img_starts)
+    cap_c, img_c = pairs.cap[pairs.by_caption], pairs.img[pairs.by_caption]
+    t2i, t2i_tied = direction(txt, img, cap_c, img_c, pairs.cap_starts)
+    if published:
+        return i2t, t2i
+    return _tie_counts(ties, {m: (i2t[m], t2i[m]) for m in modes}, (i2t_tied, t2i_tied))
+
+
+def retrieval_ranks_from_embeddings(
+    image_emb: ArrayLike,
+    text_emb: ArrayLike,
+    caption_to_image: ArrayLike,
+    *,
+    ties: Ties = DEFAULT_TIES,
+    positives: Positives = "image",
+    texts: Sequence[str] | None = None,
+    memory_budget_bytes: int = 256 * 2**20,
+    backend: Literal["auto", "numpy", "torch"] = "auto",
+) -> tuple[np.ndarray, np.ndarray]:
+    """0-based ranks in both directions with ``sim = image_emb @ text_emb.T`` computed block by block.
+
+    i2t reads blocks of image rows ``[R, N_c]``, t2i blocks of caption rows ``[R, N_i]``; each query's positive
+    scores are taken from the same block they are compared against.
+
+    Args:
+        image_emb: image embeddings ``[N_i, D]`` (numpy or tensor; the similarity is the plain dot product, so
+            L2-normalise first for cosine similarity).
+        text_emb: caption embeddings ``[N_c, D]``, same dtype family and device as ``image_emb``.
+        caption_to_image: image index of every caption ``[N_c]``.
+        ties: the tie rule (as :func:`retrieval_ranks`).
+        positives: ``"image"`` or ``"text"`` (with ``texts``).
+        texts: the caption texts ``[N_c]``, for ``positives="text"``.
+        memory_budget_bytes: bound on one similarity block plus its temporaries (at least one row is always used).
+        backend: ``"auto"`` (numpy kernels on CPU, torch elsewhere), ``"numpy"`` or ``"torch"``.
+
+    Returns:
+        ``(i2t_ranks [N_i], t2i_ranks [N_c])`` as in :func:`retrieval_ranks`.
+    """
+    out = _embedding_ranks(image_emb, text_emb, caption_to_image, ties, positives, texts, memory_budget_bytes, backend)
+    return out.ranks("expected") if isinstance(out, RankCounts) else out
 
 
 def retrieval_metrics_from_embeddings(
@@ -479,7 +852,9 @@ def retrieval_metrics_from_embeddings(
     caption_to_image: ArrayLike,
     *,
     ks: Sequence[int] = (1, 5, 10),
-    ties: Ties = "optimistic",
+    ties: Ties = DEFAULT_TIES,
+    positives: Positives = "image",
+    texts: Sequence[str] | None = None,
     memory_budget_bytes: int = 256 * 2**20,
 ) -> dict[str, float]:
     """Retrieval scores of ``sim = image_emb @ text_emb.T`` without ever holding the whole matrix.
@@ -489,13 +864,13 @@ def retrieval_metrics_from_embeddings(
         text_emb: caption embeddings ``[N_c, D]``.
         caption_to_image: image index of every caption ``[N_c]``.
         ks: the cut-offs ``K`` of ``R@K``.
-        ties: ``"optimistic"`` (default) or ``"pessimistic"`` (see the module docstring).
-        memory_budget_bytes: bound on one similarity block plus its comparison result (default 256 MiB).
+        ties: the tie rule, ``"expected"`` by default (module docstring).
+        positives: ``"image"`` or ``"text"`` (with ``texts``).
+        texts: the caption texts ``[N_c]``, for ``positives="text"``.
+        memory_budget_bytes: bound on one similarity block plus its temporaries (default 256 MiB).
 
     Returns:
         The same keys as :func:`retrieval_metrics`.
     """
-    i2t, t2i = retrieval_ranks_from_embeddings(
-        image_emb, text_emb, caption_to_image, ties=ties, memory_budget_bytes=memory_budget_bytes
-    )
-    return metrics_from_ranks(i2t, t2i, ks)
+    out = _embedding_ranks(image_emb, text_emb, caption_to_image, ties, positives, texts, memory_budget_bytes, "auto")
+    return _metrics(out, ks)
