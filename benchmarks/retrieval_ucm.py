@@ -56,33 +56,70 @@ def run(tag: str, data: str | None, images: str | None, variants: list[str], see
             name = f"{tag}-{v}-s{s}"
             final = Path(runs_root) / name / "metrics.json"
             t0 = time.perf_counter()
-            if not final.exists():
+            # A run scored under another tie rule (or before runs recorded one) selected its epoch by that rule:
+            # train it again rather than mix protocols in one table.
+            if not final.exists() or json.loads(final.read_text()).get("ties") != extra.get("ties", "expected"):
                 opts = {"data": data, "images": images, "seed": s, "split_seed": 0, "progress": False,
                         **VARIANTS[v], **extra}
                 train_task("retrieval", opts, run_name=name, runs_root=runs_root, overwrite=True)
             metrics = json.loads(final.read_text())
             results["runs"].append({"variant": v, "seed": s, "test": metrics["test"], "val": metrics["val"],
                                     "train_time_s": metrics["time_s"], "wall_s": time.perf_counter() - t0,
-                                    "best_epoch": metrics["best_epoch"], "device": metrics["device"]})
+                                    "best_epoch": metrics["best_epoch"], "device": metrics["device"],
+                                    "ties": metrics["ties"]})
             print(f"{name}: test mR {metrics['test']['mR']:.2f}  ({metrics['time_s']:.0f} s)", flush=True)
     results["machine"] = machine_info()
     return results
 
 
-def table(results: dict) -> str:
-    """Markdown: one row per variant, mean +- std over seeds of every test metric, median training time."""
+def _mean_sd(rows: list[dict], key: str) -> tuple[float, float]:
+    vals = [r["test"][key] for r in rows]
+    return statistics.mean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+
+def _groups(results: dict) -> dict[str, list[dict]]:
+    return {v: [r for r in results["runs"] if r["variant"] == v] for v in dict.fromkeys(r["variant"] for r in
+                                                                                          results["runs"])}
+
+
+def table(results: dict, rule: str = "") -> str:
+    """Markdown: one row per variant, mean +- std over seeds of every test metric, median training time.
+
+    Args:
+        results: what :func:`run` returns.
+        rule: ``""`` for the runs' headline rule (``expected`` by default), or ``"optimistic"``,
+            ``"pessimistic"``, ``"published"`` for the numbers the task reports beside it (``{rule}_{key}``).
+    """
+    prefix = f"{rule}_" if rule else ""
     head = "| variant | " + " | ".join(k.replace("_", " ") for k in KEYS) + " | seeds | train time / run |"
     lines = [head, "|---" * (len(KEYS) + 3) + "|"]
-    for v in dict.fromkeys(r["variant"] for r in results["runs"]):
-        rows = [r for r in results["runs"] if r["variant"] == v]
-        cells = []
-        for k in KEYS:
-            vals = [r["test"][k] for r in rows]
-            sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-            cells.append(f"{statistics.mean(vals):.2f} +- {sd:.2f}")
+    for v, rows in _groups(results).items():
+        cells = ["{:.2f} +- {:.2f}".format(*_mean_sd(rows, prefix + k)) for k in KEYS]
         t = statistics.median(r["train_time_s"] for r in rows)
         lines.append(f"| {v} | " + " | ".join(cells) + f" | {len(rows)} | {t:.0f} s |")
     return "\n".join(lines)
+
+
+def range_table(results: dict) -> str:
+    """Markdown: per variant, mR and i2t R@1 under every tie rule (means over seeds), bounds as a range."""
+    lines = ["| variant | mR expected | mR pessimistic - optimistic | mR published | i2t R@1 expected | "
+             "i2t R@1 pessimistic - optimistic | i2t R@1 published |", "|---" * 7 + "|"]
+    for v, rows in _groups(results).items():
+        cells = []
+        for k in ("mR", "i2t_R@1"):
+            m = {r: _mean_sd(rows, f"{r}_{k}" if r else k)[0] for r in ("", "pessimistic", "optimistic", "published")}
+            cells += [f"{m['']:.2f}", f"{m['pessimistic']:.2f} - {m['optimistic']:.2f}", f"{m['published']:.2f}"]
+        lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def report(results: dict, cmd: str) -> str:
+    """The ``_table.md`` text: headline (expected ties), published-protocol and tie-range tables."""
+    rules = sorted({r.get("ties", "?") for r in results["runs"]})
+    return (f"Command: `{cmd}`\n\nHeadline tie rule (also the rule validation selects by): {', '.join(rules)}\n\n"
+            + table(results) + "\n\nPublished evaluation loop (`ties='published'`, per-query "
+            "`np.argsort(...)[::-1]`), same runs and epochs:\n\n" + table(results, "published")
+            + "\n\nThe range every order of tied items allows:\n\n" + range_table(results) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -103,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     stem = a.out or f"retrieval_{a.tag}"
     (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=1))
     cmd = "python -m benchmarks.retrieval_ucm " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = f"Command: `{cmd}`\n\n" + table(results) + "\n"
+    text = report(results, cmd)
     (RESULTS / f"{stem}_table.md").write_text(text)
     print(text)
 

@@ -75,7 +75,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from rswb.engine.runs import resolve_run
 
     run = resolve_run(args.run, args.root)
-    bundle = load_trained(run, weights=args.weights)
+    bundle = load_trained(run, weights=args.weights, overrides={"ties": args.ties} if args.ties else None)
     device = select_device(args.device)
     bundle.task.to(device)
     splits = {"test": bundle.test, "val": bundle.val}
@@ -86,10 +86,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         ctx = EvalContext(device, batch_size=args.batch_size, progress=not args.json, desc=split)
         results[split] = bundle.task.evaluate(splits[split], ctx)
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(json.dumps({**results, **bundle.task.protocol()}, indent=2))
     else:
         keys = sorted({k for r in results.values() for k in r})
-        print(f"{run} ({args.weights} weights)")
+        rules = ", ".join(f"{k} {v}" for k, v in bundle.task.protocol().items())
+        print(f"{run} ({args.weights} weights{'; ' + rules if rules else ''})")
         print(f"  {'metric':<16}" + "".join(f"{s:>10}" for s in results))
         for k in keys:
             print(f"  {k:<16}" + "".join(f"{results[s].get(k, float('nan')):>10.4f}" for s in results))
@@ -239,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--weights", default="best", choices=["best", "last"], help="best.pt or checkpoint.pt")
     ev.add_argument("--device", default=None, help="cuda | mps | cpu (default: the best available)")
     ev.add_argument("--batch-size", type=int, default=128, help="evaluation batch size")
+    ev.add_argument("--ties", default=None, choices=["expected", "optimistic", "pessimistic", "published"],
+                    help="retrieval runs: the tie rule of the headline numbers (default: the run's own); "
+                         "re-scores without retraining")
     ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
     ev.set_defaults(func=_cmd_eval)
 

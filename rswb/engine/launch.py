@@ -136,12 +136,15 @@ def train_task(name: str, options: Mapping[str, Any] | None = None, *, config_fi
                task_config=to_dict(task_cfg) if task_cfg is not None else {}, task_name=name, dist=dist)
 
 
-def load_trained(run_dir: str | Path, weights: str = "best") -> TaskBundle:
+def load_trained(run_dir: str | Path, weights: str = "best", overrides: Mapping[str, Any] | None = None) -> TaskBundle:
     """Rebuild a run's task and splits from its ``config.yaml`` and load its ``best.pt`` (or ``checkpoint.pt``).
 
     Args:
         run_dir: a run folder written by ``rswb train`` (or :func:`train_task`).
         weights: ``"best"`` (the selected epoch) or ``"last"``.
+        overrides: task options replaced before the rebuild, for choices that do not change the weights (e.g.
+            ``{"ties": "published"}`` to re-score a retrieval run under another tie rule). An option the task does
+            not have is an error.
 
     Raises:
         FileNotFoundError: not a run folder, or the weights file is missing.
@@ -156,7 +159,9 @@ def load_trained(run_dir: str | Path, weights: str = "best") -> TaskBundle:
         raise ValueError(f"{run.config}: no task_name; only runs started from a registered task can be rebuilt")
     builder = get("task", name)
     seed_everything(saved.get("train", {}).get("seed", 0))
-    bundle, _ = _build(builder, saved.get("task_config", {}), source=str(run.config))
+    task_opts = {**saved.get("task_config", {}), **dict(overrides or {})}
+    source = f"{run.config} + {dict(overrides)}" if overrides else str(run.config)
+    bundle, _ = _build(builder, task_opts, source=source)
     path = run.best if weights == "best" else run.checkpoint
     if not path.exists():
         raise FileNotFoundError(f"{path}: weights file not found (is the run finished?)")

@@ -285,7 +285,7 @@ def fit(
                 bar.set_postfix(loss=f"{float(report['loss']):.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
         keys = sorted(sums)
         totals = dist.all_reduce_sum([sums[k] for k in keys] + [float(seen)])
-        record: dict[str, Any] = {"epoch": epoch + 1, "step": global_step}
+        record: dict[str, Any] = {"epoch": epoch + 1, "step": global_step, **task.protocol()}
         record.update({f"train_{k}": totals[i] / max(totals[-1], 1.0) for i, k in enumerate(keys)})
         record["lr"] = optimizer.param_groups[0]["lr"]
 
@@ -345,9 +345,9 @@ def fit(
         test_metrics = task.evaluate(test, eval_ctx)
     total_time = sum(r.get("time_s", 0.0) for r in history)
     final = {
-        "name": run.path.name, **task.describe(), "epochs_run": len(history), "best_epoch": best["epoch"],
-        "monitor": monitor, "val": best["metrics"], "test": test_metrics, "time_s": total_time,
-        "stopped_early": stopped_early, "device": str(device), "precision": precision,
+        "name": run.path.name, **task.describe(), **task.protocol(), "epochs_run": len(history),
+        "best_epoch": best["epoch"], "monitor": monitor, "val": best["metrics"], "test": test_metrics,
+        "time_s": total_time, "stopped_early": stopped_early, "device": str(device), "precision": precision,
         "world_size": dist.world_size, "finished": _dt.datetime.now().isoformat(timespec="seconds"),
     }
     if dist.is_main:

@@ -158,3 +158,11 @@ class Task(nn.Module):
         """``method``, ``version`` and ``data`` for the run registry (from ``info``, else the class name)."""
         return {"method": self.info.get("method", type(self).__name__), "version": self.info.get("version", ""),
                 "data": self.info.get("data", "")}
+
+    def protocol(self) -> dict[str, str]:
+        """The evaluation choices behind this task's numbers (e.g. ``{"ties": "expected"}``), none by default.
+
+        The training loop writes them into every ``metrics.jsonl`` line and into ``metrics.json``, so a number is
+        never read without the rule that produced it.
+        """
+        return {}

@@ -59,7 +59,7 @@ from rswb.losses.retrieval import (
     scene_adaptive_triplet,
     value_weighted_info_nce,
 )
-from rswb.metrics.retrieval import retrieval_metrics_from_embeddings
+from rswb.metrics.retrieval import TIE_RULES, retrieval_metrics_from_embeddings
 from rswb.models.momentum import FeatureQueue, MomentumEncoder
 from rswb.models.retrieval import (
     METHODS,
@@ -110,6 +110,8 @@ class RetrievalConfig:
     moco_weight: float = option(10.0, "kamcl: weight of the momentum InfoNCE")
     concept_weight: float = option(10.0, "kamcl: weight of the concept BCE in step 2")
     knowledge_stage: float = option(0.5, "kamcl: share of the epochs before knowledge alignment starts")
+    ties: str = option("expected", "tie rule of the headline R@K (validation selection and test): expected | "
+                       "optimistic | pessimistic | published; the other rules are reported beside it")
     val_fraction: float = option(0.1, "share of the training images held out when the set has no val split")
     split_seed: int = option(0, "seed of that held-out share")
     max_images: int | None = option(None, "use at most this many images per split (quick runs)")
@@ -519,6 +521,7 @@ class RetrievalTask(Task):
                    "concept_loss": cfg.concept_weight}
         super().__init__(model, weights, info)
         self.method = m
+        self.ties = str(cfg.ties)
         self.margin, self.beta1, self.beta2 = float(cfg.margin), float(cfg.beta1), float(cfg.beta2)
         self.fixed_temperature = float(cfg.temperature)
         self.value_stage, self.knowledge_stage = float(cfg.value_stage), float(cfg.knowledge_stage)
@@ -604,10 +607,26 @@ class RetrievalTask(Task):
         self.train(was_training)
         return {k: torch.cat(v) for k, v in out.items()}
 
+    def protocol(self) -> dict[str, str]:
+        """The tie rule of the headline numbers (recorded in ``metrics.json`` and every ``metrics.jsonl`` line)."""
+        return {"ties": self.ties}
+
     def evaluate(self, dataset: RetrievalSplit, ctx: EvalContext) -> dict[str, float]:
-        """R@1/5/10 both ways, mR and rank statistics of every image against every caption of the split."""
+        """R@1/5/10 both ways, mR and rank statistics of every image against every caption of the split.
+
+        The plain keys (``i2t_R@1``, ..., ``mR``; the one validation selects on) follow the task's ``ties`` rule;
+        the six recalls and mR under each other rule come beside them as ``{rule}_i2t_R@1``, ..., ``{rule}_mR``,
+        so one run shows the optimistic-pessimistic range and the published-protocol number at once.
+        """
         emb = self.embeddings(dataset, ctx)
-        return retrieval_metrics_from_embeddings(emb["image"], emb["text"], dataset.caption_to_image)
+        out: dict[str, float] = {}
+        for rule in (self.ties, *(r for r in TIE_RULES if r != self.ties)):
+            m = retrieval_metrics_from_embeddings(emb["image"], emb["text"], dataset.caption_to_image, ties=rule)
+            if rule == self.ties:
+                out.update(m)
+            else:
+                out.update({f"{rule}_{k}": v for k, v in m.items() if "_R@" in k or k == "mR"})
+        return out
 
     def collate(self, samples: Any) -> Any:
         """Batches come whole from :meth:`RetrievalSplit.__getitems__`: passed through."""
@@ -625,6 +644,8 @@ def retrieval_task(cfg: RetrievalConfig) -> TaskBundle:
     """
     if cfg.method not in METHODS:
         raise ValueError(f"unknown method {cfg.method!r}; use one of {', '.join(METHODS)}")
+    if cfg.ties not in TIE_RULES:
+        raise ValueError(f"unknown tie rule ties={cfg.ties!r}; use one of {', '.join(TIE_RULES)}")
     data = prepare_data(cfg)
     cached_text = data.train.states is not None  # prepare_data cached a frozen transformer's token states
     frozen = data.train.levels is not None and cached_text

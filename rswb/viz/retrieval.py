@@ -122,11 +122,15 @@ def plot_token_similarity(image_path: str | Path, heat: np.ndarray, query: str, 
 def failure_cases(embeddings: Mapping[str, torch.Tensor], split, n: int = 4) -> list[dict[str, Any]]:
     """The ``n`` captions whose own image ranks worst in text-to-image search (ties: the first captions).
 
+    Ranks are optimistic (an image tied with its caption's best match counts as ranked above it), so every case
+    shown is a failure under any order of tied items, not an artefact of duplicate captions.
+
     Returns:
         ``[{"caption", "index", "truth", "rank", "top"}]``: the caption, its index, its image, that image's 1-based
         rank, and the image ranked first instead.
     """
-    _, t2i = retrieval_ranks_from_embeddings(embeddings["image"], embeddings["text"], split.caption_to_image)
+    _, t2i = retrieval_ranks_from_embeddings(embeddings["image"], embeddings["text"], split.caption_to_image,
+                                              ties="optimistic")
     worst = np.argsort(-t2i, kind="stable")[:n]
     top = (embeddings["text"][torch.as_tensor(worst)] @ embeddings["image"].t()).argmax(1).numpy()
     return [{"caption": split.captions[j], "index": int(j), "truth": int(split.caption_to_image[j]),

@@ -175,8 +175,15 @@ def test_evaluate_scores_every_image_against_every_caption(data):
     res = task.evaluate(data.test, ctx)
     emb = task.embeddings(data.test, ctx)
     assert emb["image"].shape == (data.test.num_images, 32) and emb["text"].shape == (len(data.test), 32)
-    ref = retrieval_metrics((emb["image"] @ emb["text"].t()).numpy(), data.test.caption_to_image)
-    assert res == pytest.approx(ref)
+    sim = (emb["image"] @ emb["text"].t()).numpy()
+    ref = retrieval_metrics(sim, data.test.caption_to_image, ties="expected")  # the task's default rule
+    assert {k: res[k] for k in ref} == pytest.approx(ref)
+    assert task.protocol() == {"ties": "expected"}
+    for rule in ("optimistic", "pessimistic", "published"):  # the other rules beside the headline
+        other = retrieval_metrics(sim, data.test.caption_to_image, ties=rule)
+        assert {k: res[f"{rule}_{k}"] for k in ("i2t_R@1", "t2i_R@10", "mR")} == pytest.approx(
+            {k: other[k] for k in ("i2t_R@1", "t2i_R@10", "mR")})
+    assert res["pessimistic_mR"] <= res["mR"] <= res["optimistic_mR"]
     # Embeddings in batches of 7 equal one pass over everything.
     whole = task.model.encode_image({"levels": data.test.levels})
     torch.testing.assert_close(emb["image"], whole, rtol=1e-4, atol=1e-5)
