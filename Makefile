@@ -14,7 +14,7 @@ setup: $(STAMP)  ## create .venv and install rswb with every extra (idempotent: 
 # never pulls a newer torch (GBs of CUDA wheels) through another package's requirement.
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt -e '.[all,dev]'
+	$(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt -e '.[all,dev,bench]'
 	@touch $(STAMP)
 
 demo: $(STAMP)  ## the notebook suite, quick profile, on the embedded data: reports/<timestamp>/index.html

@@ -15,7 +15,11 @@ Two problems, each a benchmark of its own, measured in the same process:
   tie rule as rswb (distance, then database index: ``topk`` of the integer key ``2 d * 2^19 + index``) and AP@100;
   the +-1 float matrices are built before timing. ``reference_untied_s`` is the same without the tie rule (plain
   ``topk`` of the products: faster, but its ranking among equal distances is arbitrary, so its mAP is not
-  comparable).
+  comparable). ``faiss_s`` (when ``faiss-cpu`` is installed: ``pip install -e '.[bench]'``): the peer a user would
+  pick for Hamming k-NN, ``faiss.IndexBinaryFlat`` searching the same packed codes (as bytes) for the top ``k``, with
+  as many OpenMP threads as rswb's workers, plus AP@k from its lists in numpy. faiss orders tied distances its own way,
+  so its lists may hold other items at the boundary distance: the guard checks that its top-``k`` *distances* equal
+  rswb's, and ``faiss_mAP@k`` is reported beside rswb's.
 
 Correctness guard: rswb's mAP@K and P@K equal the reference's to 1e-12 (same ranking rule, so same lists).
 
@@ -84,8 +88,9 @@ def run_loo_problem(
         codes = clustered_codes(rng, labels, n_bits, n_classes, flip)
 
         def rswb(codes=codes):
+            # map_all=False: the reference computes mAP@K only, so both time the same work.
             return hash_metrics(codes[query_idx], codes, labels[query_idx], labels, topk=(k,),
-                                query_db_index=query_idx)  # fmt: skip
+                                query_db_index=query_idx, map_all=False)  # fmt: skip
 
         def reference(codes=codes):
             return reference_loo_map(codes, labels, query_idx, k)
@@ -188,7 +193,7 @@ def run_1m_problem(
     n_bits = 64
 
     def rswb():
-        return hash_metrics(q, db, q_labels, db_labels, topk=(k,), n_bits=n_bits)
+        return hash_metrics(q, db, q_labels, db_labels, topk=(k,), n_bits=n_bits, map_all=False)
 
     rswb_s = median_time(rswb, repeats)
     got = rswb()
@@ -209,6 +214,9 @@ def run_1m_problem(
     assert np.array_equal(pack_codes(unpack_codes(db[:1000], n_bits), np.uint64), db[:1000])
 
     speedup = reference_s / rswb_s
+    peer = faiss_peer(q, db, q_labels, db_labels, k, n_bits, reference_repeats)
+    if "faiss_s" in peer:
+        peer["speedup_vs_faiss"] = peer["faiss_s"] / rswb_s  # > 1: rswb is faster (it also counts the radii)
     return {
         "rswb_s": rswb_s,
         "reference_s": reference_s,
@@ -225,7 +233,46 @@ def run_1m_problem(
         "repeats": repeats,
         "reference_repeats": reference_repeats,
         "rswb_workers": torch.get_num_threads(),
+        **peer,
     }
+
+
+def faiss_peer(q: np.ndarray, db: np.ndarray, q_labels: np.ndarray, db_labels: np.ndarray, k: int, n_bits: int,
+               repeats: int) -> dict:
+    """Time ``faiss.IndexBinaryFlat`` k-NN + AP@k on the same codes; ``{}`` when faiss is not installed.
+
+    Also checks that faiss's top-k Hamming distances equal those of rswb's ranking (the lists may differ among items
+    tied at the boundary distance, so AP may differ slightly; both mAPs are reported).
+    """
+    try:
+        import faiss
+    except ImportError:
+        return {"faiss": "not installed (pip install -e '.[bench]')"}
+    faiss.omp_set_num_threads(torch.get_num_threads())
+    q8, db8 = q.view(np.uint8), db.view(np.uint8)  # little-endian words -> bytes: the same bits, the same distances
+    index = faiss.IndexBinaryFlat(n_bits)
+    index.add(db8)  # storing the codes is not timed (rswb gets them as an array too)
+    weights = 1.0 / np.arange(1, k + 1)
+    result: dict[str, np.ndarray] = {}
+
+    def search() -> float:
+        dist, ids = index.search(q8, k)
+        rel = db_labels[ids] == q_labels[:, None]
+        hits = np.cumsum(rel, axis=1)
+        result["dist"] = dist
+        return float(((hits * weights * rel).sum(1) / np.maximum(hits[:, -1], 1)).mean())
+
+    faiss_s = median_time(search, repeats)
+    faiss_map = search()
+    # rswb's top-k distances, from its ranking rule: the k smallest distances of every row, sorted.
+    from rswb.metrics import hamming_distance
+
+    rows = np.arange(0, len(q), max(1, len(q) // 10))  # a tenth of the queries: the full matrix is 1 GB at 1M
+    d = hamming_distance(q[rows], db)
+    assert np.array_equal(np.sort(np.partition(d, k - 1, axis=1)[:, :k], axis=1), result["dist"][rows]), \
+        "faiss top-k distances differ from the Hamming distances rswb ranks"
+    return {"faiss_s": faiss_s, f"faiss_mAP@{k}": faiss_map, "faiss_version": faiss.__version__,
+            "faiss_threads": torch.get_num_threads()}
 
 
 def run_1m(quick: bool = False) -> dict:

@@ -28,6 +28,11 @@ def test_quick_json_runs_every_benchmark(capsys):
         assert out[name]["vs_floor"] == pytest.approx(out[name]["rswb_s"] / out[name]["floor_s"])
     assert out["retrieval_5k"]["reference_extrapolated_from"]  # the quick 5k run also takes the subset path
     assert out["pha_dense"]["map_agreement"] == 1.0  # dense and per-patch maps are the same map
+    h = out["hashing_1m"]
+    if "faiss_s" in h:  # the faiss peer (the bench extra): timed, and its top-k distances checked against rswb's
+        assert h["speedup_vs_faiss"] == pytest.approx(h["faiss_s"] / h["rswb_s"]) and 0 < h["faiss_mAP@10"] <= 1
+    else:
+        assert "not installed" in h["faiss"]
 
 
 def test_named_subset_prints_a_table(capsys):

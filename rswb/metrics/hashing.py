@@ -22,6 +22,10 @@ Conventions (METHODS.md, "Shared evaluation semantics"):
     relevant items are penalised).
 
   ``AP@K = 0`` when ``Z = 0``. ``mAP@K`` is the mean over **all** queries (a query with no relevant item scores 0).
+* **mAP@all**: AP over the whole ranking, ``(1 / R) * sum_{j: rel_j} P@j`` over every position ``j`` of the database
+  (``R`` relevant items, 0 when ``R = 0``); the "mAP" of papers that rank the full database (DHCNN, DPSH re-runs).
+  It needs each query's full ranking (a stable radix sort of its ``uint8``/``uint16`` distances, ~4 ms per million
+  items), so :func:`hash_metrics` takes ``map_all=False`` to skip it at scale.
 * ``P@K = #relevant in the top K / K`` (also when the database holds fewer than ``K`` items).
 * Radius ``r``: the items with ``d <= r``. Precision = relevant ones / all of them, **0 when no item lies within r**;
   recall = relevant ones / ``R``, 0 when ``R = 0``. Both are averaged over all queries.
@@ -269,7 +273,8 @@ def _relevance_block(
 class _Evaluation:
     """Per-query results over the whole database.
 
-    Always: ``top_rel`` ``[Q, top]`` (relevance of the ranked top list) and ``n_relevant`` ``[Q]`` (``R``). Then
+    Always: ``top_rel`` ``[Q, top]`` (relevance of the ranked top list) and ``n_relevant`` ``[Q]`` (``R``); ``ap_all``
+    ``[Q]`` (AP over the whole ranking) when :func:`_evaluate` is asked for it, zeros otherwise. Then
     either the full distance histograms ``hist_all`` / ``hist_rel`` ``[Q, K + 1]`` (items, relevant items at
     distance ``d``; for the PR curve), or only the counts within the requested radii ``within`` / ``rel_within``
     ``[Q, len(radii)]`` (what :func:`hash_metrics` reports).
@@ -277,6 +282,7 @@ class _Evaluation:
 
     def __init__(self, n_queries: int, n_bits: int, top: int, radii: tuple[int, ...] | None):
         self.top_rel = np.zeros((n_queries, top), dtype=bool)
+        self.ap_all = np.zeros(n_queries, dtype=np.float64)  # AP over the whole ranking, when asked for
         self.n_relevant = np.zeros(n_queries, dtype=np.int64)
         if radii is None:
             self.hist_all = np.zeros((n_queries, n_bits + 1), dtype=np.int64)
@@ -299,8 +305,11 @@ def _evaluate(
     relevance: Relevance | None,
     n_bits: int | None,
     memory_budget_bytes: int,
+    map_all: bool = False,
 ) -> _Evaluation:
     """Rank the database for every query; ``radii=None`` keeps full histograms, else counts within ``radii``.
+
+    ``map_all``: also the AP of every query over its whole (distance, index) ranking (``ev.ap_all``).
 
     Two ways to the same numbers, chosen by database size:
 
@@ -375,6 +384,9 @@ def _evaluate(
             own_rows, own_cols = np.arange(n)[has_own], own[has_own]
             dist[own_rows, own_cols] = k + 1
             length = np.minimum(top, n_db - has_own)  # fewer items than ``top`` when the database is small
+            if map_all:
+                for j in range(n):
+                    ev.ap_all[q0 + j] = _full_ranking_ap(dist[j], rel[j], bool(has_own[j]))
 
             if probe:
                 # Per query: one comparison and one count_nonzero per count (1-D count_nonzero is the fastest count
@@ -430,6 +442,18 @@ def _evaluate(
             for f in [pool.submit(work) for _ in range(workers)]:
                 f.result()
     return ev
+
+
+def _full_ranking_ap(dist_row: np.ndarray, rel_row: np.ndarray, has_own: bool) -> float:
+    """AP of one query over its whole ranking by (distance, index); the excluded item (distance K + 1) sorts last."""
+    # kind="stable" is a radix sort for 8/16-bit integers (linear time) and keeps ascending index among ties.
+    ranked_rel = rel_row[np.argsort(dist_row, kind="stable")]
+    if has_own:
+        ranked_rel = ranked_rel[:-1]
+    pos = np.flatnonzero(ranked_rel)  # 0-based positions of the relevant items
+    if len(pos) == 0:
+        return 0.0
+    return float(np.mean(np.arange(1, len(pos) + 1) / (pos + 1)))
 
 
 def _count_within(dist_row: np.ndarray, mask: np.ndarray, t: int) -> int:
@@ -578,8 +602,9 @@ def hash_metrics(
     relevance: Relevance | None = None,
     n_bits: int | None = None,
     memory_budget_bytes: int = 256 * 2**20,
+    map_all: bool = True,
 ) -> dict[str, float]:
-    """mAP@K, P@K and precision/recall within Hamming radius ``r``.
+    """mAP@K, P@K, mAP over the whole ranking (``mAP@all``) and precision/recall within Hamming radius ``r``.
 
     Args:
         query_codes: query codes ``[Q, K]`` in ``{-1, +1}``, or packed codes (uint8/uint64, then ``n_bits``).
@@ -595,10 +620,13 @@ def hash_metrics(
         relevance: optional ``f(query_labels[q0:q1], db_labels) -> bool [q, N]`` replacing label equality.
         n_bits: code length, required for packed codes.
         memory_budget_bytes: bound on the temporaries of the chunks of queries in flight (all threads).
+        map_all: also report ``mAP@all`` (AP over every database position, see the module docstring); it sorts each
+            query's whole distance row, which dominates the cost on databases of a million codes.
 
     Returns:
-        ``mAP@K`` and ``P@K`` for every K in ``topk`` and ``P@r{r}``, ``R@r{r}`` for every radius, as fractions in
-        ``[0, 1]`` (e.g. ``{"mAP@20", "P@20", "P@r2", "R@r2"}`` by default).
+        ``mAP@K`` and ``P@K`` for every K in ``topk``, ``mAP@all`` (when ``map_all``) and ``P@r{r}``, ``R@r{r}`` for
+        every radius, as fractions in ``[0, 1]`` (e.g. ``{"mAP@20", "P@20", "mAP@all", "P@r2", "R@r2"}`` by
+        default). All follow the (distance, database index) ranking.
     """
     if normalize not in ("retrieved", "min_rk"):
         raise ValueError(f"normalize must be 'retrieved' or 'min_rk', got {normalize!r}")
@@ -620,11 +648,14 @@ def hash_metrics(
         relevance=relevance,
         n_bits=n_bits,
         memory_budget_bytes=memory_budget_bytes,
+        map_all=map_all,
     )
     out: dict[str, float] = {}
     for k in ks:
         out[f"mAP@{k}"] = float(_average_precision(ev.top_rel, ev.n_relevant, k, normalize).mean())
         out[f"P@{k}"] = float((ev.top_rel[:, :k].sum(1) / k).mean())
+    if map_all:
+        out["mAP@all"] = float(ev.ap_all.mean())
     precision, recall = _precision_recall(ev.within, ev.rel_within, ev.n_relevant[:, None])
     for i, r in enumerate(radii):
         out[f"P@r{r}"] = float(precision[:, i].mean())

@@ -2,8 +2,9 @@
 
 Protocol (METHODS.md section 4): the layout's split rule gives train (UCMD: NN 00-79 of each class) and
 query = database (UCMD: NN 80-99, evaluated leave-one-out, each query excluded by index); a validation share of the
-training images (stratified, ``val_fraction``) selects the epoch; metrics are mAP@K (standard per-query AP), P@K,
-precision/recall within Hamming radius 2, with and without the semantic cue, plus DHCL's own "MAP@K" on the same codes
+training images (stratified, ``val_fraction``) selects the epoch; metrics are mAP@K (standard per-query AP), mAP over
+the whole ranking (``mAP@all``, what DHCNN and DPSH re-runs report as "mAP"), P@K, precision/recall within Hamming
+radius 2, with and without the semantic cue, plus DHCL's own "MAP@K" on the same codes
 (:func:`rswb.metrics.legacy.dhcl_map_at_k`) so that the column is comparable with the published table.
 
 Two profiles:
@@ -170,7 +171,7 @@ class HashTask(Task):
         return {"code": enc["code"], "bits": enc["bits"], "pred": enc["pred"], "label": batch["label"]}
 
     def metrics(self, outputs: dict[str, torch.Tensor]) -> dict[str, float]:
-        """mAP@K / P@K / P@r2 / R@r2 of the evaluation codes, the same without cue, DHCL's MAP@K, class accuracy."""
+        """mAP@K, P@K, mAP@all, P@r2, R@r2 of the codes, the same without cue, DHCL's MAP@K, class accuracy."""
         labels = outputs["label"].numpy()
         k = self.topk
         main = outputs["code"] if self.model.cue else outputs["bits"]

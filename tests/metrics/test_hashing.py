@@ -32,6 +32,12 @@ def naive_evaluation(q_codes, db_codes, relevant, topk, radii, self_index=None):
             res[f"AP_retrieved@{k}"] = total / hits if hits else 0.0
             res[f"AP_min_rk@{k}"] = total / min(n_rel, k) if min(n_rel, k) else 0.0
             res[f"P@{k}"] = hits / k
+        hits, total = 0, 0.0
+        for pos, r in enumerate(rel, start=1):
+            if r:
+                hits += 1
+                total += hits / pos
+        res["AP_all"] = total / n_rel if n_rel else 0.0
         for r in radii:
             within = [j for j in items if dist[j] <= r]
             rel_within = sum(bool(relevant(qi, j)) for j in within)
@@ -46,6 +52,7 @@ def expected_metrics(ref, topk, radii, normalize):
     for k in topk:
         out[f"mAP@{k}"] = ref[f"AP_{normalize}@{k}"]
         out[f"P@{k}"] = ref[f"P@{k}"]
+    out["mAP@all"] = ref["AP_all"]
     for r in radii:
         out[f"P@r{r}"], out[f"R@r{r}"] = ref[f"P@r{r}"], ref[f"R@r{r}"]
     return out
@@ -163,6 +170,7 @@ def test_hand_computed_case():
             "P@3": 2 / 3,
             "mAP@5": 34 / 45,
             "P@5": 3 / 5,
+            "mAP@all": 34 / 45,  # the whole ranking is the top 5 here
             "P@r0": 1.0,
             "R@r0": 1 / 3,
             "P@r1": 2 / 3,
@@ -174,9 +182,13 @@ def test_hand_computed_case():
     )
     # min(R, K) normaliser: AP@3 = (1 + 2/3) / min(3, 3) = 5/9.
     assert hash_metrics(q, db, [0], db_labels, topk=(3,), normalize="min_rk")["mAP@3"] == pytest.approx(5 / 9)
-    # Leave-one-out on item 1 (the exact match): ranking 0, 2, 4, 3 -> relevance 0, 1, 0, 1; AP@3 = (1/2) / 1.
+    # Leave-one-out on item 1 (the exact match): ranking 0, 2, 4, 3 -> relevance 0, 1, 0, 1; AP@3 = (1/2) / 1,
+    # AP over the whole ranking = (1/2 + 2/4) / R with R = 2.
     loo = hash_metrics(q, db, [0], db_labels, topk=(3,), radius=0, query_db_index=[1])
-    assert loo == pytest.approx({"mAP@3": 0.5, "P@3": 1 / 3, "P@r0": 0.0, "R@r0": 0.0})  # nothing within radius 0
+    assert loo == pytest.approx({"mAP@3": 0.5, "P@3": 1 / 3, "mAP@all": 0.5, "P@r0": 0.0, "R@r0": 0.0})
+    # A query with no relevant item scores 0; map_all=False leaves the key out.
+    assert hash_metrics(q, db, [7], db_labels, topk=(3,))["mAP@all"] == 0.0
+    assert "mAP@all" not in hash_metrics(q, db, [0], db_labels, topk=(3,), map_all=False)
 
 
 @pytest.mark.parametrize("n_bits", [1, 7, 8, 13, 64, 65, 128, 300])
@@ -257,10 +269,14 @@ def test_million_code_database_matches_float_ranking():
     expected = {}
     aps, precisions = {20: [], 100: []}, {20: [], 100: []}
     p_r, r_r = {10: [], 16: []}, {10: [], 16: []}
+    ap_all = []
     for i in range(n_q):
-        order = np.argsort(dist[i], kind="stable")[:100]
+        full = np.argsort(dist[i], kind="stable")[:-1]  # the excluded query (inf) sorts last
+        order = full[:100]
         rel = labels[order] == q_labels[i]
         n_rel = int((labels == q_labels[i]).sum()) - 1
+        pos = np.flatnonzero(labels[full] == q_labels[i]) + 1
+        ap_all.append(float(np.mean(np.arange(1, len(pos) + 1) / pos)))
         for k in (20, 100):
             hits = np.cumsum(rel[:k])
             aps[k].append(float((hits / np.arange(1, k + 1))[rel[:k]].sum() / max(hits[-1], 1)))
@@ -274,6 +290,7 @@ def test_million_code_database_matches_float_ranking():
         expected[f"mAP@{k}"], expected[f"P@{k}"] = np.mean(aps[k]), np.mean(precisions[k])
     for r in (10, 16):
         expected[f"P@r{r}"], expected[f"R@r{r}"] = np.mean(p_r[r]), np.mean(r_r[r])
+    expected["mAP@all"] = np.mean(ap_all)
     assert got == pytest.approx(expected, abs=1e-12)
 
 
