@@ -345,7 +345,8 @@ def fit(
         test_metrics = task.evaluate(test, eval_ctx)
     total_time = sum(r.get("time_s", 0.0) for r in history)
     final = {
-        "name": run.path.name, **task.describe(), **task.protocol(), "epochs_run": len(history),
+        "name": run.path.name, **task.describe(), **task.protocol(), "protocol": task.protocol(),
+        "epochs_run": len(history),
         "best_epoch": best["epoch"], "monitor": monitor, "val": best["metrics"], "test": test_metrics,
         "time_s": total_time, "stopped_early": stopped_early, "device": str(device), "precision": precision,
         "world_size": dist.world_size, "finished": _dt.datetime.now().isoformat(timespec="seconds"),

@@ -104,6 +104,7 @@ def load_run(path: str | Path) -> dict[str, Any]:
         "time_s": (final or {}).get("time_s", sum(r.get("time_s", 0.0) for r in history)),
     }
     if final:
+        row.update(final.get("protocol") or {})  # e.g. ties: the rule behind the numbers, shown beside them
         row.update({f"test_{k}": v for k, v in (final.get("test") or {}).items()})
         row.update({f"val_{k}": v for k, v in (final.get("val") or {}).items()})
     elif history:
@@ -142,7 +143,8 @@ def compare(runs: Sequence[str | Path], root: str | Path = "runs", metrics: Sequ
         if missing:
             raise KeyError(f"no run has {', '.join(missing)}; available: {', '.join(metric_cols) or '(none)'}")
         metric_cols = wanted
-    cols = ["method", "version", "data", "status", *metric_cols, "best_epoch", "time_s"]
+    protocol = [c for c in ("ties",) if c in df.columns]  # evaluation choices recorded by the runs
+    cols = ["method", "version", "data", "status", *protocol, *metric_cols, "best_epoch", "time_s"]
     out = df[cols].rename(columns={c: c[len(prefix):] for c in metric_cols})
     return out
 

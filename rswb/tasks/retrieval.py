@@ -23,12 +23,14 @@ caption value weights are computed from the training captions only (:mod:`rswb.d
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
@@ -828,4 +830,38 @@ def train_or_load(method: str, profile: str, data_root: str | Path | None, image
     return train_or_reuse("retrieval", options, Path(output_dir) / f"{profile}-{method}", device, progress)
 
 
-__all__ += ["PROFILES", "train_or_load"]
+def tie_table(runs: dict[str, str | Path] | Sequence[str | Path], keys: Sequence[str] = ("mR", "i2t_R@1"),
+              split: str = "test") -> pd.DataFrame:
+    """Each run's numbers under every tie rule: the headline rule, ``published`` and the pessimistic-optimistic range.
+
+    Args:
+        runs: run folders (a dict's keys name the rows, e.g. ``{"fisvl": path}``).
+        keys: metric names (without rule prefix) to show.
+        split: ``"test"`` or ``"val"``.
+
+    Returns:
+        One row per run: ``ties`` (the run's headline rule), then for every key the headline value, ``published``,
+        ``pessimistic`` and ``optimistic`` (columns ``"{key} {rule}"``).
+
+    Raises:
+        KeyError: a run has no numbers under some rule (trained before tie rules were recorded: re-score it with
+            ``rswb eval RUN --ties RULE``).
+    """
+    named = runs if isinstance(runs, dict) else {Path(r).name: r for r in runs}
+    rows = {}
+    for name, path in named.items():
+        final = json.loads((Path(path) / "metrics.json").read_text())
+        rule, metrics = final.get("ties", "optimistic"), final.get(split) or {}
+        row: dict[str, Any] = {"ties": rule}
+        for key in keys:
+            for r in (rule, *(r for r in ("published", "pessimistic", "optimistic") if r != rule)):
+                name_in_run = key if r == rule else f"{r}_{key}"
+                if name_in_run not in metrics:
+                    raise KeyError(f"{path}: no {split} {name_in_run!r} "
+                                   f"(an older run: rswb eval {path} --ties RULE scores it)")
+                row[f"{key} {r}"] = metrics[name_in_run]
+        rows[name] = row
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+__all__ += ["PROFILES", "tie_table", "train_or_load"]

@@ -201,6 +201,31 @@ def test_each_method_trains_end_to_end(cache, tmp_path, method):
     if method == "fisvl":  # 2 epochs: stage 1 then the value stage
         assert hist[0]["train_value_loss"] == 0 and hist[1]["train_value_loss"] > 0
     assert res.test["mR"] == pytest.approx(final["test"]["mR"])
+    # Every record names the tie rule behind its numbers.
+    assert final["ties"] == "expected" and final["protocol"] == {"ties": "expected"}
+    assert all(h["ties"] == "expected" for h in hist)
+
+
+def test_runs_are_rescored_under_any_tie_rule_and_tabled_with_their_rule(cache, tmp_path, capsys):
+    from rswb.cli import main
+    from rswb.engine.runs import compare
+    from rswb.tasks.retrieval import tie_table
+
+    opts = {"method": "clip", **QUICK, "epochs": 2, "batch_size": 64, "progress": False}
+    train_task("retrieval", opts, run_name="clip", runs_root=tmp_path)
+    final = json.loads((tmp_path / "clip" / "metrics.json").read_text())["test"]
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "clip"), "--ties", "pessimistic", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["ties"] == "pessimistic"
+    assert printed["test"]["mR"] == pytest.approx(final["pessimistic_mR"])  # re-scored, not retrained
+    assert printed["test"]["expected_mR"] == pytest.approx(final["mR"])
+    table = tie_table({"clip": tmp_path / "clip"})
+    assert table.loc["clip", "ties"] == "expected"
+    assert table.loc["clip", "mR expected"] == pytest.approx(final["mR"])
+    lo, hi = table.loc["clip", "mR pessimistic"], table.loc["clip", "mR optimistic"]
+    assert lo <= table.loc["clip", "mR expected"] <= hi and lo <= table.loc["clip", "mR published"] <= hi
+    assert compare([tmp_path / "clip"]).loc["clip", "ties"] == "expected"
 
 
 def test_search_and_where_the_model_looks(cache, tmp_path, capsys):
