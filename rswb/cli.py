@@ -23,7 +23,7 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
 def _cmd_data_check(args: argparse.Namespace) -> int:
     from rswb.data.check import format_summary, summarize
 
-    summary = summarize(args.path, image_root=args.images)
+    summary = summarize(args.path, image_root=args.images, image_map=args.image_map)
     print(json.dumps(summary, indent=2, default=str) if args.json else format_summary(summary))
     return 0
 
@@ -222,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     check = data_sub.add_parser("check", help="detect a dataset's format, validate it and print a summary")
     check.add_argument("path", help="MS+PAN folder or .mat, scene folder, caption folder or Karpathy JSON")
     check.add_argument("--images", help="image root for a caption set (e.g. the UC Merced folder for UCM-Captions)")
+    check.add_argument("--image-map", help="CSV of caption-file name,image path rows: an explicit caption-image join")
     check.add_argument("--json", action="store_true", help="print the summary as JSON")
     check.set_defaults(func=_cmd_data_check)
 

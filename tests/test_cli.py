@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -51,7 +52,7 @@ def test_missing_path_exits_2(tmp_path):
 # ------------------------------------------------------------------ real data and deliberately broken copies of it
 
 @pytest.mark.realdata
-def test_real_data_summaries(shared_data):
+def test_real_data_summaries(shared_data, tmp_path):
     ucm = shared_data("UCMerced_LandUse")
     out = run_cli("data", "check", str(ucm))
     assert out.returncode == 0 and "2100 images, 21 classes" in out.stdout and "1680 train / 420" in out.stdout
@@ -59,6 +60,18 @@ def test_real_data_summaries(shared_data):
     assert out.returncode == 0
     assert "train: 1890 images, 9450 captions, 1890 image files found" in out.stdout
     assert "test: 210 images, 1050 captions, 210 image files found" in out.stdout
+    assert "join: 2100 by UCM-Captions numbering" in out.stdout
+    # Sydney-Captions-like numeric names (1.tif .. 613.tif) over the real UC Merced: exit 2, never a silent join.
+    from tests.data.fakes import make_sydney_captions
+
+    sydney = make_sydney_captions(tmp_path, per_image=1)
+    out = run_cli("data", "check", str(sydney), "--images", str(ucm))
+    assert out.returncode == 2 and "'1.tif'" in out.stderr and "--image-map" in out.stderr
+    assert "Traceback" not in out.stderr
+    csv = tmp_path / "map.csv"
+    csv.write_text("".join(f"{n}.tif,Images/beach/beach{n % 100:02d}.jpg\n" for n in range(1, 614)))
+    out = run_cli("data", "check", str(sydney), "--images", str(ucm), "--image-map", str(csv), "--json")
+    assert out.returncode == 0 and json.loads(out.stdout)["join"]["rules"] == {"image map": 613}
     out = run_cli("data", "check", str(shared_data("mspan_pairs", "worldview2.mat")))
     assert out.returncode == 0 and "8 bands x 320 x 320" in out.stdout and "1280 x 1280" in out.stdout
 

@@ -10,9 +10,22 @@ Formats:
   file-name list per caption) overrides both and allows any number of captions per image.
 
 The caption-to-image map is always an explicit array built from the files (never ``j // 5``), and every count is
-checked. UCM-Captions names its images ``N.tif`` (N = 1..2100); :class:`ImageResolver` maps them onto the UC Merced
-folder layout (``sorted(classes)[(N-1)//100]``, image ``(N-1) % 100``) and matches file stems, so ``.tif`` names
-find ``.jpg`` files.
+checked.
+
+Joining caption-file names to image files (:class:`ImageResolver`) rests on evidence, never on a naming assumption:
+
+1. an explicit map (``image_map``, a CSV of ``name,path`` rows), when given, for every name it lists;
+2. the exact relative path under the image root;
+3. the file name, anywhere under the root, when exactly one file has it;
+4. the file stem with any image extension (``.tif`` names find ``.jpg`` files), when exactly one file has it;
+5. the **UCM-Captions numbering** (``N.tif`` -> ``sorted(classes)[(N-1)//100]``, image ``(N-1) % 100``), only when
+   the caption set is UCM-Captions (its names are exactly the numbers 1..2100, over all splits) and the image root
+   is UC Merced (21 class folders of 100 images ``<class>00 .. <class>99``).
+
+Two files that match one name (``port_10.jpg`` beside ``port_10.png``) are an error, and so is any name no rule
+finds: numeric names of another release (Sydney-Captions ``1.tif`` .. ``613.tif``) over a UC Merced folder fail
+with the first unmatched name and the fix (``--image-map``). :attr:`ImageResolver.report` counts how every name
+was joined.
 """
 
 from __future__ import annotations
@@ -272,49 +285,176 @@ def read_captions(root: str | Path, split: str = "train", fmt: str = "auto") -> 
     return read_karpathy(js, split)
 
 
-class ImageResolver:
-    """Find the image file of a caption-file name under an image root.
+UCM_CAPTIONS_IMAGES = 2100  # UCM-Captions: images 1.tif .. 2100.tif, 100 per UC Merced class in sorted class order
+_UCM_CLASSES, _UCM_PER_CLASS = 21, 100
+JOIN_RULES = ("image map", "relative path", "file name", "file stem", "UCM-Captions numbering")
 
-    Looks up, in order: the exact relative path, the file name, the file stem with any image extension
-    (``.tif`` names find ``.jpg`` files), and for purely numeric stems the UCM-Captions numbering over a UC Merced
-    folder (``N`` -> ``sorted(classes)[(N-1)//100]``, image ``(N-1) % 100``).
+
+def read_image_map(path: str | Path) -> dict[str, str]:
+    """Read an explicit caption-name -> image-path map: a CSV with ``name,path`` rows (an optional header row).
+
+    Paths may be absolute or relative to the image root. Raises :class:`DataFormatError` on a malformed row or a
+    name listed twice.
+    """
+    import csv
+
+    p = require_exists(path, "image map")
+    out: dict[str, str] = {}
+    try:
+        rows = list(csv.reader(p.read_text(encoding="utf-8").splitlines()))
+    except UnicodeDecodeError as e:
+        raise DataFormatError(p, f"not UTF-8 text ({e.reason} at byte {e.start})", "a CSV of name,path rows") from e
+    for i, row in enumerate(rows, start=1):
+        if not row or all(not c.strip() for c in row):
+            continue
+        if len(row) != 2:
+            raise DataFormatError(p, f"line {i} has {len(row)} fields", "two: caption-file name, image path")
+        name, target = row[0].strip(), row[1].strip()
+        if i == 1 and (name.lower(), target.lower()) in {("name", "path"), ("filename", "path"), ("name", "image")}:
+            continue  # header
+        if name in out:
+            raise DataFormatError(p, f"line {i}: {name!r} is mapped twice", "one row per caption-file name")
+        out[name] = target
+    if not out:
+        raise DataFormatError(p, "no rows", "a CSV of name,path rows")
+    return out
+
+
+def is_ucm_captions(names: Sequence[str]) -> bool:
+    """Whether caption-file names are UCM-Captions': exactly the numbers 1..2100 (over all splits), any extension."""
+    stems = {Path(n).stem for n in names}
+    return len(stems) == UCM_CAPTIONS_IMAGES and all(s.isdigit() for s in stems) and \
+        {int(s) for s in stems} == set(range(1, UCM_CAPTIONS_IMAGES + 1))
+
+
+class ImageResolver:
+    """Find the image file of every caption-file name under an image root, by the rules of the module docstring.
+
+    Args:
+        image_root: the folder holding the images.
+        all_names: every image name of the caption set, over all its splits: the evidence that decides whether the
+            UCM-Captions numbering applies (None: it never applies).
+        image_map: a CSV of ``name,path`` rows (see :func:`read_image_map`), or the mapping itself.
+
+    Attributes:
+        report: how many names each rule joined so far (``{rule: count}``, rules of :data:`JOIN_RULES`).
+        ucm_numbering: whether the UCM-Captions numbering applies (and why not, in :attr:`ucm_reason`).
     """
 
-    def __init__(self, image_root: str | Path):
+    def __init__(self, image_root: str | Path, all_names: Sequence[str] | None = None,
+                 image_map: str | Path | dict[str, str] | None = None):
         self.root = require_exists(image_root, "image root")
-        by_name: dict[str, Path] = {}
-        by_stem: dict[str, Path] = {}
+        if not self.root.is_dir():
+            raise DataFormatError(self.root, "is a file", "a folder holding the images")
+        self.map_source = None if image_map is None or isinstance(image_map, dict) else Path(image_map)
+        self.image_map = read_image_map(image_map) if self.map_source is not None else dict(image_map or {})
+        by_name: dict[str, list[Path]] = {}
+        by_stem: dict[str, list[Path]] = {}
         for p in sorted(self.root.rglob("*")):
-            if p.suffix.lower() in IMAGE_EXTS:
-                by_name.setdefault(p.name, p)
-                by_stem.setdefault(p.stem, p)
+            if p.suffix.lower() in IMAGE_EXTS and p.is_file():
+                by_name.setdefault(p.name, []).append(p)
+                by_stem.setdefault(p.stem, []).append(p)
         self.by_name, self.by_stem = by_name, by_stem
         images = self.root / "Images" if (self.root / "Images").is_dir() else self.root
         self.ucm_classes = sorted(d.name for d in images.iterdir() if d.is_dir() and not d.name.startswith("."))
+        self.ucm_numbering, self.ucm_reason = self._ucm_evidence(images, all_names)
+        self.report: Counter[str] = Counter()
+
+    def _ucm_evidence(self, images: Path, all_names: Sequence[str] | None) -> tuple[bool, str]:
+        """Whether the numbering applies: a UCM-Captions name set over a complete UC Merced folder."""
+        if all_names is None:
+            return False, "the caption set's names were not given"
+        if not is_ucm_captions(all_names):
+            n = len({Path(x).stem for x in all_names})
+            return False, f"the caption set names {n} images, not UCM-Captions' numbers 1..{UCM_CAPTIONS_IMAGES}"
+        if len(self.ucm_classes) != _UCM_CLASSES:
+            return False, f"{images} has {len(self.ucm_classes)} class folders, not UC Merced's {_UCM_CLASSES}"
+        for c in self.ucm_classes:
+            want = {f"{c}{i:02d}" for i in range(_UCM_PER_CLASS)}
+            have = {p.stem for p in (images / c).iterdir() if p.suffix.lower() in IMAGE_EXTS}
+            if have != want:
+                return False, f"{images / c} does not hold exactly {c}00 .. {c}{_UCM_PER_CLASS - 1}"
+        return True, "UCM-Captions names over a UC Merced folder of 21 x 100 images"
+
+    def _unique(self, hits: list[Path] | None, name: str) -> Path | None:
+        if not hits:
+            return None
+        if len(hits) > 1:
+            raise CaptionMismatchError(self.root, f"{name!r} matches {len(hits)} files: "
+                                       + ", ".join(str(h.relative_to(self.root)) for h in hits[:4]),
+                                       "one image file per caption-file name (remove the duplicate, or give "
+                                       "--image-map FILE.csv)")
+        return hits[0]
+
+    def lookup(self, name: str) -> tuple[Path | None, str | None]:
+        """The path of image ``name`` and the rule that found it (``(None, None)`` when none does)."""
+        if name in self.image_map:
+            target = Path(self.image_map[name]).expanduser()
+            target = target if target.is_absolute() else self.root / target
+            if not target.is_file():
+                raise DatasetNotFoundError(self.map_source or target, f"maps {name!r} to {target}, which is not a "
+                                           "file", "an existing image path (absolute or relative to the image root)")
+            return target, "image map"
+        direct = self.root / name
+        if direct.is_file() and direct.suffix.lower() in IMAGE_EXTS:
+            return direct, "relative path"
+        p = Path(name)
+        hit = self._unique(self.by_name.get(p.name), name)
+        if hit is not None:
+            return hit, "file name"
+        hit = self._unique(self.by_stem.get(p.stem), name)
+        if hit is not None:
+            return hit, "file stem"
+        if self.ucm_numbering and p.stem.isdigit() and 1 <= int(p.stem) <= UCM_CAPTIONS_IMAGES:
+            n = int(p.stem) - 1
+            return self.by_stem[f"{self.ucm_classes[n // 100]}{n % 100:02d}"][0], "UCM-Captions numbering"
+        return None, None
 
     def __call__(self, name: str) -> Path | None:
-        """The path of image ``name``, or ``None`` when it cannot be found."""
-        direct = self.root / name
-        if direct.is_file():
-            return direct
-        p = Path(name)
-        hit = self.by_name.get(p.name) or self.by_stem.get(p.stem)
-        if hit is None and p.stem.isdigit() and self.ucm_classes:
-            n = int(p.stem) - 1
-            if 0 <= n // 100 < len(self.ucm_classes):
-                hit = self.by_stem.get(f"{self.ucm_classes[n // 100]}{n % 100:02d}")
-        return hit
+        """The path of image ``name``, or ``None`` when no rule finds it (counted in :attr:`report`)."""
+        path, rule = self.lookup(name)
+        if rule is not None:
+            self.report[rule] += 1
+        return path
 
     def resolve_all(self, names: Sequence[str], caption_file: Path | None = None) -> list[Path]:
-        """Paths of all ``names``; raises :class:`CaptionMismatchError` listing the ones that are missing."""
+        """Paths of all ``names``; raises :class:`CaptionMismatchError` naming the first that no rule finds."""
         paths = [self(n) for n in names]
         missing = [n for n, p in zip(names, paths) if p is None]
         if missing:
+            hint = "every image named by the caption files under the image root"
+            if Path(missing[0]).stem.isdigit():
+                hint = (f"image files named as the captions say; the UCM-Captions numbering does not apply, as "
+                        f"{self.ucm_reason}. Fix: give --image-map FILE.csv (rows: caption-file name, image path), "
+                        f"or the image folder of this caption release")
             raise CaptionMismatchError(caption_file or self.root,
                                        f"{len(missing)} of {len(names)} captioned images not found under "
-                                       f"{self.root} (first: {missing[0]!r})",
-                                       "every image named by the caption files under the image root")
+                                       f"{self.root} (first: {missing[0]!r})", hint)
         return paths  # type: ignore[return-value]
+
+    def describe(self) -> str:
+        """One line: how the names resolved so far were joined (e.g. ``2100 by UCM-Captions numbering``)."""
+        return ", ".join(f"{n} by {rule}" for rule, n in self.report.most_common()) or "nothing joined yet"
+
+
+def caption_set_names(root: str | Path, fmt: str = "auto") -> list[str]:
+    """Every image name of a caption set over all its splits (the evidence :class:`ImageResolver` joins by)."""
+    root = Path(root)
+    names: list[str] = []
+    if fmt in ("auto", "precomp") and root.is_dir() and any(root.glob("*_filename.txt")):
+        for f in sorted(root.glob("*_filename.txt")):
+            names += [line.strip() for line in f.read_text(encoding="utf-8", errors="replace").splitlines()
+                      if line.strip()]
+        return names
+    js = find_karpathy_json(root)
+    if js is None:
+        return names
+    try:
+        data = json.loads(js.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return names  # the reader itself reports the broken file
+    images = data.get("images", []) if isinstance(data, dict) else []
+    return [str(i.get("filename", "")) for i in images if isinstance(i, dict)]
 
 
 def default_image_root(root: Path) -> Path | None:
@@ -336,17 +476,20 @@ class ImageTextDataset(torch.utils.data.Dataset):
         image_root: folder holding the images; default: ``images/`` beside the captions when it exists.
         image_size: resize images to this size (``None`` keeps native sizes).
         fmt: caption format, see :func:`read_captions`.
+        image_map: an explicit join, a CSV of ``name,path`` rows (see :class:`ImageResolver`).
     """
 
     def __init__(self, root: str | Path, split: str = "train", transforms=None, image_root: str | Path | None = None,
-                 image_size: int | tuple[int, int] | None = None, fmt: str = "auto"):
+                 image_size: int | tuple[int, int] | None = None, fmt: str = "auto",
+                 image_map: str | Path | None = None):
         self.root = Path(root)
         self.captions = read_captions(root, split, fmt)
         self.split, self.transforms, self.image_size = split, transforms, image_size
         image_root = Path(image_root) if image_root is not None else default_image_root(self.root)
         self.image_paths: list[Path] | None = None
         if image_root is not None:
-            self.image_paths = ImageResolver(image_root).resolve_all(self.captions.image_names, self.captions.source)
+            resolver = ImageResolver(image_root, caption_set_names(self.root, fmt), image_map=image_map)
+            self.image_paths = resolver.resolve_all(self.captions.image_names, self.captions.source)
 
     @property
     def has_images(self) -> bool:
@@ -386,6 +529,7 @@ class ImageTextDataset(torch.utils.data.Dataset):
 
 
 __all__ = [
-    "CaptionSet", "ImageResolver", "ImageTextDataset", "default_image_root", "find_karpathy_json", "read_captions",
+    "CaptionSet", "ImageResolver", "ImageTextDataset", "JOIN_RULES", "caption_set_names", "default_image_root",
+    "find_karpathy_json", "is_ucm_captions", "read_image_map", "read_captions",
     "read_karpathy", "read_precomp", "tokenize",
 ]

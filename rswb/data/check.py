@@ -7,7 +7,14 @@ from typing import Any
 
 import numpy as np
 
-from rswb.data.captions import ImageResolver, default_image_root, find_karpathy_json, read_captions, read_karpathy
+from rswb.data.captions import (
+    ImageResolver,
+    caption_set_names,
+    default_image_root,
+    find_karpathy_json,
+    read_captions,
+    read_karpathy,
+)
 from rswb.data.errors import DataFormatError, require_exists
 from rswb.data.mspan import MS_NAMES, PAN_NAMES, MSPANScene, load_mspan
 from rswb.data.scenes import IMAGE_EXTS, SceneFolder, split_mask
@@ -44,12 +51,14 @@ def detect_format(path: str | Path) -> str:
                           "precomp captions ({split}_caps.txt) or a Karpathy dataset*.json")
 
 
-def summarize(path: str | Path, image_root: str | Path | None = None) -> dict[str, Any]:
+def summarize(path: str | Path, image_root: str | Path | None = None,
+              image_map: str | Path | None = None) -> dict[str, Any]:
     """Read ``path`` with the matching reader (validating everything) and return a summary dict.
 
     Args:
         path: the data path.
         image_root: for caption sets, where their images are (default: ``images/`` beside the captions).
+        image_map: for caption sets, a CSV of ``name,path`` rows joining caption-file names to images explicitly.
     """
     path = Path(path)
     fmt = detect_format(path)
@@ -57,7 +66,7 @@ def summarize(path: str | Path, image_root: str | Path | None = None) -> dict[st
         return {"format": fmt, "path": str(path), **_summarize_mspan(load_mspan(path))}
     if fmt == "scene_folder":
         return {"format": fmt, "path": str(path), **_summarize_scenes(path)}
-    return {"format": fmt, "path": str(path), **_summarize_captions(path, fmt, image_root)}
+    return {"format": fmt, "path": str(path), **_summarize_captions(path, fmt, image_root, image_map)}
 
 
 def registration_correlation(scene: MSPANScene) -> float:
@@ -113,7 +122,8 @@ def _split_order(splits: set[str]) -> list[str]:
     return [s for s in known if s in splits] + sorted(splits - set(known))
 
 
-def _summarize_captions(path: Path, fmt: str, image_root: str | Path | None) -> dict[str, Any]:
+def _summarize_captions(path: Path, fmt: str, image_root: str | Path | None,
+                        image_map: str | Path | None = None) -> dict[str, Any]:
     splits: dict[str, Any] = {}
     sets = []
     if fmt == "captions_precomp":
@@ -126,14 +136,20 @@ def _summarize_captions(path: Path, fmt: str, image_root: str | Path | None) -> 
         present = _split_order({str(i.get("split")) for i in json.loads(js.read_text()).get("images", [])})
         sets = [read_karpathy(js, s) for s in present]
     root = Path(image_root) if image_root is not None else default_image_root(path)
-    resolver = ImageResolver(root) if root is not None else None
+    resolver = ImageResolver(root, caption_set_names(path), image_map=image_map) if root is not None else None
     for cs in sets:
         st = cs.stats(top_words=10)
         if resolver is not None:
+            before = dict(resolver.report)
             paths = resolver.resolve_all(cs.image_names, cs.source)
             st["images_found"] = len(set(paths))
+            st["join"] = {r: n - before.get(r, 0) for r, n in resolver.report.items() if n - before.get(r, 0)}
         splits[cs.split] = st
-    return {"image_root": str(root) if root else None, "splits": splits}
+    join = None
+    if resolver is not None:
+        join = {"rules": dict(resolver.report), "ucm_numbering": resolver.ucm_numbering, "why": resolver.ucm_reason,
+                "image_map": str(resolver.map_source) if resolver.map_source else None}
+    return {"image_root": str(root) if root else None, "join": join, "splits": splits}
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -172,6 +188,12 @@ def format_summary(summary: dict[str, Any]) -> str:
             lines.append(f"    {c:<24} {n:>6}")
     else:
         lines.append(f"  image root: {summary['image_root'] or 'none (text only)'}")
+        join = summary.get("join")
+        if join:
+            how = ", ".join(f"{n} by {r}" for r, n in join["rules"].items())
+            lines.append(f"  join: {how}" + (f" (map {join['image_map']})" if join["image_map"] else ""))
+            lines.append(f"  UCM-Captions numbering: {'applies' if join['ucm_numbering'] else 'not used'} "
+                         f"({join['why']})")
         for split, st in summary["splits"].items():
             cpi = st["captions_per_image"]
             found = f", {st['images_found']} image files found" if "images_found" in st else ""

@@ -40,6 +40,7 @@ from rswb.config import option
 from rswb.data.captions import (
     CaptionSet,
     ImageResolver,
+    caption_set_names,
     default_image_root,
     find_karpathy_json,
     read_captions,
@@ -85,6 +86,7 @@ class RetrievalConfig:
     data: str | None = option(None, "caption folder or Karpathy JSON; None: the embedded captions")
     images: str | None = option(None, "image root (UCM-Captions: the UC Merced folder); None: images/ beside data")
     fmt: str = option("auto", "caption format: auto | karpathy | precomp")
+    image_map: str | None = option(None, "CSV of caption-file name,image path rows: an explicit caption-image join")
     method: str = option("clip", "vsepp | clip | fisvl | kamcl")
     backbone: str = option("efficientnet_lite0", "image backbone: efficientnet_lite0 | small_cnn | hf_backbone")
     pretrained: bool = option(True, "load the backbone's ImageNet weights")
@@ -430,7 +432,8 @@ def prepare_data(cfg: RetrievalConfig, progress: bool = True) -> RetrievalData:
             raise ValueError(f"{root}: the {cs.split} split has no images")
         cs.captions = [_truncate(c, cfg.max_words) for c in cs.captions]
 
-    resolver = ImageResolver(image_root)
+    # The evidence for the join: every name of the set (before max_images limits it), over all its splits.
+    resolver = ImageResolver(image_root, caption_set_names(root, cfg.fmt), image_map=cfg.image_map)
     paths = {cs.split: resolver.resolve_all(cs.image_names, cs.source) for cs in (train_cs, val_cs, test_cs)}
     scenes = {cs.split: _scene_names(cs, paths[cs.split], image_root, root) for cs in (train_cs, val_cs, test_cs)}
     have_scenes = all(s is not None for s in scenes.values())

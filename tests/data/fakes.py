@@ -273,12 +273,20 @@ def ucm_number_to_name(n: int, classes: list[str]) -> str:
     return f"{sorted(classes)[(n - 1) // 100]}{(n - 1) % 100:02d}"
 
 
-def make_ucm_captions(tmp: str | Path, classes=("beach", "forest", "river"), test_numbers=(81, 82, 300),
+UCM_CLASS_NAMES = (
+    "agricultural", "airplane", "baseballdiamond", "beach", "buildings", "chaparral", "denseresidential", "forest",
+    "freeway", "golfcourse", "harbor", "intersection", "mediumresidential", "mobilehomepark", "overpass",
+    "parkinglot", "river", "runway", "sparseresidential", "storagetanks", "tenniscourt",
+)
+
+
+def make_ucm_captions(tmp: str | Path, classes=UCM_CLASS_NAMES, test_numbers=(81, 82, 2100),
                       per_image: int = 5, seed: int = 0) -> tuple[FakeCaptions, FakeCaptions, Path]:
     """Write a fake UCM-Captions folder (``N.tif`` names) and a fake UC Merced image folder (100 ``.jpg`` per class).
 
-    ``train`` has one file-name line per image (every N not in ``test_numbers``), ``test`` one line per caption.
-    Returns ``(train, test, image_root)``.
+    With the default 21 classes it is a faithful twin (2,100 numbers over 21 x 100 images, so the UCM-Captions
+    numbering applies); fewer classes make a set that only looks like it. ``train`` has one file-name line per image
+    (every N not in ``test_numbers``), ``test`` one line per caption. Returns ``(train, test, image_root)``.
     """
     image_root = make_ucmerced(tmp, classes=classes, per_class=100, size=4, seed=seed)
     total = 100 * len(classes)
@@ -288,6 +296,18 @@ def make_ucm_captions(tmp: str | Path, classes=("beach", "forest", "river"), tes
     test = make_precomp(tmp, "test", names=[f"{n}.tif" for n in test_numbers], per_image=per_image,
                         style="per_caption", seed=seed + 1, name="ucm_captions")
     return train, test, image_root
+
+
+def make_sydney_captions(tmp: str | Path, splits=(("train", 497), ("val", 58), ("test", 58)), per_image: int = 5,
+                         seed: int = 0) -> Path:
+    """A fake Sydney-Captions precomp set: images ``1.tif`` .. ``613.tif`` over three splits; returns its folder."""
+    n0 = 1
+    root = None
+    for split, n in splits:
+        fake = make_precomp(tmp, split, names=[f"{i}.tif" for i in range(n0, n0 + n)], per_image=per_image,
+                            seed=seed + n0, name="sydney_captions")
+        root, n0 = fake.root, n0 + n
+    return root
 
 
 def truncate_file(path: Path, keep: float = 0.5) -> Path:

@@ -16,14 +16,17 @@ from rswb.data.captions import (
     ImageTextDataset,
     find_karpathy_json,
     read_captions,
+    read_image_map,
     read_karpathy,
     read_precomp,
     tokenize,
 )
 from rswb.data.errors import CaptionMismatchError, DataFormatError, DatasetNotFoundError
 from tests.data.fakes import (
+    UCM_CLASS_NAMES,
     make_karpathy,
     make_precomp,
+    make_sydney_captions,
     make_ucm_captions,
     make_ucmerced,
     raises_naming,
@@ -214,24 +217,34 @@ def test_tokenize():
 @pytest.fixture(scope="module")
 def ucm(tmp_path_factory):
     """Fake UCM-Captions (N.tif names) over a fake UC Merced folder of 3 classes x 100 .jpg images."""
-    return make_ucm_captions(tmp_path_factory.mktemp("ucmcap"), classes=("river", "beach", "forest"),
-                             test_numbers=(81, 82, 300))
+    # The 21 UC Merced classes written in reverse order: the numbering must sort them itself.
+    return make_ucm_captions(tmp_path_factory.mktemp("ucmcap"), classes=UCM_CLASS_NAMES[::-1],
+                             test_numbers=(81, 82, 2100))
 
 
-def test_resolver_ucm_numbering(ucm):
+UCM_NAMES = [f"{n}.tif" for n in range(1, 2101)]
+
+
+def test_resolver_ucm_numbering_needs_ucm_captions_over_uc_merced(ucm, tmp_path):
     _, _, image_root = ucm
-    resolve = ImageResolver(image_root)
-    assert resolve.ucm_classes == ["beach", "forest", "river"]
-    assert resolve("1.tif").name == "beach00.jpg"
-    assert resolve("100.tif").name == "beach99.jpg"
-    assert resolve("101.tif").name == "forest00.jpg"
-    assert resolve("250.tif").name == "river49.jpg"
-    assert resolve("300.tif").name == "river99.jpg"
-    for n in (0, 301, 2100):
+    resolve = ImageResolver(image_root, UCM_NAMES)
+    assert resolve.ucm_numbering and resolve.ucm_classes == sorted(UCM_CLASS_NAMES)
+    assert resolve("1.tif").name == "agricultural00.jpg"
+    assert resolve("100.tif").name == "agricultural99.jpg"
+    assert resolve("101.tif").name == "airplane00.jpg"
+    assert resolve("2100.tif").name == "tenniscourt99.jpg"
+    for n in (0, 2101):
         assert resolve(f"{n}.tif") is None
-    classes = ["beach", "forest", "river"]
-    for n in range(1, 301):
-        assert resolve(f"{n}.tif").stem == ucm_number_to_name(n, classes)
+    for n in range(1, 2101, 37):
+        assert resolve(f"{n}.tif").stem == ucm_number_to_name(n, list(UCM_CLASS_NAMES))
+    assert resolve.report == {"UCM-Captions numbering": len(range(1, 2101, 37)) + 4}
+    # No evidence, no numbering: without the set's names, with another set's names, or over another folder.
+    assert ImageResolver(image_root)("1.tif") is None
+    assert ImageResolver(image_root, UCM_NAMES[:613])("1.tif") is None
+    assert "613 images" in ImageResolver(image_root, UCM_NAMES[:613]).ucm_reason
+    three = make_ucmerced(tmp_path, classes=("beach", "forest", "river"), per_class=100, size=4)
+    assert not ImageResolver(three, UCM_NAMES).ucm_numbering
+    assert "3 class folders" in ImageResolver(three, UCM_NAMES).ucm_reason
 
 
 def test_resolver_stem_and_path_matching(tmp_path):
@@ -242,7 +255,8 @@ def test_resolver_stem_and_path_matching(tmp_path):
     assert resolve("a02.jpg") == root / "Images" / "a" / "a02.jpg"  # by file name, in any sub-folder
     assert resolve("Images/b/b02.jpg") == root / "Images" / "b" / "b02.jpg"  # exact relative path
     assert resolve("c00.jpg") is None
-    assert resolve("1.tif") == root / "Images" / "a" / "a00.jpg"
+    assert resolve("1.tif") is None  # numeric names are not UC Merced images by default
+    assert resolve.report == {"file stem": 2, "file name": 1, "relative path": 1}
 
 
 def test_resolve_all_names_the_caption_file_and_the_missing_image(tmp_path):
@@ -260,13 +274,13 @@ def test_ucm_captions_join_their_images(ucm):
     ds_train = ImageTextDataset(train.root, "train", image_root=image_root)
     ds_test = ImageTextDataset(test.root, "test", image_root=image_root)
     assert ds_train.has_images and ds_test.has_images
-    assert ds_train.captions.num_images == 297 and len(ds_train) == 297 * 5
+    assert ds_train.captions.num_images == 2097 and len(ds_train) == 2097 * 5
     assert ds_test.captions.num_images == 3 and len(ds_test) == 15
-    assert [p.name for p in ds_test.image_paths] == ["beach80.jpg", "beach81.jpg", "river99.jpg"]
-    assert len(set(ds_train.image_paths) | set(ds_test.image_paths)) == 300
+    assert [p.name for p in ds_test.image_paths] == ["agricultural80.jpg", "agricultural81.jpg", "tenniscourt99.jpg"]
+    assert len(set(ds_train.image_paths) | set(ds_test.image_paths)) == 2100
     assert not set(ds_train.image_paths) & set(ds_test.image_paths)
-    assert ds_train.image_paths[0].name == "beach00.jpg"  # 1.tif
-    assert ds_train.image_paths[100].name == "forest02.jpg"  # 103.tif (81 and 82 are test images)
+    assert ds_train.image_paths[0].name == "agricultural00.jpg"  # 1.tif
+    assert ds_train.image_paths[100].name == "airplane02.jpg"  # 103.tif (81 and 82 are test images)
 
 
 def test_image_text_samples(ucm):
@@ -432,12 +446,43 @@ def test_caption_whose_image_is_missing(tmp_path):
     assert "1 of 3" in str(err)
 
 
-def test_ucm_number_beyond_the_folder(ucm):
+def test_numeric_names_of_another_release_never_join_uc_merced_silently(ucm, tmp_path):
+    """Sydney-Captions (1.tif .. 613.tif) over a UC Merced folder: an error naming the name and the fix."""
     _, _, image_root = ucm
-    fake = make_precomp(image_root.parent / "extra", "train", n_images=2, per_image=1, names=["5.tif", "301.tif"])
-    err = raises_naming(CaptionMismatchError, fake.root / "train_caps.txt", ImageTextDataset, fake.root, "train",
+    sydney = make_sydney_captions(tmp_path, per_image=1)
+    err = raises_naming(CaptionMismatchError, sydney / "train_caps.txt", ImageTextDataset, sydney, "train",
                         image_root=image_root)
-    assert "301.tif" in str(err)
+    assert "'1.tif'" in str(err) and "--image-map" in str(err) and "613 images" in str(err)
+    # An explicit map joins them, and says so.
+    csv = tmp_path / "map.csv"
+    csv.write_text("name,path\n" + "".join(f"{n}.tif,Images/beach/beach{n % 100:02d}.jpg\n" for n in range(1, 614)))
+    ds = ImageTextDataset(sydney, "test", image_root=image_root, image_map=csv)
+    assert ds.image_paths[0].name == "beach56.jpg"  # 556.tif
+    # Images named as the captions say join by file name.
+    own = tmp_path / "sydney_images"
+    own.mkdir()
+    for n in range(1, 614):
+        (own / f"{n}.tif").write_bytes((image_root / "Images" / "beach" / "beach00.jpg").read_bytes())
+    assert ImageTextDataset(sydney, "val", image_root=own).image_paths[0] == own / "498.tif"
+
+
+def test_image_map_errors_name_the_file_and_the_line(ucm, tmp_path):
+    _, _, image_root = ucm
+    bad = tmp_path / "bad.csv"
+    bad.write_text("1.tif,Images/beach/beach00.jpg,extra\n")
+    assert "line 1 has 3 fields" in str(raises_naming(DataFormatError, bad, read_image_map, bad))
+    bad.write_text("1.tif,a.jpg\n1.tif,b.jpg\n")
+    assert "mapped twice" in str(raises_naming(DataFormatError, bad, read_image_map, bad))
+    bad.write_text("1.tif,Images/beach/nope.jpg\n")
+    err = raises_naming(DatasetNotFoundError, bad, ImageResolver(image_root, image_map=bad), "1.tif")
+    assert "nope.jpg" in str(err)
+
+
+def test_two_files_for_one_name_are_an_error(tmp_path):
+    root = make_ucmerced(tmp_path, classes=("port",), per_class=1)
+    (root / "Images" / "port" / "port00.png").write_bytes((root / "Images" / "port" / "port00.jpg").read_bytes())
+    err = raises_naming(CaptionMismatchError, root, ImageResolver(root), "port00.tif")
+    assert "matches 2 files" in str(err)
 
 
 def test_missing_image_root(tmp_path):

@@ -108,8 +108,8 @@ def test_ucm_captions_join_all_2100_images(ucm_captions):
 
 
 def test_ucm_captions_numbering(ucm_root):
-    resolve = ImageResolver(ucm_root.parent)
-    assert resolve.ucm_classes == UCM_CLASSES
+    resolve = ImageResolver(ucm_root.parent, [f"{n}.tif" for n in range(1, 2101)])
+    assert resolve.ucm_classes == UCM_CLASSES and resolve.ucm_numbering
     assert resolve("1.tif") == ucm_root / "agricultural" / "agricultural00.jpg"
     assert resolve("101.tif") == ucm_root / "airplane" / "airplane00.jpg"
     assert resolve("2100.tif") == ucm_root / "tenniscourt" / "tenniscourt99.jpg"
