@@ -4,6 +4,9 @@ Formats:
 
 * **Karpathy JSON** (``dataset*.json``): ``{"images": [{"filename", "split", "sentences": [{"raw"}, ...]}, ...]}``;
   the number of sentences may vary per image.
+* **COCO captions** (``captions_{split}[2017].json``, or one JSON with a ``split`` field per image):
+  ``{"images": [{"id", "file_name"}], "annotations": [{"image_id", "caption"}]}``; captions are joined to images by
+  ``image_id`` (an image's captions in file order), the split comes from the file name or the ``split`` field.
 * **precomp** (``{split}_caps.txt`` + ``{split}_filename.txt``): one caption per line, an image's captions on
   consecutive lines; the file-name list has either one line per caption or one line per image (then every image
   has ``n_captions / n_images`` captions). An explicit ``{split}_cap2img.txt`` (one 0-based index into the
@@ -265,19 +268,144 @@ def find_karpathy_json(root: Path) -> Path | None:
     return hits[0] if hits else None
 
 
+_COCO_SPLIT = re.compile(r"(?<![a-z])(train|restval|val|test)(?:\d*)(?![a-z])", re.IGNORECASE)
+
+
+def _is_coco_file(path: Path) -> bool:
+    """Whether a JSON file is COCO-style captions (``annotations`` beside ``images``); cheap for the usual names."""
+    if path.name.startswith("captions"):
+        return True
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and "annotations" in data and "images" in data
+
+
+def find_coco_json(root: Path) -> list[Path]:
+    """The COCO caption files of a caption folder (``captions*.json``), or ``[root]`` for a COCO JSON file."""
+    if root.is_file():
+        return [root] if root.suffix == ".json" and _is_coco_file(root) else []
+    return sorted(root.glob("captions*.json")) if root.is_dir() else []
+
+
+def coco_split_of(path: Path) -> str | None:
+    """The split named by a COCO file name (``captions_val2017.json`` -> ``val``), or ``None``."""
+    m = _COCO_SPLIT.search(path.stem)
+    return m.group(1).lower() if m else None
+
+
+def _load_coco(path: Path) -> tuple[list[dict[str, Any]], dict[Any, list[str]]]:
+    """Validated ``images`` and the captions of every image id, in file order."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataFormatError(path, f"invalid JSON ({err})", 'COCO captions {"images": [...], "annotations": [...]}') \
+            from err
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list) or \
+            not isinstance(data.get("annotations"), list):
+        raise DataFormatError(path, "no 'images' and 'annotations' lists at the top level",
+                              'COCO captions {"images": [{"id", "file_name"}], "annotations": [{"image_id", '
+                              '"caption"}]}')
+    seen: set[Any] = set()
+    for k, img in enumerate(data["images"]):
+        if not isinstance(img, dict) or "id" not in img or not isinstance(img.get("file_name"), str):
+            raise DataFormatError(path, f"images[{k}] lacks 'id' or a 'file_name' string", "both in every entry")
+        if img["id"] in seen:
+            raise DataFormatError(path, f"images[{k}]: image id {img['id']!r} appears twice", "unique image ids")
+        seen.add(img["id"])
+    caps: dict[Any, list[str]] = {}
+    for k, ann in enumerate(data["annotations"]):
+        if not isinstance(ann, dict) or "image_id" not in ann or not isinstance(ann.get("caption"), str):
+            raise DataFormatError(path, f"annotations[{k}] lacks 'image_id' or a 'caption' string",
+                                  "both in every annotation")
+        if ann["image_id"] not in seen:
+            raise CaptionMismatchError(path, f"annotations[{k}] refers to image id {ann['image_id']!r}, which is "
+                                       "not in 'images'", "every caption's image listed under 'images'")
+        caps.setdefault(ann["image_id"], []).append(ann["caption"].strip())
+    return data["images"], caps
+
+
+def read_coco(root: str | Path, split: str = "train") -> CaptionSet:
+    """Read one split (or ``"all"``) of COCO-style caption JSON: a folder of ``captions_{split}*.json`` or one file.
+
+    The split of an image is its ``split`` field when present, else the split its file name says
+    (``captions_val2017.json`` -> ``val``). Captions are joined to images by ``image_id`` (never by position).
+
+    Raises:
+        DatasetNotFoundError: no COCO caption file.
+        DataFormatError: invalid JSON, missing keys, duplicate image ids, an image whose split is unknown, or no
+            image in the split.
+        CaptionMismatchError: a caption of an unlisted image, or an image without captions.
+    """
+    root = require_exists(root, "COCO caption JSON")
+    files = find_coco_json(root)
+    if not files:
+        raise DatasetNotFoundError(root / "captions_train.json", "no COCO caption JSON found",
+                                   "captions_{split}.json files with 'images' and 'annotations'")
+    caps, idx, names = [], [], []
+    for f in files:
+        file_split = coco_split_of(f)
+        if split != "all" and file_split is not None and file_split != split and len(files) > 1:
+            continue  # another split's file
+        images, by_id = _load_coco(f)
+        for k, img in enumerate(images):
+            img_split = img.get("split", file_split)
+            if img_split is None and split != "all":
+                raise DataFormatError(f, f"images[{k}] has no 'split' field and the file name names no split",
+                                      "captions_{split}.json, or a 'split' field in every image")
+            if split != "all" and img_split != split:
+                continue
+            sents = by_id.get(img["id"], [])
+            if not sents:
+                raise CaptionMismatchError(f, f"image {img['file_name']!r} (id {img['id']!r}) has no captions",
+                                           ">= 1 annotation per image")
+            i = len(names)
+            names.append(img["file_name"])
+            caps.extend(sents)
+            idx.extend([i] * len(sents))
+    if not names:
+        raise DataFormatError(root, f"no images in split {split!r}", f"one of the splits present: {coco_splits(root)}")
+    return CaptionSet(caps, np.array(idx, dtype=np.int64), names, split, source=files[0] if len(files) == 1 else root)
+
+
+def coco_splits(root: Path) -> list[str]:
+    """The splits a COCO caption folder or file holds (from file names and ``split`` fields)."""
+    out: set[str] = set()
+    for f in find_coco_json(root):
+        fs = coco_split_of(f)
+        try:
+            images = json.loads(f.read_text(encoding="utf-8")).get("images", [])
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            images = []
+        fields = {str(i["split"]) for i in images if isinstance(i, dict) and "split" in i}
+        out |= fields or ({fs} if fs else set())
+    return sorted(out)
+
+
 def read_captions(root: str | Path, split: str = "train", fmt: str = "auto") -> CaptionSet:
-    """Read a caption set in either format.
+    """Read a caption set in any supported format.
 
     Args:
-        root: caption folder (precomp files and/or ``dataset*.json``) or a JSON file.
+        root: caption folder (precomp files, ``dataset*.json`` or ``captions_*.json``) or a JSON file.
         split: ``"train"``, ``"val"``, ``"test"`` (or ``"all"`` for JSON).
-        fmt: ``"precomp"``, ``"karpathy"`` or ``"auto"`` (precomp when ``{split}_caps.txt`` exists, else JSON).
+        fmt: ``"precomp"``, ``"karpathy"``, ``"coco"`` or ``"auto"`` (precomp when ``{split}_caps.txt`` exists,
+            else a Karpathy ``dataset*.json``, else COCO ``captions*.json``; a JSON file by its content).
     """
     root = require_exists(root, "caption set")
     if fmt == "auto":
-        fmt = "precomp" if root.is_dir() and (root / f"{split}_caps.txt").exists() else "karpathy"
+        if root.is_dir() and (root / f"{split}_caps.txt").exists():
+            fmt = "precomp"
+        elif find_karpathy_json(root) is not None and not find_coco_json(root):
+            fmt = "karpathy"
+        elif find_coco_json(root):
+            fmt = "coco"
+        else:
+            fmt = "karpathy"
     if fmt == "precomp":
         return read_precomp(root, split)
+    if fmt == "coco":
+        return read_coco(root, split)
     js = find_karpathy_json(root)
     if js is None:
         raise DatasetNotFoundError(root / f"{split}_caps.txt", "no caption files found",
@@ -446,6 +574,8 @@ def caption_set_names(root: str | Path, fmt: str = "auto") -> list[str]:
             names += [line.strip() for line in f.read_text(encoding="utf-8", errors="replace").splitlines()
                       if line.strip()]
         return names
+    if fmt in ("auto", "coco") and find_coco_json(root):
+        return read_coco(root, "all").image_names
     js = find_karpathy_json(root)
     if js is None:
         return names
@@ -530,6 +660,7 @@ class ImageTextDataset(torch.utils.data.Dataset):
 
 __all__ = [
     "CaptionSet", "ImageResolver", "ImageTextDataset", "JOIN_RULES", "caption_set_names", "default_image_root",
-    "find_karpathy_json", "is_ucm_captions", "read_image_map", "read_captions",
+    "coco_splits", "find_coco_json", "find_karpathy_json", "is_ucm_captions", "read_captions", "read_coco",
+    "read_image_map",
     "read_karpathy", "read_precomp", "tokenize",
 ]

@@ -10,16 +10,19 @@ import numpy as np
 from rswb.data.captions import (
     ImageResolver,
     caption_set_names,
+    coco_splits,
     default_image_root,
+    find_coco_json,
     find_karpathy_json,
     read_captions,
+    read_coco,
     read_karpathy,
 )
 from rswb.data.errors import DataFormatError, require_exists
 from rswb.data.mspan import MS_NAMES, PAN_NAMES, MSPANScene, load_mspan
 from rswb.data.scenes import IMAGE_EXTS, SceneFolder, split_mask
 
-FORMATS = ("mspan_folder", "mspan_mat", "scene_folder", "captions_precomp", "captions_karpathy")
+FORMATS = ("mspan_folder", "mspan_mat", "scene_folder", "captions_precomp", "captions_karpathy", "captions_coco")
 
 
 def detect_format(path: str | Path) -> str:
@@ -34,13 +37,15 @@ def detect_format(path: str | Path) -> str:
         if path.suffix.lower() == ".mat":
             return "mspan_mat"
         if path.suffix.lower() == ".json":
-            return "captions_karpathy"
+            return "captions_coco" if find_coco_json(path) else "captions_karpathy"
     elif any((path / n).exists() for n in MS_NAMES + PAN_NAMES):
         return "mspan_folder"
     elif any(path.glob("*_caps.txt")):
         return "captions_precomp"
     elif find_karpathy_json(path) is not None:
         return "captions_karpathy"
+    elif find_coco_json(path):  # before the scene-folder test: a COCO folder often holds images/ beside its JSON
+        return "captions_coco"
     else:
         images = path / "Images" if (path / "Images").is_dir() else path
         subdirs = [d for d in images.iterdir() if d.is_dir() and not d.name.startswith(".")]
@@ -48,7 +53,7 @@ def detect_format(path: str | Path) -> str:
             return "scene_folder"
     raise DataFormatError(path, "unrecognised data format",
                           "an MS+PAN folder (ms4.tif + pan.tif), a .mat pair, a scene folder (<class>/<images>), "
-                          "precomp captions ({split}_caps.txt) or a Karpathy dataset*.json")
+                          "precomp captions ({split}_caps.txt), a Karpathy dataset*.json or COCO captions_*.json")
 
 
 def summarize(path: str | Path, image_root: str | Path | None = None,
@@ -129,6 +134,8 @@ def _summarize_captions(path: Path, fmt: str, image_root: str | Path | None,
     if fmt == "captions_precomp":
         names = _split_order({p.name[: -len("_caps.txt")] for p in path.glob("*_caps.txt")})
         sets = [read_captions(path, s, "precomp") for s in names]
+    elif fmt == "captions_coco":
+        sets = [read_coco(path, s) for s in _split_order(set(coco_splits(path)))]
     else:
         js = find_karpathy_json(path)
         import json

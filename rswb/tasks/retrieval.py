@@ -85,7 +85,7 @@ class RetrievalConfig:
 
     data: str | None = option(None, "caption folder or Karpathy JSON; None: the embedded captions")
     images: str | None = option(None, "image root (UCM-Captions: the UC Merced folder); None: images/ beside data")
-    fmt: str = option("auto", "caption format: auto | karpathy | precomp")
+    fmt: str = option("auto", "caption format: auto | karpathy | coco | precomp")
     image_map: str | None = option(None, "CSV of caption-file name,image path rows: an explicit caption-image join")
     method: str = option("clip", "vsepp | clip | fisvl | kamcl")
     backbone: str = option("efficientnet_lite0", "image backbone: efficientnet_lite0 | small_cnn | hf_backbone")

@@ -298,6 +298,49 @@ def make_ucm_captions(tmp: str | Path, classes=UCM_CLASS_NAMES, test_numbers=(81
     return train, test, image_root
 
 
+def make_coco_captions(tmp: str | Path, splits=(("train", 4), ("val", 2), ("test", 2)), per_image=(5, 3, 1, 2),
+                       one_file: bool = False, with_images: bool = True, seed: int = 0,
+                       name: str = "rsicd_coco") -> tuple[Path, dict[str, list[tuple[str, list[str]]]]]:
+    """A fake COCO-caption release: ``captions_{split}2017.json`` (or one ``captions.json`` with a ``split`` field).
+
+    Image ids are scattered and annotations shuffled, so that only ``image_id`` can join them; ``images/`` holds the
+    files. Returns the folder and, per split, ``[(file_name, [captions in file order])]``.
+    """
+    root = Path(tmp) / name
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    truth: dict[str, list[tuple[str, list[str]]]] = {}
+    all_images, all_anns, n = [], [], 0
+    for split, count in splits:
+        images, anns = [], []
+        for i in range(count):
+            file_name = f"{split}_{i:03d}.jpg"
+            img_id = int(1000 + 37 * n)
+            caps = [fake_caption(rng, n, k) for k in range(per_image[n % len(per_image)])]
+            images.append({"id": img_id, "file_name": file_name, "height": 8, "width": 8}
+                          | ({"split": split} if one_file else {}))
+            anns += [{"id": len(all_anns) + len(anns) + j, "image_id": img_id, "caption": c}
+                     for j, c in enumerate(caps)]
+            truth.setdefault(split, []).append((file_name, caps))
+            if with_images:
+                _write_image(root / "images" / file_name, rng, 8)
+            n += 1
+        # Shuffle the annotations but keep each image's captions in their order (the order the reader must keep).
+        order = rng.permutation(len(anns))
+        by_img: dict[int, list[dict]] = {}
+        for a in anns:
+            by_img.setdefault(a["image_id"], []).append(a)
+        shuffled = [by_img[anns[o]["image_id"]].pop(0) for o in order]
+        if one_file:
+            all_images += images
+            all_anns += shuffled
+        else:
+            (root / f"captions_{split}2017.json").write_text(json.dumps({"images": images, "annotations": shuffled}))
+    if one_file:
+        (root / "captions.json").write_text(json.dumps({"images": all_images, "annotations": all_anns}))
+    return root, truth
+
+
 def make_sydney_captions(tmp: str | Path, splits=(("train", 497), ("val", 58), ("test", 58)), per_image: int = 5,
                          seed: int = 0) -> Path:
     """A fake Sydney-Captions precomp set: images ``1.tif`` .. ``613.tif`` over three splits; returns its folder."""

@@ -14,8 +14,10 @@ from rswb.data.captions import (
     CaptionSet,
     ImageResolver,
     ImageTextDataset,
+    coco_splits,
     find_karpathy_json,
     read_captions,
+    read_coco,
     read_image_map,
     read_karpathy,
     read_precomp,
@@ -24,6 +26,7 @@ from rswb.data.captions import (
 from rswb.data.errors import CaptionMismatchError, DataFormatError, DatasetNotFoundError
 from tests.data.fakes import (
     UCM_CLASS_NAMES,
+    make_coco_captions,
     make_karpathy,
     make_precomp,
     make_sydney_captions,
@@ -489,3 +492,39 @@ def test_missing_image_root(tmp_path):
     fake = make_precomp(tmp_path, "train")
     raises_naming(DatasetNotFoundError, tmp_path / "no_images", ImageTextDataset, fake.root, "train",
                   image_root=tmp_path / "no_images")
+
+
+# ------------------------------------------------------------------------------------------------ COCO captions
+
+
+@pytest.mark.parametrize("one_file", [False, True])
+def test_coco_captions_are_joined_by_image_id_and_split_by_file_or_field(tmp_path, one_file):
+    root, truth = make_coco_captions(tmp_path, one_file=one_file)
+    for split, expected in truth.items():
+        cs = read_captions(root, split)  # auto-detected
+        assert cs.image_names == [name for name, _ in expected]
+        assert cs.captions == [c for _, caps in expected for c in caps]
+        assert cs.caption_to_image.tolist() == [i for i, (_, caps) in enumerate(expected) for _ in caps]
+    assert read_coco(root, "all").num_images == 8 and coco_splits(root) == ["test", "train", "val"]
+    ds = ImageTextDataset(root, "val")  # images/ beside the JSON, joined by file name
+    assert [p.name for p in ds.image_paths] == ["val_000.jpg", "val_001.jpg"]
+    assert ds[0]["image"].shape == (3, 8, 8)
+
+
+def test_coco_errors_name_the_file_and_the_entry(tmp_path):
+    root, _ = make_coco_captions(tmp_path, with_images=False)
+    f = root / "captions_train2017.json"
+    data = json.loads(f.read_text())
+    bad = dict(data, annotations=[*data["annotations"], {"image_id": 999999, "caption": "a lost caption"}])
+    f.write_text(json.dumps(bad))
+    assert "999999" in str(raises_naming(CaptionMismatchError, f, read_captions, root, "train"))
+    f.write_text(json.dumps(dict(data, annotations=[a for a in data["annotations"] if a["image_id"] != 1000])))
+    assert "train_000.jpg" in str(raises_naming(CaptionMismatchError, f, read_captions, root, "train"))
+    f.write_text(json.dumps(dict(data, images=[{"id": 1, "filename": "x.jpg"}])))
+    assert "images[0]" in str(raises_naming(DataFormatError, f, read_captions, root, "train"))
+    one, _ = make_coco_captions(tmp_path / "one", one_file=True, with_images=False)
+    g = one / "captions.json"
+    d = json.loads(g.read_text())
+    d["images"][0].pop("split")
+    g.write_text(json.dumps(d))
+    assert "no 'split' field" in str(raises_naming(DataFormatError, g, read_captions, one, "train"))

@@ -63,3 +63,14 @@ def test_registration_correlation_detects_a_shift():
     shifted = MSPANScene(ms, np.roll(base, 37, axis=1)[None], 4)
     assert registration_correlation(good) > 0.99
     assert abs(registration_correlation(shifted)) < 0.3
+
+
+def test_a_coco_folder_with_images_is_captions_not_a_scene_folder(tmp_path):
+    from tests.data.fakes import make_coco_captions
+
+    root, _ = make_coco_captions(tmp_path)
+    assert detect_format(root) == "captions_coco"
+    assert detect_format(root / "captions_val2017.json") == "captions_coco"
+    summary = summarize(root)
+    assert list(summary["splits"]) == ["train", "val", "test"] and summary["join"]["rules"] == {"relative path": 8}
+    assert "join: 8 by relative path" in format_summary(summary)
