@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -297,18 +298,34 @@ def main(argv: list[str] | None = None) -> int:
     from rswb.data.errors import DataError
 
     args = build_parser().parse_args(argv)
+    as_json = bool(getattr(args, "json", False))
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # inside the try: a closed pipe surfaces here, not as a traceback at exit
+        return code
     except DataError as err:
-        print(f"rswb: data error: {err}", file=sys.stderr)
+        _report_error("data error", err, as_json, path=err.path)
         return 2
     except (KeyError, ValueError, FileNotFoundError, FileExistsError) as err:
         if args.command not in ("train", "runs", "eval", "search", "notebooks"):
             raise
         # Bad options, unknown tasks or runs, an existing run folder: one clear line, not a traceback.
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"rswb {args.command}: error: {msg}", file=sys.stderr)
+        _report_error(f"{args.command} error", msg, as_json)
         return 2
+    except BrokenPipeError:
+        # The reader went away (``rswb data check ... | head``): not an error of ours; silence the flush at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+def _report_error(kind: str, err: object, as_json: bool, path: object = None) -> None:
+    """One line on stderr; with ``--json`` also a JSON error object on stdout (so that scripts always get JSON)."""
+    print(f"rswb: {kind}: {err}", file=sys.stderr)
+    if as_json:
+        print(json.dumps({"error": {"kind": kind, "message": str(err),
+                                    "path": None if path is None else str(path)}}, indent=2))
 
 
 if __name__ == "__main__":

@@ -108,3 +108,19 @@ def test_broken_copies_of_real_data_exit_2(shared_data, tmp_path):
     scipy.io.savemat(mat, data)
     out = run_cli("data", "check", str(mat))
     assert out.returncode == 2 and "wv2_broken.mat" in out.stderr and "1280x1280" in out.stderr
+
+
+def test_json_errors_come_as_json_on_stdout_and_a_closed_pipe_is_no_traceback(tmp_path):
+    out = run_cli("data", "check", str(tmp_path / "missing"), "--json")
+    assert out.returncode == 2
+    err = json.loads(out.stdout)["error"]
+    assert err["kind"] == "data error" and err["path"] == str(tmp_path / "missing") and "not found" in err["message"]
+    # `rswb data check ... | head`: the reader is gone before the summary is written.
+    from tests.data.fakes import make_ucmerced
+
+    root = make_ucmerced(tmp_path, classes=tuple(f"c{i}" for i in range(30)), per_class=2)
+    p = subprocess.Popen([sys.executable, "-m", "rswb.cli", "data", "check", str(root)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    p.stdout.close()
+    stderr = p.communicate(timeout=120)[1].decode()
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
