@@ -6,7 +6,10 @@ Formats read here:
   ``test.npy`` on the MS grid (0 = unlabelled, 1..C = classes); older variants with a single ``label*.npy`` or
   ``label*.mat``; an optional ``classes.txt`` (line k names class k+1). GeoTIFFs are read with rasterio and their
   CRS and affine transform are kept.
-* **``.mat`` pair** (e.g. the pansharpening benchmark files): ``I_MS`` (H x W x C), ``I_PAN`` (rH x rW), ``ratio``.
+* **``.mat`` pair** (the pansharpening benchmark toolbox, Z-PNN, PanCollection): an MS variable (``I_MS_LR``,
+  ``I_MS``, ``I_MS_UP``, ``ms``, ``lms``; H x W x C or C x H x W) and a PAN variable (``I_PAN``, ``pan``; rH x rW).
+  The low-resolution MS is the one on the smallest integer fraction of the PAN grid; the ratio comes from the shapes
+  (a stored ``ratio`` must agree with them).
 
 A labelled MS pixel ``(r, c)`` gives an MS patch of ``ms_patch`` pixels around it (``(ms_patch-1)//2`` before, the
 rest after: 7/8 for 16) and the PAN patch that covers the same ground, centred on the PAN footprint of the MS patch
@@ -250,7 +253,7 @@ def load_mspan(path: str | Path, ratio: int | None = None, num_classes: int | No
 
     Args:
         path: a folder with ``ms4.tif`` + ``pan.tif`` (+ label maps) or a ``.mat`` file with ``I_MS``/``I_PAN``.
-        ratio: PAN/MS resolution ratio; default: the ``.mat`` file's ``ratio``, else 4.
+        ratio: PAN/MS resolution ratio; default: the folder's 4, or a ``.mat`` file's shapes.
         num_classes: number of classes C, to check label values against 0..C; default: ``classes.txt`` if
             present, else only non-negativity is checked.
 
@@ -320,6 +323,31 @@ def _load_folder(root: Path, ratio: int | None) -> MSPANScene:
     )
 
 
+# Variable names of the MS and PAN images in the .mat conventions we know: the pansharpening benchmark toolbox and
+# Z-PNN (I_MS_LR low resolution, I_MS / I_MS_UP possibly upsampled to the PAN grid, I_PAN) and PanCollection
+# (ms, lms = upsampled, pan). Which MS is low-resolution is decided by shape, never by name alone.
+MAT_MS_NAMES = ("I_MS_LR", "I_MS", "I_MS_UP", "MS", "ms", "lms", "I_MS_LR_UP")
+MAT_PAN_NAMES = ("I_PAN", "PAN", "pan", "P")
+
+
+def _mat_inventory(data: dict[str, Any]) -> str:
+    """The variables of a loaded .mat file with their shapes and dtypes (for error messages)."""
+    items = [(k, np.asarray(v)) for k, v in data.items() if not k.startswith("__")]
+    return ", ".join(f"{k} ({'x'.join(map(str, a.shape)) or 'scalar'} {a.dtype})" for k, a in items) or "nothing"
+
+
+def _ms_on_pan_grid(ms: np.ndarray, pan_hw: tuple[int, int]) -> tuple[np.ndarray, int] | None:
+    """``(ms as H x W x C, ratio)`` when ``ms`` (H x W x C or C x H x W) lies on an integer fraction of the PAN grid."""
+    arr = ms[..., None] if ms.ndim == 2 else ms
+    if arr.ndim != 3:
+        return None
+    for layout in (arr, np.moveaxis(arr, 0, -1)):  # bands last (MATLAB), then bands first (PanCollection)
+        h, w = layout.shape[:2]
+        if h and w and pan_hw[0] % h == 0 and pan_hw[1] % w == 0 and pan_hw[0] // h == pan_hw[1] // w:
+            return layout, pan_hw[0] // h
+    return None
+
+
 def _load_mat(path: Path, ratio: int | None) -> MSPANScene:
     import scipy.io
 
@@ -327,20 +355,42 @@ def _load_mat(path: Path, ratio: int | None) -> MSPANScene:
         data = scipy.io.loadmat(path)
     except Exception as err:  # scipy raises several types for a corrupt file
         raise DataFormatError(path, f"cannot read MATLAB file ({err})", "a MATLAB v5/v7 .mat file") from err
-    for key in ("I_MS", "I_PAN"):
-        if key not in data:
-            raise DataFormatError(path, f"variable {key!r} is missing", "variables I_MS (H x W x C) and I_PAN")
-    ms, pan = np.asarray(data["I_MS"]), np.asarray(data["I_PAN"])
-    if ms.ndim == 2:
-        ms = ms[..., None]
-    if ms.ndim != 3:
-        raise ShapeMismatchError(path, f"I_MS has shape {ms.shape}", "H x W x C")
-    if pan.ndim == 3 and pan.shape[2] == 1:
-        pan = pan[..., 0]
+    pan_key = next((k for k in MAT_PAN_NAMES if k in data), None)
+    ms_keys = [k for k in MAT_MS_NAMES if k in data]
+    if pan_key is None or not ms_keys:
+        raise DataFormatError(path, f"no {'PAN' if pan_key is None else 'MS'} image variable; the file holds: "
+                              f"{_mat_inventory(data)}",
+                              f"an MS variable ({' / '.join(MAT_MS_NAMES)}) and a PAN variable "
+                              f"({' / '.join(MAT_PAN_NAMES)})")
+    pan = np.asarray(data[pan_key])
+    if pan.ndim == 3 and 1 in (pan.shape[0], pan.shape[2]):
+        pan = pan[..., 0] if pan.shape[2] == 1 else pan[0]
     if pan.ndim != 2:
-        raise ShapeMismatchError(path, f"I_PAN has shape {pan.shape}", "a single-band rH x rW image")
+        raise ShapeMismatchError(path, f"{pan_key} has shape {pan.shape}", "a single-band rH x rW PAN image")
+    # Every MS candidate placed on the PAN grid; the lowest-resolution one is the MS (an upsampled copy is not).
+    placed = {k: _ms_on_pan_grid(np.asarray(data[k]), pan.shape) for k in ms_keys}
+    usable = {k: v for k, v in placed.items() if v is not None}
     file_ratio = int(np.asarray(data["ratio"]).ravel()[0]) if "ratio" in data else None
-    meta: dict[str, Any] = {"files": {"ms": path, "pan": path}}
+    if usable:
+        ms_key = max(usable, key=lambda k: usable[k][1])  # the largest ratio: the low-resolution MS
+        ms, shape_ratio = usable[ms_key]
+    elif ratio or file_ratio:
+        # No MS fits the PAN grid: keep the first one at the stated ratio, so that validation names both sizes.
+        ms_key, ms = ms_keys[0], np.asarray(data[ms_keys[0]])
+        ms, shape_ratio = (ms[..., None] if ms.ndim == 2 else ms), int(ratio or file_ratio)
+    else:
+        raise ShapeMismatchError(path, f"no MS variable lies on an integer fraction of the {pan.shape[0]}x"
+                                 f"{pan.shape[1]} PAN grid and no ratio is stored; the file holds: "
+                                 f"{_mat_inventory(data)}", "MS of H x W x C with PAN of rH x rW")
+    if ms.ndim != 3:
+        raise ShapeMismatchError(path, f"{ms_key} has shape {ms.shape}", "H x W x C")
+    if usable and file_ratio is not None and shape_ratio > 1 and file_ratio != shape_ratio:
+        raise ShapeMismatchError(path, f"the stored ratio {file_ratio} disagrees with the shapes ({ms_key} "
+                                 f"{ms.shape[0]}x{ms.shape[1]}, {pan_key} {pan.shape[0]}x{pan.shape[1]}: ratio "
+                                 f"{shape_ratio})", "a ratio variable equal to PAN size / MS size")
+    meta: dict[str, Any] = {"files": {"ms": path, "pan": path}, "variables": {"ms": ms_key, "pan": pan_key}}
+    if shape_ratio == 1:
+        meta["ms_upsampled"] = True  # only an MS on the PAN grid: trained as a ratio-1 pair
     if "sensor" in data:
         meta["sensor"] = str(np.asarray(data["sensor"]).ravel()[0])
     if "L" in data:
@@ -354,7 +404,7 @@ def _load_mat(path: Path, ratio: int | None) -> MSPANScene:
     return MSPANScene(
         ms=np.moveaxis(ms, -1, 0).astype(np.float32),
         pan=pan[None].astype(np.float32),
-        ratio=ratio or file_ratio or 4,
+        ratio=ratio or shape_ratio,
         labels=labels,
         source=path,
         meta=meta,

@@ -181,11 +181,50 @@ def test_mat_pair_ratio_is_read_from_the_file(tmp_path):
     assert scene.ratio == 2 and scene.pan.shape == (1, 10, 14)
 
 
-def test_mat_pair_without_ratio_defaults_to_four(tmp_path):
-    fake = make_mspan_mat(tmp_path, ratio=4, drop=("ratio", "sensor", "L", "RGB_indexes"))
+@pytest.mark.parametrize("ratio", [2, 4, 6])
+def test_mat_pair_without_ratio_takes_it_from_the_shapes(tmp_path, ratio):
+    fake = make_mspan_mat(tmp_path, ratio=ratio, drop=("ratio", "sensor", "L", "RGB_indexes"))
     scene = load_mspan(fake.path)
-    assert scene.ratio == 4
+    assert scene.ratio == ratio
     assert "sensor" not in scene.meta and "rgb_bands" not in scene.meta
+
+
+def test_mat_pair_zpnn_and_pancollection_names(tmp_path):
+    """I_MS_LR + I_PAN (Z-PNN, an 8-band WorldView-3 32 x 32 MS with 128 x 128 PAN), with an upsampled I_MS beside it;
+    PanCollection's bands-first ms / lms / pan."""
+
+    rng = np.random.default_rng(3)
+    ms_lr = rng.integers(0, 2048, (32, 32, 8), dtype=np.uint16)
+    up = np.repeat(np.repeat(ms_lr, 4, 0), 4, 1)
+    pan = rng.integers(0, 2048, (128, 128), dtype=np.uint16)
+    scipy.io.savemat(tmp_path / "zpnn.mat", {"I_MS_LR": ms_lr, "I_MS": up, "I_PAN": pan})
+    scene = load_mspan(tmp_path / "zpnn.mat")
+    assert scene.ratio == 4 and scene.ms.shape == (8, 32, 32) and scene.meta["variables"]["ms"] == "I_MS_LR"
+    np.testing.assert_array_equal(scene.ms, np.moveaxis(ms_lr, -1, 0))
+    scipy.io.savemat(tmp_path / "pc.mat", {"ms": np.moveaxis(ms_lr, -1, 0), "lms": np.moveaxis(up, -1, 0),
+                                           "pan": pan[None]})
+    scene = load_mspan(tmp_path / "pc.mat")
+    assert scene.ratio == 4 and scene.meta["variables"] == {"ms": "ms", "pan": "pan"}
+    np.testing.assert_array_equal(scene.ms, np.moveaxis(ms_lr, -1, 0))
+    # Only an upsampled MS: a ratio-1 pair, said so in the metadata.
+    scipy.io.savemat(tmp_path / "up.mat", {"I_MS_UP": up, "I_PAN": pan})
+    scene = load_mspan(tmp_path / "up.mat")
+    assert scene.ratio == 1 and scene.meta["ms_upsampled"]
+
+
+def test_mat_pair_errors_list_the_variables_present(tmp_path):
+
+    rng = np.random.default_rng(4)
+    scipy.io.savemat(tmp_path / "odd.mat", {"MSI": rng.random((8, 8, 4)), "PANI": rng.random((32, 32))})
+    err = raises_naming(DataFormatError, tmp_path / "odd.mat", load_mspan, tmp_path / "odd.mat")
+    assert "MSI (8x8x4 float64)" in str(err) and "PANI (32x32 float64)" in str(err) and "I_MS_LR" in str(err)
+    scipy.io.savemat(tmp_path / "ratio.mat", {"I_MS": rng.random((8, 8, 4)), "I_PAN": rng.random((32, 32)),
+                                              "ratio": np.array([[2.0]])})
+    err = raises_naming(ShapeMismatchError, tmp_path / "ratio.mat", load_mspan, tmp_path / "ratio.mat")
+    assert "stored ratio 2 disagrees" in str(err)
+    scipy.io.savemat(tmp_path / "skew.mat", {"I_MS": rng.random((8, 8, 4)), "I_PAN": rng.random((30, 32))})
+    err = raises_naming(ShapeMismatchError, tmp_path / "skew.mat", load_mspan, tmp_path / "skew.mat")
+    assert "30x32 PAN grid" in str(err)
 
 
 def test_mat_pair_with_label(tmp_path):
