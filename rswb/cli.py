@@ -237,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="re-score a finished run from its folder (rebuilds the task, loads best.pt)")
     ev.add_argument("run", help="run name (under --root) or run folder")
-    ev.add_argument("--root", default="runs", help="folder of runs (default: runs)")
+    ev.add_argument("--runs-root", "--root", dest="root", default="runs",
+                    help="folder of runs (default: runs; --root is the old spelling)")
     ev.add_argument("--split", default="test", choices=["test", "val", "both"], help="which split to score")
     ev.add_argument("--weights", default="best", choices=["best", "last"], help="best.pt or checkpoint.pt")
     ev.add_argument("--device", default=None, help="cuda | mps | cpu (default: the best available)")
@@ -253,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("query", help="the text to search for, e.g. \"a river next to a forest\"")
     se.add_argument("--k", type=int, default=5, help="how many images (default 5)")
     se.add_argument("--split", default="test", choices=["test", "val"], help="the gallery")
-    se.add_argument("--root", default="runs", help="folder of runs (default: runs)")
+    se.add_argument("--runs-root", "--root", dest="root", default="runs",
+                    help="folder of runs (default: runs; --root is the old spelling)")
     se.add_argument("--device", default=None, help="cuda | mps | cpu (default: the best available)")
     se.add_argument("--json", action="store_true", help="print the hits as JSON")
     se.set_defaults(func=_cmd_search)
@@ -275,12 +277,14 @@ def build_parser() -> argparse.ArgumentParser:
     runs = sub.add_parser("runs", help="list and compare run folders")
     runs_sub = runs.add_subparsers(dest="runs_command", metavar="ACTION", required=True)
     rl = runs_sub.add_parser("list", help="one line per run under --root")
-    rl.add_argument("--root", default="runs", help="folder of runs (default: runs)")
+    rl.add_argument("--runs-root", "--root", dest="root", default="runs",
+                    help="folder of runs (default: runs; --root is the old spelling)")
     rl.add_argument("--all", action="store_true", help="also show validation metrics")
     rl.set_defaults(func=_cmd_runs_list)
     rc = runs_sub.add_parser("compare", help="runs side by side: method, version, data, metrics, time")
     rc.add_argument("runs", nargs="+", help="run names (under --root) or run folders")
-    rc.add_argument("--root", default="runs", help="folder of runs (default: runs)")
+    rc.add_argument("--runs-root", "--root", dest="root", default="runs",
+                    help="folder of runs (default: runs; --root is the old spelling)")
     rc.add_argument("--metrics", help="comma-separated metric names (default: all)")
     rc.add_argument("--split", default="test", choices=["test", "val"], help="which metrics to show")
     rc.set_defaults(func=_cmd_runs_compare)

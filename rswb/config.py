@@ -25,6 +25,7 @@ T = TypeVar("T")
 
 __all__ = [
     "TrainConfig",
+    "allowed",
     "apply_overrides",
     "field_help",
     "from_dict",
@@ -34,43 +35,107 @@ __all__ = [
     "parse_cli_overrides",
     "save_yaml",
     "to_dict",
+    "validate",
 ]
 
 
-def option(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse's keyword
-    """A dataclass field with a default and its one-line documentation (mutable defaults are copied per instance)."""
+def option(default: Any, help: str, *, low: float | None = None, high: float | None = None,  # noqa: A002
+           low_open: bool = False, high_open: bool = False, choices: Sequence[Any] | None = None) -> Any:
+    """A dataclass field with a default, its one-line documentation and the values it allows.
+
+    Args:
+        default: the default value (mutable defaults are copied per instance).
+        help: one line for ``--help`` (mirrors argparse's keyword).
+        low: lower bound of a numeric option (``None``: unbounded), checked by :func:`validate`.
+        high: upper bound (``None``: unbounded).
+        low_open: exclude the lower bound itself (``low=0, low_open=True``: strictly positive).
+        high_open: exclude the upper bound itself.
+        choices: the allowed values of an option with a fixed set.
+    """
+    meta = {"help": help, "low": low, "high": high, "low_open": low_open, "high_open": high_open,
+            "choices": tuple(choices) if choices is not None else None}
     if isinstance(default, (list, dict, set)):
         # A deep copy: nested lists/dicts must not be shared between instances either.
-        return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata={"help": help})
-    return dataclasses.field(default=default, metadata={"help": help})
+        return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def allowed(f: dataclasses.Field) -> str:
+    """The values a field allows, in words (``"an integer >= 1"``, ``"one of adamw, adam, sgd"``); ``""`` if any."""
+    m = f.metadata
+    if m.get("choices"):
+        return "one of " + ", ".join(map(str, m["choices"]))
+    parts = []
+    if m.get("low") is not None:
+        parts.append(f"{'>' if m['low_open'] else '>='} {m['low']:g}")
+    if m.get("high") is not None:
+        parts.append(f"{'<' if m['high_open'] else '<='} {m['high']:g}")
+    return " and ".join(parts)
+
+
+def validate(cfg: Any, *, source: str = "options") -> Any:
+    """Check every field of a config against the range or choices its :func:`option` declares.
+
+    Then the config's own ``check()`` (cross-field rules) runs, if it has one. Returns ``cfg``.
+
+    Raises:
+        ValueError: the first option out of range, naming its flag, the allowed values and the value given.
+    """
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        rule = allowed(f)
+        if value is None or not rule:
+            continue
+        m, flag = f.metadata, "--" + f.name.replace("_", "-")
+        ok = value in m["choices"] if m.get("choices") else _in_range(value, m)
+        if not ok:
+            raise ValueError(f"{source}: {flag} must be {rule}, got {value!r}")
+    check = getattr(cfg, "check", None)
+    if callable(check):
+        check()
+    return cfg
+
+
+def _in_range(value: Any, m: Mapping[str, Any]) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return True  # not numeric: the type check of from_dict already ran
+    lo, hi = m.get("low"), m.get("high")
+    if lo is not None and (value <= lo if m["low_open"] else value < lo):
+        return False
+    return not (hi is not None and (value >= hi if m["high_open"] else value > hi))
 
 
 @dataclasses.dataclass
 class TrainConfig:
     """How :func:`rswb.engine.fit` trains: the same fields for every method (saved in every run's ``config.yaml``)."""
 
-    epochs: int = option(10, "number of passes over the training split")
-    batch_size: int = option(64, "global batch size (divided across processes under torchrun)")
-    eval_batch_size: int | None = option(None, "batch size for validation/test (default: 2 x batch_size)")
-    optimizer: str = option("adamw", "adamw | adam | sgd")
-    lr: float = option(1e-3, "base learning rate (parameter groups may scale it, e.g. proxies x100)")
-    weight_decay: float = option(1e-4, "decoupled weight decay (adamw) or L2 penalty (adam, sgd)")
-    momentum: float = option(0.9, "SGD momentum (ignored by adam/adamw)")
-    schedule: str = option("cosine", "learning-rate schedule after warm-up: cosine | linear | step | constant")
-    warmup_epochs: float = option(0.0, "linear warm-up length in epochs (fractions allowed)")
-    min_lr_ratio: float = option(0.0, "final lr / base lr for cosine and linear schedules")
-    step_epochs: int = option(30, "step schedule: multiply the lr by step_gamma every this many epochs")
-    step_gamma: float = option(0.1, "step schedule: the factor applied every step_epochs")
-    grad_clip: float | None = option(None, "clip the global gradient norm to this value (None: no clipping)")
-    precision: str = option("auto", "auto (bf16/fp16 on CUDA, fp32 elsewhere) | fp32 | bf16 | fp16")
+    epochs: int = option(10, "number of passes over the training split", low=1)
+    batch_size: int = option(64, "global batch size (divided across processes under torchrun)", low=1)
+    eval_batch_size: int | None = option(None, "batch size for validation/test (default: 2 x batch_size)", low=1)
+    optimizer: str = option("adamw", "adamw | adam | sgd", choices=("adamw", "adam", "sgd"))
+    lr: float = option(1e-3, "base learning rate (parameter groups may scale it, e.g. proxies x100)", low=0)
+    weight_decay: float = option(1e-4, "decoupled weight decay (adamw) or L2 penalty (adam, sgd)", low=0)
+    momentum: float = option(0.9, "SGD momentum (ignored by adam/adamw)", low=0, high=1, high_open=True)
+    schedule: str = option("cosine", "learning-rate schedule after warm-up: cosine | linear | step | constant",
+                           choices=("cosine", "linear", "step", "constant"))
+    warmup_epochs: float = option(0.0, "linear warm-up length in epochs (fractions allowed)", low=0)
+    min_lr_ratio: float = option(0.0, "final lr / base lr for cosine and linear schedules", low=0, high=1)
+    step_epochs: int = option(30, "step schedule: multiply the lr by step_gamma every this many epochs", low=1)
+    step_gamma: float = option(0.1, "step schedule: the factor applied every step_epochs", low=0, low_open=True,
+                               high=1)
+    grad_clip: float | None = option(None, "clip the global gradient norm to this value (None: no clipping)", low=0,
+                                     low_open=True)
+    precision: str = option("auto", "auto (bf16/fp16 on CUDA, fp32 elsewhere) | fp32 | bf16 | fp16",
+                            choices=("auto", "fp32", "bf16", "fp16"))
     device: str | None = option(None, "cuda | mps | cpu | cuda:1 ... (None: the best available, cuda > mps > cpu)")
-    val_fraction: float = option(0.1, "share of the training split held out for model selection (0: none)")
+    val_fraction: float = option(0.1, "share of the training split held out for model selection (0: none)", low=0,
+                                 high=1, high_open=True)
     monitor: str | None = option(None, "validation metric that selects best.pt (None: the task's default)")
-    early_stop_patience: int | None = option(None, "stop after this many evaluations without improvement")
-    eval_every: int = option(1, "validate every this many epochs (and always after the last)")
+    early_stop_patience: int | None = option(None, "stop after this many evaluations without improvement", low=1)
+    eval_every: int = option(1, "validate every this many epochs (and always after the last)", low=1)
     seed: int = option(0, "seed of initialisation, shuffling and the validation split")
     deterministic: bool = option(False, "deterministic kernels (slower; use for reported numbers and resume tests)")
-    num_workers: int = option(0, "DataLoader worker processes")
+    num_workers: int = option(0, "DataLoader worker processes", low=0)
     drop_last: bool = option(False, "drop the last incomplete training batch")
     progress: bool = option(True, "show tqdm progress bars")
 

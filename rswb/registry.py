@@ -72,9 +72,17 @@ def register_task(name: str | Callable[..., Any] | None = None) -> Any:
 
     Use as ``@register_task("name")``, ``@register_task()`` or bare ``@register_task`` (the function's name).
     """
+    def checked(builder: Callable[..., Any]) -> Callable[..., Any]:
+        # Task options must not shadow training options: one flag, one meaning, one line in --help.
+        from rswb.engine.launch import check_option_names, task_config_class
+
+        check_option_names(task_config_class(builder), f"task {getattr(builder, '__name__', builder)!r}")
+        return builder
+
     if callable(name):  # bare @register_task: `name` is the builder itself
-        return register("task")(name)
-    return register("task", name)
+        return register("task")(checked(name))
+    deco = register("task", name)
+    return lambda builder: deco(checked(builder))
 
 
 def get(kind: str, name: str) -> Callable[..., Any]:

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from rswb.config import TrainConfig, field_help, from_dict, load_yaml, to_dict
+from rswb.config import TrainConfig, field_help, from_dict, load_yaml, to_dict, validate
 from rswb.engine.checkpoint import load_checkpoint
 from rswb.engine.distributed import init_distributed
 from rswb.engine.loop import FitResult, fit
@@ -37,12 +37,36 @@ def task_config_class(builder: Any) -> type | None:
     return hint if dataclasses.is_dataclass(hint) else None
 
 
+def check_option_names(task_cls: type | None, where: str = "") -> None:
+    """Refuse a task config that declares an option with the name of a training option (they would collide).
+
+    Raises:
+        TypeError: the shared names, at definition (registration) time.
+    """
+    if task_cls is None:
+        return
+    shared = sorted(set(field_help(task_cls)) & set(field_help(TrainConfig)))
+    if shared:
+        raise TypeError(f"{where or task_cls.__name__}: task option(s) {', '.join(shared)} have the name of a "
+                        "training option; give them a task-specific name")
+
+
+def renamed(task_cls: type | None, options: Mapping[str, Any]) -> dict[str, Any]:
+    """Saved options with renamed spellings translated (``RENAMED_OPTIONS`` of the task config), for old runs."""
+    old_to_new = getattr(task_cls, "RENAMED_OPTIONS", {}) if task_cls else {}
+    return {old_to_new.get(k, k): v for k, v in options.items()}  # a saved config holds one spelling, never both
+
+
 def split_options(options: Mapping[str, Any], task_cls: type | None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Split flat options into ``(train options, task options)`` by field name.
 
     Raises:
-        ValueError: an option that is neither a training nor a task option (both lists are shown).
+        ValueError: an option that is neither a training nor a task option (both lists are shown), or a renamed
+            task option given by its old spelling (the message names the new one).
     """
+    for old, new in (getattr(task_cls, "RENAMED_OPTIONS", {}) if task_cls else {}).items():
+        if old in options and old not in field_help(TrainConfig):
+            raise ValueError(f"--{old.replace('_', '-')} was renamed --{new.replace('_', '-')}")
     train_fields = set(field_help(TrainConfig))
     task_fields = set(field_help(task_cls)) if task_cls else set()
     train, task, unknown = {}, {}, []
@@ -76,8 +100,19 @@ def _file_options(path: str | Path | None) -> dict[str, Any]:
 def _build(builder: Any, task_opts: Mapping[str, Any], source: str) -> tuple[TaskBundle, Any]:
     """Call a task builder with its config dataclass built from ``task_opts``: ``(bundle, task config or None)``."""
     task_cls = task_config_class(builder)
-    task_cfg = from_dict(task_cls, task_opts, source=source) if task_cls else None
+    task_cfg = validate(from_dict(task_cls, task_opts, source=source), source=source) if task_cls else None
     return (builder(task_cfg) if task_cls else builder()), task_cfg
+
+
+def _check_effective(task_cls: type | None, train: TrainConfig, given: Mapping[str, Any]) -> None:
+    """Refuse training options the user set that this task would silently ignore."""
+    if "val_fraction" in given and getattr(task_cls, "OWN_VALIDATION", False):
+        alt = " (its share: --val-share)" if "val_share" in field_help(task_cls) else ""
+        raise ValueError(f"--val-fraction has no effect here: this task holds out its own validation items{alt}")
+    if "momentum" in given and train.optimizer != "sgd":
+        alt = "; KAMCL's EMA momentum is --ema-momentum" if task_cls and "ema_momentum" in field_help(task_cls) \
+            else ""
+        raise ValueError(f"--momentum is SGD's momentum and --optimizer {train.optimizer} ignores it{alt}")
 
 
 def describe_task(name: str) -> str:
@@ -121,16 +156,22 @@ def train_task(name: str, options: Mapping[str, Any] | None = None, *, config_fi
         if run.config.exists():
             saved = run.read_config()
             merged.update(saved.get("train", {}))
-            merged.update(saved.get("task_config", {}))
+            merged.update(renamed(task_cls, saved.get("task_config", {})))
     merged.update(_file_options(config_file))
     merged.update(options or {})
     train_opts, task_opts = split_options(merged, task_cls)
+    given = {**_file_options(config_file), **(options or {})}  # what the user set (not a resumed run's saved values)
 
+    # Every option is checked before any data is touched: ranges, choices, and options that would do nothing.
+    seed = validate(from_dict(TrainConfig, train_opts, source="training options"), source="training options")
+    _check_effective(task_cls, seed, given)
+    task_cfg = validate(from_dict(task_cls, task_opts, source=f"task {name} options"),
+                        source=f"task {name} options") if task_cls else None
     dist = init_distributed()
-    seed = from_dict(TrainConfig, train_opts, source="training options")
     seed_everything(seed.seed, seed.deterministic)  # before the builder, so initial weights are reproducible
-    bundle, task_cfg = _build(builder, task_opts, source=f"task {name} options")
-    train_cfg = from_dict(TrainConfig, {**bundle.train_defaults, **train_opts}, source="training options")
+    bundle = builder(task_cfg) if task_cls else builder()
+    train_cfg = validate(from_dict(TrainConfig, {**bundle.train_defaults, **train_opts}, source="training options"),
+                         source="training options")
     return fit(bundle.task, bundle.train, val=bundle.val, test=bundle.test, config=train_cfg, name=run_name,
                runs_root=runs_root, resume=resume, overwrite=overwrite,
                task_config=to_dict(task_cfg) if task_cfg is not None else {}, task_name=name, dist=dist)
@@ -159,7 +200,7 @@ def load_trained(run_dir: str | Path, weights: str = "best", overrides: Mapping[
         raise ValueError(f"{run.config}: no task_name; only runs started from a registered task can be rebuilt")
     builder = get("task", name)
     seed_everything(saved.get("train", {}).get("seed", 0))
-    task_opts = {**saved.get("task_config", {}), **dict(overrides or {})}
+    task_opts = {**renamed(task_config_class(builder), saved.get("task_config", {})), **dict(overrides or {})}
     source = f"{run.config} + {dict(overrides)}" if overrides else str(run.config)
     bundle, _ = _build(builder, task_opts, source=source)
     path = run.best if weights == "best" else run.checkpoint

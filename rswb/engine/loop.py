@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from rswb.config import TrainConfig, from_dict, to_dict
+from rswb.config import TrainConfig, from_dict, to_dict, validate
 from rswb.engine.checkpoint import atomic_save, load_checkpoint
 from rswb.engine.device import autocast, make_grad_scaler, resolve_precision, select_device, to_device
 from rswb.engine.distributed import DistContext, EpochBatchSampler, current_context
@@ -117,8 +117,8 @@ def _resolve_config(config: TrainConfig | Mapping[str, Any] | None) -> TrainConf
     if config is None:
         return TrainConfig()
     if isinstance(config, TrainConfig):
-        return config
-    return from_dict(TrainConfig, config, source="train config")
+        return validate(config, source="train config")
+    return validate(from_dict(TrainConfig, config, source="train config"), source="train config")
 
 
 def _default_name(task: Task) -> str:

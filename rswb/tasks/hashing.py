@@ -2,7 +2,7 @@
 
 Protocol (METHODS.md section 4): the layout's split rule gives train (UCMD: NN 00-79 of each class) and
 query = database (UCMD: NN 80-99, evaluated leave-one-out, each query excluded by index); a validation share of the
-training images (stratified, ``val_fraction``) selects the epoch; metrics are mAP@K (standard per-query AP), mAP over
+training images (stratified, ``val_share``) selects the epoch; metrics are mAP@K (standard per-query AP), mAP over
 the whole ranking (``mAP@all``, what DHCNN and DPSH re-runs report as "mAP"), P@K, precision/recall within Hamming
 radius 2, with and without the semantic cue, plus DHCL's own "MAP@K" on the same codes
 (:func:`rswb.metrics.legacy.dhcl_map_at_k`) so that the column is comparable with the published table.
@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -49,26 +49,34 @@ __all__ = ["FeatureSet", "HashConfig", "HashTask", "dihedral", "extract_features
 class HashConfig:
     """Options of ``rswb train hash``."""
 
+    # Spellings of saved run configs that were renamed (read back by load_trained and --resume).
+    RENAMED_OPTIONS: ClassVar[dict[str, str]] = {"val_fraction": "val_share"}
+    OWN_VALIDATION: ClassVar[bool] = True  # the task holds out its own validation images
+
     data: str | None = option(None, "scene folder (UC Merced or AID layout); None: the embedded synthetic scenes")
-    layout: str = option("auto", "auto | ucmerced | aid (decides the split rule)")
-    bits: int = option(64, "hash code length K")
+    layout: str = option("auto", "auto | ucmerced | aid (decides the split rule)", choices=("auto", "ucmerced", "aid"))
+    bits: int = option(64, "hash code length K", low=1, high=4096)
     backbone: str = option("efficientnet_lite0", "registered backbone (efficientnet_lite0 | small_cnn)")
     pretrained: bool = option(True, "load the backbone's ImageNet weights")
     freeze_backbone: bool = option(True, "train only the new layers on cached backbone features (CPU profile)")
-    image_size: int = option(224, "images are resized to this square size")
-    views: int = option(4, "dihedral views per training image in the feature cache (1-8; frozen profile)")
+    image_size: int = option(224, "images are resized to this square size", low=8)
+    views: int = option(4, "dihedral views per training image in the feature cache (1-8; frozen profile)", low=1,
+                        high=8)
     cue: bool = option(True, "append the semantic cue (predicted class in binary) to evaluation codes")
-    cue_weight: int | None = option(None, "repetitions of each cue bit (None: bits + 1, strict class-first ranking)")
-    proxy_weight: float = option(1.0, "weight of the Proxy Anchor term")
-    cls_weight: float = option(1.0, "weight of the classification cross-entropy")
-    quant_weight: float = option(0.1, "weight of the quantisation term")
-    alpha: float = option(32.0, "Proxy Anchor alpha")
-    margin: float = option(0.1, "Proxy Anchor margin")
-    proxy_lr_mult: float = option(100.0, "learning-rate multiplier of the proxies")
-    topk: int = option(20, "K of mAP@K and P@K")
-    val_fraction: float = option(0.1, "share of the training images held out for model selection")
+    cue_weight: int | None = option(None, "repetitions of each cue bit (None: bits + 1, strict class-first ranking)",
+                                    low=1)
+    proxy_weight: float = option(1.0, "weight of the Proxy Anchor term", low=0)
+    cls_weight: float = option(1.0, "weight of the classification cross-entropy", low=0)
+    quant_weight: float = option(0.1, "weight of the quantisation term", low=0)
+    alpha: float = option(32.0, "Proxy Anchor alpha", low=0, low_open=True)
+    margin: float = option(0.1, "Proxy Anchor margin", low=0)
+    proxy_lr_mult: float = option(100.0, "learning-rate multiplier of the proxies", low=0, low_open=True)
+    topk: int = option(20, "K of mAP@K and P@K", low=1)
+    val_share: float = option(0.1, "share of the training images held out for model selection (this task's own "
+                              "split; the engine's --val-fraction is not used)", low=0, low_open=True, high=1,
+                              high_open=True)
     split_seed: int = option(0, "seed of the validation split")
-    per_class: int | None = option(None, "use at most this many images per class in each split (quick runs)")
+    per_class: int | None = option(None, "use at most this many images per class in each split (quick runs)", low=1)
     cache_dir: str | None = option(None, "feature cache folder (default: $RSWB_CACHE_DIR or ~/.cache/rswb)")
 
 
@@ -200,7 +208,7 @@ def hash_task(cfg: HashConfig) -> TaskBundle:
     train_all = _limit_per_class(folder, cfg.per_class)
     query = _limit_per_class(folder.with_split("query"), cfg.per_class)
     num_classes = len(train_all.classes)
-    tr_idx, va_idx = validation_indices(len(train_all), cfg.val_fraction, cfg.split_seed, train_all.labels)
+    tr_idx, va_idx = validation_indices(len(train_all), cfg.val_share, cfg.split_seed, train_all.labels)
 
     model = dhcl(cfg.backbone, bits=cfg.bits, num_classes=num_classes, pretrained=cfg.pretrained, cue=cfg.cue,
                  cue_weight=cfg.cue_weight, frozen_backbone=cfg.freeze_backbone)

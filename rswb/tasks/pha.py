@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -59,6 +59,8 @@ __all__ = [
 @dataclasses.dataclass
 class PHAConfig:
     """Options of ``rswb train pha``."""
+
+    OWN_VALIDATION: ClassVar[bool] = True  # val_shots items per class, drawn by the task
 
     data: str | None = option(None, "lab-format folder / .mat pair (pixel mode) or scene folder (scene mode); "
                                     "None: the embedded synthetic scene")

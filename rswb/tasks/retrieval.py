@@ -27,7 +27,7 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -83,11 +83,16 @@ __all__ = ["RetrievalConfig", "RetrievalData", "RetrievalSplit", "RetrievalTask"
 class RetrievalConfig:
     """Options of ``rswb train retrieval``."""
 
+    # Spellings of saved run configs that were renamed (read back by load_trained and --resume).
+    RENAMED_OPTIONS: ClassVar[dict[str, str]] = {"val_fraction": "val_share", "momentum": "ema_momentum"}
+    OWN_VALIDATION: ClassVar[bool] = True  # the set's val split, or the task's own held-out share
+
     data: str | None = option(None, "caption folder or Karpathy JSON; None: the embedded captions")
     images: str | None = option(None, "image root (UCM-Captions: the UC Merced folder); None: images/ beside data")
-    fmt: str = option("auto", "caption format: auto | karpathy | coco | precomp")
+    fmt: str = option("auto", "caption format: auto | karpathy | coco | precomp",
+                      choices=("auto", "karpathy", "coco", "precomp"))
     image_map: str | None = option(None, "CSV of caption-file name,image path rows: an explicit caption-image join")
-    method: str = option("clip", "vsepp | clip | fisvl | kamcl")
+    method: str = option("clip", "vsepp | clip | fisvl | kamcl", choices=("vsepp", "clip", "fisvl", "kamcl"))
     backbone: str = option("efficientnet_lite0", "image backbone: efficientnet_lite0 | small_cnn | hf_backbone")
     pretrained: bool = option(True, "load the backbone's ImageNet weights")
     freeze_backbone: bool = option(True, "train on cached frozen image features (CPU profile)")
@@ -95,30 +100,36 @@ class RetrievalConfig:
     text_encoder: str = option("minilm", "minilm (offline) | hf_text (--text-path) | gru_text (train vocabulary)")
     text_path: str | None = option(None, "checkpoint folder of --text-encoder hf_text (BERT, ...)")
     freeze_text: bool = option(True, "keep the text transformer frozen and train on its cached token states")
-    image_size: int = option(224, "images are resized to this square size")
-    embed_dim: int = option(512, "joint embedding size")
-    max_words: int = option(30, "captions are cut to this many words")
-    temperature: float = option(0.07, "softmax temperature (learnable for clip/fisvl, fixed for kamcl)")
-    margin: float = option(0.2, "hinge margin of the hardest-negative terms")
+    image_size: int = option(224, "images are resized to this square size", low=8)
+    embed_dim: int = option(512, "joint embedding size", low=1)
+    max_words: int = option(30, "captions are cut to this many words", low=1)
+    temperature: float = option(0.07, "softmax temperature (learnable for clip/fisvl, fixed for kamcl)", low=0,
+                                low_open=True)
+    margin: float = option(0.2, "hinge margin of the hardest-negative terms", low=0)
     local_branch: bool = option(True, "fisvl: multi-scale local branch")
-    fgis_steps: int = option(2, "fisvl: FGIS graph steps (0: off)")
-    affil_weight: float = option(1.0, "fisvl: weight of the affiliation (class-centre) loss")
-    hard_weight: float = option(1.0, "fisvl: weight of the scene-adaptive hard-negative loss")
+    fgis_steps: int = option(2, "fisvl: FGIS graph steps (0: off)", low=0)
+    affil_weight: float = option(1.0, "fisvl: weight of the affiliation (class-centre) loss", low=0)
+    hard_weight: float = option(1.0, "fisvl: weight of the scene-adaptive hard-negative loss", low=0)
     beta1: float = option(0.0, "fisvl: hard negative from another scene weighs exp(beta1 * epoch)")
     beta2: float = option(0.05, "fisvl: hard negative from the same scene weighs exp(beta2 * epoch)")
-    value_stage: float = option(0.5, "fisvl: share of the epochs before value-guided stage 2 (1: no stage 2)")
+    value_stage: float = option(0.5, "fisvl: share of the epochs before value-guided stage 2 (1: no stage 2)", low=0,
+                                high=1)
     hierarchical: bool = option(True, "kamcl: hierarchical aggregator")
-    num_tags: int = option(512, "kamcl: tag vocabulary size (0: no knowledge-aided learning)")
-    queue_size: int = option(8000, "kamcl: keys per modality queue (0: in-batch keys only)")
-    momentum: float = option(0.995, "kamcl: EMA momentum of the key encoders")
-    moco_weight: float = option(10.0, "kamcl: weight of the momentum InfoNCE")
-    concept_weight: float = option(10.0, "kamcl: weight of the concept BCE in step 2")
-    knowledge_stage: float = option(0.5, "kamcl: share of the epochs before knowledge alignment starts")
+    num_tags: int = option(512, "kamcl: tag vocabulary size (0: no knowledge-aided learning)", low=0)
+    queue_size: int = option(8000, "kamcl: keys per modality queue (0: in-batch keys only)", low=0)
+    ema_momentum: float = option(0.995, "kamcl: EMA momentum of the key encoders", low=0, high=1, high_open=True)
+    moco_weight: float = option(10.0, "kamcl: weight of the momentum InfoNCE", low=0)
+    concept_weight: float = option(10.0, "kamcl: weight of the concept BCE in step 2", low=0)
+    knowledge_stage: float = option(0.5, "kamcl: share of the epochs before knowledge alignment starts", low=0,
+                                    high=1)
     ties: str = option("expected", "tie rule of the headline R@K (validation selection and test): expected | "
-                       "optimistic | pessimistic | published; the other rules are reported beside it")
-    val_fraction: float = option(0.1, "share of the training images held out when the set has no val split")
+                       "optimistic | pessimistic | published; the other rules are reported beside it",
+                       choices=TIE_RULES)
+    val_share: float = option(0.1, "share of the training images held out when the set has no val split (this "
+                              "task's own split; the engine's --val-fraction is not used)", low=0, low_open=True,
+                              high=1, high_open=True)
     split_seed: int = option(0, "seed of that held-out share")
-    max_images: int | None = option(None, "use at most this many images per split (quick runs)")
+    max_images: int | None = option(None, "use at most this many images per split (quick runs)", low=1)
     cache_dir: str | None = option(None, "feature cache folder (default: $RSWB_CACHE_DIR or ~/.cache/rswb)")
 
 
@@ -423,7 +434,7 @@ def prepare_data(cfg: RetrievalConfig, progress: bool = True) -> RetrievalData:
         val_cs = _limit(read_captions(root, "val", cfg.fmt), cfg.max_images)
     else:  # carve a seeded share of the training images, with all their captions
         n = train_cs.num_images
-        n_val = max(1, int(round(cfg.val_fraction * n)))
+        n_val = max(1, int(round(cfg.val_share * n)))
         order = np.random.default_rng(cfg.split_seed).permutation(n)
         val_cs = _subset(train_cs, np.sort(order[:n_val]), "val")
         train_cs = _subset(train_cs, np.sort(order[n_val:]), "train")
@@ -533,7 +544,7 @@ class RetrievalTask(Task):
         self.temperature = LearnableTemperature(cfg.temperature) if m in ("clip", "fisvl") else None
         self.key: MomentumEncoder | None = None
         if m == "kamcl":
-            self.key = MomentumEncoder(model, cfg.momentum)
+            self.key = MomentumEncoder(model, cfg.ema_momentum)
             size = max(1, int(cfg.queue_size))
             self.queue_img, self.queue_txt = FeatureQueue(size, model.embed_dim), FeatureQueue(size, model.embed_dim)
             self.use_queue = cfg.queue_size > 0

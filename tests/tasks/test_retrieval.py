@@ -110,7 +110,7 @@ def precomp_without_val(root, dst):
 def test_validation_images_are_carved_from_train_when_the_set_has_no_val_split(cache, tmp_path):
     root = ensure_embedded("captions")
     dst = precomp_without_val(root, tmp_path / "captions")
-    d = prepare_data(RetrievalConfig(data=str(dst), images=str(root / "images"), num_tags=0, val_fraction=0.2,
+    d = prepare_data(RetrievalConfig(data=str(dst), images=str(root / "images"), num_tags=0, val_share=0.2,
                                      **QUICK))
     n = read_captions(root, "train").num_images
     assert d.val.num_images == round(0.2 * n) and d.train.num_images + d.val.num_images == n
@@ -145,7 +145,7 @@ def test_fisvl_switches_to_the_value_stage(data):
 
 
 def test_kamcl_moves_its_key_encoder_fills_its_queues_and_adds_knowledge_later(data):
-    task = build_task(data, "kamcl", queue_size=100, knowledge_stage=0.5, momentum=0.5)
+    task = build_task(data, "kamcl", queue_size=100, knowledge_stage=0.5, ema_momentum=0.5)
     opt = torch.optim.SGD([p for p in task.parameters() if p.requires_grad], lr=0.5)
     task.train()
     task.on_epoch_start(0, 2)
