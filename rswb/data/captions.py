@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,7 +111,8 @@ class CaptionSet:
             "captions": self.num_captions,
             "captions_per_image": _summary(per_image),
             "words_per_caption": _summary(lengths),
-            "empty_captions": int(sum(1 for c in self.captions if not c)),
+            # a caption with no word (" .", "-") is as empty as a blank line
+            "empty_captions": int(sum(1 for t in tokens if not t)),
             "vocabulary": len(words),
             "distinct_captions": distinct,
             "duplicate_rate": 1.0 - distinct / max(self.num_captions, 1),
@@ -135,6 +136,31 @@ def _read_lines(path: Path, keep_blank: bool = False) -> list[str]:
     while not keep_blank and lines and not lines[-1]:
         lines.pop()
     return lines
+
+
+def precomp_splits(root: str | Path) -> list[str]:
+    """The precomp splits of a folder: every ``{split}`` with both ``{split}_caps.txt`` and ``{split}_filename.txt``.
+
+    Raises:
+        DatasetNotFoundError: a split has one of the two files but not the other (it would otherwise be dropped
+            without a word).
+    """
+    root = Path(root)
+    caps = {p.name[: -len("_caps.txt")] for p in root.glob("*_caps.txt")}
+    names = {p.name[: -len("_filename.txt")] for p in root.glob("*_filename.txt")}
+    for split in sorted(caps ^ names):
+        have, lack = (f"{split}_caps.txt", f"{split}_filename.txt") if split in caps else \
+            (f"{split}_filename.txt", f"{split}_caps.txt")
+        raise DatasetNotFoundError(root / lack, f"split {split!r} has {have} but no {lack}",
+                                   f"both files of the split, or neither (remove {have} to drop the split)")
+    return split_order(caps)
+
+
+def split_order(splits: Iterable[str]) -> list[str]:
+    """Split names in the usual order: train, restval, val, test, then any others sorted."""
+    splits = set(splits)
+    known = ["train", "restval", "val", "test"]
+    return [s for s in known if s in splits] + sorted(splits - set(known))
 
 
 def read_precomp(root: str | Path, split: str) -> CaptionSet:
@@ -394,7 +420,7 @@ def read_captions(root: str | Path, split: str = "train", fmt: str = "auto") -> 
     """
     root = require_exists(root, "caption set")
     if fmt == "auto":
-        if root.is_dir() and (root / f"{split}_caps.txt").exists():
+        if root.is_dir() and ((root / f"{split}_caps.txt").exists() or (root / f"{split}_filename.txt").exists()):
             fmt = "precomp"
         elif find_karpathy_json(root) is not None and not find_coco_json(root):
             fmt = "karpathy"
@@ -411,6 +437,25 @@ def read_captions(root: str | Path, split: str = "train", fmt: str = "auto") -> 
         raise DatasetNotFoundError(root / f"{split}_caps.txt", "no caption files found",
                                    "precomp {split}_caps.txt + {split}_filename.txt, or a Karpathy dataset*.json")
     return read_karpathy(js, split)
+
+
+def caption_splits(root: str | Path, fmt: str = "auto") -> list[str]:
+    """The splits a caption set holds (precomp file pairs, COCO file names and fields, Karpathy ``split`` fields).
+
+    Raises:
+        DataError: the caption files are broken (a precomp split with one of its two files, invalid JSON, ...).
+    """
+    root = require_exists(root, "caption set")
+    if fmt in ("auto", "precomp") and root.is_dir() and (any(root.glob("*_caps.txt"))
+                                                         or any(root.glob("*_filename.txt"))):
+        return precomp_splits(root)
+    if fmt in ("auto", "coco") and find_coco_json(root):
+        return split_order(coco_splits(root))
+    js = find_karpathy_json(root)
+    if js is None:
+        return []
+    read_karpathy(js, "all")  # validates the file, with errors naming it
+    return split_order(str(i.get("split")) for i in json.loads(js.read_text(encoding="utf-8"))["images"])
 
 
 UCM_CAPTIONS_IMAGES = 2100  # UCM-Captions: images 1.tif .. 2100.tif, 100 per UC Merced class in sorted class order

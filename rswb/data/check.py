@@ -10,13 +10,11 @@ import numpy as np
 from rswb.data.captions import (
     ImageResolver,
     caption_set_names,
-    coco_splits,
+    caption_splits,
     default_image_root,
     find_coco_json,
     find_karpathy_json,
     read_captions,
-    read_coco,
-    read_karpathy,
 )
 from rswb.data.errors import DataFormatError, require_exists
 from rswb.data.mspan import MS_NAMES, PAN_NAMES, MSPANScene, load_mspan
@@ -40,7 +38,7 @@ def detect_format(path: str | Path) -> str:
             return "captions_coco" if find_coco_json(path) else "captions_karpathy"
     elif any((path / n).exists() for n in MS_NAMES + PAN_NAMES):
         return "mspan_folder"
-    elif any(path.glob("*_caps.txt")):
+    elif any(path.glob("*_caps.txt")) or any(path.glob("*_filename.txt")):
         return "captions_precomp"
     elif find_karpathy_json(path) is not None:
         return "captions_karpathy"
@@ -122,26 +120,11 @@ def _summarize_scenes(path: Path) -> dict[str, Any]:
     }
 
 
-def _split_order(splits: set[str]) -> list[str]:
-    known = ["train", "restval", "val", "test"]
-    return [s for s in known if s in splits] + sorted(splits - set(known))
-
-
 def _summarize_captions(path: Path, fmt: str, image_root: str | Path | None,
                         image_map: str | Path | None = None) -> dict[str, Any]:
     splits: dict[str, Any] = {}
-    sets = []
-    if fmt == "captions_precomp":
-        names = _split_order({p.name[: -len("_caps.txt")] for p in path.glob("*_caps.txt")})
-        sets = [read_captions(path, s, "precomp") for s in names]
-    elif fmt == "captions_coco":
-        sets = [read_coco(path, s) for s in _split_order(set(coco_splits(path)))]
-    else:
-        js = find_karpathy_json(path)
-        import json
-
-        present = _split_order({str(i.get("split")) for i in json.loads(js.read_text()).get("images", [])})
-        sets = [read_karpathy(js, s) for s in present]
+    kind = {"captions_precomp": "precomp", "captions_coco": "coco"}.get(fmt, "karpathy")
+    sets = [read_captions(path, s, kind) for s in caption_splits(path, kind)]
     root = Path(image_root) if image_root is not None else default_image_root(path)
     resolver = ImageResolver(root, caption_set_names(path), image_map=image_map) if root is not None else None
     for cs in sets:

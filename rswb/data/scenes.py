@@ -92,6 +92,10 @@ def scan_scene_folder(root: str | Path, layout: str = "auto") -> tuple[list[Scen
     files: dict[str, list[Path]] = {}
     for d in class_dirs:
         fs = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+        for p in fs:
+            if not p.is_file():  # a folder named like an image, a dangling symlink or a symlink loop
+                kind = "a directory" if p.is_dir() else "not a readable file (a dangling link or a link loop?)"
+                raise DataFormatError(p, f"has an image extension but is {kind}", "an image file")
         if not fs:
             raise DataFormatError(d, "class folder has no images", f"files with extensions {', '.join(IMAGE_EXTS)}")
         files[d.name] = fs
@@ -110,6 +114,14 @@ def scan_scene_folder(root: str | Path, layout: str = "auto") -> tuple[list[Scen
                 form = f"{d.name.lower()}_N" if layout == "aid" else f"{d.name}NN"
                 raise DataFormatError(f, f"file name does not follow the {layout} layout", f"{form}{f.suffix}")
             records.append(SceneRecord(f, label, d.name, int(m.group(1))))
+    # Two files with one number (port_10.jpg beside port_10.png, or beach07 beside beach7) are one image twice or
+    # two images the split rule cannot tell apart: either way the numbering is no longer evidence.
+    seen: dict[tuple[int, int], Path] = {}
+    for r in records:
+        other = seen.setdefault((r.label, r.number), r.path)
+        if other != r.path:
+            raise DataFormatError(r.path, f"has the same image number ({r.number}) as {other.name} in {r.class_name}/",
+                                  "one file per image number; remove or renumber one of them")
     records.sort(key=lambda r: (r.label, r.number))
     return records, [d.name for d in class_dirs], layout
 

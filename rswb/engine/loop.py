@@ -353,8 +353,8 @@ def fit(
     }
     if dist.is_main:
         run.write_final(final)
-        if show:
-            tqdm.write(_summary(final))
+        # The table is the run's result, not progress: --progress false hides the bars, never the numbers.
+        (tqdm.write if show else print)(_summary(final))
     dist.barrier()
     return FitResult(task=task, run_dir=run.path, history=copy.deepcopy(history), best_epoch=best["epoch"],
                      val=dict(best["metrics"]), test=test_metrics, time_s=total_time, stopped_early=stopped_early)

@@ -41,12 +41,13 @@ from rswb.data.captions import (
     CaptionSet,
     ImageResolver,
     caption_set_names,
+    caption_splits,
     default_image_root,
     find_karpathy_json,
     read_captions,
     read_karpathy,
 )
-from rswb.data.errors import DataFormatError, DatasetNotFoundError
+from rswb.data.errors import DatasetNotFoundError
 from rswb.data.scenes import image_to_tensor, load_image
 from rswb.data.tags import build_tag_vocabulary, caption_values, content_words, tag_targets
 from rswb.data.transforms import dihedral
@@ -364,10 +365,8 @@ def _subset(cs: CaptionSet, images: np.ndarray, split: str) -> CaptionSet:
 
 
 def _has_split(root: Path, split: str, fmt: str) -> bool:
-    try:
-        return read_captions(root, split, fmt).num_captions > 0
-    except (DatasetNotFoundError, DataFormatError):
-        return False
+    """Whether the caption set ships ``split``. A split that is there but broken raises instead of being skipped."""
+    return split in caption_splits(root, fmt)
 
 
 class _ImageFiles(Dataset):

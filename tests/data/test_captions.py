@@ -14,6 +14,7 @@ from rswb.data.captions import (
     CaptionSet,
     ImageResolver,
     ImageTextDataset,
+    caption_splits,
     coco_splits,
     find_karpathy_json,
     read_captions,
@@ -114,6 +115,34 @@ def test_empty_caption_lines_are_kept(tmp_path):
     assert got.num_captions == 15
     assert got.captions_of(1) == [""] * 5
     assert got.stats()["empty_captions"] == 5
+
+
+def test_a_caption_without_words_counts_as_empty(tmp_path):
+    write_lines(tmp_path / "train_caps.txt", ["a river .", " .", "-", "two planes", "..."])
+    write_lines(tmp_path / "train_filename.txt", ["a.tif"] * 5)
+    assert read_precomp(tmp_path, "train").stats()["empty_captions"] == 3
+
+
+@pytest.mark.parametrize("present", ["filename", "caps"])
+def test_a_split_with_only_one_of_its_files_is_an_error_not_dropped(tmp_path, present):
+    make_precomp(tmp_path, "train", n_images=2)
+    fake = make_precomp(tmp_path, "test", n_images=2)
+    (fake.root / ("test_caps.txt" if present == "filename" else "test_filename.txt")).unlink()
+    missing = "test_caps.txt" if present == "filename" else "test_filename.txt"
+    with pytest.raises(DatasetNotFoundError, match=missing) as err:
+        caption_splits(fake.root)
+    assert err.value.path == fake.root / missing
+    with pytest.raises(DatasetNotFoundError, match=missing):
+        read_captions(fake.root, "test")
+
+
+def test_caption_splits_of_every_format(tmp_path):
+    make_precomp(tmp_path, "test", n_images=2)
+    fake = make_precomp(tmp_path, "train", n_images=2)
+    assert caption_splits(fake.root) == ["train", "test"]
+    js, _ = make_karpathy(tmp_path)
+    assert caption_splits(js) == ["train", "restval", "val", "test"]
+    assert caption_splits(make_coco_captions(tmp_path)[0]) == ["train", "val", "test"]
 
 
 def test_trailing_blank_lines_and_crlf_are_tolerated(tmp_path):

@@ -113,6 +113,29 @@ def test_other_files_are_ignored(tmp_path):
     assert len(ds) == 6 and ds.classes == ["a", "b"]
 
 
+def test_two_files_with_one_image_number_are_refused(tmp_path):
+    root = make_aid(tmp_path, classes=("Port", "Beach"), per_class=12, ext=".jpg")
+    Image.new("RGB", (8, 8)).save(root / "Port" / "port_10.png")
+    with pytest.raises(DataFormatError, match=r"same image number \(10\) as port_10\.(jpg|png)") as err:
+        scan_scene_folder(root)
+    assert err.value.path.name in ("port_10.jpg", "port_10.png")
+
+
+def test_zero_padded_twins_are_refused(tmp_path):
+    root = make_ucmerced(tmp_path, classes=("beach", "river"), per_class=12)
+    Image.new("RGB", (8, 8)).save(root / "Images" / "beach" / "beach7.tif")
+    with pytest.raises(DataFormatError, match="same image number"):
+        scan_scene_folder(root)
+
+
+def test_a_directory_named_like_an_image_is_refused(tmp_path):
+    root = make_ucmerced(tmp_path, classes=("a", "b"), per_class=3)
+    (root / "Images" / "a" / "a99.tif").mkdir()
+    with pytest.raises(DataFormatError, match="is a directory") as err:
+        scan_scene_folder(root)
+    assert err.value.path.name == "a99.tif"
+
+
 def test_image_size_resizes(ucm_root):
     assert SceneFolder(ucm_root, image_size=6)[0]["image"].shape == (3, 6, 6)
     assert SceneFolder(ucm_root, image_size=(5, 7))[0]["image"].shape == (3, 5, 7)

@@ -32,6 +32,16 @@ def test_train_cli_writes_a_run_with_task_options(runs_root):
     assert set(final["test"]) == {"OA", "AA", "kappa"}
 
 
+def test_no_progress_still_prints_the_results_table(tmp_path, capsys):
+    assert main(["train", TASK, "--name", "quiet", "--runs-root", str(tmp_path), "--epochs", "1", "--progress",
+                 "false", "--deterministic"]) == 0
+    out = capsys.readouterr().out
+    assert "best epoch 1 by val" in out
+    final = json.loads((tmp_path / "quiet" / "metrics.json").read_text())
+    oa_row = next(line for line in out.splitlines() if line.split()[:1] == ["OA"])
+    assert oa_row.split()[-1] == f"{final['test']['OA']:.4g}"
+
+
 def test_list_runs(runs_root):
     df = list_runs(runs_root)
     assert list(df["run"]) == ["small", "large"]
