@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import re
+import struct
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -59,6 +60,101 @@ def load_image(path: str | Path, size: int | tuple[int, int] | None = None) -> n
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise CorruptImageError(path, f"cannot decode image ({err.__class__.__name__}: {err})",
                                 "a readable .tif/.jpg/.png image; re-export or remove the file") from err
+
+
+def check_image(path: str | Path) -> tuple[int, int]:
+    """Decode one image file far enough to know it is whole; returns its ``(height, width)``.
+
+    Pillow's ``verify()`` checks the container (PNG chunk CRCs, TIFF tags), then the pixel data is decoded; a JPEG
+    is decoded at 1/8 scale (``draft``), which still reads its whole entropy-coded stream, so a truncated file fails
+    here at a fraction of a full decode's cost.
+
+    Raises:
+        DatasetNotFoundError: the file does not exist.
+        CorruptImageError: the file cannot be opened, verified or decoded (naming it).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = require_exists(path, "image")
+    try:
+        with Image.open(path) as im:
+            size = im.size
+            im.verify()
+        with Image.open(path) as im:
+            if im.format == "JPEG":
+                im.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
+            im.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error) as err:
+        raise CorruptImageError(path, f"cannot decode image ({err.__class__.__name__}: {err})",
+                                "a readable .tif/.jpg/.png image; re-export or remove the file") from err
+    if size[0] < 1 or size[1] < 1:
+        raise CorruptImageError(path, f"image of size {size[0]} x {size[1]}", "at least 1 x 1 pixels")
+    return size[1], size[0]
+
+
+def check_images(paths: Sequence[str | Path], cache_dir: str | Path | None = None, workers: int | None = None,
+                 progress: bool = True, desc: str = "checking images") -> int:
+    """Check that every image decodes (:func:`check_image`) before any expensive step; returns how many were read.
+
+    Runs on ``workers`` threads (default: the CPU count; Pillow decodes without the GIL) and stops at the first bad
+    file in ``paths`` order. With ``cache_dir``, the files that passed are remembered by path, size and modification
+    time (one small JSON per folder set, written atomically), so a second check of unchanged files reads nothing.
+    The progress bar appears only when the check takes more than a second.
+
+    Raises:
+        DatasetNotFoundError: a file is missing.
+        CorruptImageError: a file cannot be decoded (naming it); files that passed are still remembered.
+    """
+    import hashlib
+    import json
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm.auto import tqdm
+
+    paths = [Path(p) for p in paths]
+    stamps = {}
+    for p in paths:
+        try:
+            st = p.stat()
+        except FileNotFoundError as err:
+            raise DatasetNotFoundError(p, "image file is missing", "an image file") from err
+        except OSError as err:  # a symlink loop, a permission problem on the folder
+            raise CorruptImageError(p, f"cannot read the file ({err.strerror or err})", "a readable image") from err
+        stamps[str(p.resolve())] = [st.st_size, st.st_mtime_ns]
+    store = None
+    known: dict[str, list[int]] = {}
+    if cache_dir is not None:
+        folders = "\n".join(sorted({str(Path(k).parent.parent) for k in stamps}))
+        store = Path(cache_dir) / f"{hashlib.sha256(folders.encode()).hexdigest()[:20]}.json"
+        try:
+            known = json.loads(store.read_text())
+        except (OSError, ValueError):
+            known = {}  # no record (or an unreadable one): check everything
+    todo = [p for p in paths if known.get(str(p.resolve())) != stamps[str(p.resolve())]]
+    passed: dict[str, list[int]] = {}
+    error: Exception | None = None
+    if todo:
+        n_workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
+        with ThreadPoolExecutor(n_workers, thread_name_prefix="rswb-imgcheck") as pool:
+            bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress, leave=False, delay=1.0)
+            try:
+                for p, _ in zip(todo, pool.map(check_image, todo)):
+                    passed[str(p.resolve())] = stamps[str(p.resolve())]
+                    bar.update()
+            except Exception as err:  # noqa: BLE001 - re-raised below, after the passed files are remembered
+                error = err
+                pool.shutdown(wait=True, cancel_futures=True)
+            finally:
+                bar.close()
+    if store is not None and passed:
+        store.parent.mkdir(parents=True, exist_ok=True)
+        tmp = store.with_name(f".{store.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({**known, **passed}))
+        os.replace(tmp, store)  # atomic: a reader sees the old record or the new one, never half of one
+    if error is not None:
+        raise error
+    return len(todo)
 
 
 def image_to_tensor(img: np.ndarray) -> torch.Tensor:
@@ -217,4 +313,5 @@ class SceneFolder(torch.utils.data.Dataset):
         return fig
 
 
-__all__ = ["SceneFolder", "SceneRecord", "image_to_tensor", "load_image", "scan_scene_folder", "split_mask"]
+__all__ = ["SceneFolder", "SceneRecord", "check_image", "check_images", "image_to_tensor", "load_image",
+           "scan_scene_folder", "split_mask"]

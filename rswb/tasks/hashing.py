@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from rswb.config import option
-from rswb.data.scenes import SceneFolder
+from rswb.data.scenes import SceneFolder, check_images
 from rswb.data.transforms import dihedral
 from rswb.engine.cache import cache_root, cached, digest
 from rswb.engine.device import select_device
@@ -192,6 +192,35 @@ class HashTask(Task):
         return res
 
 
+def _scene_splits(cfg: HashConfig) -> tuple[SceneFolder, SceneFolder]:
+    """The training images and the query (= database) images of the scene folder, limited per class."""
+    from rswb.data.synthetic import ensure_embedded
+
+    root = Path(cfg.data) if cfg.data else ensure_embedded("scenes")
+    folder = SceneFolder(root, "train", layout=cfg.layout, image_size=cfg.image_size)
+    return _limit_per_class(folder, cfg.per_class), _limit_per_class(folder.with_split("query"), cfg.per_class)
+
+
+def _make_task(cfg: HashConfig, train_all: SceneFolder) -> HashTask:
+    """The DHCL model, its loss and their weights, for the classes of ``train_all``."""
+    num_classes = len(train_all.classes)
+    model = dhcl(cfg.backbone, bits=cfg.bits, num_classes=num_classes, pretrained=cfg.pretrained, cue=cfg.cue,
+                 cue_weight=cfg.cue_weight, frozen_backbone=cfg.freeze_backbone)
+    loss = DHCLLoss(num_classes, cfg.bits, alpha=cfg.alpha, margin=cfg.margin)
+    weights = {"proxy_loss": cfg.proxy_weight, "cls_loss": cfg.cls_weight, "quant_loss": cfg.quant_weight}
+    root = train_all.root
+    info = {"method": "dhcl", "version": f"{cfg.bits}bit{'' if cfg.cue else '-nocue'}",
+            "data": f"{root.name} ({train_all.layout})"}
+    return HashTask(model, loss, weights, cfg.proxy_lr_mult, cfg.topk, info)
+
+
+def _test_split(cfg: HashConfig, model: DHCL, query: SceneFolder) -> Dataset:
+    """The query (= database) split: cached frozen features, or the images themselves when fine-tuning."""
+    if not cfg.freeze_backbone:
+        return query
+    return FeatureSet(_cached_features(model.backbone, query, 1, cfg), query.labels, np.arange(len(query)))
+
+
 @register_task("hash")
 def hash_task(cfg: HashConfig) -> TaskBundle:
     """DHCL deep hashing on a scene folder (UC Merced / AID / embedded), leave-one-out mAP@K.
@@ -200,32 +229,20 @@ def hash_task(cfg: HashConfig) -> TaskBundle:
     batch 90, lr 1e-3, cosine, 1 warm-up epoch; fine-tuning: 30 epochs, batch 90, lr 1e-4, step schedule (x0.5
     every 10 epochs).
     """
-    from rswb.data.synthetic import ensure_embedded
-
-    root = Path(cfg.data) if cfg.data else ensure_embedded("scenes")
-    size = cfg.image_size
-    folder = SceneFolder(root, "train", layout=cfg.layout, image_size=size)
-    train_all = _limit_per_class(folder, cfg.per_class)
-    query = _limit_per_class(folder.with_split("query"), cfg.per_class)
-    num_classes = len(train_all.classes)
+    train_all, query = _scene_splits(cfg)
+    check_images([r.path for r in train_all.records + query.records],
+                 cache_dir=cache_root(cfg.cache_dir) / "image_checks")
     tr_idx, va_idx = validation_indices(len(train_all), cfg.val_share, cfg.split_seed, train_all.labels)
-
-    model = dhcl(cfg.backbone, bits=cfg.bits, num_classes=num_classes, pretrained=cfg.pretrained, cue=cfg.cue,
-                 cue_weight=cfg.cue_weight, frozen_backbone=cfg.freeze_backbone)
-    loss = DHCLLoss(num_classes, cfg.bits, alpha=cfg.alpha, margin=cfg.margin)
-    weights = {"proxy_loss": cfg.proxy_weight, "cls_loss": cfg.cls_weight, "quant_loss": cfg.quant_weight}
-    info = {"method": "dhcl", "version": f"{cfg.bits}bit{'' if cfg.cue else '-nocue'}",
-            "data": f"{root.name} ({train_all.layout})"}
-    task = HashTask(model, loss, weights, cfg.proxy_lr_mult, cfg.topk, info)
+    task = _make_task(cfg, train_all)
+    model = task.model
 
     if cfg.freeze_backbone:
         views = max(1, min(8, cfg.views))
         train_feats = _cached_features(model.backbone, train_all, views, cfg)
-        query_feats = _cached_features(model.backbone, query, 1, cfg)
         labels = train_all.labels
         train = FeatureSet(train_feats[tr_idx], labels[tr_idx], tr_idx)
         val = FeatureSet(train_feats[va_idx, :1], labels[va_idx], va_idx)
-        test = FeatureSet(query_feats, query.labels, np.arange(len(query)))
+        test = _test_split(cfg, model, query)
         defaults = {"epochs": 40, "batch_size": 90, "lr": 1e-3, "weight_decay": 1e-4, "schedule": "cosine",
                     "warmup_epochs": 1.0, "val_fraction": 0.0}
     else:
@@ -234,7 +251,7 @@ def hash_task(cfg: HashConfig) -> TaskBundle:
         train_aug.transforms = _RandomDihedral()
         train = torch.utils.data.Subset(train_aug, tr_idx.tolist())
         val = torch.utils.data.Subset(train_all, va_idx.tolist())
-        test = query
+        test = _test_split(cfg, model, query)
         defaults = {"epochs": 30, "batch_size": 90, "lr": 1e-4, "weight_decay": 1e-4, "schedule": "step",
                     "step_epochs": 10, "step_gamma": 0.5, "val_fraction": 0.0}
     return TaskBundle(task, train, val=val if len(va_idx) else None, test=test, train_defaults=defaults)
@@ -314,22 +331,27 @@ def load_codes(run_dir: str | Path, device: str | None = None) -> dict[str, Any]
         ``metrics`` (the run's recorded test metrics), in the order of the query set (= database).
     """
     from rswb.config import from_dict
-    from rswb.data.synthetic import ensure_embedded
+    from rswb.engine.checkpoint import load_checkpoint
     from rswb.engine.device import select_device
-    from rswb.engine.launch import load_trained
+    from rswb.engine.launch import renamed
     from rswb.engine.runs import RunFolder
     from rswb.engine.task import EvalContext
 
     run = RunFolder(run_dir)
-    cfg = from_dict(HashConfig, run.read_config().get("task_config", {}), source=str(run.config))
-    bundle = load_trained(run.path)
+    if not run.best.exists():
+        raise FileNotFoundError(f"{run.best}: weights file not found (is the run finished?)")
+    cfg = from_dict(HashConfig, renamed(HashConfig, run.read_config().get("task_config", {})), source=str(run.config))
+    # Only the test split is built: the training images' features (minutes on a cold cache) are not needed here.
+    train_all, query = _scene_splits(cfg)
+    check_images([r.path for r in query.records], cache_dir=cache_root(cfg.cache_dir) / "image_checks")
+    task = _make_task(cfg, train_all)
+    task.load_state_dict(load_checkpoint(run.best)["task"])
+    task.eval()
     dev = select_device(device)
-    out = bundle.task.to(dev).collect(bundle.test, EvalContext(dev))
-    root = Path(cfg.data) if cfg.data else ensure_embedded("scenes")
-    query = _limit_per_class(SceneFolder(root, "query", layout=cfg.layout), cfg.per_class)
+    out = task.to(dev).collect(_test_split(cfg, task.model, query), EvalContext(dev))
     labels = out["label"].numpy().astype(np.int64)
     if len(query) != len(labels) or not np.array_equal(query.labels, labels):
-        raise RuntimeError(f"{run.path}: the query folder under {root} no longer matches the run's test split")
+        raise RuntimeError(f"{run.path}: the query folder under {query.root} no longer matches the run's test split")
     return {"code": out["code"].numpy().astype(np.int8), "bits": out["bits"].numpy().astype(np.int8),
             "pred": out["pred"].numpy().astype(np.int64), "label": labels,
             "paths": [str(r.path) for r in query.records], "class_names": list(query.classes),

@@ -48,7 +48,7 @@ from rswb.data.captions import (
     read_karpathy,
 )
 from rswb.data.errors import DatasetNotFoundError
-from rswb.data.scenes import image_to_tensor, load_image
+from rswb.data.scenes import check_images, image_to_tensor, load_image
 from rswb.data.tags import build_tag_vocabulary, caption_values, content_words, tag_targets
 from rswb.data.transforms import dihedral
 from rswb.engine.cache import cache_root, cached, digest
@@ -445,6 +445,9 @@ def prepare_data(cfg: RetrievalConfig, progress: bool = True) -> RetrievalData:
     # The evidence for the join: every name of the set (before max_images limits it), over all its splits.
     resolver = ImageResolver(image_root, caption_set_names(root, cfg.fmt), image_map=cfg.image_map)
     paths = {cs.split: resolver.resolve_all(cs.image_names, cs.source) for cs in (train_cs, val_cs, test_cs)}
+    # Every image decodes before any feature is extracted: a truncated file fails here in seconds, naming it.
+    check_images(list(dict.fromkeys(p for ps in paths.values() for p in ps)),
+                 cache_dir=cache_root(cfg.cache_dir) / "image_checks", progress=progress)
     scenes = {cs.split: _scene_names(cs, paths[cs.split], image_root, root) for cs in (train_cs, val_cs, test_cs)}
     have_scenes = all(s is not None for s in scenes.values())
     class_names = sorted({n for s in scenes.values() for n in s}) if have_scenes else []

@@ -13,6 +13,8 @@ from PIL import Image
 from rswb.data.errors import CorruptImageError, DataFormatError, DatasetNotFoundError
 from rswb.data.scenes import (
     SceneFolder,
+    check_image,
+    check_images,
     image_to_tensor,
     load_image,
     scan_scene_folder,
@@ -296,3 +298,50 @@ def test_with_split_equals_a_fresh_scan_of_that_split():
         view, fresh = folder.with_split(split), SceneFolder(root, split)
         assert view.records == fresh.records and view.split == split
     assert folder.split == "train"  # the original is unchanged
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".png", ".tif"])
+def test_check_image_finds_truncated_files_of_every_format(tmp_path, ext):
+    root = make_ucmerced(tmp_path, classes=("a",), per_class=2, size=64, exts=(ext,))
+    good, bad = sorted((root / "Images" / "a").iterdir())
+    assert check_image(good) == (64, 64)
+    truncate_file(bad, keep=0.6)
+    with pytest.raises(CorruptImageError) as err:
+        check_image(bad)
+    assert err.value.path == bad
+
+
+def test_check_images_stops_at_the_first_bad_file_in_order_and_remembers_the_good_ones(tmp_path):
+    root = make_ucmerced(tmp_path, classes=("a", "b"), per_class=20, size=32)
+    paths = sorted((root / "Images").rglob("*.jpg"))
+    truncate_file(paths[25], keep=0.4)
+    truncate_file(paths[31], keep=0.4)
+    cache = tmp_path / "checks"
+    with pytest.raises(CorruptImageError) as err:
+        check_images(paths, cache_dir=cache, workers=2)
+    assert err.value.path == paths[25]
+    # the 25 files before it passed and are remembered; the bad one and everything after are checked again
+    good = [p for i, p in enumerate(paths) if i not in (25, 31)]
+    assert check_images(good, cache_dir=cache) == len(good) - 25
+    assert check_images(good, cache_dir=cache) == 0  # unchanged files are not read again
+    assert not list(cache.glob("*.tmp")) and len(list(cache.glob("*.json"))) == 1
+
+
+def test_check_images_rechecks_a_changed_file(tmp_path):
+    root = make_ucmerced(tmp_path, classes=("a",), per_class=5, size=32)
+    paths = sorted((root / "Images").rglob("*.jpg"))
+    cache = tmp_path / "checks"
+    assert check_images(paths, cache_dir=cache) == 5
+    truncate_file(paths[2], keep=0.5)  # a new size: the record no longer vouches for it
+    with pytest.raises(CorruptImageError, match="a02.jpg"):
+        check_images(paths, cache_dir=cache)
+
+
+def test_check_images_names_a_missing_or_looping_file(tmp_path):
+    with pytest.raises(DatasetNotFoundError, match="gone.jpg"):
+        check_images([tmp_path / "gone.jpg"])
+    loop = tmp_path / "loop.jpg"
+    loop.symlink_to(tmp_path / "loop2.jpg")
+    (tmp_path / "loop2.jpg").symlink_to(loop)
+    with pytest.raises(CorruptImageError, match="loop.jpg"):
+        check_images([loop])

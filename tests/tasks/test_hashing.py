@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from rswb.cli import main
+from rswb.data.errors import CorruptImageError
 from rswb.data.transforms import dihedral
 from rswb.tasks.hashing import FeatureSet, HashConfig, hash_task
 
@@ -112,3 +114,54 @@ def test_train_or_load_reuses_a_finished_run_with_the_same_options(tmp_path, mon
     assert len(codes["class_names"]) == 10 and codes["metrics"]["mAP@20"] >= 0.0
     with pytest.raises(KeyError, match="quick"):
         hashing.hash_options(8, "nope", None, 1, 0)
+
+
+def test_a_truncated_query_image_fails_in_seconds_before_the_training_features(tmp_path, monkeypatch, capsys):
+    import rswb.tasks.hashing as hashing
+    from tests.data.fakes import make_aid, truncate_file
+
+    root = make_aid(tmp_path, classes=("Airport", "Beach", "Forest"), per_class=12, size=16)
+    victim = truncate_file(root / "Forest" / "forest_11.jpg", keep=0.3)  # in the query half (numbers 7-12)
+
+    def no_extraction(*args, **kwargs):
+        raise AssertionError("features were extracted before the images were checked")
+
+    monkeypatch.setattr(hashing, "extract_features", no_extraction)
+    with pytest.raises(CorruptImageError) as err:
+        hash_task(HashConfig(data=str(root), backbone="small_cnn", pretrained=False, image_size=16,
+                             cache_dir=str(tmp_path / "cache")))
+    assert err.value.path == victim
+    code = main(["train", "hash", "--data", str(root), "--backbone", "small_cnn", "--pretrained", "false",
+                 "--runs-root", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"), "--no-progress"])
+    assert code == 2 and "forest_11.jpg" in capsys.readouterr().err
+    assert not any(p.suffix == ".tmp" for p in (tmp_path / "cache").rglob("*"))
+
+
+def test_load_codes_builds_only_the_test_split(tmp_path, monkeypatch):
+    import rswb.tasks.hashing as hashing
+
+    args = ["train", "hash", "--backbone", "small_cnn", "--pretrained", "false", "--image-size", "32", "--bits", "8",
+            "--epochs", "1", "--views", "2", "--per-class", "10", "--runs-root", str(tmp_path), "--name", "h",
+            "--no-progress", "--cache-dir", str(tmp_path / "cache")]
+    assert main(args) == 0
+    shutil_cache = tmp_path / "cache" / "features"
+    for f in shutil_cache.glob("*.pt"):
+        f.unlink()  # a cold cache: whatever load_codes needs is computed again
+    computed = []
+    real = hashing.extract_features
+
+    def recording(backbone, dataset, views=1, **kwargs):
+        computed.append((len(dataset), views))
+        return real(backbone, dataset, views, **kwargs)
+
+    monkeypatch.setattr(hashing, "extract_features", recording)
+    out = hashing.load_codes(tmp_path / "h")
+    assert computed == [(100, 1)]  # the 10 x 10 query images, once; not the 10 x 10 x 2 training views
+    final = json.loads((tmp_path / "h" / "metrics.json").read_text())
+    assert out["code"].shape[0] == 100 and out["metrics"] == final["test"]
+    # the codes are the trained model's: scoring them gives the recorded test mAP@20
+    from rswb.metrics.hashing import hash_metrics
+
+    codes, labels = out["code"].astype("float32"), out["label"]
+    got = hash_metrics(codes, codes, labels, labels, topk=(20,), query_db_index=np.arange(100))
+    assert got["mAP@20"] == pytest.approx(final["test"]["mAP@20"], abs=1e-6)

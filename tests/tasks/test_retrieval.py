@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rswb.data.captions import read_captions
-from rswb.data.errors import DatasetNotFoundError
+from rswb.data.errors import CorruptImageError, DatasetNotFoundError
 from rswb.data.synthetic import ensure_embedded
 from rswb.data.tags import build_tag_vocabulary, tag_targets
 from rswb.engine.launch import load_trained, train_task
@@ -271,3 +271,23 @@ def test_the_fine_tuning_profile_trains_encoders_inside_the_model(cache, tmp_pat
     bundle = load_trained(tmp_path / "ft")
     b = bundle.train.__getitems__([0, 1])
     assert "image" in b and "tokens" in b and b["image"].shape[-1] == 64
+
+
+def test_a_truncated_test_image_fails_before_any_feature_is_extracted(cache, tmp_path, monkeypatch):
+    import rswb.tasks.retrieval as retrieval
+
+    root = ensure_embedded("captions")
+    dst = precomp_without_val(root, tmp_path / "captions")
+    images = tmp_path / "images"
+    shutil.copytree(root / "images", images)
+    test_cs = read_captions(dst, "test")
+    victim = next(p for p in images.rglob("*") if p.is_file() and p.name == test_cs.image_names[-1].split("/")[-1])
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 3])
+
+    def no_extraction(*args, **kwargs):
+        raise AssertionError("features were extracted before the images were checked")
+
+    monkeypatch.setattr(retrieval, "_extract_levels", no_extraction)
+    with pytest.raises(CorruptImageError, match="truncated") as err:
+        prepare_data(RetrievalConfig(data=str(dst), images=str(images), num_tags=0, **QUICK))
+    assert err.value.path == victim
