@@ -39,6 +39,28 @@ def test_bad_hash_options_fail_before_any_data_is_read(tmp_path, options, messag
     assert time.perf_counter() - t0 < 5  # no feature extraction, no data
 
 
+@pytest.mark.parametrize(("options", "message"), [
+    ({"shots": 0}, "--shots must be > 0"),
+    ({"val_shots": -1}, "--val-shots must be >= 0"),
+    ({"normalize": "zscore"}, "--normalize must be one of minmax, percentile"),
+    ({"ms_patch": 0}, "--ms-patch must be >= 1"),
+    ({"jitter": 1.0}, "--jitter must be >= 0 and < 1"),
+    ({"temperature": 0.0}, "--temperature must be > 0"),
+    ({"dropout": 1.0}, "--dropout must be >= 0 and < 1"),
+    ({"ratio": 1}, "--ratio must be >= 2"),
+    ({"mtf_gain": 0.0}, "--mtf-gain must be > 0 and < 1"),
+    ({"align_schedule": "shallow"}, "--align-schedule must be one of equal, deep, progressive"),
+    ({"version": "pha_v9"}, "--version must be one of ms_only"),
+    ({"widths": "16,32"}, "--widths must be three comma-separated positive integers"),
+    ({"widths": "16,x,64"}, "--widths must be three"),
+    ({"version": "pha_v1", "stage_fusion": True}, "--stage-fusion needs an aligned version"),
+])
+def test_bad_pha_options_fail_before_any_data_is_read(tmp_path, options, message):
+    with pytest.raises(ValueError, match=message):
+        train_task("pha", {"data": str(tmp_path / "nowhere"), **options}, runs_root=tmp_path)
+    assert not (tmp_path / "nowhere").exists() and not list(tmp_path.iterdir())  # no run folder was started
+
+
 def test_retrieval_options_and_the_cli_exit_code(tmp_path, capsys):
     for opts, message in (({"method": "foo"}, "--method must be one of vsepp, clip, fisvl, kamcl"),
                           ({"ties": "random"}, "--ties must be one of"),
@@ -87,6 +109,7 @@ def test_every_builtin_task_lists_each_option_once(capsys):
         out = capsys.readouterr().out
         flags = [line.split()[0] for line in out.splitlines() if line.startswith("  --")]
         assert len(flags) == len(set(flags)) and flags, task
+        assert "--val-fraction" not in flags, task  # refused for tasks with their own validation: not offered
 
 
 def test_allowed_and_validate_on_a_plain_config():

@@ -127,6 +127,8 @@ def describe_task(name: str) -> str:
             continue
         lines.append(f"\n{title}:")
         for f in dataclasses.fields(conf):
+            if conf is TrainConfig and f.name == "val_fraction" and getattr(cls, "OWN_VALIDATION", False):
+                continue  # refused for this task (it holds out its own validation items): not offered either
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             lines.append(f"  --{f.name.replace('_', '-'):<22} {f.metadata.get('help', '')} (default: {default!r})")
     return "\n".join(lines)

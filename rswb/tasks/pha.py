@@ -65,34 +65,65 @@ class PHAConfig:
     data: str | None = option(None, "lab-format folder / .mat pair (pixel mode) or scene folder (scene mode); "
                                     "None: the embedded synthetic scene")
     version: str = option("pha_v5", "model version: " + " | ".join(PHA_VERSIONS))
-    shots: float = option(10, "labelled items per class (a count) or a fraction per class (e.g. 0.02)")
-    val_shots: float = option(10, "validation items per class from the rest of the train map / split")
+    shots: float = option(10, "labelled items per class (a count) or a fraction per class (e.g. 0.02)", low=0,
+                          low_open=True)
+    val_shots: float = option(10, "validation items per class from the rest of the train map / split", low=0)
     split_seed: int = option(0, "seed of the few-shot draw")
-    normalize: str = option("minmax", "per-band scaling of the scene: minmax | percentile")
-    ms_patch: int = option(16, "MS patch size (PAN patch = ratio x this)")
-    unlabelled: int = option(64, "unlabelled patches / images per step for the alignment terms (0: none)")
+    normalize: str = option("minmax", "per-band scaling of the scene: minmax | percentile",
+                            choices=("minmax", "percentile"))
+    ms_patch: int = option(16, "MS patch size (PAN patch = ratio x this)", low=1)
+    unlabelled: int = option(64, "unlabelled patches / images per step for the alignment terms (0: none)", low=0)
     augment: bool = option(True, "random flips and 90-degree rotations, the same for MS and PAN")
     jitter: float = option(0.3, "random gain in [1 - jitter, 1 + jitter] per sample, drawn independently for MS "
-                                "and PAN (0: none)")
-    repeats: int = option(16, "passes over the few-shot set per epoch (few shots make very short epochs)")
-    temperature: float = option(0.1, "InfoNCE temperature")
-    align_weight: float = option(0.5, "weight of the alignment term")
-    recon_weight: float = option(1.0, "weight of the dictionary reconstruction term (pha_v5)")
-    decor_weight: float = option(0.5, "weight of the shared/specific decorrelation term (pha_v5)")
-    sparse_weight: float = option(0.05, "weight of the code sparsity term (pha_v5)")
-    progressive_width: float = option(0.5, "width (in stages) of the progressive schedule's bump")
+                                "and PAN (0: none)", low=0, high=1, high_open=True)
+    repeats: int = option(16, "passes over the few-shot set per epoch (few shots make very short epochs)", low=1)
+    temperature: float = option(0.1, "InfoNCE temperature", low=0, low_open=True)
+    align_weight: float = option(0.5, "weight of the alignment term", low=0)
+    recon_weight: float = option(1.0, "weight of the dictionary reconstruction term (pha_v5)", low=0)
+    decor_weight: float = option(0.5, "weight of the shared/specific decorrelation term (pha_v5)", low=0)
+    sparse_weight: float = option(0.05, "weight of the code sparsity term (pha_v5)", low=0)
+    progressive_width: float = option(0.5, "width (in stages) of the progressive schedule's bump", low=0,
+                                     low_open=True)
     widths: str = option("16,32,64", "channels of the shallow, middle and deep stage")
-    atoms: int = option(64, "dictionary atoms (pha_v5)")
-    dropout: float = option(0.2, "dropout before the classifier")
+    atoms: int = option(64, "dictionary atoms (pha_v5)", low=1)
+    dropout: float = option(0.2, "dropout before the classifier", low=0, high=1, high_open=True)
     image_size: int = option(64, "scene mode: images are resized to this size (PAN; 64 = the CPU profile, 256 = full "
-                                  "UC Merced resolution); MS is size / ratio")
-    ratio: int = option(4, "scene mode: simulated PAN/MS ratio")
-    mtf_gain: float = option(0.3, "scene mode: MTF gain at the MS Nyquist frequency (Wald protocol)")
-    unlabelled_pool: int = option(30, "scene mode: unlabelled training images kept per class")
-    max_test: int | None = option(None, "use at most this many test items (seeded subsample; quick runs)")
+                                  "UC Merced resolution); MS is size / ratio", low=8)
+    ratio: int = option(4, "scene mode: simulated PAN/MS ratio", low=2)
+    mtf_gain: float = option(0.3, "scene mode: MTF gain at the MS Nyquist frequency (Wald protocol)",
+                              low=0, high=1, low_open=True, high_open=True)
+    unlabelled_pool: int = option(30, "scene mode: unlabelled training images kept per class", low=0)
+    max_test: int | None = option(None, "use at most this many test items (seeded subsample; quick runs)", low=1)
     align_schedule: str | None = option(None, "ablation: override the version's alignment schedule "
-                                              "(equal | deep | progressive; None: the version's own)")
+                                              "(equal | deep | progressive; None: the version's own)",
+                                      choices=("equal", "deep", "progressive"))
     stage_fusion: bool | None = option(None, "ablation: override the version's stage-wise fusion (None: its own)")
+
+    def check(self) -> None:
+        """Cross-field and registry rules, run by :func:`rswb.config.validate` before any data is read."""
+        if self.version not in PHA_VERSIONS:
+            raise ValueError(f"task pha options: --version must be one of {', '.join(PHA_VERSIONS)}, "
+                             f"got {self.version!r}")
+        stage_widths(self.widths)
+        for key in ("align_schedule", "stage_fusion"):
+            if getattr(self, key) is not None and self.version in ("ms_only", "pan_only", "pha_v1"):
+                raise ValueError(f"task pha options: --{key.replace('_', '-')} needs an aligned version (pha_v2 and "
+                                 f"later), got --version {self.version}")
+
+
+def stage_widths(widths: str) -> tuple[int, int, int]:
+    """The three stage widths of ``--widths`` (``"16,32,64"``).
+
+    Raises:
+        ValueError: not three comma-separated positive integers.
+    """
+    try:
+        out = tuple(int(w) for w in str(widths).split(","))
+    except ValueError:
+        out = ()
+    if len(out) != 3 or min(out) < 1:
+        raise ValueError(f"task pha options: --widths must be three comma-separated positive integers, got {widths!r}")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------- datasets
@@ -594,18 +625,12 @@ def prepare_data(cfg: PHAConfig) -> PHAData:
 
 def build_model(cfg: PHAConfig, data: PHAData) -> PHANet:
     """The registered version ``cfg.version`` for ``data``'s classes, bands and ratio."""
-    if cfg.version not in PHA_VERSIONS:
-        raise ValueError(f"unknown PHA version {cfg.version!r}; choose one of {', '.join(PHA_VERSIONS)}")
-    widths = tuple(int(w) for w in str(cfg.widths).split(","))
-    if len(widths) != 3:
-        raise ValueError(f"widths must be three comma-separated integers, got {cfg.widths!r}")
-    kw: dict[str, Any] = {"widths": widths, "dropout": cfg.dropout, "patch": cfg.ms_patch}
+    cfg.check()  # the same rules as before training, for callers that build a model directly
+    kw: dict[str, Any] = {"widths": stage_widths(cfg.widths), "dropout": cfg.dropout, "patch": cfg.ms_patch}
     if cfg.version == "pha_v5":
         kw["atoms"] = cfg.atoms
     for key in ("align_schedule", "stage_fusion"):
         if getattr(cfg, key) is not None:
-            if cfg.version in ("ms_only", "pan_only", "pha_v1"):
-                raise ValueError(f"--{key.replace('_', '-')} needs an aligned version (pha_v2 and later)")
             kw[key] = getattr(cfg, key)
     return create_model(cfg.version, num_classes=data.num_classes, bands=data.bands, ratio=data.ratio, **kw)
 
