@@ -297,6 +297,16 @@ def _load_folder(root: Path, ratio: int | None) -> MSPANScene:
     pan, pan_geo = read_raster(pan_path)
     if pan.shape[0] != 1:
         raise ShapeMismatchError(pan_path, f"PAN has {pan.shape[0]} bands", "1 band")
+    if ratio is None:
+        # The ratio is read off the grids (4 for WorldView / GF / Pleiades, 2 for Landsat 8), never assumed.
+        rh, rw = pan.shape[1] / max(1, ms.shape[1]), pan.shape[2] / max(1, ms.shape[2])
+        if rh != rw or not rh.is_integer() or rh < 1:
+            near = max(1, round((rh + rw) / 2))
+            raise ShapeMismatchError(pan_path, f"PAN is {pan.shape[1]}x{pan.shape[2]} for an MS of "
+                                     f"{ms.shape[1]}x{ms.shape[2]} ({ms_path.name}): not one integer ratio",
+                                     f"PAN = ratio x MS on both axes, e.g. {ms.shape[1] * near}x{ms.shape[2] * near} "
+                                     f"for ratio {near}")
+        ratio = int(rh)
     labels, label_files = {}, {}
     for split in SPLIT_NAMES:
         p = _find(root, (f"{split}.npy", f"{split}.mat"))
@@ -312,7 +322,7 @@ def _load_folder(root: Path, ratio: int | None) -> MSPANScene:
     return MSPANScene(
         ms=ms.astype(np.float32, copy=False),
         pan=pan.astype(np.float32, copy=False),
-        ratio=ratio or 4,
+        ratio=ratio,
         labels=labels,
         class_names=names,
         source=root,

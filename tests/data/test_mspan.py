@@ -137,11 +137,21 @@ def test_folder_without_labels(tmp_path):
     assert scene.labels == {} and scene.num_classes == 0
 
 
-def test_ratio_two_needs_the_ratio(tmp_path):
-    fake = make_mspan_folder(tmp_path, ratio=2, h=6, w=5)
-    scene = load_mspan(fake.path, ratio=2)
+def test_the_folder_ratio_comes_from_the_grids(tmp_path):
+    fake = make_mspan_folder(tmp_path, ratio=2, h=6, w=5)  # a Landsat-like 2x pair
+    scene = load_mspan(fake.path)
     assert scene.ratio == 2 and scene.pan.shape == (1, 12, 10)
-    raises_naming(ShapeMismatchError, fake.files["pan"], load_mspan, fake.path)  # default ratio 4
+    assert load_mspan(fake.path, ratio=2).ratio == 2
+    raises_naming(ShapeMismatchError, fake.files["pan"], load_mspan, fake.path, ratio=4)  # a stated ratio must fit
+
+
+def test_a_pan_that_is_no_integer_multiple_is_refused(tmp_path):
+    fake = make_mspan_folder(tmp_path, ratio=4, h=6, w=5)
+    pan = fake.pan[:, :22, :]  # 22 rows for 6 MS rows: cropped
+    write_tif(fake.files["pan"], pan)
+    with pytest.raises(ShapeMismatchError, match="not one integer ratio") as err:
+        load_mspan(fake.path)
+    assert err.value.path == fake.files["pan"]
 
 
 def test_read_raster_and_label_map_directly(tmp_path):

@@ -127,7 +127,7 @@ def test_ucm_captions_sample(ucm_captions):
 
 
 @pytest.mark.parametrize("folder,split,images,captions,empty", [
-    ("rsicd_captions", "train", 9828, 49140, 0),
+    ("rsicd_captions", "train", 9828, 49140, 3),  # lines 5701, 22328, 44383 are " ."
     ("rsicd_captions", "test", 1093, 5465, 0),
     ("rsitmd_captions", "train", 4291, 21455, 20),
     ("rsitmd_captions", "test", 452, 2260, 0),
