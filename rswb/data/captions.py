@@ -132,6 +132,9 @@ def _read_lines(path: Path, keep_blank: bool = False) -> list[str]:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         raise DataFormatError(path, f"not UTF-8 text ({err})", "a UTF-8 text file, one entry per line") from err
+    except OSError as err:  # a folder where the file belongs, a symlink loop, no permission
+        raise DataFormatError(path, f"cannot read the file ({err.strerror or err})",
+                              "a readable UTF-8 text file, one entry per line") from err
     lines = [ln.strip() for ln in text.splitlines()]  # splitlines: a final newline adds no empty line
     while not keep_blank and lines and not lines[-1]:
         lines.pop()
@@ -200,6 +203,11 @@ def read_precomp(root: str | Path, split: str) -> CaptionSet:
     if empty:
         raise DataFormatError(names_path, f"{len(empty)} empty line(s), first at line {empty[0]}", "no blank lines")
     n_c, n_n = len(caps), len(names)
+    if n_c == 0 or n_n == 0:
+        empty_file = caps_path if n_c == 0 else names_path
+        other = names_path if n_c == 0 else caps_path
+        raise CaptionMismatchError(empty_file, f"holds no lines ({n_c} captions, {n_n} file names in {other})",
+                                   "at least one caption and one file name")
     if index_path.exists():
         raw = _read_lines(index_path)
         if len(raw) != n_c:

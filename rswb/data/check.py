@@ -18,7 +18,7 @@ from rswb.data.captions import (
 )
 from rswb.data.errors import DataFormatError, require_exists
 from rswb.data.mspan import MS_NAMES, PAN_NAMES, MSPANScene, load_mspan
-from rswb.data.scenes import IMAGE_EXTS, SceneFolder, split_mask
+from rswb.data.scenes import IMAGE_EXTS, SceneFolder, check_images, split_mask
 
 FORMATS = ("mspan_folder", "mspan_mat", "scene_folder", "captions_precomp", "captions_karpathy", "captions_coco")
 
@@ -126,15 +126,22 @@ def _summarize_captions(path: Path, fmt: str, image_root: str | Path | None,
     kind = {"captions_precomp": "precomp", "captions_coco": "coco"}.get(fmt, "karpathy")
     sets = [read_captions(path, s, kind) for s in caption_splits(path, kind)]
     root = Path(image_root) if image_root is not None else default_image_root(path)
+    if root is None and image_map is not None:
+        root = Path(image_map).parent  # a map without --images: its relative paths are relative to the CSV
     resolver = ImageResolver(root, caption_set_names(path), image_map=image_map) if root is not None else None
+    found: list[Path] = []
     for cs in sets:
         st = cs.stats(top_words=10)
         if resolver is not None:
             before = dict(resolver.report)
             paths = resolver.resolve_all(cs.image_names, cs.source)
+            found += paths
             st["images_found"] = len(set(paths))
             st["join"] = {r: n - before.get(r, 0) for r, n in resolver.report.items() if n - before.get(r, 0)}
         splits[cs.split] = st
+    if found:
+        # Every joined image decodes: a truncated download fails here, naming the file, not in a training run.
+        check_images(list(dict.fromkeys(found)), desc="decoding caption images")
     join = None
     if resolver is not None:
         join = {"rules": dict(resolver.report), "ucm_numbering": resolver.ucm_numbering, "why": resolver.ucm_reason,

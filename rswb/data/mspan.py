@@ -207,6 +207,9 @@ def read_raster(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
                 transform = None if src.transform.is_identity else src.transform
     except RasterioIOError as err:
         raise DataFormatError(path, f"cannot read raster ({err})", "a GeoTIFF readable by rasterio") from err
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        # complex (SAR single-look) or boolean rasters are no MS/PAN radiance; casting would drop information silently
+        raise DataFormatError(path, f"pixel type {arr.dtype} is not a radiance type", "integer or float pixels")
     return arr, {"crs": crs, "transform": transform}
 
 
@@ -318,7 +321,11 @@ def _load_folder(root: Path, ratio: int | None) -> MSPANScene:
             labels["label"], label_files["label"] = read_label_map(singles[0]), singles[0]
     names = None
     if (root / "classes.txt").exists():
-        names = [ln.strip() for ln in (root / "classes.txt").read_text().splitlines() if ln.strip()]
+        try:
+            names = [ln.strip() for ln in (root / "classes.txt").read_text(encoding="utf-8").splitlines() if ln.strip()]
+        except UnicodeDecodeError as err:
+            raise DataFormatError(root / "classes.txt", f"not UTF-8 text ({err.reason} at byte {err.start})",
+                                  "one UTF-8 class name per line") from err
     return MSPANScene(
         ms=ms.astype(np.float32, copy=False),
         pan=pan.astype(np.float32, copy=False),
