@@ -213,7 +213,7 @@ def tolerance(key: str, value: float) -> float | None:
         return None
     if "correlation" in leaf:
         return 1e-3
-    if "R@" in leaf or leaf == "mR":
+    if "R@" in leaf or leaf == "mR" or leaf.endswith("_mR"):  # mR under any tie rule (optimistic_mR, ...)
         return 10.0
     if "medr" in leaf or "meanr" in leaf:
         return max(1.0, 0.5 * abs(value))

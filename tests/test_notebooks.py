@@ -25,6 +25,15 @@ def test_flatten_metrics():
         "a.b": 1.0, "a.c.d": 2.5}
 
 
+def test_trained_scores_get_a_band_under_every_tie_rule():
+    from rswb.notebooks import tolerance
+
+    for key in ("methods.clip.mR", "methods.clip.optimistic_mR", "methods.fisvl.published_mR",
+                "methods.kamcl.pessimistic_i2t_R@1"):
+        assert tolerance(key, 52.7) == 10.0, key
+    assert tolerance("captions.n_test", 150) == pytest.approx(1.5e-4)  # data facts must match
+
+
 def test_run_writes_the_report(tmp_path, monkeypatch):
     monkeypatch.delenv("MPLBACKEND", raising=False)
     report, results = run_suite("quick", only=["01"], reports_root=tmp_path, progress=False)

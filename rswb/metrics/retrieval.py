@@ -41,9 +41,11 @@ All four agree when no negative ties with ``s*``; ``optimistic <= expected, publ
 
 Cost of the counting rules: no sort at all. The positive scores are gathered once, the best per query is a segment
 max, and each count is a comparison of every score with a threshold: :func:`retrieval_metrics` reads ``sim`` from
-memory once, in blocks of rows that stay in cache while they are compared (with each row's ``s*`` for i2t, with each
-column's ``s*`` for t2i; ``"expected"`` compares each block once more against the same thresholds, ``>`` and
-``>=``). On CPU the blocks are shared out to ``torch.get_num_threads()`` threads (numpy's ufuncs release the GIL).
+memory once. On CPU a small compiled kernel (``rank_counts.c``, built on first use, see :mod:`rswb.metrics._native`)
+makes all four decisions (``>`` and ``==`` against the row's ``s*`` for i2t and the column's ``s*`` for t2i) in that
+one read, so every counting rule costs the same; without a C compiler numpy kernels do it in blocks of rows that
+stay in cache while they are compared once per decision (``"expected"`` then costs about twice ``"optimistic"``).
+Either way the blocks are shared out to ``torch.get_num_threads()`` threads (both release the GIL).
 :func:`retrieval_metrics_from_embeddings` computes ``sim`` block by block (image rows for i2t, caption rows for t2i)
 and never holds more than ``memory_budget_bytes`` of it. ``"published"`` argsorts every row and column (a few
 seconds at 5,000 x 25,000).
@@ -63,6 +65,8 @@ import numpy as np
 import torch
 from scipy.special import gammaln
 
+from rswb.metrics._native import native_status, rank_counts_kernel
+
 ArrayLike = np.ndarray | torch.Tensor
 Ties = Literal["expected", "optimistic", "pessimistic", "published"]
 Positives = Literal["image", "text"]
@@ -70,6 +74,9 @@ Positives = Literal["image", "text"]
 TIE_RULES: tuple[str, ...] = ("expected", "optimistic", "pessimistic", "published")
 #: The rule every retrieval number in rswb is reported under unless it says otherwise.
 DEFAULT_TIES = "expected"
+#: Counting backends: ``auto`` takes the compiled kernel on CPU where it builds (else numpy), torch on other devices.
+BACKENDS: tuple[str, ...] = ("auto", "native", "numpy", "torch")
+Backend = Literal["auto", "native", "numpy", "torch"]
 
 __all__ = [
     "DEFAULT_TIES",
@@ -272,12 +279,16 @@ def _count_rows_torch(block: torch.Tensor, thr: torch.Tensor, strict: bool) -> t
 
 
 def _use_numpy(t: torch.Tensor, backend: str) -> bool:
-    """Whether to count with numpy kernels: on CPU they beat torch's bool reductions several times (measured)."""
-    if backend not in ("auto", "numpy", "torch"):
-        raise ValueError(f"backend must be 'auto', 'numpy' or 'torch', got {backend!r}")
-    if backend == "numpy" and t.device.type != "cpu":
-        raise ValueError("backend='numpy' needs CPU inputs")
-    return backend == "numpy" or (backend == "auto" and t.device.type == "cpu")
+    """Whether to count with numpy kernels: on CPU they beat torch's bool reductions several times (measured).
+
+    ``"native"`` (the compiled kernel, which serves similarity matrices) counts the blocks of the embedding
+    functions with numpy too: there the matrix product, not the count, takes the time.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+    if backend in ("numpy", "native") and t.device.type != "cpu":
+        raise ValueError(f"backend={backend!r} needs CPU inputs")
+    return backend in ("numpy", "native") or (backend == "auto" and t.device.type == "cpu")
 
 
 def _default_workers() -> int:
@@ -412,6 +423,62 @@ def _count_torch(
             i2t[r0 : r0 + block.shape[0]] = _count_rows_torch(block, row_thr[r0 : r0 + rows], m)
         out[m] = (i2t.cpu().numpy(), t2i.cpu().numpy())
     return out
+
+
+def _native_chunk_rows(n_i: int, workers: int) -> int:
+    """Rows per task of the compiled kernel: several tasks per thread (balance), a multiple of its 4-row tile."""
+    rows = -(-n_i // (workers * 8))
+    return max(4, min(256, -(-rows // 4) * 4))
+
+
+def _count_native(
+    s: np.ndarray, row_thr: np.ndarray, col_thr: np.ndarray, kernel, workers: int | None = None
+) -> dict[Mode, tuple[np.ndarray, np.ndarray]]:
+    """``>`` and ``>=`` counts of every row and column from one read of ``s`` with the compiled kernel.
+
+    ``s`` [N_i, N_c] has unit column stride; ``row_thr`` [N_i] and ``col_thr`` [N_c] have its dtype. Row blocks
+    are shared out to ``workers`` threads (ctypes releases the GIL), each with its own int32 column counters.
+    """
+    n_i, n_c = s.shape
+    workers = _default_workers() if workers is None else max(1, int(workers))
+    if n_i * n_c < _MIN_THREADED_ENTRIES:
+        workers = 1
+    row_thr = np.ascontiguousarray(row_thr, dtype=s.dtype)
+    col_thr = np.ascontiguousarray(col_thr, dtype=s.dtype)
+    row_gt, row_eq = np.zeros(n_i, np.int64), np.zeros(n_i, np.int64)
+    chunk = _native_chunk_rows(n_i, workers)
+    next_chunk = iter(range(0, n_i, chunk))
+    lock = threading.Lock()
+    stride = s.strides[0] // s.itemsize
+    item = s.itemsize
+
+    def work() -> tuple[np.ndarray, np.ndarray]:
+        col_gt, col_eq = np.zeros(n_c, np.int32), np.zeros(n_c, np.int32)
+        while True:
+            with lock:
+                r0 = next(next_chunk, None)
+            if r0 is None:
+                return col_gt, col_eq
+            n = min(chunk, n_i - r0)
+            kernel(s.ctypes.data + r0 * s.strides[0], n, n_c, stride, row_thr.ctypes.data + r0 * item,
+                   col_thr.ctypes.data, row_gt.ctypes.data + r0 * 8, row_eq.ctypes.data + r0 * 8,
+                   col_gt.ctypes.data, col_eq.ctypes.data)
+
+    if workers == 1:
+        partials = [work()]
+    else:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rswb-ranks") as pool:
+            partials = [f.result() for f in [pool.submit(work) for _ in range(workers)]]
+    col_gt = np.sum([p[0] for p in partials], axis=0, dtype=np.int64)
+    col_eq = np.sum([p[1] for p in partials], axis=0, dtype=np.int64)
+    return {True: (row_gt, col_gt), False: (row_gt + row_eq, col_gt + col_eq)}
+
+
+def _native_kernel_for(s: np.ndarray):
+    """The compiled kernel for ``s``, or ``None`` (other dtype, columns not contiguous, no compiler)."""
+    if s.ndim != 2 or s.shape[0] >= 2**31 or s.strides[1] != s.itemsize or s.strides[0] % s.itemsize:
+        return None
+    return rank_counts_kernel(s.dtype)
 
 
 def _modes(ties: str) -> tuple[bool, ...]:
@@ -557,7 +624,14 @@ def _matrix_counts(s: torch.Tensor, pairs: _Pairs, ties: str, budget: int, backe
     row_best, row_tied = _segment_best(ps, pairs.img_starts)
     col_best, col_tied = _segment_best(ps[pairs.by_caption], pairs.cap_starts)
     modes = _modes(ties)
-    if _use_numpy(s, backend):
+    kernel = None
+    if backend in ("auto", "native") and s.device.type == "cpu" and s.dtype in (torch.float32, torch.float64):
+        kernel = _native_kernel_for(s.numpy())
+    if backend == "native" and kernel is None:
+        raise RuntimeError(f"backend='native' is not available here: {native_status()}")
+    if kernel is not None:
+        counts = _count_native(s.numpy(), row_best, col_best, kernel)
+    elif _use_numpy(s, backend):
         # The numpy kernel counts the tied negatives directly (cheaper than a second full count, see _count_numpy).
         modes = tuple("tie" if m is False and ties == "expected" else m for m in modes)
         counts = _count_numpy(s.numpy(), row_best, col_best, modes, budget, pairs=pairs)
@@ -630,7 +704,7 @@ def retrieval_ranks(
     positives: Positives = "image",
     texts: Sequence[str] | None = None,
     memory_budget_bytes: int = 64 * 2**20,
-    backend: Literal["auto", "numpy", "torch"] = "auto",
+    backend: Backend = "auto",
 ) -> tuple[np.ndarray, np.ndarray]:
     """0-based ranks of every query in both directions, from a precomputed similarity matrix.
 
@@ -643,7 +717,8 @@ def retrieval_ranks(
         texts: the caption texts ``[N_c]``, for ``positives="text"``.
         memory_budget_bytes: bound on the temporaries of the blocks in flight; a floating-point ``sim`` is read
             in place, never copied (integer scores are converted to float64 first).
-        backend: ``"auto"`` (numpy kernels on CPU, torch elsewhere), ``"numpy"`` or ``"torch"``.
+        backend: ``"auto"`` (on CPU the compiled kernel where it builds, else numpy; torch elsewhere), ``"native"``
+            (the compiled kernel, an error where it is unavailable), ``"numpy"`` or ``"torch"``.
 
     Returns:
         ``(i2t_ranks [N_i], t2i_ranks [N_c])`` as numpy arrays: int64, except under ``"expected"``, where they are
@@ -660,7 +735,7 @@ def retrieval_rank_counts(
     positives: Positives = "image",
     texts: Sequence[str] | None = None,
     memory_budget_bytes: int = 64 * 2**20,
-    backend: Literal["auto", "numpy", "torch"] = "auto",
+    backend: Backend = "auto",
 ) -> RankCounts:
     """Per query of both directions: negatives above the best positive, negatives and positives tied with it.
 
@@ -726,6 +801,7 @@ def retrieval_metrics(
     positives: Positives = "image",
     texts: Sequence[str] | None = None,
     memory_budget_bytes: int = 64 * 2**20,
+    backend: Backend = "auto",
 ) -> dict[str, float]:
     """Image-to-text and text-to-image retrieval scores of a precomputed similarity matrix.
 
@@ -737,12 +813,13 @@ def retrieval_metrics(
         positives: ``"image"`` (default) or ``"text"`` (with ``texts``; see the module docstring).
         texts: the caption texts ``[N_c]``, for ``positives="text"``.
         memory_budget_bytes: bound on the temporaries of one block.
+        backend: the counting kernels, as in :func:`retrieval_ranks` (the same numbers from each).
 
     Returns:
         ``{"i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "mR", "i2t_medr", "i2t_meanr",
         "t2i_medr", "t2i_meanr"}`` for the default ``ks`` (see :func:`metrics_from_ranks`).
     """
-    return _metrics(_matrix_ranks(sim, caption_to_image, ties, positives, texts, memory_budget_bytes, "auto"), ks)
+    return _metrics(_matrix_ranks(sim, caption_to_image, ties, positives, texts, memory_budget_bytes, backend), ks)
 
 
 # ------------------------------------------------------------------ from embeddings, block by block
@@ -821,7 +898,7 @@ def retrieval_ranks_from_embeddings(
     positives: Positives = "image",
     texts: Sequence[str] | None = None,
     memory_budget_bytes: int = 256 * 2**20,
-    backend: Literal["auto", "numpy", "torch"] = "auto",
+    backend: Backend = "auto",
 ) -> tuple[np.ndarray, np.ndarray]:
     """0-based ranks in both directions with ``sim = image_emb @ text_emb.T`` computed block by block.
 
@@ -837,7 +914,8 @@ def retrieval_ranks_from_embeddings(
         positives: ``"image"`` or ``"text"`` (with ``texts``).
         texts: the caption texts ``[N_c]``, for ``positives="text"``.
         memory_budget_bytes: bound on one similarity block plus its temporaries (at least one row is always used).
-        backend: ``"auto"`` (numpy kernels on CPU, torch elsewhere), ``"numpy"`` or ``"torch"``.
+        backend: ``"auto"`` (on CPU the compiled kernel where it builds, else numpy; torch elsewhere), ``"native"``
+            (the compiled kernel, an error where it is unavailable), ``"numpy"`` or ``"torch"``.
 
     Returns:
         ``(i2t_ranks [N_i], t2i_ranks [N_c])`` as in :func:`retrieval_ranks`.

@@ -13,6 +13,7 @@ from rswb.metrics import (
     retrieval_ranks,
     retrieval_ranks_from_embeddings,
 )
+from tests.metrics.backends import NATIVE, NATIVE_IF_BUILT
 
 KEYS = {
     "i2t_R@1",
@@ -72,7 +73,7 @@ def test_ranks_match_argsort_reference(seed, tied, ties):
     sim, cap2img = random_problem(seed, tied)
     ref_i2t, ref_t2i = reference_ranks(sim, cap2img, ties)
     for budget in (1, 10**9):  # one row per block, and everything at once
-        for backend in ("numpy", "torch"):
+        for backend in (*NATIVE_IF_BUILT, "numpy", "torch"):
             i2t, t2i = retrieval_ranks(sim, cap2img, ties=ties, memory_budget_bytes=budget, backend=backend)
             np.testing.assert_array_equal(i2t, ref_i2t)
             np.testing.assert_array_equal(t2i, ref_t2i)
@@ -230,9 +231,10 @@ def test_cuda_inputs_match_cpu():
         assert got == expected
 
 
+@pytest.mark.parametrize("backend", ["numpy", NATIVE])
 @pytest.mark.parametrize("ties", ["optimistic", "pessimistic"])
 @pytest.mark.parametrize("workers", [1, 2, 3])
-def test_threaded_counting_equals_single_thread(monkeypatch, workers, ties):
+def test_threaded_counting_equals_single_thread(monkeypatch, workers, ties, backend):
     import rswb.metrics.retrieval as R
 
     # 40 images in blocks of 3 rows (14 blocks shared out to the threads), scores full of exact ties.
@@ -246,7 +248,8 @@ def test_threaded_counting_equals_single_thread(monkeypatch, workers, ties):
     monkeypatch.setattr(R, "_MAX_UINT8_ROWS", 4)  # byte counters moved into uint16 after every block
     monkeypatch.setattr(R, "_PARTIAL_MAX", 5)  # uint16 counters moved into int64 every other block
     monkeypatch.setattr(R, "_default_workers", lambda: workers)
-    got = retrieval_ranks(sim, cap2img_big, ties=ties)
+    monkeypatch.setattr(R, "_native_chunk_rows", lambda n_i, w: 6)  # 4-row tiles plus a remainder of 2 per task
+    got = retrieval_ranks(sim, cap2img_big, ties=ties, backend=backend)
     np.testing.assert_array_equal(got[0], expected[0])
     np.testing.assert_array_equal(got[1], expected[1])
     # The explicit worker count of the private pass, against one thread, on a float32 matrix with a tied gt.

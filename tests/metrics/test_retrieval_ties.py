@@ -22,6 +22,7 @@ from rswb.metrics import (
     retrieval_ranks,
 )
 from rswb.metrics.retrieval import TIE_RULES, normalize_caption
+from tests.metrics.backends import NATIVE
 
 KS = (1, 5, 10)
 
@@ -274,8 +275,9 @@ def test_normalize_caption_and_bad_arguments():
         metrics_from_ranks(np.array([0.5]), np.array([0]))
 
 
+@pytest.mark.parametrize("backend", ["numpy", NATIVE])
 @pytest.mark.parametrize("workers", [1, 2, 3])
-def test_threaded_tie_counts_equal_single_thread(monkeypatch, workers):
+def test_threaded_tie_counts_equal_single_thread(monkeypatch, workers, backend):
     import rswb.metrics.retrieval as R
 
     rng = np.random.default_rng(500 + workers)
@@ -287,7 +289,8 @@ def test_threaded_tie_counts_equal_single_thread(monkeypatch, workers):
     monkeypatch.setattr(R, "_MAX_UINT8_ROWS", 4)
     monkeypatch.setattr(R, "_PARTIAL_MAX", 5)
     monkeypatch.setattr(R, "_default_workers", lambda: workers)
-    got = retrieval_rank_counts(sim, cap2img)
+    monkeypatch.setattr(R, "_native_chunk_rows", lambda n_i, w: 6)
+    got = retrieval_rank_counts(sim, cap2img, backend=backend)
     for d in ("i2t", "t2i"):
         for f in ("above", "tied_neg", "tied_pos"):
             np.testing.assert_array_equal(getattr(getattr(got, d), f), getattr(getattr(expected, d), f))
