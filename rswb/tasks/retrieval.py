@@ -340,8 +340,7 @@ def _scene_names(cs: CaptionSet, paths: list[Path], image_root: Path, root: Path
     parents = [p.parent for p in paths]
     if any(par.resolve() == image_root.resolve() for par in parents):
         return None  # images directly under the root: no class folders
-    names = [par.name for par in parents]
-    return names if len(set(names)) > 1 else None
+    return [par.name for par in parents]
 
 
 def _limit(cs: CaptionSet, max_images: int | None) -> CaptionSet:
@@ -449,7 +448,9 @@ def prepare_data(cfg: RetrievalConfig, progress: bool = True) -> RetrievalData:
     check_images(list(dict.fromkeys(p for ps in paths.values() for p in ps)),
                  cache_dir=cache_root(cfg.cache_dir) / "image_checks", progress=progress)
     scenes = {cs.split: _scene_names(cs, paths[cs.split], image_root, root) for cs in (train_cs, val_cs, test_cs)}
-    have_scenes = all(s is not None for s in scenes.values())
+    # One folder name over every split is a plain image folder, not a class layout (judged over all splits
+    # together: a small split may well hold one class only).
+    have_scenes = all(s is not None for s in scenes.values()) and len({n for s in scenes.values() for n in s}) > 1
     class_names = sorted({n for s in scenes.values() for n in s}) if have_scenes else []
     if cfg.method == "fisvl" and not have_scenes:
         raise ValueError(f"{root}: FISVL needs a scene label per image (a Karpathy 'scene' field, or class folders "
@@ -497,7 +498,7 @@ def prepare_data(cfg: RetrievalConfig, progress: bool = True) -> RetrievalData:
             text_cache[split] = {"tokens": queries.tokens(caps)}
 
     def build(cs: CaptionSet, train: bool) -> RetrievalSplit:
-        names = scenes[cs.split]
+        names = scenes[cs.split] if have_scenes else None
         labels = np.array([cls_index[n] for n in names], np.int64) if names else np.full(cs.num_images, -1)
         tc = text_cache[cs.split]
         return RetrievalSplit(

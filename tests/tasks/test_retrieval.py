@@ -291,3 +291,16 @@ def test_a_truncated_test_image_fails_before_any_feature_is_extracted(cache, tmp
     with pytest.raises(CorruptImageError, match="truncated") as err:
         prepare_data(RetrievalConfig(data=str(dst), images=str(images), num_tags=0, **QUICK))
     assert err.value.path == victim
+
+
+@pytest.mark.parametrize("method", ["clip", "fisvl"])
+def test_a_small_split_of_one_scene_keeps_the_class_folders(cache, tmp_path, method):
+    from tests.data.fakes import make_ucm_captions
+
+    train, _, image_root = make_ucm_captions(tmp_path)
+    # max_images=4: the carved training split holds agricultural images only; the test split (81, 82, 2100) two scenes.
+    d = prepare_data(RetrievalConfig(data=str(train.root), images=str(image_root), method=method, max_images=4,
+                                     num_tags=0, **QUICK))
+    assert d.class_names == ["agricultural", "tenniscourt"]
+    assert set(d.train.labels.tolist()) == {0}
+    assert sorted(d.test.labels.tolist()) == [0, 0, 1]
