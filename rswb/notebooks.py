@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from rswb.config import atomic_write_text
+from rswb.io import atomic_write_text
 
 __all__ = ["BASELINES", "NOTEBOOKS", "PROFILES", "NotebookResult", "compare_to_baselines", "error_outputs",
            "flatten_metrics", "load_baselines", "make_baselines", "notebook_parameters", "run_suite", "tolerance",

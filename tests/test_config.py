@@ -13,20 +13,17 @@ import pytest
 import torch
 import yaml
 
-from rswb import config as config_mod
+from rswb import io as io_mod
 from rswb.config import (
     TrainConfig,
     apply_overrides,
-    atomic_write_text,
     field_help,
     from_dict,
-    load_yaml,
-    new_file_mode,
     option,
     parse_cli_overrides,
-    save_yaml,
     to_dict,
 )
+from rswb.io import atomic_write_text, load_yaml, new_file_mode, save_yaml
 
 
 @dataclasses.dataclass
@@ -378,7 +375,7 @@ def test_atomic_write_text_failure_keeps_old_file(tmp_path, monkeypatch):
         assert Path(src).read_text() == "new"
         raise OSError("disk gone")
 
-    monkeypatch.setattr(config_mod.os, "replace", broken_replace)
+    monkeypatch.setattr(io_mod.os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk gone"):
         atomic_write_text("new", target)
     assert target.read_text() == "old"
@@ -396,7 +393,7 @@ def test_atomic_write_text_concurrent_reader_never_sees_partial(tmp_path, monkey
         seen.append(target.read_text())  # between write and rename
         real_fsync(fd)
 
-    monkeypatch.setattr(config_mod.os, "fsync", spying_fsync)
+    monkeypatch.setattr(io_mod.os, "fsync", spying_fsync)
     atomic_write_text("B" * 2000, target)
     assert seen == ["A" * 1000]
     assert target.read_text() == "B" * 2000

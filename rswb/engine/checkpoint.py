@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from rswb.config import atomic_write
+from rswb.io import atomic_write
 
 __all__ = ["CheckpointError", "atomic_save", "load_checkpoint"]
 

@@ -16,13 +16,14 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from rswb.config import TrainConfig, field_help, from_dict, load_yaml, to_dict, validate
+from rswb.config import TrainConfig, field_help, from_dict, to_dict, validate
 from rswb.engine.checkpoint import load_checkpoint
 from rswb.engine.distributed import init_distributed
 from rswb.engine.loop import FitResult, fit
 from rswb.engine.runs import RunFolder
 from rswb.engine.seed import seed_everything
 from rswb.engine.task import TaskBundle
+from rswb.io import load_yaml
 from rswb.registry import get
 
 __all__ = ["describe_task", "load_trained", "split_options", "task_config_class", "train_task"]

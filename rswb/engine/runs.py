@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from rswb.config import atomic_write_text, load_yaml, save_yaml
+from rswb.io import atomic_write_text, load_yaml, save_yaml
 
 __all__ = ["RunFolder", "compare", "format_table", "list_runs", "load_run", "resolve_run"]
 

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from rswb.engine.device import autocast, to_device
 from rswb.engine.distributed import DistContext, gather_outputs, shard_indices
+from rswb.utils import eval_mode
 
 __all__ = ["EvalContext", "Task", "TaskBundle"]
 
@@ -141,17 +142,15 @@ class Task(nn.Module):
         """
         if ctx is None:
             ctx = EvalContext(next(self.parameters()).device)
-        was_training = self.training
-        self.eval()
         chunks: dict[str, list[torch.Tensor]] = {}
         loader = ctx.loader(dataset, self.collate)
-        for batch in tqdm(loader, desc=ctx.desc, leave=False, disable=not (ctx.progress and ctx.dist.is_main)):
-            with autocast(ctx.device, ctx.precision):
-                out = self.predict(to_device(batch, ctx.device))
-            for k, v in out.items():
-                chunks.setdefault(k, []).append(v.detach().float().cpu() if v.is_floating_point() else v.cpu())
+        with eval_mode(self):
+            for batch in tqdm(loader, desc=ctx.desc, leave=False, disable=not (ctx.progress and ctx.dist.is_main)):
+                with autocast(ctx.device, ctx.precision):
+                    out = self.predict(to_device(batch, ctx.device))
+                for k, v in out.items():
+                    chunks.setdefault(k, []).append(v.detach().float().cpu() if v.is_floating_point() else v.cpu())
         outputs = {k: torch.cat(v) for k, v in chunks.items()}
-        self.train(was_training)
         return ctx.gather(outputs, len(dataset))
 
     def describe(self) -> dict[str, str]:

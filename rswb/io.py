@@ -1,0 +1,123 @@
+"""Files written safely: atomic writes (temp file + fsync + rename), YAML and JSON helpers.
+
+Everything rswb writes goes through :func:`atomic_write`, so a reader, or a process killed at any moment, sees the
+old complete file or the new one, never a partial one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import yaml
+
+__all__ = ["atomic_write", "atomic_write_json", "atomic_write_text", "load_yaml", "new_file_mode", "save_yaml"]
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; a missing file or a non-mapping document raises an error naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid YAML ({err})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of option: value, got {type(data).__name__}")
+    return data
+
+
+def save_yaml(data: Mapping[str, Any] | Any, path: str | Path) -> Path:
+    """Write ``data`` (a mapping or a dataclass) as YAML atomically: a reader never sees a half-written file."""
+    if dataclasses.is_dataclass(data) and not isinstance(data, type):
+        data = {f.name: getattr(data, f.name) for f in dataclasses.fields(data)}
+    text = yaml.safe_dump(_plain(data), sort_keys=False)
+    return atomic_write_text(text, path)
+
+
+def _plain(x: Any) -> Any:
+    """Tuples -> lists, paths -> strings and arrays/scalars -> Python values, so ``yaml.safe_dump`` accepts them."""
+    if isinstance(x, Mapping):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, (Path, str)):
+        return str(x)  # also str subclasses such as torch.__version__
+    if hasattr(x, "tolist") and callable(x.tolist):
+        return _plain(x.tolist())  # numpy / torch scalars and arrays (``.item()`` fails on arrays)
+    return x
+
+
+def atomic_write_text(text: str, path: str | Path) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`atomic_write`)."""
+    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def atomic_write_json(data: Any, path: str | Path, indent: int | None = 2) -> Path:
+    """Write ``data`` as JSON (with a final newline) to ``path`` atomically."""
+    return atomic_write_text(json.dumps(data, indent=indent) + "\n", path)
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object], sync_dir: bool = False) -> Path:
+    """Write a file atomically through a temporary file in the same folder and ``os.replace``.
+
+    ``write(f)`` fills the temporary file, which is flushed to disk and renamed over ``path`` (atomic on POSIX), so a
+    reader, or a process killed at any moment, sees the old complete file or the new one, never a partial one. The
+    temporary file is removed if ``write`` fails.
+
+    Args:
+        path: the target file (its folder is created).
+        write: writes the content to the binary file object it is given.
+        sync_dir: also fsync the folder, so that the rename itself survives a power cut.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        # mkstemp creates the file 0600; give it the mode a plain open() would (0666 minus the umask).
+        if hasattr(os, "fchmod"):  # POSIX only
+            os.fchmod(fd, new_file_mode())
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        if sync_dir:
+            _fsync_dir(path.parent)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    # The rename itself lives in the directory entry; syncing the folder makes it durable too.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def new_file_mode() -> int:
+    """The permission bits ``open(path, "w")`` gives a new file: ``0o666`` less the process umask."""
+    try:  # Linux: read it without changing it (os.umask is process-wide, so setting it races with other threads)
+        with open("/proc/self/status", encoding="ascii") as f:
+            umask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        umask = os.umask(0o022)
+        os.umask(umask)
+    return 0o666 & ~umask
