@@ -31,10 +31,10 @@ from tqdm.auto import tqdm
 
 from rswb.config import option
 from rswb.data.scenes import SceneFolder, check_images
+from rswb.data.splits import first_per_class, validation_indices
 from rswb.data.transforms import dihedral
 from rswb.engine.cache import cache_root, cached, digest
 from rswb.engine.device import select_device
-from rswb.engine.splits import validation_indices
 from rswb.engine.task import Task, TaskBundle
 from rswb.losses.hashing import DHCLLoss
 from rswb.metrics.hashing import hash_metrics
@@ -111,15 +111,7 @@ def _cached_features(backbone: torch.nn.Module, folder: SceneFolder, views: int,
 
 
 def _limit_per_class(folder: SceneFolder, per_class: int | None) -> SceneFolder:
-    if per_class is None:
-        return folder
-    seen: dict[int, int] = {}
-    keep = []
-    for r in folder.records:
-        if seen.get(r.label, 0) < per_class:
-            keep.append(r)
-            seen[r.label] = seen.get(r.label, 0) + 1
-    folder.records = keep
+    folder.records = [folder.records[i] for i in first_per_class([r.label for r in folder.records], per_class)]
     return folder
 
 

@@ -34,8 +34,8 @@ from tqdm.auto import tqdm
 
 from rswb.config import option
 from rswb.data.errors import DataFormatError, DatasetNotFoundError
-from rswb.data.fewshot import FewShotSplit, few_shot_split
 from rswb.data.mspan import MSPANScene, PatchSampler, PixelSet, is_mspan_source, load_mspan, patch_padding
+from rswb.data.splits import FewShotSplit, few_shot_split, stratified_subsample
 from rswb.data.transforms import dihedral
 from rswb.engine.task import EvalContext, Task, TaskBundle
 from rswb.losses.pha import (
@@ -515,19 +515,6 @@ def _shots(value: float) -> int | float:
     return int(value) if float(value) >= 1 and float(value).is_integer() else float(value)
 
 
-def _subsample(labels: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
-    """Indices of at most ``limit`` of the items with these labels, stratified (the same share of every class)."""
-    if limit is None or len(labels) <= limit:
-        return np.arange(len(labels))
-    keep = []
-    frac = limit / len(labels)
-    for c in np.unique(labels):
-        members = np.flatnonzero(labels == c)
-        k = max(1, round(frac * len(members)))
-        keep.append(np.random.default_rng([seed, int(c), 0x7E57]).choice(members, k, replace=False))
-    return np.sort(np.concatenate(keep))
-
-
 def _pixel_data(cfg: PHAConfig, path: Path | None) -> PHAData:
     if path is None:
         from rswb.data.synthetic import ensure_embedded
@@ -548,7 +535,7 @@ def _pixel_data(cfg: PHAConfig, path: Path | None) -> PHAData:
     rows, cols, labels = scene.labelled_pixels("train")
     split = few_shot_split(labels, _shots(cfg.shots), _shots(cfg.val_shots), cfg.split_seed, num_classes)
     t_rows, t_cols, t_labels = scene.labelled_pixels("test")
-    keep = _subsample(t_labels, cfg.max_test, cfg.split_seed)
+    keep = stratified_subsample(t_labels, cfg.max_test, cfg.split_seed)
     train = PixelPatches(sampler, rows[split.train], cols[split.train], labels[split.train], cfg.repeats)
     val = PixelPatches(sampler, rows[split.val], cols[split.val], labels[split.val])
     test = PixelPatches(sampler, t_rows[keep], t_cols[keep], t_labels[keep])
@@ -588,7 +575,7 @@ def _scene_data(cfg: PHAConfig, path: Path) -> PHAData:
     train = SceneImages(labelled, np.arange(n_train), cfg.repeats, ids=labelled_idx)
     val = SceneImages(labelled, np.arange(n_train, len(labelled)), ids=labelled_idx)
     t_labels = np.asarray(test_folder.labels)
-    keep = _subsample(t_labels, cfg.max_test, cfg.split_seed)
+    keep = stratified_subsample(t_labels, cfg.max_test, cfg.split_seed)
     test = WaldSceneDataset(test_folder, indices=keep, **kw)
     unlabelled = None
     if len(pool_idx):

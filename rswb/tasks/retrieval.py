@@ -49,6 +49,7 @@ from rswb.data.captions import (
 )
 from rswb.data.errors import DatasetNotFoundError
 from rswb.data.scenes import check_images, image_to_tensor, load_image
+from rswb.data.splits import carve_items
 from rswb.data.tags import build_tag_vocabulary, caption_values, content_words, tag_targets
 from rswb.data.transforms import dihedral
 from rswb.engine.cache import cache_root, cached, digest
@@ -431,11 +432,9 @@ def prepare_data(cfg: RetrievalConfig, progress: bool = True) -> RetrievalData:
     if _has_split(root, "val", cfg.fmt):
         val_cs = _limit(read_captions(root, "val", cfg.fmt), cfg.max_images)
     else:  # carve a seeded share of the training images, with all their captions
-        n = train_cs.num_images
-        n_val = max(1, int(round(cfg.val_share * n)))
-        order = np.random.default_rng(cfg.split_seed).permutation(n)
-        val_cs = _subset(train_cs, np.sort(order[:n_val]), "val")
-        train_cs = _subset(train_cs, np.sort(order[n_val:]), "train")
+        kept, carved = carve_items(train_cs.num_images, cfg.val_share, cfg.split_seed)
+        val_cs = _subset(train_cs, carved, "val")
+        train_cs = _subset(train_cs, kept, "train")
     for cs in (train_cs, val_cs, test_cs):
         if cs.num_images == 0:
             raise ValueError(f"{root}: the {cs.split} split has no images")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rswb.data.fewshot import FewShotSplit, count_per_class, few_shot_split
+from rswb.data.splits import FewShotSplit, count_per_class, few_shot_split
 
 
 def labels_with_sizes(sizes: dict[int, int], seed: int = 0) -> np.ndarray:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset, Subset
 
-from rswb.engine.splits import carve_validation, validation_indices
+from rswb.data.splits import carve_validation, validation_indices
 
 
 def _check_partition(train, val, n):
@@ -162,3 +162,24 @@ def test_carve_validation_without_labels_and_fraction_zero():
     assert same is ds and none is None
     single, none = carve_validation(Items(1), 0.3)
     assert none is None and len(single) == 1
+
+
+def test_one_seeding_rule_gives_the_draws_of_the_former_helpers():
+    from rswb.data.splits import carve_items, first_per_class, split_rng, stratified_subsample
+
+    assert np.array_equal(split_rng(7).permutation(50), np.random.default_rng(7).permutation(50))
+    assert np.array_equal(split_rng(7, 3, 0x7E57).random(4), np.random.default_rng([7, 3, 0x7E57]).random(4))
+    # carve_items: the first round(share * n) of default_rng(seed).permutation(n) (the caption sets' val images)
+    order = np.random.default_rng(5).permutation(40)
+    kept, carved = carve_items(40, 0.1, 5)
+    assert np.array_equal(carved, np.sort(order[:4])) and np.array_equal(kept, np.sort(order[4:]))
+    assert carve_items(3, 0.01, 0)[1].size == 1  # at least one item
+    # stratified_subsample: the same share of every class, each class drawn from its own stream
+    labels = np.repeat([0, 1, 2], [10, 20, 30])
+    keep = stratified_subsample(labels, 12, 1)
+    assert np.bincount(labels[keep]).tolist() == [2, 4, 6]
+    expected = np.random.default_rng([1, 1, 0x7E57]).choice(np.arange(10, 30), 4, replace=False)
+    assert np.array_equal(keep[(keep >= 10) & (keep < 30)], np.sort(expected))
+    assert np.array_equal(stratified_subsample(labels, None, 0), np.arange(60))
+    assert first_per_class([2, 0, 2, 2, 0, 1], 2).tolist() == [0, 1, 2, 4, 5]
+    assert first_per_class([2, 0], None).tolist() == [0, 1]
