@@ -1,7 +1,9 @@
 """Files written safely: atomic writes (temp file + fsync + rename), YAML and JSON helpers.
 
 Everything rswb writes goes through :func:`atomic_write`, so a reader, or a process killed at any moment, sees the
-old complete file or the new one, never a partial one.
+old complete file or the new one, never a partial one. Checkpoints and cached tensors are written by
+:func:`atomic_save` (the folder entry synced too) and read by :func:`load_checkpoint` with ``weights_only=True``, so
+a file from elsewhere cannot run code.
 """
 
 from __future__ import annotations
@@ -14,9 +16,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import torch
 import yaml
 
-__all__ = ["atomic_write", "atomic_write_json", "atomic_write_text", "load_yaml", "new_file_mode", "save_yaml"]
+__all__ = [
+    "CheckpointError", "atomic_save", "atomic_write", "atomic_write_json", "atomic_write_text", "load_checkpoint",
+    "load_yaml", "new_file_mode", "save_yaml",
+]
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -121,3 +127,30 @@ def new_file_mode() -> int:
         umask = os.umask(0o022)
         os.umask(umask)
     return 0o666 & ~umask
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing or unreadable; the message names the file."""
+
+
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically, folder entry synced too; returns the path."""
+    return atomic_write(path, lambda f: torch.save(obj, f), sync_dir=True)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device | None = "cpu") -> dict[str, Any]:
+    """Load a checkpoint dict with ``torch.load(..., weights_only=True)``.
+
+    Raises:
+        CheckpointError: the file is missing, truncated or holds something other than tensors and plain values.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises several types for truncated or foreign files
+        raise CheckpointError(f"{path}: cannot load checkpoint ({type(err).__name__}: {err})") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a checkpoint dict, got {type(obj).__name__}")
+    return obj

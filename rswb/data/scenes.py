@@ -313,5 +313,33 @@ class SceneFolder(torch.utils.data.Dataset):
         return fig
 
 
-__all__ = ["SceneFolder", "SceneRecord", "check_image", "check_images", "image_to_tensor", "load_image",
+__all__ = ["ImageFiles", "SceneFolder", "SceneRecord", "check_image", "check_images", "image_to_tensor", "load_image",
            "scan_scene_folder", "split_mask"]
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """Image files as dict samples ``{"image": [3, S, S] in [0, 1], "path"}``, decoded and resized on access.
+
+    Args:
+        paths: the image files, in the order of the samples.
+        size: square size every image is resized to (bilinear).
+    """
+
+    def __init__(self, paths: Sequence[str | Path], size: int):
+        self.paths, self.size = [Path(p) for p in paths], int(size)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"image": image_to_tensor(load_image(self.paths[i], self.size)), "path": str(self.paths[i])}
+
+    def plot(self, sample: dict[str, Any], ax=None):
+        """Show one sample's image, titled with its file name."""
+        import matplotlib.pyplot as plt
+
+        ax = ax or plt.subplots(figsize=(3, 3))[1]
+        ax.imshow(sample["image"].permute(1, 2, 0).numpy())
+        ax.set_title(Path(sample["path"]).name)
+        ax.axis("off")
+        return ax

@@ -6,7 +6,6 @@ See :mod:`rswb.engine.task` (how a method plugs in), :mod:`rswb.engine.loop` (``
 
 from rswb.config import TrainConfig
 from rswb.data.splits import carve_validation, validation_indices
-from rswb.engine.checkpoint import CheckpointError, atomic_save, load_checkpoint
 from rswb.engine.device import autocast, resolve_precision, select_device, to_device
 from rswb.engine.distributed import DistContext, EpochBatchSampler, init_distributed
 from rswb.engine.loop import FitResult, NonFiniteLossError, RunExistsError, fit
@@ -15,6 +14,7 @@ from rswb.engine.schedule import LRSchedule, build_optimizer, build_scheduler
 from rswb.engine.seed import seed_everything
 from rswb.engine.task import EvalContext, Task, TaskBundle
 from rswb.engine.tasks import ClassificationTask
+from rswb.io import CheckpointError, atomic_save, load_checkpoint
 
 __all__ = [
     "CheckpointError",

@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from rswb.config import TrainConfig, field_help, from_dict, to_dict, validate
-from rswb.engine.checkpoint import load_checkpoint
+from rswb.engine.device import encoder_device
 from rswb.engine.distributed import init_distributed
 from rswb.engine.loop import FitResult, fit
 from rswb.engine.runs import RunFolder
 from rswb.engine.seed import seed_everything
 from rswb.engine.task import TaskBundle
-from rswb.io import load_yaml
+from rswb.io import load_checkpoint, load_yaml
 from rswb.registry import get
 
 __all__ = ["describe_task", "load_trained", "split_options", "task_config_class", "train_task"]
@@ -172,7 +172,8 @@ def train_task(name: str, options: Mapping[str, Any] | None = None, *, config_fi
                         source=f"task {name} options") if task_cls else None
     dist = init_distributed()
     seed_everything(seed.seed, seed.deterministic)  # before the builder, so initial weights are reproducible
-    bundle = builder(task_cfg) if task_cls else builder()
+    with encoder_device(seed.device):  # frozen encoders fill their caches on the run's device
+        bundle = builder(task_cfg) if task_cls else builder()
     train_cfg = validate(from_dict(TrainConfig, {**bundle.train_defaults, **train_opts}, source="training options"),
                          source="training options")
     return fit(bundle.task, bundle.train, val=bundle.val, test=bundle.test, config=train_cfg, name=run_name,

@@ -30,13 +30,13 @@ from tqdm.auto import tqdm
 
 from rswb.config import TrainConfig, from_dict, to_dict, validate
 from rswb.data.splits import carve_validation
-from rswb.engine.checkpoint import atomic_save, load_checkpoint
 from rswb.engine.device import autocast, make_grad_scaler, resolve_precision, select_device, to_device
 from rswb.engine.distributed import DistContext, EpochBatchSampler, current_context
 from rswb.engine.runs import RunFolder
 from rswb.engine.schedule import build_optimizer, build_scheduler
 from rswb.engine.seed import get_rng_state, seed_everything, set_rng_state
 from rswb.engine.task import EvalContext, Task
+from rswb.io import atomic_save, load_checkpoint
 
 __all__ = ["FitResult", "NonFiniteLossError", "RunExistsError", "fit"]
 

@@ -39,7 +39,7 @@ _status = "not loaded yet"
 
 
 def _cache_dir() -> Path:
-    # rswb.metrics imports nothing else of rswb, so the cache rule of rswb.engine.cache is repeated here.
+    # rswb.metrics imports nothing else of rswb, so the cache-folder rule of rswb.data.features is repeated here.
     root = os.environ.get("RSWB_CACHE_DIR") or Path.home() / ".cache" / "rswb"
     return Path(root) / "native"
 

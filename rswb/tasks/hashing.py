@@ -27,14 +27,13 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from rswb.config import option
+from rswb.data.features import FeatureSet, cache_root, cached, digest, extract_images
 from rswb.data.scenes import SceneFolder, check_images
 from rswb.data.splits import first_per_class, validation_indices
 from rswb.data.transforms import dihedral
-from rswb.engine.cache import cache_root, cached, digest
-from rswb.engine.device import select_device
+from rswb.engine.device import frozen_encoder_device, select_device
 from rswb.engine.task import Task, TaskBundle
 from rswb.losses.hashing import DHCLLoss
 from rswb.metrics.hashing import hash_metrics
@@ -42,7 +41,7 @@ from rswb.metrics.legacy import dhcl_map_at_k
 from rswb.models.hashing import DHCL, dhcl
 from rswb.registry import register_task
 
-__all__ = ["FeatureSet", "HashConfig", "HashTask", "dihedral", "extract_features", "hash_task"]
+__all__ = ["HashConfig", "HashTask", "hash_task"]
 
 
 @dataclasses.dataclass
@@ -80,25 +79,8 @@ class HashConfig:
     cache_dir: str | None = option(None, "feature cache folder (default: $RSWB_CACHE_DIR or ~/.cache/rswb)")
 
 
-@torch.no_grad()
-def extract_features(backbone: torch.nn.Module, dataset: Dataset, views: int = 1, batch_size: int = 32,
-                     device: torch.device | None = None, desc: str = "features") -> torch.Tensor:
-    """Pooled backbone features of every image and view ``[N, V, F]`` (eval mode, float32, on the CPU)."""
-    device = device or select_device(None)
-    was_training = backbone.training
-    backbone.eval().to(device)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    out = []
-    for batch in tqdm(loader, desc=desc, leave=False):
-        img = batch["image"].to(device)
-        out.append(torch.stack([backbone.forward_features(dihedral(img, v))["pooled"].float().cpu()
-                                for v in range(views)], 1))
-    backbone.train(was_training)
-    return torch.cat(out)
-
-
 def _cached_features(backbone: torch.nn.Module, folder: SceneFolder, views: int, cfg: HashConfig) -> torch.Tensor:
-    """Features of ``folder`` from the disk cache (:mod:`rswb.engine.cache`), computed and stored on a miss.
+    """Features of ``folder`` from the disk cache (:mod:`rswb.data.features`), computed and stored on a miss.
 
     The key covers the backbone (name and a digest of its actual weights, so a randomly initialised backbone of
     another seed is another entry), the image list (paths, sizes, modification times), the image size and the number
@@ -107,28 +89,13 @@ def _cached_features(backbone: torch.nn.Module, folder: SceneFolder, views: int,
     key = digest((cfg.backbone, cfg.image_size, views), [backbone], [rec.path for rec in folder.records])
     path = cache_root(cfg.cache_dir) / "features" / f"{cfg.backbone}-{key}.pt"
     desc = f"{cfg.backbone} features ({len(folder)} images x {views})"
-    return cached(path, lambda: {"features": extract_features(backbone, folder, views, desc=desc)})["features"]
+    return cached(path, lambda: extract_images(backbone, folder, views=views, device=frozen_encoder_device(),
+                                               desc=desc))["features"]
 
 
 def _limit_per_class(folder: SceneFolder, per_class: int | None) -> SceneFolder:
     folder.records = [folder.records[i] for i in first_per_class([r.label for r in folder.records], per_class)]
     return folder
-
-
-class FeatureSet(Dataset):
-    """Precomputed features as dict samples ``{"features": [F], "label", "index"}``; every view is one item."""
-
-    def __init__(self, features: torch.Tensor, labels: np.ndarray, index: np.ndarray):
-        n, v, _ = features.shape
-        self.features = features.reshape(n * v, -1)
-        self.labels = np.repeat(np.asarray(labels), v)
-        self.index = np.repeat(np.asarray(index), v)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return {"features": self.features[i], "label": int(self.labels[i]), "index": int(self.index[i])}
 
 
 class _RandomDihedral:
@@ -323,11 +290,10 @@ def load_codes(run_dir: str | Path, device: str | None = None) -> dict[str, Any]
         ``metrics`` (the run's recorded test metrics), in the order of the query set (= database).
     """
     from rswb.config import from_dict
-    from rswb.engine.checkpoint import load_checkpoint
-    from rswb.engine.device import select_device
     from rswb.engine.launch import renamed
     from rswb.engine.runs import RunFolder
     from rswb.engine.task import EvalContext
+    from rswb.io import load_checkpoint
 
     run = RunFolder(run_dir)
     if not run.best.exists():

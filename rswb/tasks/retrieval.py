@@ -11,7 +11,7 @@ Two profiles, like the hash task:
 * ``freeze_backbone=True, freeze_text=True`` (default, the CPU profile): the ImageNet EfficientNet-Lite0 and the
   pretrained MiniLM are frozen; their outputs (the image feature levels of
   :func:`rswb.models.retrieval.feature_levels`, MiniLM's token states) are computed once per image and caption,
-  cached on disk (:mod:`rswb.engine.cache`, float16), and only the method's heads train, in seconds per epoch.
+  cached on disk (:mod:`rswb.data.features`, float16), and only the method's heads train, in seconds per epoch.
 * ``freeze_backbone=False`` and/or ``freeze_text=False`` (a GPU profile): the encoders sit inside the model and
   fine-tune on images (random dihedral views as augmentation) and tokenised captions.
 
@@ -48,12 +48,12 @@ from rswb.data.captions import (
     read_karpathy,
 )
 from rswb.data.errors import DatasetNotFoundError
-from rswb.data.scenes import check_images, image_to_tensor, load_image
+from rswb.data.features import cache_root, cached, digest, extract_images, extract_text_states
+from rswb.data.scenes import ImageFiles, check_images, image_to_tensor, load_image
 from rswb.data.splits import carve_items
 from rswb.data.tags import build_tag_vocabulary, caption_values, content_words, tag_targets
 from rswb.data.transforms import dihedral
-from rswb.engine.cache import cache_root, cached, digest
-from rswb.engine.device import autocast, select_device, to_device
+from rswb.engine.device import autocast, frozen_encoder_device, select_device, to_device
 from rswb.engine.task import EvalContext, Task, TaskBundle
 from rswb.losses.contrastive import LearnableTemperature, hardest_negative_triplet, symmetric_info_nce
 from rswb.losses.retrieval import (
@@ -369,49 +369,6 @@ def _has_split(root: Path, split: str, fmt: str) -> bool:
     return split in caption_splits(root, fmt)
 
 
-class _ImageFiles(Dataset):
-    def __init__(self, paths: Sequence[Path], size: int):
-        self.paths, self.size = list(paths), size
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"image": image_to_tensor(load_image(self.paths[i], self.size))}
-
-
-@torch.no_grad()
-def _extract_levels(backbone: torch.nn.Module, paths: Sequence[Path], size: int, desc: str) -> dict[str, torch.Tensor]:
-    device = select_device(None)
-    backbone.eval().to(device)
-    loader = torch.utils.data.DataLoader(_ImageFiles(paths, size), batch_size=32)
-    parts: dict[str, list[torch.Tensor]] = {}
-    for batch in tqdm(loader, desc=desc, leave=False):
-        for k, v in feature_levels(backbone, batch["image"].to(device)).items():
-            parts.setdefault(k, []).append(v.to("cpu", torch.float16))
-    backbone.cpu()
-    return {k: torch.cat(v) for k, v in parts.items()}
-
-
-@torch.no_grad()
-def _extract_states(encoder: torch.nn.Module, captions: Sequence[str], desc: str,
-                    batch_size: int = 256) -> dict[str, torch.Tensor]:
-    """MiniLM token states of every caption, padded to the longest (float16) with their mask."""
-    device = select_device(None)
-    encoder.eval().to(device)
-    toks = encoder.tokenize(list(captions))
-    width = int(toks["attention_mask"].sum(1).max())
-    states = torch.zeros(len(captions), width, encoder.state_dim, dtype=torch.float16)
-    for start in tqdm(range(0, len(captions), batch_size), desc=desc, leave=False):
-        sl = slice(start, start + batch_size)
-        am = toks["attention_mask"][sl]
-        w = int(am.sum(1).max())
-        out = encoder.token_states(toks["input_ids"][sl, :w].to(device), am[:, :w].to(device))
-        states[sl, :w] = out.to("cpu", torch.float16)
-    encoder.cpu()
-    return {"states": states, "mask": toks["attention_mask"][:, :width].bool()}
-
-
 def prepare_data(cfg: RetrievalConfig, progress: bool = True) -> RetrievalData:
     """Read the caption set, join it to its images, carve the validation images and build the inputs of each split.
 
@@ -473,7 +430,9 @@ def prepare_data(cfg: RetrievalConfig, progress: bool = True) -> RetrievalData:
             key = digest(("levels", cfg.backbone, cfg.image_size, weights), files=ps)
             path = cache_root(cfg.cache_dir) / "levels" / f"{cfg.backbone}-{key}.pt"
             desc = f"{cfg.backbone} feature levels ({split}, {len(ps)} images)"
-            levels[split] = cached(path, lambda ps=ps, desc=desc: _extract_levels(backbone, ps, cfg.image_size, desc))
+            levels[split] = cached(path, lambda ps=ps, desc=desc: extract_images(
+                backbone, ImageFiles(ps, cfg.image_size), feature_levels, device=frozen_encoder_device(),
+                dtype=torch.float16, desc=desc, progress=progress))
 
     # Text inputs: cached frozen MiniLM states, or tokens for an encoder inside the model.
     if cfg.text_encoder not in ("minilm", "hf_text", "gru_text"):
@@ -492,7 +451,8 @@ def prepare_data(cfg: RetrievalConfig, progress: bool = True) -> RetrievalData:
             key = digest(("states", encoder.max_length, weights), texts=caps)
             path = cache_root(cfg.cache_dir) / "text" / f"{cfg.text_encoder}-{key}.pt"
             desc = f"{cfg.text_encoder} token states ({split}, {len(caps)} captions)"
-            text_cache[split] = cached(path, lambda caps=caps, desc=desc: _extract_states(encoder, caps, desc))
+            text_cache[split] = cached(path, lambda caps=caps, desc=desc: extract_text_states(
+                encoder, caps, device=frozen_encoder_device(), desc=desc, progress=progress))
         else:
             text_cache[split] = {"tokens": queries.tokens(caps)}
 

@@ -10,9 +10,8 @@ from collections import OrderedDict
 import pytest
 import torch
 
-from rswb.engine import checkpoint as ckpt_mod
-from rswb.engine.checkpoint import CheckpointError, atomic_save, load_checkpoint
-from rswb.io import new_file_mode
+from rswb import io as ckpt_mod
+from rswb.io import CheckpointError, atomic_save, load_checkpoint, new_file_mode
 
 
 class Custom:

@@ -10,8 +10,9 @@ import torch
 
 from rswb.cli import main
 from rswb.data.errors import CorruptImageError
+from rswb.data.features import FeatureSet
 from rswb.data.transforms import dihedral
-from rswb.tasks.hashing import FeatureSet, HashConfig, hash_task
+from rswb.tasks.hashing import HashConfig, hash_task
 
 
 def test_dihedral_views_are_the_eight_distinct_symmetries():
@@ -126,7 +127,7 @@ def test_a_truncated_query_image_fails_in_seconds_before_the_training_features(t
     def no_extraction(*args, **kwargs):
         raise AssertionError("features were extracted before the images were checked")
 
-    monkeypatch.setattr(hashing, "extract_features", no_extraction)
+    monkeypatch.setattr(hashing, "extract_images", no_extraction)
     with pytest.raises(CorruptImageError) as err:
         hash_task(HashConfig(data=str(root), backbone="small_cnn", pretrained=False, image_size=16,
                              cache_dir=str(tmp_path / "cache")))
@@ -148,13 +149,13 @@ def test_load_codes_builds_only_the_test_split(tmp_path, monkeypatch):
     for f in shutil_cache.glob("*.pt"):
         f.unlink()  # a cold cache: whatever load_codes needs is computed again
     computed = []
-    real = hashing.extract_features
+    real = hashing.extract_images
 
-    def recording(backbone, dataset, views=1, **kwargs):
+    def recording(backbone, dataset, *args, views=None, **kwargs):
         computed.append((len(dataset), views))
-        return real(backbone, dataset, views, **kwargs)
+        return real(backbone, dataset, *args, views=views, **kwargs)
 
-    monkeypatch.setattr(hashing, "extract_features", recording)
+    monkeypatch.setattr(hashing, "extract_images", recording)
     out = hashing.load_codes(tmp_path / "h")
     assert computed == [(100, 1)]  # the 10 x 10 query images, once; not the 10 x 10 x 2 training views
     final = json.loads((tmp_path / "h" / "metrics.json").read_text())

@@ -287,7 +287,7 @@ def test_a_truncated_test_image_fails_before_any_feature_is_extracted(cache, tmp
     def no_extraction(*args, **kwargs):
         raise AssertionError("features were extracted before the images were checked")
 
-    monkeypatch.setattr(retrieval, "_extract_levels", no_extraction)
+    monkeypatch.setattr(retrieval, "extract_images", no_extraction)
     with pytest.raises(CorruptImageError, match="truncated") as err:
         prepare_data(RetrievalConfig(data=str(dst), images=str(images), num_tags=0, **QUICK))
     assert err.value.path == victim

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rswb.data.features import extract_images
 from rswb.data.scenes import load_image, scan_scene_folder
 from rswb.registry import create_model
 
@@ -102,27 +103,40 @@ def _batches(images: torch.Tensor, batch_size: int, scale: float, device: torch.
         yield x.contiguous(memory_format=torch.channels_last)  # ~2x faster depthwise convolutions on CPU
 
 
-@torch.inference_mode()
+class _UInt8Images(torch.utils.data.Dataset):
+    """uint8 images ``[N, 3, H, W]`` as ``{"image": float in [0, scale]}`` samples."""
+
+    def __init__(self, images: torch.Tensor, scale: float):
+        self.images, self.scale = images, float(scale)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        x = self.images[i].float().div_(255.0)
+        return {"image": x.mul_(self.scale) if self.scale != 1.0 else x}
+
+
+def _channels_last_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model(x.contiguous(memory_format=torch.channels_last))  # ~2x faster depthwise convolutions on CPU
+
+
 def extract_pooled(model: nn.Module, images: torch.Tensor, batch_size: int = 64, scale: float = 1.0,
                    progress: bool = False) -> torch.Tensor:
     """Pooled features ``[N, D]`` (float32, CPU) of uint8 images ``[N, 3, H, W]``, in eval mode.
 
     Args:
-        model: a backbone (``forward`` returns ``[B, D]``); it is put in eval mode and channels-last memory format
-            (about 2x faster on CPU) and runs on its own device.
-        images: uint8 images; each batch is converted to [0, 1] floats (times ``scale``) on the model's device.
+        model: a backbone (``forward`` returns ``[B, D]``); it runs in eval mode and channels-last memory format
+            (about 2x faster on CPU) on its own device (:func:`rswb.data.features.extract_images`).
+        images: uint8 images; each is converted to [0, 1] floats (times ``scale``).
         batch_size: images per forward pass.
         scale: multiplier applied to the [0, 1] images.
         progress: show a progress bar.
     """
-    from tqdm.auto import tqdm
-
-    model.eval()
-    device = next(model.parameters()).device
     model.to(memory_format=torch.channels_last)
-    feats = [model(x).float().cpu() for x in tqdm(_batches(images, batch_size, scale, device), desc="features",
-                                                   total=-(-len(images) // batch_size), disable=not progress)]
-    return torch.cat(feats)
+    device = next(model.parameters()).device
+    return extract_images(model, _UInt8Images(images, scale), _channels_last_forward, device=device,
+                          batch_size=batch_size, progress=progress)["features"]
 
 
 @torch.no_grad()

@@ -1,0 +1,187 @@
+"""Frozen-encoder outputs computed once and cached on disk, and the datasets that train on them.
+
+The CPU profiles of the hash and retrieval tasks keep the pretrained encoders frozen: their outputs (pooled
+backbone features per dihedral view, a backbone's feature levels, a text transformer's token states) are computed
+once per input by :func:`extract_images` / :func:`extract_text_states`, stored under ``$RSWB_CACHE_DIR`` (default
+``~/.cache/rswb``) by :func:`cached`, and only the layers on top train.
+
+Cache keys (:func:`digest`) cover everything the outputs depend on: the encoder's actual weights, the input files'
+paths, sizes and modification times, the settings. A changed file, weight or setting is a new entry, never a stale
+hit. Entries are written atomically and read with ``weights_only=True``; an unreadable entry is recomputed.
+
+The encoder runs on the device its caller passes (the training device of the run: ``--device``), in eval mode, and
+goes back to the device and mode it had.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from rswb.data.transforms import dihedral
+from rswb.io import atomic_save, load_checkpoint
+from rswb.utils import eval_mode
+
+__all__ = ["FeatureSet", "cache_root", "cached", "digest", "extract_images", "extract_text_states"]
+
+
+def cache_root(override: str | Path | None = None) -> Path:
+    """The cache folder: ``override``, else ``$RSWB_CACHE_DIR``, else ``~/.cache/rswb``."""
+    return Path(override or os.environ.get("RSWB_CACHE_DIR") or Path.home() / ".cache" / "rswb")
+
+
+def digest(settings: Any = (), modules: Iterable[nn.Module] = (), files: Iterable[str | Path] = (),
+           texts: Iterable[str] = ()) -> str:
+    """A hex key over ``repr(settings)``, the modules' state dicts, the files' identity and the texts.
+
+    A file's identity is its resolved path, size and modification time (reading every image's bytes would cost as
+    much as decoding them).
+    """
+    h = hashlib.sha256(repr(settings).encode())
+    for module in modules:
+        for name, tensor in module.state_dict().items():
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    for f in files:
+        st = os.stat(f)
+        h.update(f"{Path(f).resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    for t in texts:
+        h.update(t.encode())
+        h.update(b"\x00")
+    return h.hexdigest()[:20]
+
+
+def cached(path: str | Path, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """The dict stored at ``path``, or ``compute()``'s result, stored there atomically first."""
+    path = Path(path)
+    if path.exists():
+        try:
+            return load_checkpoint(path)
+        except Exception:  # noqa: BLE001 - an unreadable cache entry is recomputed, never trusted
+            pass
+    value = compute()
+    atomic_save(value, path)
+    return value
+
+
+def _module_device(module: nn.Module) -> torch.device:
+    return next(iter(module.parameters()), torch.empty(0)).device
+
+
+@torch.no_grad()
+def extract_images(encoder: nn.Module, dataset: Dataset, fn: Callable[[nn.Module, torch.Tensor], Any] | None = None,
+                   *, device: torch.device | str = "cpu", views: int | None = None, batch_size: int = 32,
+                   dtype: torch.dtype = torch.float32, desc: str = "features",
+                   progress: bool = True) -> dict[str, torch.Tensor]:
+    """Run a frozen encoder over every image of ``dataset`` (dict samples with ``"image"``) and keep its outputs.
+
+    Args:
+        encoder: the frozen network (eval mode inside; its device and mode are restored afterwards).
+        dataset: images as ``{"image": [3, H, W]}`` samples, in the order the outputs keep.
+        fn: ``fn(encoder, images) -> tensor | {name: tensor}`` of a batch (default: the backbone's pooled vector,
+            ``encoder.forward_features(images)["pooled"]``).
+        device: where the encoder runs.
+        views: ``None``: the images as they are, outputs ``[N, ...]``; an int: that many dihedral views per image
+            (:func:`rswb.data.transforms.dihedral`, convolutions are not rotation-equivariant, so each view is its
+            own entry), outputs ``[N, views, ...]``.
+        batch_size: images per forward pass.
+        dtype: the stored dtype (float16 halves the cache of large feature maps).
+        desc: progress-bar label.
+        progress: show a progress bar.
+
+    Returns:
+        ``{name: [N, ...]}`` on the CPU (``{"features": ...}`` when ``fn`` returns a tensor).
+    """
+    fn = fn or (lambda enc, x: enc.forward_features(x)["pooled"])
+    home = _module_device(encoder)
+    device = torch.device(device)
+    parts: dict[str, list[torch.Tensor]] = {}
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    with eval_mode(encoder):
+        encoder.to(device)
+        try:
+            for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
+                img = batch["image"].to(device)
+                if views is None:
+                    outs = [fn(encoder, img)]
+                else:
+                    outs = [fn(encoder, dihedral(img, v)) for v in range(views)]
+                outs = [o if isinstance(o, dict) else {"features": o} for o in outs]
+                for k in outs[0]:
+                    vals = [o[k].to("cpu", dtype) for o in outs]
+                    parts.setdefault(k, []).append(vals[0] if views is None else torch.stack(vals, 1))
+        finally:
+            encoder.to(home)
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
+@torch.no_grad()
+def extract_text_states(encoder: nn.Module, captions: Sequence[str], *, device: torch.device | str = "cpu",
+                        batch_size: int = 256, desc: str = "token states",
+                        progress: bool = True) -> dict[str, torch.Tensor]:
+    """A frozen text transformer's token states of every caption, padded to the longest (float16), with the mask.
+
+    ``encoder`` has ``tokenize(captions)`` and ``token_states(input_ids, attention_mask)`` (MiniLM, a local Hugging
+    Face encoder). Each batch is trimmed to its own longest caption before the forward pass.
+
+    Returns:
+        ``{"states": [N, L, D] float16, "mask": [N, L] bool}`` on the CPU.
+    """
+    home = _module_device(encoder)
+    device = torch.device(device)
+    toks = encoder.tokenize(list(captions))
+    width = int(toks["attention_mask"].sum(1).max())
+    states = torch.zeros(len(captions), width, encoder.state_dim, dtype=torch.float16)
+    with eval_mode(encoder):
+        encoder.to(device)
+        try:
+            for start in tqdm(range(0, len(captions), batch_size), desc=desc, leave=False, disable=not progress):
+                sl = slice(start, start + batch_size)
+                am = toks["attention_mask"][sl]
+                w = int(am.sum(1).max())
+                out = encoder.token_states(toks["input_ids"][sl, :w].to(device), am[:, :w].to(device))
+                states[sl, :w] = out.to("cpu", torch.float16)
+        finally:
+            encoder.to(home)
+    return {"states": states, "mask": toks["attention_mask"][:, :width].bool()}
+
+
+class FeatureSet(Dataset):
+    """Cached features as dict samples ``{"features": [F], "label", "index"}``; every view is one item.
+
+    Args:
+        features: ``[N, V, F]`` (``V`` dihedral views per image, see :func:`extract_images`).
+        labels: class of every image ``[N]``.
+        index: the image's position in its split ``[N]`` (kept per view, so evaluation can tell views apart).
+    """
+
+    def __init__(self, features: torch.Tensor, labels: np.ndarray, index: np.ndarray):
+        n, v, _ = features.shape
+        self.features = features.reshape(n * v, -1)
+        self.labels = np.repeat(np.asarray(labels), v)
+        self.index = np.repeat(np.asarray(index), v)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"features": self.features[i], "label": int(self.labels[i]), "index": int(self.index[i])}
+
+    def plot(self, sample: dict[str, Any], ax=None):
+        """Bar chart of one sample's feature vector (what the trained layers see instead of the image)."""
+        import matplotlib.pyplot as plt
+
+        ax = ax or plt.subplots(figsize=(6, 2))[1]
+        f = sample["features"].float().numpy()
+        ax.bar(np.arange(len(f)), f, width=1.0)
+        ax.set_title(f"features of item {sample['index']} (class {sample['label']}, {len(f)} values)")
+        return ax

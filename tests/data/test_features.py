@@ -1,0 +1,121 @@
+"""rswb.data.features: the one frozen-encoder extractor, its disk cache and the cached-feature dataset."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from rswb.data.features import FeatureSet, cache_root, cached, digest, extract_images, extract_text_states
+from rswb.data.transforms import dihedral
+from rswb.engine.device import encoder_device, frozen_encoder_device
+
+
+class Images(torch.utils.data.Dataset):
+    def __init__(self, x):
+        self.x = x
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"image": self.x[i], "label": i % 2}
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.drop = nn.Dropout(0.5)
+
+    def forward_features(self, x):
+        h = self.drop(self.conv(x))
+        return {"map": h, "pooled": h.mean((2, 3))}
+
+
+def test_views_dicts_dtype_and_the_encoders_mode_are_kept():
+    torch.manual_seed(0)
+    x = torch.rand(5, 3, 8, 8)
+    enc = Tiny().train()
+    out = extract_images(enc, Images(x), views=3, batch_size=2, progress=False)["features"]
+    assert out.shape == (5, 3, 4) and out.dtype == torch.float32
+    with torch.no_grad():
+        enc.eval()
+        ref = torch.stack([enc.forward_features(dihedral(x, v))["pooled"] for v in range(3)], 1)
+        enc.train()
+    torch.testing.assert_close(out, ref)  # eval mode inside (no dropout): the same as a direct eval pass
+    assert enc.training  # and the mode it had afterwards
+    maps = extract_images(enc, Images(x), lambda e, b: e.forward_features(b), dtype=torch.float16, progress=False)
+    assert set(maps) == {"map", "pooled"} and maps["map"].shape == (5, 4, 6, 6) and maps["map"].dtype == torch.float16
+    torch.testing.assert_close(maps["pooled"].float(), ref[:, 0], atol=1e-3, rtol=1e-3)
+
+
+class Words(nn.Module):
+    state_dim = 3
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(10, 3)
+
+    def tokenize(self, captions):
+        lens = [len(c.split()) for c in captions]
+        w = max(lens)
+        ids = torch.zeros(len(captions), w + 2, dtype=torch.long)  # padded wider than the longest caption
+        mask = torch.zeros_like(ids)
+        for i, c in enumerate(captions):
+            for j, word in enumerate(c.split()):
+                ids[i, j], mask[i, j] = len(word), 1
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def token_states(self, ids, mask):
+        return self.emb(ids) * mask[..., None]
+
+
+def test_text_states_are_trimmed_padded_and_masked():
+    enc = Words()
+    caps = ["a bb", "ccc dddd eeeee", "f"]
+    out = extract_text_states(enc, caps, batch_size=2, progress=False)
+    assert out["states"].shape == (3, 3, 3) and out["states"].dtype == torch.float16
+    assert out["mask"].tolist() == [[True, True, False], [True, True, True], [True, False, False]]
+    toks = enc.tokenize(caps)
+    with torch.no_grad():
+        ref = enc.token_states(toks["input_ids"], toks["attention_mask"])[:, :3].half()
+    torch.testing.assert_close(out["states"], ref)
+
+
+def test_cache_round_trip_and_keys(tmp_path, monkeypatch):
+    monkeypatch.setenv("RSWB_CACHE_DIR", str(tmp_path))
+    assert cache_root() == tmp_path and cache_root(tmp_path / "x") == tmp_path / "x"
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"t": torch.arange(3)}
+
+    path = tmp_path / "e" / "a.pt"
+    assert cached(path, compute)["t"].tolist() == [0, 1, 2]
+    assert cached(path, compute)["t"].tolist() == [0, 1, 2] and len(calls) == 1
+    path.write_bytes(b"garbage")  # an unreadable entry is recomputed
+    assert cached(path, compute)["t"].tolist() == [0, 1, 2] and len(calls) == 2
+    f = tmp_path / "img.png"
+    f.write_bytes(b"1")
+    a = digest(("x", 1), [nn.Linear(2, 2)], [f], ["cap"])
+    assert a != digest(("x", 2), [], [f], ["cap"]) and len(a) == 20
+    assert digest(("x", 1), texts=["cap"]) == digest(("x", 1), texts=["cap"])
+
+
+def test_encoder_device_context():
+    assert frozen_encoder_device().type in ("cpu", "cuda", "mps")
+    with encoder_device("cpu"):
+        assert frozen_encoder_device() == torch.device("cpu")
+    with pytest.raises(RuntimeError, match="cuda"), encoder_device("cuda:99"):
+        frozen_encoder_device()
+
+
+def test_feature_set_items_are_views():
+    feats = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(2, 3, 4)
+    ds = FeatureSet(feats, np.array([7, 8]), np.array([0, 1]))
+    assert len(ds) == 6 and ds[4]["label"] == 8 and ds[4]["index"] == 1
+    torch.testing.assert_close(ds[4]["features"], feats[1, 1])
+    assert ds.plot(ds[0]) is not None
