@@ -62,7 +62,7 @@ def run(data: str, bits: list[int], seeds: list[int], epochs: int, runs_root: st
     """Train every (bits, seed) run (finished runs are reused); return test metrics, tie-order spreads and times."""
     import rswb.tasks  # noqa: F401  (registers "hash")
     from rswb.engine.launch import train_task
-    from rswb.tasks.hashing import load_codes
+    from rswb.infer import load_codes
 
     results: dict = {"runs": [], "data": data, "epochs": epochs, "options": extra}
     for b in bits:

@@ -100,10 +100,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _cmd_search(args: argparse.Namespace) -> int:
     import rswb.tasks  # noqa: F401
+    from rswb.data.image_text import RetrievalSplit
     from rswb.engine import select_device
     from rswb.engine.launch import load_trained
     from rswb.engine.runs import resolve_run
-    from rswb.tasks.retrieval import RetrievalSplit, search_text, split_embeddings
+    from rswb.infer import search_text, split_embeddings
 
     run = resolve_run(args.run, args.root)
     bundle = load_trained(run)

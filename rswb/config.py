@@ -21,6 +21,7 @@ import yaml
 T = TypeVar("T")
 
 __all__ = [
+    "ImageTaskOptions",
     "TrainConfig",
     "allowed",
     "apply_overrides",
@@ -132,6 +133,22 @@ class TrainConfig:
     num_workers: int = option(0, "DataLoader worker processes", low=0)
     drop_last: bool = option(False, "drop the last incomplete training batch")
     progress: bool = option(True, "show tqdm progress bars")
+
+
+@dataclasses.dataclass
+class ImageTaskOptions:
+    """The data and image-backbone options the hash and retrieval tasks share (their configs extend this)."""
+
+    data: str | None = option(None, "dataset folder; None: the embedded synthetic data")
+    backbone: str = option("efficientnet_lite0", "registered image backbone (efficientnet_lite0 | small_cnn)")
+    pretrained: bool = option(True, "load the backbone's ImageNet weights")
+    freeze_backbone: bool = option(True, "train only the new layers on cached frozen backbone features (CPU profile)")
+    image_size: int = option(224, "images are resized to this square size", low=8)
+    val_share: float = option(0.1, "share of the training images held out for model selection (this task's own "
+                              "split; the engine's --val-fraction is not used)", low=0, low_open=True, high=1,
+                              high_open=True)
+    split_seed: int = option(0, "seed of the held-out share")
+    cache_dir: str | None = option(None, "feature cache folder (default: $RSWB_CACHE_DIR or ~/.cache/rswb)")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -18,17 +18,19 @@ from typing import Any
 
 __all__ = [
     "create",
+    "create_loss",
     "create_model",
     "get",
     "list_names",
     "list_models",
     "register",
     "register_dataset",
+    "register_loss",
     "register_model",
     "register_task",
 ]
 
-KINDS = ("model", "dataset", "task")
+KINDS = ("model", "loss", "dataset", "task")
 _REGISTRY: dict[str, dict[str, Callable[..., Any]]] = {kind: {} for kind in KINDS}
 
 
@@ -60,6 +62,11 @@ def register(kind: str, name: str | None = None) -> Callable[[Callable[..., Any]
 def register_model(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Register a model builder under its function name."""
     return register("model")(fn)
+
+
+def register_loss(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Register a loss builder under its function name (a method's loss, named as its model)."""
+    return register("loss")(fn)
 
 
 def register_dataset(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -116,6 +123,11 @@ def create(kind: str, name: str, **kwargs: Any) -> Any:
 def create_model(name: str, **overrides: Any) -> Any:
     """The one way to build a model: ``create_model("pha_v3", num_classes=8)``."""
     return create("model", name, **overrides)
+
+
+def create_loss(name: str, **options: Any) -> Any:
+    """A method's loss module by name: ``create_loss("fisvl", margin=0.2)``."""
+    return create("loss", name, **options)
 
 
 def list_names(kind: str, pattern: str = "*") -> list[str]:

@@ -7,7 +7,7 @@
   carries (the IDF mass of its content words), so template captions count less.
 
 Tokenisation is the library's one convention (:func:`rswb.data.captions.tokenize`, the same regular expression as
-:meth:`rswb.models.text.Vocabulary.tokenize`): lower-cased runs of letters and digits, punctuation dropped. A
+:meth:`Vocabulary.tokenize`): lower-cased runs of letters and digits, punctuation dropped. A
 *content word* is a token that is not in :data:`STOPWORDS` and is longer than one character. Everything here is
 plain Python and numpy.
 """
@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
+import torch
 
 from rswb.data.captions import tokenize
 
 __all__ = [
+    "Vocabulary",
     "STOPWORDS", "build_tag_vocabulary", "caption_values", "content_words", "idf", "tag_targets",
 ]
 
@@ -226,3 +228,46 @@ def caption_values(captions: Sequence[str], idf_table: dict[str, float] | None =
         mean = mass[has].mean()
         out[has] = np.clip(mass[has] / mean, low, high) if mean > 0 else low
     return out.astype(np.float32)
+
+
+class Vocabulary:
+    """Word vocabulary built from training captions: lower-cased alphanumeric tokens, ``<pad>`` = 0, ``<unk>`` = 1.
+
+    Args:
+        words: the words in index order after the two special tokens.
+    """
+
+    PAD, UNK = 0, 1
+
+    def __init__(self, words: Sequence[str]):
+        self.words = ["<pad>", "<unk>", *words]
+        self.index = {w: i for i, w in enumerate(self.words)}
+
+    @staticmethod
+    def tokenize(text: str) -> list[str]:
+        """Lower-cased alphanumeric tokens of a caption."""
+        return tokenize(text)
+
+    @classmethod
+    def build(cls, captions: Iterable[str], min_count: int = 1) -> Vocabulary:
+        """Words seen at least ``min_count`` times, most frequent first (ties alphabetical, so the order is stable)."""
+        counts = Counter(t for c in captions for t in cls.tokenize(c))
+        words = sorted((w for w, n in counts.items() if n >= min_count), key=lambda w: (-counts[w], w))
+        return cls(words)
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def __call__(self, captions: Sequence[str], max_length: int = 40) -> dict[str, torch.Tensor]:
+        """``{"input_ids", "attention_mask"}`` like a Hugging Face tokenizer, so both text encoders take one batch."""
+        ids, mask = self.encode(captions, max_length)
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def encode(self, captions: Sequence[str], max_length: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids ``[B, L]`` (padded with 0, unknown words 1) and the mask ``[B, L]`` of real tokens."""
+        rows = [[self.index.get(t, self.UNK) for t in self.tokenize(c)][:max_length] or [self.UNK] for c in captions]
+        length = max(len(r) for r in rows)
+        ids = torch.zeros(len(rows), length, dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r)
+        return ids, ids != self.PAD

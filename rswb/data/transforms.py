@@ -7,9 +7,11 @@ covering the same ground stay co-registered when both get the same view (PHA), a
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-__all__ = ["DIHEDRAL", "dihedral"]
+__all__ = ["DIHEDRAL", "RandomDihedral", "dihedral"]
 
 DIHEDRAL = ("identity", "hflip", "vflip", "rot180", "rot90", "rot270", "transpose", "antitranspose")
 
@@ -33,3 +35,16 @@ def dihedral(x: torch.Tensor, view: int) -> torch.Tensor:
     if view == 7:
         return x.flip(-1, -2).transpose(-2, -1)
     raise ValueError(f"view must be in 0..7, got {view}")
+
+
+class RandomDihedral:
+    """A sample transform: one random dihedral view of ``sample["image"]`` (flip / 90-degree rotation, 8 in all).
+
+    Training augmentation for scene images (a scene keeps its label under every view). Draws from torch's global
+    generator, so a seeded run is reproducible.
+    """
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        """The sample with its image in a random view."""
+        view = int(torch.randint(0, 8, ()).item())
+        return {**sample, "image": dihedral(sample["image"], view)}

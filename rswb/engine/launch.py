@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import typing
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -61,10 +62,20 @@ def renamed(task_cls: type | None, options: Mapping[str, Any]) -> dict[str, Any]
 def split_options(options: Mapping[str, Any], task_cls: type | None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Split flat options into ``(train options, task options)`` by field name.
 
+    A deprecated spelling (``DEPRECATED_OPTIONS`` of the task config) is translated with a ``FutureWarning``.
+
     Raises:
         ValueError: an option that is neither a training nor a task option (both lists are shown), or a renamed
             task option given by its old spelling (the message names the new one).
     """
+    deprecated = getattr(task_cls, "DEPRECATED_OPTIONS", {}) if task_cls else {}
+    for old, new in deprecated.items():
+        if old in options:
+            if new in options:
+                raise ValueError(f"--{old.replace('_', '-')} is the old name of --{new.replace('_', '-')}; give one")
+            warnings.warn(f"--{old.replace('_', '-')} is deprecated; use --{new.replace('_', '-')}", FutureWarning,
+                          stacklevel=3)
+            options = {(new if k == old else k): v for k, v in options.items()}
     for old, new in (getattr(task_cls, "RENAMED_OPTIONS", {}) if task_cls else {}).items():
         if old in options and old not in field_help(TrainConfig):
             raise ValueError(f"--{old.replace('_', '-')} was renamed --{new.replace('_', '-')}")
@@ -213,28 +224,3 @@ def load_trained(run_dir: str | Path, weights: str = "best", overrides: Mapping[
     bundle.task.load_state_dict(load_checkpoint(path)["task"])
     bundle.task.eval()
     return bundle
-
-
-def finished_with(run_dir: str | Path, task_name: str, options: Mapping[str, Any]) -> bool:
-    """Whether ``run_dir`` holds a finished run of ``task_name`` whose saved options include ``options``."""
-    run = RunFolder(run_dir)
-    if not (run.final.exists() and run.config.exists()):
-        return False
-    saved = run.read_config()
-    resolved = {**saved.get("train", {}), **saved.get("task_config", {})}
-    return saved.get("task_name") == task_name and all(k in resolved and resolved[k] == v for k, v in options.items())
-
-
-def train_or_reuse(task_name: str, options: Mapping[str, Any], run_dir: str | Path, device: str | None = None,
-                   progress: bool = True) -> Path:
-    """The run folder ``run_dir``: reused when it holds a finished run with the same options, else (re)trained.
-
-    Notebooks call this so that re-running them only trains what is missing. ``device`` and ``progress`` do not
-    change a run's result, so they are not compared.
-    """
-    run_dir = Path(run_dir)
-    if finished_with(run_dir, task_name, options):
-        return run_dir
-    result = train_task(task_name, {**options, "device": device, "progress": progress}, run_name=run_dir.name,
-                        runs_root=run_dir.parent, overwrite=True)
-    return Path(result.run_dir)

@@ -23,7 +23,7 @@ import pandas as pd
 
 from rswb.io import atomic_write_text, load_yaml, save_yaml
 
-__all__ = ["RunFolder", "compare", "format_table", "list_runs", "load_run", "resolve_run"]
+__all__ = ["RunFolder", "compare", "format_table", "list_runs", "resolve_run", "run_summary"]
 
 
 class RunFolder:
@@ -80,7 +80,7 @@ def resolve_run(run: str | Path, root: str | Path = "runs") -> Path:
     return p if (p / "config.yaml").exists() else Path(root) / str(run)
 
 
-def load_run(path: str | Path) -> dict[str, Any]:
+def run_summary(path: str | Path) -> dict[str, Any]:
     """One run as a flat dict: name, status, method, version, data, epochs, best epoch, metrics, time.
 
     Metrics of a finished run are its test metrics (``test_*``) and best validation metrics (``val_*``); an
@@ -117,7 +117,7 @@ def list_runs(root: str | Path = "runs") -> pd.DataFrame:
     """All runs under ``root`` (one row each, newest folder last); an empty frame when there are none."""
     root = Path(root)
     folders = sorted((p for p in root.glob("*") if (p / "config.yaml").exists()), key=lambda p: p.stat().st_mtime)
-    rows = [load_run(p) for p in folders]
+    rows = [run_summary(p) for p in folders]
     return pd.DataFrame(rows)
 
 
@@ -131,7 +131,7 @@ def compare(runs: Sequence[str | Path], root: str | Path = "runs", metrics: Sequ
         metrics: metric names without prefix (e.g. ``["OA", "AA", "kappa"]``); default: all of ``split``.
         split: ``"test"`` or ``"val"``: which metrics of each run to show.
     """
-    rows = [load_run(resolve_run(r, root)) for r in runs]
+    rows = [run_summary(resolve_run(r, root)) for r in runs]
     df = pd.DataFrame(rows).set_index("run") if rows else pd.DataFrame()
     if df.empty:
         return df

@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from pytorch_metric_learning.losses import ProxyAnchorLoss
@@ -42,11 +44,19 @@ class DHCLLoss(nn.Module):
         """The class proxies ``[C, K]``."""
         return self.proxy_anchor.proxies
 
-    def forward(self, code: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The three terms for relaxed codes ``[B, K]``, logits ``[B, C]`` and labels ``[B]``."""
+    def forward(self, code: torch.Tensor, logits: torch.Tensor, label: torch.Tensor,
+                **_: Any) -> dict[str, torch.Tensor]:
+        """The three terms, and the classifier's batch accuracy (``acc``, logged only).
+
+        For relaxed codes ``[B, K]``, logits ``[B, C]`` and labels ``[B]``; other batch entries are ignored, so the
+        call is ``loss(**model_out, **batch)``.
+        """
         code32 = code.float()
-        return {
-            "proxy_loss": self.proxy_anchor(code32, labels),
-            "cls_loss": F.cross_entropy(logits.float(), labels),
+        terms = {
+            "proxy_loss": self.proxy_anchor(code32, label),
+            "cls_loss": F.cross_entropy(logits.float(), label),
             "quant_loss": quantization_loss(code32),
         }
+        with torch.no_grad():
+            terms["acc"] = (logits.argmax(1) == label).float().mean()
+        return terms

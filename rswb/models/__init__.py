@@ -1,3 +1,3 @@
 """Models. Importing this package registers every model builder (``rswb.registry.create_model``)."""
 
-from rswb.models import backbones, hashing, hf, pha, retrieval, text  # noqa: F401  (registers every model builder)
+from rswb.models import backbones, dual, fisvl, hashing, hf, kamcl, pha, retrieval, text  # noqa: F401  (registers every model builder)

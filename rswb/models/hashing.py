@@ -2,9 +2,9 @@
 
 ``backbone -> global pooling -> linear hash layer (K bits, tanh relaxation) -> classification head on the code``.
 At evaluation the code is ``sign(h)`` and the **semantic cue** is appended: the predicted class index written in
-binary (``ceil(log2 C)`` bits as +-1), each cue bit repeated ``cue_weight`` times. With ``cue_weight = K + 1`` (the
+binary (``ceil(log2 C)`` bits as +-1), each cue bit repeated ``cue_repeats`` times. With ``cue_repeats = K + 1`` (the
 default) one differing cue bit outweighs every hash bit, so Hamming ranking first separates predicted classes and
-then orders within them, which is what the paper describes; ``cue_weight = 1`` is the literal append (the cue only
+then orders within them, which is what the paper describes; ``cue_repeats = 1`` is the literal append (the cue only
 breaks ties); ``cue=False`` is the ablation without it.
 
 The backbone is any registered backbone with ``forward_features(x)["pooled"]`` and ``num_features``. With
@@ -55,17 +55,17 @@ class DHCL(nn.Module):
         bits: hash code length ``K``.
         num_classes: number of scene classes ``C``.
         cue: append the semantic cue to evaluation codes.
-        cue_weight: repetitions of each cue bit (``None``: ``K + 1``, strict class-first ranking).
+        cue_repeats: repetitions of each cue bit (``None``: ``K + 1``, strict class-first ranking).
         frozen_backbone: keep the backbone fixed (eval mode, no gradients) and accept precomputed features.
     """
 
     def __init__(self, backbone: nn.Module, bits: int = 64, num_classes: int = 21, cue: bool = True,
-                 cue_weight: int | None = None, frozen_backbone: bool = False):
+                 cue_repeats: int | None = None, frozen_backbone: bool = False):
         super().__init__()
         if bits < 1:
             raise ValueError(f"bits must be positive, got {bits}")
         self.backbone, self.bits, self.num_classes = backbone, int(bits), int(num_classes)
-        self.cue, self.cue_weight = bool(cue), int(cue_weight if cue_weight is not None else bits + 1)
+        self.cue, self.cue_repeats = bool(cue), int(cue_repeats if cue_repeats is not None else bits + 1)
         self.frozen_backbone = bool(frozen_backbone)
         self.hash = nn.Linear(backbone.num_features, self.bits)
         self.classifier = nn.Linear(self.bits, self.num_classes)
@@ -100,14 +100,14 @@ class DHCL(nn.Module):
         bits = torch.where(out["code"] >= 0, 1.0, -1.0)
         pred = out["logits"].argmax(1)
         use_cue = self.cue if cue is None else cue
-        code = torch.cat([bits, semantic_cue(pred, self.num_classes, self.cue_weight)], 1) if use_cue else bits
+        code = torch.cat([bits, semantic_cue(pred, self.num_classes, self.cue_repeats)], 1) if use_cue else bits
         return {"bits": bits, "pred": pred, "code": code}
 
 
 @register_model
 def dhcl(backbone: str = "efficientnet_lite0", bits: int = 64, num_classes: int = 21, pretrained: bool = True,
-         cue: bool = True, cue_weight: int | None = None, frozen_backbone: bool = False) -> DHCL:
+         cue: bool = True, cue_repeats: int | None = None, frozen_backbone: bool = False) -> DHCL:
     """DHCL on a registered backbone (ImageNet EfficientNet-Lite0 by default; ``small_cnn`` for fast tests)."""
     kwargs = {"pretrained": pretrained} if backbone != "small_cnn" else {}
     return DHCL(create_model(backbone, **kwargs), bits=bits, num_classes=num_classes, cue=cue,
-                cue_weight=cue_weight, frozen_backbone=frozen_backbone)
+                cue_repeats=cue_repeats, frozen_backbone=frozen_backbone)

@@ -9,68 +9,23 @@ embedding. Nothing is downloaded: MiniLM is read from the installed package's fo
 
 from __future__ import annotations
 
-import re
-from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from rswb.data.tags import Vocabulary  # noqa: F401  (re-exported: the GRU encoder's vocabulary)
 from rswb.registry import register_model
 
 __all__ = ["GRUTextEncoder", "MiniLMTextEncoder", "Vocabulary", "gru_text", "masked_mean", "minilm", "minilm_path"]
 
-_TOKEN = re.compile(r"[a-z0-9]+")
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``x`` ``[B, L, D]`` over the positions where ``mask`` ``[B, L]`` is true (an empty row gives 0)."""
     m = mask.to(x.dtype).unsqueeze(-1)
     return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
-
-
-class Vocabulary:
-    """Word vocabulary built from training captions: lower-cased alphanumeric tokens, ``<pad>`` = 0, ``<unk>`` = 1.
-
-    Args:
-        words: the words in index order after the two special tokens.
-    """
-
-    PAD, UNK = 0, 1
-
-    def __init__(self, words: Sequence[str]):
-        self.words = ["<pad>", "<unk>", *words]
-        self.index = {w: i for i, w in enumerate(self.words)}
-
-    @staticmethod
-    def tokenize(text: str) -> list[str]:
-        """Lower-cased alphanumeric tokens of a caption."""
-        return _TOKEN.findall(text.lower())
-
-    @classmethod
-    def build(cls, captions: Iterable[str], min_count: int = 1) -> Vocabulary:
-        """Words seen at least ``min_count`` times, most frequent first (ties alphabetical, so the order is stable)."""
-        counts = Counter(t for c in captions for t in cls.tokenize(c))
-        words = sorted((w for w, n in counts.items() if n >= min_count), key=lambda w: (-counts[w], w))
-        return cls(words)
-
-    def __len__(self) -> int:
-        return len(self.words)
-
-    def __call__(self, captions: Sequence[str], max_length: int = 40) -> dict[str, torch.Tensor]:
-        """``{"input_ids", "attention_mask"}`` like a Hugging Face tokenizer, so both text encoders take one batch."""
-        ids, mask = self.encode(captions, max_length)
-        return {"input_ids": ids, "attention_mask": mask}
-
-    def encode(self, captions: Sequence[str], max_length: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token ids ``[B, L]`` (padded with 0, unknown words 1) and the mask ``[B, L]`` of real tokens."""
-        rows = [[self.index.get(t, self.UNK) for t in self.tokenize(c)][:max_length] or [self.UNK] for c in captions]
-        length = max(len(r) for r in rows)
-        ids = torch.zeros(len(rows), length, dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r)
-        return ids, ids != self.PAD
 
 
 class GRUTextEncoder(nn.Module):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import textwrap
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +75,7 @@ def plot_similarity_matrix(embeddings: Mapping[str, torch.Tensor], split, n_imag
 
 
 def plot_search_hits(hits: Sequence[dict[str, Any]], query: str, truth: int | None = None, size: int = 200):
-    """The images :func:`rswb.tasks.retrieval.search_text` returned, best first, with their scores.
+    """The images :func:`rswb.infer.search_text` returned, best first, with their scores.
 
     ``truth``: the image the query belongs to (a test caption), framed green when found, and the others red.
     """
@@ -153,8 +153,13 @@ def plot_failure_cases(cases: Sequence[dict[str, Any]], split, size: int = 180):
     return fig
 
 
-def search_widget(task, split, embeddings: Mapping[str, torch.Tensor], k: int = 5, query: str = ""):
+def search_widget(text_search: Callable[[str, int], list[dict]], image_search: Callable[[int, int], list[dict]],
+                  image_paths: Sequence[str | Path], k: int = 5, query: str = ""):
     """An interactive search: type a caption to see the top-``k`` images, or pick an image to see its top captions.
+
+    The searches are the caller's (this module runs no model): e.g. ``partial(rswb.infer.search_text, task, split,
+    embeddings=emb)`` called as ``text_search(query, k)``, and ``partial(rswb.infer.search_image, ...)`` as
+    ``image_search(image_index, k)``.
 
     Returns the ipywidgets box (display it as a cell's last expression); headless runs show its initial state.
     """
@@ -162,12 +167,10 @@ def search_widget(task, split, embeddings: Mapping[str, torch.Tensor], k: int = 
     import matplotlib.pyplot as plt
     from IPython.display import display
 
-    from rswb.tasks.retrieval import search_image, search_text
-
     box = w.Text(value=query, placeholder="a caption, e.g. many buildings near a green park",
                  description="text:", layout=w.Layout(width="70%"), continuous_update=False)
     go = w.Button(description="search images")
-    pick = w.Dropdown(options=[(f"{i}: {Path(p).name}", i) for i, p in enumerate(split.image_paths)],
+    pick = w.Dropdown(options=[(f"{i}: {Path(p).name}", i) for i, p in enumerate(image_paths)],
                       description="image:")
     out = w.Output()
 
@@ -175,7 +178,7 @@ def search_widget(task, split, embeddings: Mapping[str, torch.Tensor], k: int = 
         with out:
             out.clear_output(wait=True)
             if box.value.strip():
-                hits = search_text(task, split, box.value, k=k, embeddings=embeddings)
+                hits = text_search(box.value, k)
                 display(plot_search_hits(hits, box.value))
                 plt.close("all")
 
@@ -184,11 +187,11 @@ def search_widget(task, split, embeddings: Mapping[str, torch.Tensor], k: int = 
             out.clear_output(wait=True)
             i = pick.value
             fig, ax = plt.subplots(figsize=(3, 3))
-            ax.imshow(load_image(split.image_paths[i], 200))
+            ax.imshow(load_image(image_paths[i], 200))
             ax.axis("off")
             display(fig)
             plt.close(fig)
-            for c in search_image(task, split, i, k=k, embeddings=embeddings):
+            for c in image_search(i, k):
                 print(f"#{c['rank']} {c['score']:.3f} {'(its own) ' if c['own'] else ''}{c['caption']}")
 
     go.on_click(show_text)

@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from rswb.cli import main
-from rswb.engine import compare, list_runs, load_run
-from rswb.engine.runs import format_table
+from rswb.engine import compare, list_runs
+from rswb.engine.runs import format_table, run_summary
 
 TASK = "tests.engine.fixtures:blobs"
 
@@ -70,7 +70,7 @@ def test_unfinished_run_shows_its_last_epoch(runs_root, tmp_path):
 
     shutil.copytree(runs_root / "small", tmp_path / "half")
     (tmp_path / "half" / "metrics.json").unlink()
-    row = load_run(tmp_path / "half")
+    row = run_summary(tmp_path / "half")
     assert row["status"] == "running/stopped" and row["epochs"] == 2 and "val_OA" in row and "test_OA" not in row
 
 

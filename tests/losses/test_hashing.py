@@ -47,8 +47,10 @@ def test_dhcl_terms_and_gradients():
     code = torch.tanh(torch.randn(6, 8, generator=g)).requires_grad_()
     logits = torch.randn(6, 4, generator=g)
     labels = torch.tensor([0, 1, 2, 3, 0, 1])
-    terms = loss(code, logits, labels)
-    assert set(terms) == {"proxy_loss", "cls_loss", "quant_loss"}
+    terms = loss(code=code, logits=logits, label=labels, features=torch.zeros(6, 3), index=torch.arange(6))
+    assert set(terms) == {"proxy_loss", "cls_loss", "quant_loss", "acc"}
+    assert float(terms["acc"]) == float((logits.argmax(1) == labels).float().mean())
+    terms.pop("acc")
     assert float(terms["cls_loss"]) == pytest.approx(float(F.cross_entropy(logits, labels)))
     ref_quant = sum((abs(float(v)) - 1) ** 2 for v in code.detach().flatten()) / code.numel()
     assert float(terms["quant_loss"].detach()) == pytest.approx(ref_quant, rel=1e-6)

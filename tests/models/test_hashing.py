@@ -17,7 +17,7 @@ def test_cue_bits_and_hand_case():
     assert semantic_cue(torch.tensor([1]), 4, weight=3).tolist() == [[-1, -1, -1, 1, 1, 1]]
 
 
-def test_default_cue_weight_ranks_predicted_class_first():
+def test_default_cue_repeats_ranks_predicted_class_first():
     torch.manual_seed(0)
     model = dhcl("small_cnn", bits=16, num_classes=6).eval()
     enc = model.encode({"features": torch.randn(40, model.backbone.num_features)})

@@ -1,4 +1,4 @@
-"""RetrievalNet: every method's heads on feature levels and token states, ablations, padding, encoders inside."""
+"""The retrieval models (a module per method, RetrievalNet underneath): heads, ablations, padding, encoders."""
 
 from __future__ import annotations
 
@@ -6,15 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rswb.models.retrieval import (
-    FGIS,
-    METHODS,
-    RetrievalNet,
-    SceneFineGrainedBranch,
-    feature_levels,
-    level_channels,
-    retrieval_net,
-)
+from rswb.models.fisvl import FGIS, FISVLNet, SceneFineGrainedBranch
+from rswb.models.kamcl import KAMCLNet
+from rswb.models.retrieval import METHODS, RetrievalNet, feature_levels, level_channels, retrieval_net
 from rswb.registry import create_model
 
 CH = {"low": 6, "mid": 8, "high": 10, "pooled": 12}
@@ -45,20 +39,20 @@ def batch(num_tags: int = 0, b: int = 5) -> dict:
 def test_every_method_gives_normalised_embeddings_of_one_size(method):
     torch.manual_seed(0)
     tags = 11 if method == "kamcl" else 0
-    model = RetrievalNet(method, CH, text_dim=9, embed_dim=16, num_tags=tags, graph_width=8).eval()
+    model = retrieval_net(method, channels=CH, text_dim=9, embed_dim=16, num_tags=tags, graph_width=8).eval()
     b = batch(tags)
     out = model(b)
-    assert out["image"].shape == (5, 16) and out["text"].shape == (5, 16)
-    torch.testing.assert_close(out["image"].norm(dim=1), torch.ones(5))
-    torch.testing.assert_close(out["text"].norm(dim=1), torch.ones(5))
-    torch.testing.assert_close(model.encode_image(b), out["image"])
-    torch.testing.assert_close(model.encode_text(b), out["text"])
+    assert out["image_emb"].shape == (5, 16) and out["text_emb"].shape == (5, 16)
+    torch.testing.assert_close(out["image_emb"].norm(dim=1), torch.ones(5))
+    torch.testing.assert_close(out["text_emb"].norm(dim=1), torch.ones(5))
+    torch.testing.assert_close(model.encode_image(b), out["image_emb"])
+    torch.testing.assert_close(model.encode_text(b), out["text_emb"])
     if method == "kamcl":
         assert out["image_concepts"].shape == (5, 11) and out["text_concepts"].shape == (5, 11)
     # Gradients reach every trainable parameter through the two embeddings.
     model.train()
     o = model(b)
-    (o["image"] @ o["text"].t()).sum().backward()
+    (o["image_emb"] @ o["text_emb"].t()).sum().backward()
     dead = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert dead == []
 
@@ -66,7 +60,7 @@ def test_every_method_gives_normalised_embeddings_of_one_size(method):
 @pytest.mark.parametrize("method", METHODS)
 def test_padding_never_changes_a_caption(method):
     torch.manual_seed(0)
-    model = RetrievalNet(method, CH, text_dim=9, embed_dim=16, graph_width=8).eval()
+    model = retrieval_net(method, channels=CH, text_dim=9, embed_dim=16, graph_width=8).eval()
     states, mask = text()
     junk = states.clone()
     junk[~mask] = 1e4  # garbage in every padded position
@@ -78,24 +72,27 @@ def test_padding_never_changes_a_caption(method):
 
 
 def test_ablations_remove_their_components():
-    full = RetrievalNet("fisvl", CH, 9, 16, graph_width=8)
+    full = retrieval_net("fisvl", channels=CH, text_dim=9, embed_dim=16, graph_width=8)
+    assert isinstance(full, FISVLNet) and full.method == "fisvl"
     assert full.local is not None and full.fgis is not None
-    bare = RetrievalNet("fisvl", CH, 9, 16, local_branch=False, fgis_steps=0, graph_width=8)
+    bare = retrieval_net("fisvl", channels=CH, text_dim=9, embed_dim=16, local_branch=False, fgis_steps=0,
+                         graph_width=8)
     assert bare.local is None and bare.fgis is None
     assert sum(p.numel() for p in bare.parameters()) < sum(p.numel() for p in full.parameters())
-    assert bare(batch())["image"].shape == (5, 16)
-    k = RetrievalNet("kamcl", CH, 9, 16, hierarchical=False, num_tags=0)
+    assert bare(batch())["image_emb"].shape == (5, 16)
+    k = retrieval_net("kamcl", channels=CH, text_dim=9, embed_dim=16, hierarchical=False, num_tags=0)
+    assert isinstance(k, KAMCLNet) and k.pooled_projection() is k.img_head
     out = k(batch())
     assert k.aggregator is None and "image_concepts" not in out
     with pytest.raises(KeyError, match="tags"):
-        RetrievalNet("kamcl", CH, 9, 16, num_tags=4)(batch())
+        retrieval_net("kamcl", channels=CH, text_dim=9, embed_dim=16, num_tags=4)(batch())
     with pytest.raises(ValueError, match="unknown retrieval method"):
-        RetrievalNet("sift", CH, 9, 16)
+        retrieval_net("sift", channels=CH, text_dim=9, embed_dim=16)
 
 
 def test_fisvl_image_embedding_depends_on_every_node():
     torch.manual_seed(0)
-    model = RetrievalNet("fisvl", CH, 9, 16, graph_width=8).eval()
+    model = retrieval_net("fisvl", channels=CH, text_dim=9, embed_dim=16, graph_width=8).eval()
     b = batch()
     base = model.encode_image(b)
     for key in ("low", "mid", "high", "pooled"):

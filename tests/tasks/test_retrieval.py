@@ -14,18 +14,13 @@ from rswb.data.errors import CorruptImageError, DatasetNotFoundError
 from rswb.data.synthetic import ensure_embedded
 from rswb.data.tags import build_tag_vocabulary, tag_targets
 from rswb.engine.launch import load_trained, train_task
+from rswb.engine.retrieval import RetrievalTask
 from rswb.engine.task import EvalContext
+from rswb.infer import search_image, search_text, split_embeddings, token_similarity
 from rswb.metrics.retrieval import retrieval_metrics
 from rswb.models.retrieval import retrieval_net
-from rswb.tasks.retrieval import (
-    RetrievalConfig,
-    RetrievalTask,
-    prepare_data,
-    search_image,
-    search_text,
-    split_embeddings,
-    token_similarity,
-)
+from rswb.registry import create_loss
+from rswb.tasks.retrieval import RetrievalConfig, prepare_data
 
 QUICK = {"backbone": "small_cnn", "pretrained": False, "image_size": 64}
 
@@ -55,7 +50,10 @@ def build_task(data, method: str, **options) -> RetrievalTask:
     cfg = RetrievalConfig(method=method, num_tags=32, **QUICK, **options)
     model = retrieval_net(method, channels=data.channels, text_dim=data.text_dim, embed_dim=32,
                           num_tags=len(data.tag_vocabulary) if method == "kamcl" else 0)
-    return RetrievalTask(model, cfg)
+    loss = create_loss(method, model=model, **{k: v for k, v in vars(cfg).items() if k != "method"})
+    weights = {"affil_loss": cfg.affil_weight, "hard_loss": cfg.hard_weight, "moco_loss": cfg.moco_weight,
+               "concept_loss": cfg.concept_weight}
+    return RetrievalTask(model, loss, weights, cfg.ties)
 
 
 def test_splits_scenes_and_knowledge_come_from_the_caption_files(data):
@@ -150,23 +148,23 @@ def test_kamcl_moves_its_key_encoder_fills_its_queues_and_adds_knowledge_later(d
     task.train()
     task.on_epoch_start(0, 2)
     b = data.train.__getitems__(list(range(0, 40)))
-    before = {n: p.clone() for n, p in task.key.key.named_parameters()}
+    before = {n: p.clone() for n, p in task.loss.key.key.named_parameters()}
     loss, rep = task(b)
     assert float(rep["concept_loss"]) == 0 and float(rep["moco_loss"]) > 0
     opt.zero_grad()
     loss.backward()
     opt.step()
-    assert int(task.queue_img.count) == 40 and int(task.queue_txt.count) == 40
-    assert task.queue_img.contents()[1].tolist() == b["image_id"].tolist()
+    assert int(task.loss.queue_img.count) == 40 and int(task.loss.queue_txt.count) == 40
+    assert task.loss.queue_img.contents()[1].tolist() == b["image_id"].tolist()
     task.on_epoch_start(1, 2)
     _, rep = task(data.train.__getitems__(list(range(40, 80))))
     assert float(rep["concept_loss"]) > 0
-    moved = [n for n, p in task.key.key.named_parameters() if not torch.equal(p, before[n])]
+    moved = [n for n, p in task.loss.key.key.named_parameters() if not torch.equal(p, before[n])]
     assert len(moved) == len(before)  # the EMA reached every key parameter, not only the first few
     task.eval()
     with torch.no_grad():
         task.losses(b)
-    assert int(task.queue_img.count) == 80  # evaluation never enqueues
+    assert int(task.loss.queue_img.count) == 80  # evaluation never enqueues
 
 
 def test_evaluate_scores_every_image_against_every_caption(data):
@@ -208,8 +206,8 @@ def test_each_method_trains_end_to_end(cache, tmp_path, method):
 
 def test_runs_are_rescored_under_any_tie_rule_and_tabled_with_their_rule(cache, tmp_path, capsys):
     from rswb.cli import main
+    from rswb.engine.experiments import tie_table
     from rswb.engine.runs import compare
-    from rswb.tasks.retrieval import tie_table
 
     opts = {"method": "clip", **QUICK, "epochs": 2, "batch_size": 64, "progress": False}
     train_task("retrieval", opts, run_name="clip", runs_root=tmp_path)

@@ -1,0 +1,201 @@
+"""The experiments API that notebooks and the suite runner call: profiles, train-or-reuse, load a run, save metrics.
+
+* :data:`PROFILES`: per task, the option overrides of each named recipe (``quick``: seconds on a 2-core CPU, for the
+  papermill tests; ``cpu``: the frozen-encoder profile with cached features; ``full``: every weight trains, a GPU
+  recipe). :data:`SUITE`: the parameter values each notebook gets in each profile of ``rswb notebooks run``.
+* :func:`train_or_reuse`: the one reuse rule. A run folder is reused when it holds a finished run of the same task
+  whose saved options include every option asked for; otherwise it is trained again (replacing it).
+* :func:`profile_run`: a task's profile plus the caller's options, through that rule.
+* :func:`load_run`: a finished run rebuilt: its task with the selected weights, its splits, config and metrics.
+* :func:`save_metrics`: a notebook's ``metrics.json``, written atomically.
+* :func:`tie_table`: retrieval runs' headline numbers next to every other tie rule.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from torch.utils.data import Dataset
+
+from rswb.engine.launch import load_trained, train_task
+from rswb.engine.runs import RunFolder
+from rswb.engine.task import Task
+from rswb.io import atomic_write_json
+
+__all__ = ["PROFILES", "SUITE", "LoadedRun", "finished_with", "load_run", "profile_options", "profile_run",
+           "save_metrics", "tie_table", "train_or_reuse"]
+
+PROFILES: dict[str, dict[str, dict[str, Any]]] = {
+    "pha": {
+        # Seconds per version on 2 CPU cores: fewer epochs and passes, a seeded subsample of the test pixels.
+        "quick": {"epochs": 8, "repeats": 8, "max_test": 3000},
+        "full": {},
+    },
+    "retrieval": {
+        # Seconds per run: a small random CNN on 64-px images and the frozen MiniLM's cached token states, a 32-word
+        # tag vocabulary and a short queue.
+        "quick": {"backbone": "small_cnn", "pretrained": False, "image_size": 64, "num_tags": 32, "queue_size": 512,
+                  "batch_size": 64},
+        # Frozen ImageNet EfficientNet-Lite0 and MiniLM with cached features (the task's defaults): minutes.
+        "cpu": {},
+        # Both encoders fine-tune (a GPU profile; FISVL's learning-rate schedule).
+        "full": {"freeze_backbone": False, "freeze_text": False},
+    },
+    "hash": {
+        # Seconds per run: a small random CNN on 64-px images, 30 images per class. Its frozen pooled features are
+        # tiny (std ~0.006), so the hash layer needs a large lr to leave its initial, nearly constant codes within a
+        # few epochs (at the default 1e-3 every image gets about the same code).
+        "quick": {"backbone": "small_cnn", "pretrained": False, "image_size": 64, "views": 1, "per_class": 30,
+                  "lr": 0.1, "batch_size": 32},
+        # The frozen ImageNet EfficientNet-Lite0 with cached features (the task's defaults).
+        "cpu": {},
+        # The paper's schedule: the whole network fine-tunes (a GPU profile).
+        "full": {"freeze_backbone": False},
+    },
+}
+"""Option overrides of ``rswb train TASK`` for each profile of each task."""
+
+SUITE: dict[str, dict[str, dict[str, Any]]] = {
+    "quick": {
+        "01_data_inspection": {},
+        "02_pha_versions": {"PROFILE": "quick", "VERSIONS": ["pan_only", "pha_v1", "pha_v5"], "EPOCHS": 2},
+        "03_retrieval_training": {"PROFILE": "quick", "METHODS": ["vsepp", "clip", "fisvl", "kamcl"], "EPOCHS": 2},
+        "04_hash_evaluation": {"PROFILE": "quick", "BITS": [16, 32], "EPOCHS": 3, "TOP_K": 4},
+    },
+    "full": {
+        "01_data_inspection": {},
+        "02_pha_versions": {"PROFILE": "full", "SEEDS": [0, 1, 2]},
+        "03_retrieval_training": {"PROFILE": "full", "EPOCHS": 20},
+        "04_hash_evaluation": {"PROFILE": "full", "EPOCHS": 30},
+    },
+}
+"""Parameter values of each notebook per profile of ``rswb notebooks run`` (``OUTPUT_DIR`` is always set)."""
+
+_PATH_OPTIONS = ("data", "images", "image_map")
+
+
+def profile_options(task: str, profile: str) -> dict[str, Any]:
+    """The option overrides of ``task``'s ``profile`` (a copy).
+
+    Raises:
+        KeyError: an unknown task or profile (the message lists the known ones).
+    """
+    if task not in PROFILES:
+        raise KeyError(f"no profiles for task {task!r}; tasks with profiles: {', '.join(PROFILES)}")
+    if profile not in PROFILES[task]:
+        raise KeyError(f"unknown profile {profile!r} of task {task}; use one of {', '.join(PROFILES[task])}")
+    return dict(PROFILES[task][profile])
+
+
+def finished_with(run_dir: str | Path, task_name: str, options: Mapping[str, Any]) -> bool:
+    """Whether ``run_dir`` holds a finished run of ``task_name`` whose saved options include ``options``."""
+    run = RunFolder(run_dir)
+    if not (run.final.exists() and run.config.exists()):
+        return False
+    saved = run.read_config()
+    resolved = {**saved.get("train", {}), **saved.get("task_config", {})}
+    return saved.get("task_name") == task_name and all(k in resolved and resolved[k] == v for k, v in options.items())
+
+
+def train_or_reuse(task_name: str, options: Mapping[str, Any], run_dir: str | Path, device: str | None = None,
+                   progress: bool = True) -> Path:
+    """The run folder ``run_dir``: reused when it holds a finished run with the same options, else (re)trained.
+
+    Notebooks call this so that re-running them only trains what is missing. ``device`` and ``progress`` do not
+    change a run's result, so they are not compared.
+    """
+    run_dir = Path(run_dir)
+    if finished_with(run_dir, task_name, options):
+        return run_dir
+    result = train_task(task_name, {**options, "device": device, "progress": progress}, run_name=run_dir.name,
+                        runs_root=run_dir.parent, overwrite=True)
+    return Path(result.run_dir)
+
+
+def profile_run(task: str, profile: str, run_dir: str | Path, *, device: str | None = None, progress: bool = True,
+                **options: Any) -> Path:
+    """Train (or reuse, see :func:`train_or_reuse`) one run of ``task`` with ``profile``'s options plus ``options``.
+
+    Paths among the options (``data``, ``images``, ``image_map``) are made absolute first, so a run started from a
+    notebook's folder is recognised from anywhere.
+
+    Returns:
+        The run folder.
+    """
+    opts = {**profile_options(task, profile), **options}
+    for key in _PATH_OPTIONS:
+        if opts.get(key) is not None:
+            opts[key] = str(Path(opts[key]).expanduser().resolve())
+    return train_or_reuse(task, opts, run_dir, device=device, progress=progress)
+
+
+@dataclass
+class LoadedRun:
+    """A finished run, rebuilt: its task (selected weights loaded, eval mode), splits, config and metrics."""
+
+    path: Path
+    task: Task
+    train: Dataset
+    val: Dataset | None
+    test: Dataset | None
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def load_run(run_dir: str | Path, weights: str = "best", overrides: Mapping[str, Any] | None = None) -> LoadedRun:
+    """Rebuild a run from its folder (:func:`rswb.engine.launch.load_trained`) with its records.
+
+    Args:
+        run_dir: a run folder written by ``rswb train`` (or any function here).
+        weights: ``"best"`` (the selected epoch) or ``"last"``.
+        overrides: task options that do not change the weights (e.g. ``{"ties": "published"}``).
+    """
+    bundle = load_trained(run_dir, weights, overrides)
+    run = RunFolder(run_dir)
+    return LoadedRun(Path(run_dir), bundle.task, bundle.train, bundle.val, bundle.test, run.read_config(),
+                     run.read_final() or {}, run.read_history())
+
+
+def save_metrics(metrics: Mapping[str, Any], output_dir: str | Path) -> Path:
+    """Write a notebook's ``output_dir/metrics.json`` atomically (the suite runner and the baselines read it)."""
+    return atomic_write_json(dict(metrics), Path(output_dir) / "metrics.json")
+
+
+def tie_table(runs: dict[str, str | Path] | Sequence[str | Path], keys: Sequence[str] = ("mR", "i2t_R@1"),
+              split: str = "test") -> pd.DataFrame:
+    """Each retrieval run's numbers under every tie rule: the headline rule, ``published`` and the range.
+
+    Args:
+        runs: run folders (a dict's keys name the rows, e.g. ``{"fisvl": path}``).
+        keys: metric names (without rule prefix) to show.
+        split: ``"test"`` or ``"val"``.
+
+    Returns:
+        One row per run: ``ties`` (the run's headline rule), then for every key the headline value, ``published``,
+        ``pessimistic`` and ``optimistic`` (columns ``"{key} {rule}"``).
+
+    Raises:
+        KeyError: a run has no numbers under some rule (trained before tie rules were recorded: re-score it with
+            ``rswb eval RUN --ties RULE``).
+    """
+    named = runs if isinstance(runs, dict) else {Path(r).name: r for r in runs}
+    rows = {}
+    for name, path in named.items():
+        final = json.loads((Path(path) / "metrics.json").read_text())
+        rule, metrics = final.get("ties", "optimistic"), final.get(split) or {}
+        row: dict[str, Any] = {"ties": rule}
+        for key in keys:
+            for r in (rule, *(r for r in ("published", "pessimistic", "optimistic") if r != rule)):
+                name_in_run = key if r == rule else f"{r}_{key}"
+                if name_in_run not in metrics:
+                    raise KeyError(f"{path}: no {split} {name_in_run!r} "
+                                   f"(an older run: rswb eval {path} --ties RULE scores it)")
+                row[f"{key} {r}"] = metrics[name_in_run]
+        rows[name] = row
+    return pd.DataFrame.from_dict(rows, orient="index")

@@ -1,0 +1,71 @@
+"""How a deep hashing method is trained and scored: :class:`HashTask` (DHCL).
+
+Training is the loss over the model's outputs (``loss(**model(batch), **batch)``: Proxy Anchor, classification,
+quantisation; :mod:`rswb.losses.hashing`), with the proxies at a higher learning rate. Evaluation binarises the codes
+of the query set, which is also the database, and scores leave-one-out Hamming ranking (each query excluded by its
+index) with and without the semantic cue (:func:`rswb.metrics.hashing.hash_metrics`), plus DHCL's own "MAP@K" on
+the same codes (:func:`rswb.metrics.legacy.dhcl_map_at_k`) so that the column can stand beside the published table.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from rswb.engine.task import Task
+from rswb.metrics.hashing import hash_metrics
+from rswb.metrics.legacy import dhcl_map_at_k
+
+__all__ = ["HashTask"]
+
+
+class HashTask(Task):
+    """DHCL training and leave-one-out evaluation (query set = database).
+
+    Args:
+        model: a :class:`~rswb.models.hashing.DHCL`.
+        loss: its :class:`~rswb.losses.hashing.DHCLLoss` (holds the class proxies).
+        weights: weights of ``proxy_loss``, ``cls_loss``, ``quant_loss``.
+        proxy_lr_mult: learning-rate multiplier of the proxies.
+        topk: the K of mAP@K and P@K (the monitored ``mAP@K``).
+        info: method / version / data for the run registry.
+    """
+
+    monitor = "mAP@20"
+    monitor_mode = "max"
+
+    def __init__(self, model: nn.Module, loss: nn.Module, weights: dict[str, float], proxy_lr_mult: float = 100.0,
+                 topk: int = 20, info: dict[str, str] | None = None):
+        super().__init__(model, weights, info)
+        self.loss = loss
+        self.proxy_lr_mult, self.topk = float(proxy_lr_mult), int(topk)
+        self.monitor = f"mAP@{self.topk}"
+
+    def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """``proxy_loss``, ``cls_loss``, ``quant_loss`` and the training accuracy of the classifier."""
+        return self.loss(**self.model(batch), **batch)
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The network at the base lr, the proxies at ``proxy_lr_mult`` x (no weight decay on the proxies)."""
+        net = [p for p in self.model.parameters() if p.requires_grad]
+        return [{"params": net}, {"params": [self.loss.proxies], "lr_mult": self.proxy_lr_mult, "weight_decay": 0.0}]
+
+    def predict(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Binary codes with and without the cue, the predicted class and the label."""
+        enc = self.model.encode(batch, cue=True)
+        return {"code": enc["code"], "bits": enc["bits"], "pred": enc["pred"], "label": batch["label"]}
+
+    def metrics(self, outputs: dict[str, torch.Tensor]) -> dict[str, float]:
+        """mAP@K, P@K, mAP@all, P@r2, R@r2 of the codes, the same without cue, DHCL's MAP@K, class accuracy."""
+        labels = outputs["label"].numpy()
+        k = self.topk
+        main = outputs["code"] if self.model.cue else outputs["bits"]
+        res = hash_metrics(main.numpy(), main.numpy(), labels, labels, topk=(k,), radius=2, exclude_self=True)
+        nocue = hash_metrics(outputs["bits"].numpy(), outputs["bits"].numpy(), labels, labels, topk=(k,),
+                             radius=2, exclude_self=True)
+        res.update({f"{key}_nocue": v for key, v in nocue.items()})
+        res[f"dhcl_MAP@{k}"] = dhcl_map_at_k(main, labels, k)
+        res["class_acc"] = float((outputs["pred"].numpy() == labels).mean())
+        return res

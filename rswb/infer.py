@@ -1,0 +1,159 @@
+"""Model outputs for people to look at: search, attention maps, dense scene maps, codes and embeddings.
+
+Training never calls these; notebooks, ``rswb search`` and ``rswb eval`` do. Everything here runs a trained model
+(in eval mode, restored afterwards) and returns arrays or tensors; :mod:`rswb.viz` draws them.
+
+* image-text retrieval: :func:`split_embeddings`, :func:`encode_queries`, :func:`search_text`,
+  :func:`search_image`, :func:`token_similarity` (where the model looks).
+* hashing: :func:`load_codes` (the codes of a trained run's query set).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rswb.data.image_text import RetrievalSplit
+from rswb.data.scenes import image_to_tensor, load_image
+from rswb.engine.device import select_device, to_device
+from rswb.engine.retrieval import RetrievalTask
+from rswb.engine.task import EvalContext
+from rswb.utils import eval_mode
+
+__all__ = [
+    "encode_queries", "load_codes", "search_image", "search_text", "split_embeddings", "token_similarity",
+]
+
+
+# ------------------------------------------------------------------------------------------- image-text retrieval
+
+
+def split_embeddings(task: RetrievalTask, split: RetrievalSplit, device: str | torch.device | None = None,
+                     batch_size: int = 256) -> dict[str, torch.Tensor]:
+    """Normalised embeddings of a split's images ``[N_i, D]`` and captions ``[N_c, D]`` (CPU float32)."""
+    dev = select_device(device)
+    task.to(dev)
+    return task.embeddings(split, EvalContext(dev, batch_size=batch_size))
+
+
+@torch.no_grad()
+def encode_queries(task: RetrievalTask, split: RetrievalSplit, queries: Sequence[str]) -> torch.Tensor:
+    """Normalised embeddings ``[Q, D]`` of free-text queries, through the split's text pipeline (CPU float32)."""
+    if split.query_encoder is None:
+        raise ValueError("this split has no query encoder (build it with prepare_data)")
+    device = next(task.parameters()).device
+    with eval_mode(task):
+        return task.model.encode_text(to_device(split.query_encoder(list(queries)), device)).float().cpu()
+
+
+def search_text(task: RetrievalTask, split: RetrievalSplit, query: str, k: int = 5,
+                embeddings: dict[str, torch.Tensor] | None = None) -> list[dict[str, Any]]:
+    """The ``k`` images of ``split`` most similar to a free-text query, best first.
+
+    Args:
+        task: a trained retrieval task (e.g. ``load_trained(run).task``).
+        split: the gallery (e.g. the run's test split).
+        query: any caption-like text.
+        k: how many images.
+        embeddings: :func:`split_embeddings` of the split, to reuse across queries.
+
+    Returns:
+        ``[{"rank", "image", "path", "score", "captions"}]``: image index, file, cosine similarity, its captions.
+    """
+    emb = embeddings or split_embeddings(task, split)
+    q = encode_queries(task, split, [query])[0]
+    scores = emb["image"] @ q
+    top = torch.topk(scores, min(k, len(scores)))
+    return [{"rank": r + 1, "image": int(i), "path": str(split.image_paths[int(i)]), "score": float(v),
+             "captions": split.captions_of(int(i))}
+            for r, (v, i) in enumerate(zip(top.values, top.indices))]
+
+
+def search_image(task: RetrievalTask, split: RetrievalSplit, image: int, k: int = 5,
+                 embeddings: dict[str, torch.Tensor] | None = None) -> list[dict[str, Any]]:
+    """The ``k`` captions of ``split`` most similar to image ``image``, best first.
+
+    Returns:
+        ``[{"rank", "caption", "score", "own"}]`` (``own``: the caption belongs to that image).
+    """
+    emb = embeddings or split_embeddings(task, split)
+    scores = emb["text"] @ emb["image"][image]
+    top = torch.topk(scores, min(k, len(scores)))
+    return [{"rank": r + 1, "caption": split.captions[int(j)], "score": float(v),
+             "own": bool(split.caption_to_image[int(j)] == image)}
+            for r, (v, j) in enumerate(zip(top.values, top.indices))]
+
+
+@torch.no_grad()
+def token_similarity(task: RetrievalTask, split: RetrievalSplit, image: int, query: str) -> np.ndarray:
+    """Where the model looks: the similarity of each image location with a text query, ``[h, w]`` (stride 32).
+
+    Every method's image embedding has a term that is a linear map ``W`` of the pooled backbone vector, the mean of
+    the last feature map's tokens ``h_ij``. Applying ``W`` to each token instead gives that location's share of the
+    term, ``W h_ij``; its cosine similarity with the query's embedding shows which regions pull the image towards
+    the text. (The other heads - FISVL's graph, KAMCL's GPO - are nonlinear and not decomposed.)
+    """
+    model = task.model
+    backbone = model.backbone if model.backbone is not None else split.backbone
+    if backbone is None:
+        raise ValueError("no backbone to compute the image's feature map from")
+    device = next(task.parameters()).device
+    backbone.eval().to(device)
+    img = image_to_tensor(load_image(split.image_paths[image], split.image_size))[None].to(device)
+    feats = backbone.forward_features(img)
+    last = next(f.name for f in reversed(backbone.feature_info) if f.channels == backbone.num_features)
+    fmap = feats[last][0].float()  # [F, h, w]
+    tokens = F.normalize(model.pooled_projection()(fmap.flatten(1).t()), dim=1)  # [h*w, D]
+    q = encode_queries(task, split, [query])[0].to(device)
+    return (tokens @ q).reshape(fmap.shape[1:]).cpu().numpy()
+
+
+# ------------------------------------------------------------------------------------------------------------ hashing
+
+
+def load_codes(run_dir: str | Path, device: str | None = None) -> dict[str, Any]:
+    """The test-split outputs of a trained hash run, with what the figures of notebook 04 need.
+
+    Only the query (= database) split is built (:func:`rswb.tasks.hashing.query_task`): the training images'
+    features are not needed here.
+
+    Args:
+        run_dir: a finished ``rswb train hash`` run.
+        device: where to run the model (None: the best available).
+
+    Returns:
+        ``code`` ``[N, K + cue bits]`` and ``bits`` ``[N, K]`` (int8, ``{-1, +1}``; with and without the semantic
+        cue), ``pred`` and ``label`` ``[N]`` (int64), ``paths`` (the image file of each item), ``class_names`` and
+        ``metrics`` (the run's recorded test metrics), in the order of the query set (= database).
+
+    Raises:
+        FileNotFoundError: the run has no selected weights.
+        RuntimeError: the query folder changed since the run.
+    """
+    from rswb.config import from_dict
+    from rswb.engine.launch import renamed
+    from rswb.engine.runs import RunFolder
+    from rswb.io import load_checkpoint
+    from rswb.tasks.hashing import HashConfig, query_task
+
+    run = RunFolder(run_dir)
+    if not run.best.exists():
+        raise FileNotFoundError(f"{run.best}: weights file not found (is the run finished?)")
+    cfg = from_dict(HashConfig, renamed(HashConfig, run.read_config().get("task_config", {})), source=str(run.config))
+    task, test, query = query_task(cfg)
+    task.load_state_dict(load_checkpoint(run.best)["task"])
+    task.eval()
+    dev = select_device(device)
+    out = task.to(dev).collect(test, EvalContext(dev))
+    labels = out["label"].numpy().astype(np.int64)
+    if len(query) != len(labels) or not np.array_equal(query.labels, labels):
+        raise RuntimeError(f"{run.path}: the query folder under {query.root} no longer matches the run's test split")
+    return {"code": out["code"].numpy().astype(np.int8), "bits": out["bits"].numpy().astype(np.int8),
+            "pred": out["pred"].numpy().astype(np.int64), "label": labels,
+            "paths": [str(r.path) for r in query.records], "class_names": list(query.classes),
+            "metrics": (run.read_final() or {}).get("test", {})}
