@@ -6,27 +6,34 @@ Training never calls these; notebooks, ``rswb search`` and ``rswb eval`` do. Eve
 * image-text retrieval: :func:`split_embeddings`, :func:`encode_queries`, :func:`search_text`,
   :func:`search_image`, :func:`token_similarity` (where the model looks).
 * hashing: :func:`load_codes` (the codes of a trained run's query set).
+* PHA: :func:`load_predictions` (test predictions, confusion, full-scene map), :func:`modality_embeddings`,
+  :func:`dictionary_codes`; the dense scene pass itself is :func:`rswb.models.pha.dense_predict`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import Dataset
+from torch.utils.data._utils.collate import default_collate
 
 from rswb.data.image_text import RetrievalSplit
 from rswb.data.scenes import image_to_tensor, load_image
 from rswb.engine.device import select_device, to_device
 from rswb.engine.retrieval import RetrievalTask
 from rswb.engine.task import EvalContext
+from rswb.metrics.classification import classification_report, scores_from_confusion
+from rswb.models.pha import STAGE_NAMES
 from rswb.utils import eval_mode
 
 __all__ = [
-    "encode_queries", "load_codes", "search_image", "search_text", "split_embeddings", "token_similarity",
+    "dictionary_codes", "encode_queries", "load_codes", "load_predictions", "modality_embeddings", "search_image",
+    "search_text", "split_embeddings", "token_similarity",
 ]
 
 
@@ -157,3 +164,118 @@ def load_codes(run_dir: str | Path, device: str | None = None) -> dict[str, Any]
             "pred": out["pred"].numpy().astype(np.int64), "label": labels,
             "paths": [str(r.path) for r in query.records], "class_names": list(query.classes),
             "metrics": (run.read_final() or {}).get("test", {})}
+
+
+# ------------------------------------------------------------------------------------------------- PHA outputs
+
+
+def load_predictions(run_dir: str | Path, device: str | None = None) -> dict[str, Any]:
+    """A finished PHA run's test predictions (no training): its model, confusion matrix and full-scene map.
+
+    Pixel mode runs the model densely over the whole normalised scene (:func:`rswb.models.pha.dense_predict`) and
+    reads the run's test pixels from that map, which gives the same predictions as per-patch inference; scene mode
+    (a scene folder) classifies the test images with :meth:`~rswb.engine.Task.collect`.
+
+    Args:
+        run_dir: a finished ``rswb train pha`` run (its ``best.pt`` is loaded).
+        device: where to run the model (None: the best available).
+
+    Returns:
+        ``model`` (the trained :class:`~rswb.models.pha.PHANet`, in eval mode), ``pred_map`` (``[H, W]`` int64
+        0-based classes, ``None`` in scene mode), ``y_true`` and ``y_pred`` (``[N]`` 0-based, the run's test
+        set), ``confusion`` (``[C, C]``), ``per_class_accuracy`` (``[C]``) and ``metrics`` (``OA``, ``AA``,
+        ``kappa`` fractions, equal to the run's recorded test scores).
+    """
+    from rswb.engine.launch import load_trained
+
+    bundle = load_trained(run_dir)
+    dev = select_device(device)
+    task = bundle.task.to(dev)
+    pred = task.predictions(bundle.test, EvalContext(dev), dense=True)  # dense: the notebook shows the full map
+    y_true, y_pred = pred["y_true"], pred["y_pred"]
+    report = classification_report(y_true, y_pred, num_classes=task.num_classes)
+    return {"model": task.model, "pred_map": pred["pred_map"], "y_true": np.asarray(y_true),
+            "y_pred": np.asarray(y_pred),
+            "confusion": report["confusion_matrix"], "per_class_accuracy": report["per_class_accuracy"],
+            "metrics": scores_from_confusion(report["confusion_matrix"])}
+
+
+def _sample(n_items: int, n: int | None, seed: int) -> np.ndarray:
+    if n is None or n >= n_items:
+        return np.arange(n_items)
+    return np.sort(np.random.default_rng(seed).choice(n_items, n, replace=False))
+
+
+def _batches(dataset: Dataset, indices: np.ndarray, batch_size: int) -> Iterator[dict[str, Any]]:
+    """Batch dicts of ``dataset[indices]`` (a patch dataset's ``__getitems__`` already returns one)."""
+    for start in range(0, len(indices), batch_size):
+        chunk = [int(i) for i in indices[start:start + batch_size]]
+        items = dataset.__getitems__(chunk) if hasattr(dataset, "__getitems__") else [dataset[i] for i in chunk]
+        yield items if isinstance(items, dict) else default_collate(list(items))
+
+
+@torch.no_grad()
+def _outputs(model: torch.nn.Module, dataset: Dataset, n: int | None, seed: int, batch_size: int,
+             pick: Callable[[dict[str, Any]], dict[str, torch.Tensor]]) -> dict[str, np.ndarray]:
+    """``pick(model output)`` over a seeded sample of ``dataset``, concatenated, with the items' labels."""
+    device = next(model.parameters()).device
+    chunks: dict[str, list[np.ndarray]] = {"labels": []}
+    with eval_mode(model):
+        for batch in _batches(dataset, _sample(len(dataset), n, seed), batch_size):
+            x = {k: batch[k].to(device) for k in ("ms", "pan") if k in batch}
+            for k, v in pick(model(x)).items():
+                chunks.setdefault(k, []).append(v.float().cpu().numpy())
+            chunks["labels"].append(np.asarray(batch["label"]).astype(np.int64))
+    return {k: np.concatenate(v) for k, v in chunks.items()}
+
+
+def modality_embeddings(model: torch.nn.Module, dataset: Dataset, n: int | None = 300, stage: int | str | None = None,
+                        seed: int = 0, batch_size: int = 256) -> dict[str, Any]:
+    """The MS and PAN alignment embeddings of one stage on a seeded sample of items.
+
+    Args:
+        model: an aligned :class:`~rswb.models.pha.PHANet` version (``pha_v2`` ... ``pha_v5``), trained or not.
+        dataset: items with ``ms``, ``pan`` and ``label`` (e.g. a run's test split, ``PHAData.test``).
+        n: items to sample (``None``: all).
+        stage: stage index or name (``"shallow"``, ``"middle"``, ``"deep"``); default: the deepest aligned stage
+            (for ``pha_v5`` the deep embeddings are the dictionary codes).
+        seed: seed of the sample (the same seed gives the same items for two models).
+        batch_size: items per forward pass.
+
+    Returns:
+        ``{"ms": [N, D], "pan": [N, D], "labels": [N], "stage": name}`` for :func:`rswb.viz.plot_modality_embedding`.
+
+    Raises:
+        ValueError: the model aligns no stage, or not ``stage``.
+    """
+    aligned = tuple(getattr(model, "align_stages", ()))
+    if not aligned:
+        raise ValueError("the model has no alignment embeddings (pick an aligned version: pha_v2 ... pha_v5)")
+    s = aligned[-1] if stage is None else (STAGE_NAMES.index(stage) if isinstance(stage, str) else int(stage))
+    if s not in aligned:
+        raise ValueError(f"stage {stage!r} is not aligned in this model; aligned: "
+                         f"{', '.join(STAGE_NAMES[a] for a in aligned)}")
+    out = _outputs(model, dataset, n, seed, batch_size, lambda o: {"ms": o["embed"][s][0], "pan": o["embed"][s][1]})
+    return {**out, "stage": STAGE_NAMES[s]}
+
+
+def dictionary_codes(model: torch.nn.Module, dataset: Dataset, n: int | None = 1000, seed: int = 0,
+                     batch_size: int = 256) -> dict[str, np.ndarray]:
+    """The dictionary codes of both modalities (``pha_v5``) on a seeded sample of items.
+
+    Args:
+        model: a :class:`~rswb.models.pha.PHANet` with the compensated dictionary.
+        dataset: items with ``ms``, ``pan`` and ``label``.
+        n: items to sample (``None``: all).
+        seed: seed of the sample.
+        batch_size: items per forward pass.
+
+    Returns:
+        ``{"ms": [N, atoms], "pan": [N, atoms], "labels": [N]}`` for :func:`rswb.viz.plot_dictionary_usage`.
+
+    Raises:
+        ValueError: the model has no dictionary.
+    """
+    if getattr(model, "dictionary", None) is None:
+        raise ValueError("the model has no dictionary (only pha_v5 has one)")
+    return _outputs(model, dataset, n, seed, batch_size, lambda o: {"ms": o["codes_ms"], "pan": o["codes_pan"]})

@@ -762,9 +762,53 @@ class PixelSet:
         return self.sampler.gather(self.rows[index], self.cols[index])
 
 
-class MSPANPatchDataset(torch.utils.data.Dataset):
+class PixelPatches(torch.utils.data.Dataset):
+    """Labelled pixels of a scene as patch pairs; ``__getitems__`` returns a whole batch dict at once.
+
+    The same pixels are visited every epoch, so a :class:`~rswb.data.mspan.PixelSet` extracts their patches once
+    on first use when they fit in ``cache_bytes`` (a few-shot split always does); larger pixel sets are gathered from
+    the scene on the fly.
+
+    Args:
+        sampler: the scene's patch sampler (shared by every split).
+        rows, cols, labels: the pixels and their 0-based classes.
+        repeats: the dataset is this many passes over the pixels (index ``i`` is pixel ``i % n``).
+        cache_bytes: largest patch cache to build (0 disables it).
+    """
+
+    def __init__(self, sampler: PatchSampler, rows: np.ndarray, cols: np.ndarray, labels: np.ndarray,
+                 repeats: int = 1, cache_bytes: int = 512 << 20):
+        self.sampler, self.repeats = sampler, max(1, int(repeats))
+        self.rows, self.cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+        self.pixel_labels = np.asarray(labels, np.int64)
+        self.pixels = PixelSet(sampler, self.rows, self.cols, cache_bytes)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """0-based class of every item (repeated ``repeats`` times)."""
+        return np.tile(self.pixel_labels, self.repeats)
+
+    def __len__(self) -> int:
+        return len(self.rows) * self.repeats
+
+    def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        idx = np.asarray(indices, np.int64) % len(self.rows)
+        batch = self.pixels.gather(idx)
+        batch["ms"] = batch["ms"].contiguous()
+        batch["label"] = torch.as_tensor(self.pixel_labels[idx])
+        batch["row"], batch["col"] = torch.as_tensor(self.rows[idx]), torch.as_tensor(self.cols[idx])
+        batch["id"] = batch["row"] * self.sampler.width + batch["col"]  # pixel identity (duplicates in a batch)
+        return batch
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {k: v[0] for k, v in self.__getitems__([index]).items()}
+
+
+
+class MSPANPatchDataset(PixelPatches):
     """Labelled pixels of one split as dict samples ``{"ms": [C,p,p], "pan": [1,P,P], "label", "row", "col"}``.
 
+    The reader's interface (``root, split, transforms``) over :class:`PixelPatches`, which gathers the patches:
     ``label`` is the 0-based class index (map value - 1). ``__getitems__`` gathers a whole batch at once, which
     :class:`torch.utils.data.DataLoader` uses automatically, so a DataLoader over this dataset is vectorised too.
 
@@ -784,12 +828,13 @@ class MSPANPatchDataset(torch.utils.data.Dataset):
         if normalize:
             scene = scene.normalized(normalize)
         self.scene, self.split, self.transforms = scene, split, transforms
-        self.rows, self.cols, self.labels = scene.labelled_pixels(split)
-        self.sampler = PatchSampler(scene, ms_patch, pan_patch)
-        self.pixels = PixelSet(self.sampler, self.rows, self.cols, cache_bytes)
+        rows, cols, labels = scene.labelled_pixels(split)
+        super().__init__(PatchSampler(scene, ms_patch, pan_patch), rows, cols, labels, cache_bytes=cache_bytes)
 
-    def __len__(self) -> int:
-        return len(self.rows)
+    @property
+    def labels(self) -> np.ndarray:
+        """0-based class of every pixel."""
+        return self.pixel_labels
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
         idx = np.asarray(indices)
@@ -829,6 +874,7 @@ class MSPANPatchDataset(torch.utils.data.Dataset):
 
 
 __all__ = [
-    "MSPANScene", "MSPANPatchDataset", "PatchSampler", "apply_band_stats", "band_stats", "is_mspan_source",
-    "label_colormap", "load_mspan", "patch_padding", "read_label_map", "read_raster", "validate_scene",
+    "MSPANScene", "MSPANPatchDataset", "PatchSampler", "PixelPatches", "apply_band_stats", "band_stats",
+    "is_mspan_source", "label_colormap", "load_mspan", "patch_padding", "read_label_map", "read_raster",
+    "validate_scene",
 ]

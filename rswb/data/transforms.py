@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["DIHEDRAL", "RandomDihedral", "dihedral"]
+__all__ = ["DIHEDRAL", "RandomDihedral", "augment_pairs", "dihedral", "jitter_gains"]
 
 DIHEDRAL = ("identity", "hflip", "vflip", "rot180", "rot90", "rot270", "transpose", "antitranspose")
 
@@ -48,3 +48,43 @@ class RandomDihedral:
         """The sample with its image in a random view."""
         view = int(torch.randint(0, 8, ()).item())
         return {**sample, "image": dihedral(sample["image"], view)}
+
+
+def augment_pairs(batch: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """Apply one random dihedral view (flip / 90-degree rotation, 8 in all) per sample, the same to MS and PAN.
+
+    The PAN patch covers exactly the ground of the MS patch, so transforming both about their centres keeps the
+    pair co-registered. Samples are grouped by view, so there are at most 8 tensor operations per batch.
+    """
+    ms, pan = batch.get("ms"), batch.get("pan")
+    ref = ms if ms is not None else pan
+    views = torch.randint(0, 8, (ref.shape[0],), generator=generator).to(ref.device)
+    out = dict(batch)
+    for key, x in (("ms", ms), ("pan", pan)):
+        if x is None:
+            continue
+        y = x.clone()
+        for v in range(1, 8):
+            sel = (views == v).nonzero().flatten()
+            if sel.numel():
+                y[sel] = dihedral(x[sel], v)
+        out[key] = y
+    return out
+
+
+def jitter_gains(batch: dict[str, torch.Tensor], amount: float,
+                 generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """Multiply each sample's MS and its PAN by independent random gains in ``[1 - amount, 1 + amount]``.
+
+    Why: illumination (sun, haze, slope) scales both modalities of a pixel alike. Without this, the cheapest way for
+    cross-modal InfoNCE to find a pixel's partner is to match brightness, a nuisance the alignment then writes into
+    the features; independent gains take that shortcut away and make the classifier robust to brightness as well.
+    """
+    out = dict(batch)
+    for key in ("ms", "pan"):
+        x = batch.get(key)
+        if x is None:
+            continue
+        g = 1.0 + amount * (2.0 * torch.rand((x.shape[0], 1, 1, 1), generator=generator) - 1.0)
+        out[key] = x * g.to(x.device, x.dtype)
+    return out

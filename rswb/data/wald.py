@@ -279,4 +279,33 @@ class WaldSceneDataset(torch.utils.data.Dataset):
         return fig
 
 
-__all__ = ["WaldSceneDataset", "gaussian_kernel", "mtf_sigma", "wald_simulate"]
+__all__ = ["SceneImages", "WaldSceneDataset", "gaussian_kernel", "mtf_sigma", "wald_simulate"]
+
+
+class SceneImages(torch.utils.data.Dataset):
+    """A subset of a Wald-simulated scene set repeated ``repeats`` times (scene mode's few-shot splits).
+
+    Args:
+        base: the simulated images.
+        indices: positions in ``base`` of this subset's images.
+        repeats: passes over the subset per epoch.
+        ids: identity of each image of ``base`` (default: its position), returned as ``"id"`` so that the
+            alignment loss can recognise the same image drawn twice in a batch.
+    """
+
+    def __init__(self, base: torch.utils.data.Dataset, indices: np.ndarray, repeats: int = 1,
+                 ids: np.ndarray | None = None):
+        self.base, self.indices, self.repeats = base, np.asarray(indices, np.int64), max(1, int(repeats))
+        self.ids = np.arange(len(base)) if ids is None else np.asarray(ids, np.int64)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """0-based class of every item."""
+        return np.tile(np.asarray(self.base.labels)[self.indices], self.repeats)
+
+    def __len__(self) -> int:
+        return len(self.indices) * self.repeats
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        j = int(self.indices[index % len(self.indices)])
+        return {**self.base[j], "id": int(self.ids[j])}

@@ -1,11 +1,11 @@
-"""PHA loss terms (METHODS.md section 1).
+"""PHA loss terms (``docs/methods.md``, PHA) and :class:`PHALoss`, the terms of a model version together.
 
 Cross-modal InfoNCE, the progressive stage schedule, and the terms of the modality-compensated dictionary
 (reconstruction, shared/specific decorrelation, code sparsity), plus linear CKA as a training-free measure of how
 aligned two feature sets are.
 
 Every function is pure (tensors in, a scalar tensor out) and differentiable; tests check each against a slow
-reference written with explicit loops.
+reference written with explicit loops. :class:`PHALoss` weights them by the version's schedule.
 """
 
 from __future__ import annotations
@@ -13,11 +13,14 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from rswb.losses.contrastive import symmetric_info_nce
+from rswb.models.pha import STAGE_NAMES
 
 __all__ = [
-    "cross_modal_info_nce", "decorrelation_loss", "linear_cka", "progressive_weights", "reconstruction_loss",
+    "PHALoss", "cross_modal_info_nce", "decorrelation_loss", "linear_cka", "progressive_weights", "reconstruction_loss",
     "sparsity_loss",
 ]
 
@@ -98,3 +101,86 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     num = (y.t() @ x).pow(2).sum()
     den = (x.t() @ x).norm() * (y.t() @ y).norm()
     return num / den.clamp_min(1e-12)
+
+
+class PHALoss(nn.Module):
+    """The PHA terms of a model version, from the model's outputs and the batch's labels.
+
+    ``cls_loss`` (cross-entropy on the labelled items, the first ``len(label)`` of the batch; unlabelled items for
+    the alignment follow them); ``align_loss`` = ``sum_s w_s InfoNCE_s`` over the aligned stages (weights from the
+    version's schedule, set each epoch by :meth:`set_epoch`); with the dictionary ``recon_loss``, ``decor_loss`` and
+    ``sparse_loss`` (means over the two modalities). Logged only: ``acc``; ``w_<stage>``, ``nce_<stage>`` and
+    ``sim_<stage>`` (mean cosine of positive pairs) per aligned stage; ``cka_<stage>`` (linear CKA of the MS and PAN
+    stage features, every two-branch version); ``code_active`` (fraction of non-zero dictionary codes).
+
+    Args:
+        align_stages: the aligned stages (indices) of the version.
+        align_schedule: ``"progressive"`` (see :func:`progressive_weights`) or equal weights.
+        stages: number of stages.
+        dictionary: the version has the compensated dictionary.
+        two_modalities: the version has both branches (the CKA diagnostics).
+        temperature: InfoNCE temperature.
+        progressive_width: width (in stages) of the progressive schedule's bump.
+    """
+
+    def __init__(self, align_stages: tuple[int, ...], align_schedule: str, stages: int, dictionary: bool,
+                 two_modalities: bool, temperature: float = 0.1, progressive_width: float = 0.5):
+        super().__init__()
+        self.align_stages, self.align_schedule, self.stages = tuple(align_stages), align_schedule, int(stages)
+        self.dictionary, self.two_modalities = bool(dictionary), bool(two_modalities)
+        self.temperature, self.progressive_width = float(temperature), float(progressive_width)
+        self.stage_weights = self.schedule(0, 1)
+
+    @classmethod
+    def for_model(cls, model: nn.Module, temperature: float = 0.1, progressive_width: float = 0.5) -> PHALoss:
+        """The loss of a :class:`~rswb.models.pha.PHANet` version (its stages, schedule, dictionary, branches)."""
+        return cls(model.align_stages, model.align_schedule, model.stages, model.dictionary is not None,
+                   len(model.modalities) == 2, temperature, progressive_width)
+
+    def schedule(self, epoch: int, epochs: int) -> dict[int, float]:
+        """Alignment weight of each aligned stage at ``epoch`` (0-based) of ``epochs``."""
+        if self.align_schedule == "progressive":
+            w = progressive_weights(epoch / max(epochs - 1, 1), self.stages, self.progressive_width)
+            return {s: float(w[s]) for s in self.align_stages}
+        return {s: 1.0 / len(self.align_stages) for s in self.align_stages}
+
+    def set_epoch(self, epoch: int, epochs: int) -> None:
+        """Set this epoch's stage weights."""
+        self.stage_weights = self.schedule(epoch, epochs)
+
+    def forward(self, logits: torch.Tensor, label: torch.Tensor, embed: dict | None = None,
+                stage_features: dict | None = None, id: torch.Tensor | None = None,  # noqa: A002 (the batch key)
+                **parts: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The terms for one batch; ``parts`` are the dictionary's outputs (``deep_*``, ``shared_*``, ...)."""
+        n = label.shape[0]
+        terms: dict[str, torch.Tensor] = {"cls_loss": F.cross_entropy(logits[:n].float(), label)}
+        with torch.no_grad():
+            terms["acc"] = (logits[:n].argmax(1) == label).float().mean()
+        if self.align_stages:
+            total = 0.0
+            for s, (a, b) in embed.items():
+                nce = cross_modal_info_nce(a, b, self.temperature, id)
+                w = self.stage_weights.get(s, 0.0)
+                total = total + w * nce
+                name = STAGE_NAMES[s]
+                terms[f"nce_{name}"] = nce.detach()
+                terms[f"w_{name}"] = torch.tensor(w, device=label.device)
+                with torch.no_grad():
+                    terms[f"sim_{name}"] = F.cosine_similarity(a.float(), b.float(), dim=1).mean()
+            terms["align_loss"] = total
+        if self.dictionary:
+            recon = decor = sparse = 0.0
+            for m in ("ms", "pan"):
+                recon = recon + 0.5 * reconstruction_loss(parts[f"deep_{m}"], parts[f"shared_{m}"],
+                                                          parts[f"specific_{m}"])
+                decor = decor + 0.5 * decorrelation_loss(parts[f"shared_{m}"], parts[f"specific_{m}"])
+                sparse = sparse + 0.5 * sparsity_loss(parts[f"codes_{m}"])
+            terms.update(recon_loss=recon, decor_loss=decor, sparse_loss=sparse)
+            with torch.no_grad():
+                codes = torch.cat([parts["codes_ms"], parts["codes_pan"]])
+                terms["code_active"] = (codes > 0).float().mean()
+        if self.two_modalities:
+            with torch.no_grad():
+                for s in range(self.stages):
+                    terms[f"cka_{STAGE_NAMES[s]}"] = linear_cka(stage_features["ms"][s], stage_features["pan"][s])
+        return terms

@@ -33,6 +33,7 @@ import torch
 ArrayLike = np.ndarray | torch.Tensor
 
 __all__ = [
+    "class_scores",
     "class_labels",
     "classification_metrics",
     "classification_report",
@@ -261,3 +262,18 @@ def classification_report(
     """
     cm, classes = _confusion(y_true, y_pred, num_classes=num_classes, labels=labels, ignore_index=ignore_index)
     return {"labels": classes, "confusion_matrix": cm, **report_from_confusion(cm)}
+
+
+def class_scores(labels: np.ndarray, pred: np.ndarray, num_classes: int) -> dict[str, float]:
+    """OA, AA, kappa (fractions) and ``acc_<k>``, the accuracy of class value k (1..C, as in the label maps).
+
+    Classes without a sample in ``labels`` get no ``acc_<k>`` entry (their accuracy is undefined), so every value
+    is a finite float that the run's ``metrics.json`` can hold.
+    """
+    cm = confusion_matrix(labels, pred, num_classes=num_classes)
+    out = {k: float(v) for k, v in scores_from_confusion(cm).items()}
+    report = report_from_confusion(cm)
+    for k, (acc, n) in enumerate(zip(report["per_class_accuracy"], report["support"])):
+        if n > 0:
+            out[f"acc_{k + 1}"] = float(acc)
+    return out

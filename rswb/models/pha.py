@@ -30,13 +30,18 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
+from rswb.data.mspan import MSPANScene, PatchSampler, patch_padding
 from rswb.registry import register_model
+from rswb.utils import eval_mode
 
 __all__ = [
+    "dense_predict", "patch_predict",
     "CompensatedDictionary", "PHANet", "ms_only", "pan_only", "pha_v1", "pha_v2", "pha_v3", "pha_v4", "pha_v5",
     "PHA_VERSIONS",
 ]
@@ -358,3 +363,50 @@ def pha_v5(num_classes: int = 8, bands: int = 4, ratio: int = 4, atoms: int = 64
     """
     return PHANet(num_classes, bands, ratio, **{"align_stages": (0, 1, 2), "align_schedule": "progressive",
                                                 "stage_fusion": True, "dictionary_atoms": atoms, **kw})
+
+
+# ---------------------------------------------------------------------------------------------------- inference
+
+
+@torch.no_grad()
+def dense_predict(model: PHANet, scene: MSPANScene, tile: int = 256, device: str | torch.device | None = None,
+                  progress: bool = False, return_logits: bool = False) -> np.ndarray:
+    """Classify every pixel of a (normalised) scene by running the model densely over tiles.
+
+    Each output tile of ``tile x tile`` pixels reads its input tile plus the patch padding (reflect, the same as the
+    patch sampler's), so the result equals per-patch inference pixel for pixel; tiles only bound memory.
+
+    Returns:
+        ``[H, W]`` int64 0-based predicted classes (or ``[C, H, W]`` float32 logits with ``return_logits``).
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    r, p = scene.ratio, model.patch
+    (mb, ma), (pb, pa) = patch_padding(p, r * p, r)
+    ms = torch.as_tensor(np.pad(scene.ms, ((0, 0), (mb, ma), (mb, ma)), mode="reflect"))
+    pan = torch.as_tensor(np.pad(scene.pan, ((0, 0), (pb, pa), (pb, pa)), mode="reflect"))
+    h, w = scene.shape
+    out = torch.empty((model.num_classes, h, w)) if return_logits else torch.empty((h, w), dtype=torch.long)
+    tiles = [(y, x) for y in range(0, h, tile) for x in range(0, w, tile)]
+    with eval_mode(model):
+        for y, x in tqdm(tiles, desc="dense", leave=False, disable=not progress):
+            th, tw = min(tile, h - y), min(tile, w - x)
+            ms_t = ms[None, :, y:y + th + p - 1, x:x + tw + p - 1].to(device)
+            pan_t = pan[None, :, r * y:r * (y + th + p - 1), r * x:r * (x + tw + p - 1)].to(device)
+            logits = model.dense(ms_t if "ms" in model.branches else None,
+                                 pan_t if "pan" in model.branches else None)[0].float().cpu()
+            out[..., y:y + th, x:x + tw] = logits if return_logits else logits.argmax(0)
+    return out.numpy()
+
+
+@torch.no_grad()
+def patch_predict(model: PHANet, sampler: PatchSampler, rows: np.ndarray, cols: np.ndarray, batch_size: int = 1024,
+                  progress: bool = False, return_logits: bool = False) -> np.ndarray:
+    """Classify pixels one patch each, in batches (the reference :func:`dense_predict` is measured against)."""
+    device = next(model.parameters()).device
+    out = []
+    with eval_mode(model):
+        for start in tqdm(range(0, len(rows), batch_size), desc="patches", leave=False, disable=not progress):
+            b = sampler.gather(rows[start:start + batch_size], cols[start:start + batch_size])
+            logits = model({k: v.to(device) for k, v in b.items()})["logits"].float().cpu()
+            out.append(logits if return_logits else logits.argmax(1))
+    return torch.cat(out).numpy()

@@ -21,9 +21,6 @@ from rswb.viz.hashing import (
     plot_retrieval_gallery,
 )
 from rswb.viz.pha import (
-    dictionary_codes,
-    load_predictions,
-    modality_embeddings,
     plot_alignment_curves,
     plot_class_maps,
     plot_confusion,
@@ -64,11 +61,8 @@ __all__ = [
     "plot_token_similarity",
     "plot_training_curves",
     "search_widget",
-    "dictionary_codes",
     "gallery_widget",
     "hamming_ranking",
-    "load_predictions",
-    "modality_embeddings",
     "plot_alignment_curves",
     "plot_class_maps",
     "plot_code_embedding",

@@ -23,11 +23,11 @@ from matplotlib.figure import Figure
 
 from rswb.data.scenes import load_image
 from rswb.metrics.hashing import binarize, hamming_distance, pack_codes
+from rswb.viz.common import pca_2d
 
 __all__ = [
     "gallery_widget",
     "hamming_ranking",
-    "pca_2d",
     "plot_code_embedding",
     "plot_hamming_histograms",
     "plot_map_vs_bits",
@@ -156,22 +156,6 @@ def plot_hamming_histograms(codes: Any, labels: Any, exclude_self: bool = True, 
     ax.legend(fontsize="small")
     ax.set_title(title or f"Hamming distances of pairs ({k}-bit codes)")
     return ax.figure
-
-
-def pca_2d(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The first two principal components ``[N, 2]`` and their share of the variance ``[2]``."""
-    x = x - x.mean(0)
-    u, s, vt = np.linalg.svd(x, full_matrices=False)
-    # The sign of a singular vector is arbitrary: make each one's largest loading positive, so plots are stable.
-    signs = np.sign(vt[np.arange(len(vt)), np.abs(vt).argmax(1)])
-    signs[signs == 0] = 1
-    y = (u * s * signs)[:, :2]
-    var = s**2
-    share = var[:2] / var.sum() if var.sum() > 0 else np.zeros(2)
-    if y.shape[1] < 2:  # a single component (K = 1, or one distinct code): pad with zeros
-        y = np.pad(y, ((0, 0), (0, 2 - y.shape[1])))
-        share = np.pad(share, (0, 2 - len(share)))
-    return y, share
 
 
 def plot_code_embedding(codes: Any, labels: Any, class_names: Sequence[str] | None = None, method: str = "pca",

@@ -14,8 +14,7 @@ and std over seeds), :func:`load_predictions` (a run's test predictions, confusi
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -28,20 +27,15 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
-from torch.utils.data import Dataset
-from torch.utils.data._utils.collate import default_collate
 
 from rswb.data.mspan import MSPANScene, label_colormap
-from rswb.metrics.classification import classification_report, scores_from_confusion
+from rswb.metrics.classification import scores_from_confusion
 from rswb.models.pha import PHA_VERSIONS, STAGE_NAMES
-from rswb.viz.hashing import pca_2d
+from rswb.viz.common import pca_2d
 
 __all__ = [
     "class_mean_codes",
-    "dictionary_codes",
-    "load_predictions",
     "map_accuracy",
-    "modality_embeddings",
     "normalize_rows",
     "pair_cosines",
     "plot_alignment_curves",
@@ -601,122 +595,3 @@ def version_picker(views: Mapping[str, Callable[[], Figure]], value: str | None 
     pick.observe(show, names="value")
     show()
     return widgets.VBox([pick, image])
-
-
-# ---------------------------------------------------------------------------------------------------- run outputs
-
-
-def load_predictions(run_dir: str | Path, device: str | None = None) -> dict[str, Any]:
-    """A finished PHA run's test predictions (no training): its model, confusion matrix and full-scene map.
-
-    Pixel mode runs the model densely over the whole normalised scene (:func:`rswb.tasks.pha.dense_predict`) and
-    reads the run's test pixels from that map, which gives the same predictions as per-patch inference; scene mode
-    (a scene folder) classifies the test images with :meth:`~rswb.engine.Task.collect`.
-
-    Args:
-        run_dir: a finished ``rswb train pha`` run (its ``best.pt`` is loaded).
-        device: where to run the model (None: the best available).
-
-    Returns:
-        ``model`` (the trained :class:`~rswb.models.pha.PHANet`, in eval mode), ``pred_map`` (``[H, W]`` int64
-        0-based classes, ``None`` in scene mode), ``y_true`` and ``y_pred`` (``[N]`` 0-based, the run's test
-        set), ``confusion`` (``[C, C]``), ``per_class_accuracy`` (``[C]``) and ``metrics`` (``OA``, ``AA``,
-        ``kappa`` fractions, equal to the run's recorded test scores).
-    """
-    from rswb.engine.device import select_device
-    from rswb.engine.launch import load_trained
-    from rswb.engine.task import EvalContext
-
-    bundle = load_trained(run_dir)
-    dev = select_device(device)
-    task = bundle.task.to(dev)
-    pred = task.predictions(bundle.test, EvalContext(dev), dense=True)  # dense: the notebook shows the full map
-    y_true, y_pred = pred["y_true"], pred["y_pred"]
-    report = classification_report(y_true, y_pred, num_classes=task.num_classes)
-    return {"model": task.model, "pred_map": pred["pred_map"], "y_true": np.asarray(y_true),
-            "y_pred": np.asarray(y_pred),
-            "confusion": report["confusion_matrix"], "per_class_accuracy": report["per_class_accuracy"],
-            "metrics": scores_from_confusion(report["confusion_matrix"])}
-
-
-def _sample(n_items: int, n: int | None, seed: int) -> np.ndarray:
-    if n is None or n >= n_items:
-        return np.arange(n_items)
-    return np.sort(np.random.default_rng(seed).choice(n_items, n, replace=False))
-
-
-def _batches(dataset: Dataset, indices: np.ndarray, batch_size: int) -> Iterator[dict[str, Any]]:
-    """Batch dicts of ``dataset[indices]`` (a patch dataset's ``__getitems__`` already returns one)."""
-    for start in range(0, len(indices), batch_size):
-        chunk = [int(i) for i in indices[start:start + batch_size]]
-        items = dataset.__getitems__(chunk) if hasattr(dataset, "__getitems__") else [dataset[i] for i in chunk]
-        yield items if isinstance(items, dict) else default_collate(list(items))
-
-
-@torch.no_grad()
-def _outputs(model: torch.nn.Module, dataset: Dataset, n: int | None, seed: int, batch_size: int,
-             pick: Callable[[dict[str, Any]], dict[str, torch.Tensor]]) -> dict[str, np.ndarray]:
-    """``pick(model output)`` over a seeded sample of ``dataset``, concatenated, with the items' labels."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    chunks: dict[str, list[np.ndarray]] = {"labels": []}
-    for batch in _batches(dataset, _sample(len(dataset), n, seed), batch_size):
-        x = {k: batch[k].to(device) for k in ("ms", "pan") if k in batch}
-        for k, v in pick(model(x)).items():
-            chunks.setdefault(k, []).append(v.float().cpu().numpy())
-        chunks["labels"].append(_array(batch["label"]).astype(np.int64))
-    model.train(was_training)
-    return {k: np.concatenate(v) for k, v in chunks.items()}
-
-
-def modality_embeddings(model: torch.nn.Module, dataset: Dataset, n: int | None = 300, stage: int | str | None = None,
-                        seed: int = 0, batch_size: int = 256) -> dict[str, Any]:
-    """The MS and PAN alignment embeddings of one stage on a seeded sample of items.
-
-    Args:
-        model: an aligned :class:`~rswb.models.pha.PHANet` version (``pha_v2`` ... ``pha_v5``), trained or not.
-        dataset: items with ``ms``, ``pan`` and ``label`` (e.g. a run's test split, ``PHAData.test``).
-        n: items to sample (``None``: all).
-        stage: stage index or name (``"shallow"``, ``"middle"``, ``"deep"``); default: the deepest aligned stage
-            (for ``pha_v5`` the deep embeddings are the dictionary codes).
-        seed: seed of the sample (the same seed gives the same items for two models).
-        batch_size: items per forward pass.
-
-    Returns:
-        ``{"ms": [N, D], "pan": [N, D], "labels": [N], "stage": name}`` for :func:`plot_modality_embedding`.
-
-    Raises:
-        ValueError: the model aligns no stage, or not ``stage``.
-    """
-    aligned = tuple(getattr(model, "align_stages", ()))
-    if not aligned:
-        raise ValueError("the model has no alignment embeddings (pick an aligned version: pha_v2 ... pha_v5)")
-    s = aligned[-1] if stage is None else (STAGE_NAMES.index(stage) if isinstance(stage, str) else int(stage))
-    if s not in aligned:
-        raise ValueError(f"stage {stage!r} is not aligned in this model; aligned: "
-                         f"{', '.join(STAGE_NAMES[a] for a in aligned)}")
-    out = _outputs(model, dataset, n, seed, batch_size, lambda o: {"ms": o["embed"][s][0], "pan": o["embed"][s][1]})
-    return {**out, "stage": STAGE_NAMES[s]}
-
-
-def dictionary_codes(model: torch.nn.Module, dataset: Dataset, n: int | None = 1000, seed: int = 0,
-                     batch_size: int = 256) -> dict[str, np.ndarray]:
-    """The dictionary codes of both modalities (``pha_v5``) on a seeded sample of items.
-
-    Args:
-        model: a :class:`~rswb.models.pha.PHANet` with the compensated dictionary.
-        dataset: items with ``ms``, ``pan`` and ``label``.
-        n: items to sample (``None``: all).
-        seed: seed of the sample.
-        batch_size: items per forward pass.
-
-    Returns:
-        ``{"ms": [N, atoms], "pan": [N, atoms], "labels": [N]}`` for :func:`plot_dictionary_usage`.
-
-    Raises:
-        ValueError: the model has no dictionary.
-    """
-    if getattr(model, "dictionary", None) is None:
-        raise ValueError("the model has no dictionary (only pha_v5 has one)")
-    return _outputs(model, dataset, n, seed, batch_size, lambda o: {"ms": o["codes_ms"], "pan": o["codes_pan"]})

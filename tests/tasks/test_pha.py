@@ -13,13 +13,14 @@ import pytest
 import torch
 
 from rswb.cli import main
-from rswb.data.mspan import PatchSampler, load_mspan
+from rswb.data.mspan import PatchSampler, PixelPatches, load_mspan
 from rswb.data.synthetic import ensure_embedded
-from rswb.data.transforms import dihedral
-from rswb.losses.pha import progressive_weights
-from rswb.models.pha import PHA_VERSIONS, PHANet
+from rswb.data.transforms import augment_pairs, dihedral
+from rswb.engine.pha import PHATask
+from rswb.losses.pha import PHALoss, progressive_weights
+from rswb.models.pha import PHA_VERSIONS, PHANet, dense_predict, patch_predict
 from rswb.registry import create_model
-from rswb.tasks.pha import PHAConfig, PHATask, PixelPatches, augment_pairs, dense_predict, patch_predict, prepare_data
+from rswb.tasks.pha import PHAConfig, prepare_data
 from tests.models.test_pha import randomize
 
 WIDTHS = (4, 8, 8)
@@ -46,8 +47,13 @@ def model_for(version: str, num_classes: int = 8, seed: int = 0, **kw) -> PHANet
     return create_model(version, num_classes=num_classes, widths=WIDTHS, proj_dim=8, **kw)
 
 
+def pha_task_of(model: PHANet, num_classes: int, temperature: float = 0.1, progressive_width: float = 0.5,
+                **kw) -> PHATask:
+    return PHATask(model, PHALoss.for_model(model, temperature, progressive_width), num_classes, **kw)
+
+
 def make_task(version: str, **kw) -> PHATask:
-    return PHATask(model_for(version), 8, **kw)
+    return pha_task_of(model_for(version), 8, **kw)
 
 
 def lab_copy(tmp_path):
@@ -123,19 +129,20 @@ def test_schedule_per_version():
         task = make_task(version, progressive_width=0.5)
         for epoch, progress in ((0, 0.0), (4, 0.5), (8, 1.0)):
             want = progressive_weights(progress, 3, 0.5).tolist()
-            assert list(task.schedule(epoch, 9).values()) == pytest.approx(want)
-            assert sorted(task.schedule(epoch, 9)) == [0, 1, 2]
-        assert task.schedule(0, 1) == pytest.approx(dict(enumerate(progressive_weights(0.0).tolist())))
+            assert list(task.loss.schedule(epoch, 9).values()) == pytest.approx(want)
+            assert sorted(task.loss.schedule(epoch, 9)) == [0, 1, 2]
+        assert task.loss.schedule(0, 1) == pytest.approx(dict(enumerate(progressive_weights(0.0).tolist())))
         wide = make_task(version, progressive_width=2.0)
-        assert list(wide.schedule(0, 5).values()) == pytest.approx(progressive_weights(0.0, 3, 2.0).tolist())
-    assert make_task("pha_v3").schedule(3, 10) == pytest.approx({0: 1 / 3, 1: 1 / 3, 2: 1 / 3})
-    assert make_task("pha_v2").schedule(3, 10) == {2: 1.0}
+        assert list(wide.loss.schedule(0, 5).values()) == pytest.approx(progressive_weights(0.0, 3, 2.0).tolist())
+    assert make_task("pha_v3").loss.schedule(3, 10) == pytest.approx({0: 1 / 3, 1: 1 / 3, 2: 1 / 3})
+    assert make_task("pha_v2").loss.schedule(3, 10) == {2: 1.0}
     for version in ("ms_only", "pan_only", "pha_v1"):
-        assert make_task(version).schedule(0, 10) == {}
+        assert make_task(version).loss.schedule(0, 10) == {}
     task = make_task("pha_v4")
-    assert task.stage_weights == task.schedule(0, 1)
+    assert task.loss.stage_weights == task.loss.schedule(0, 1)
     task.on_epoch_start(9, 10)
-    assert task.stage_weights == task.schedule(9, 10) and max(task.stage_weights, key=task.stage_weights.get) == 2
+    w = task.loss.stage_weights
+    assert w == task.loss.schedule(9, 10) and max(w, key=w.get) == 2
 
 
 def small_batch(n: int = 6, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -187,7 +194,7 @@ def test_losses_terms_per_version(version):
 def test_total_loss_uses_the_weights():
     torch.manual_seed(0)
     weights = {"align_loss": 0.5, "recon_loss": 2.0, "decor_loss": 0.25, "sparse_loss": 0.1}
-    task = PHATask(model_for("pha_v5"), 8, augment=False, loss_weights=weights).eval()  # eval: no dropout
+    task = pha_task_of(model_for("pha_v5"), 8, augment=False, loss_weights=weights).eval()  # eval: no dropout
     batch = small_batch()
     with torch.no_grad():
         terms = task.losses(batch)
@@ -336,7 +343,7 @@ def test_scene_mode_prepare_and_one_step():
 
     torch.manual_seed(0)
     model = create_model("pha_v1", num_classes=10, bands=3, widths=WIDTHS)
-    task = PHATask(model, 10, unlabelled=data.unlabelled, n_unlabelled=2).train()
+    task = pha_task_of(model, 10, unlabelled=data.unlabelled, n_unlabelled=2).train()
     batch = task.collate([data.train[i] for i in range(4)])
     opt = torch.optim.SGD(task.parameters(), lr=0.1)
     loss, report = task(batch)
@@ -364,7 +371,7 @@ def test_scene_mode_too_small_images_raise_a_clear_error():
 
 
 def test_jitter_gains_are_per_sample_independent_per_modality_and_bounded():
-    from rswb.tasks.pha import jitter_gains
+    from rswb.data.transforms import jitter_gains
 
     g = torch.Generator().manual_seed(3)
     x = {"ms": torch.ones(256, 4, 2, 2), "pan": torch.ones(256, 1, 8, 8)}
@@ -395,7 +402,7 @@ def test_train_help_states_the_training_settings_the_task_prefers(capsys):
 
 
 def test_scores_per_class_accuracy_matches_a_loop_and_skips_absent_classes():
-    from rswb.tasks.pha import scores
+    from rswb.metrics.classification import class_scores as scores
 
     rng = np.random.default_rng(4)
     y = rng.integers(0, 5, 300)

@@ -20,6 +20,7 @@ from rswb.viz import (
     plot_pr_curves,
     plot_retrieval_gallery,
 )
+from rswb.viz.common import pca_2d
 
 
 def _data(n=40, k=16, classes=4, seed=0):
@@ -87,7 +88,7 @@ def test_code_embedding_one_scatter_per_class():
 def test_pca_matches_the_covariance_eigenvectors():
     codes, _, _ = _data(n=50, k=8)
     x = codes.astype(float) - codes.mean(0)
-    xy, share = vh.pca_2d(codes.astype(float))
+    xy, share = pca_2d(codes.astype(float))
     w, v = np.linalg.eigh(np.cov(x.T, bias=True))
     top = v[:, ::-1][:, :2]
     for i in range(2):  # the same axes up to sign

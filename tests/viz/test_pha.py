@@ -10,13 +10,12 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
+import rswb.infer as infer
 import rswb.viz.pha as vp
 from rswb.data.mspan import MSPANScene, label_colormap
+from rswb.infer import dictionary_codes, load_predictions, modality_embeddings
 from rswb.registry import create_model
 from rswb.viz import (
-    dictionary_codes,
-    load_predictions,
-    modality_embeddings,
     plot_alignment_curves,
     plot_class_maps,
     plot_confusion,
@@ -28,6 +27,7 @@ from rswb.viz import (
     summarize_versions,
     version_picker,
 )
+from rswb.viz.common import pca_2d
 
 NAMES = ["water", "field", "road"]
 
@@ -213,7 +213,7 @@ def test_modality_embedding_is_a_joint_pca_of_both_modalities():
     assert len(ax.get_lines()) == 5  # pair lines
     ms_pts, pan_pts = (c.get_offsets() for c in ax.collections)
     unit = [x / np.linalg.norm(x, axis=1, keepdims=True) for x in (before["ms"], before["pan"])]
-    want, _ = vp.pca_2d(np.concatenate(unit))
+    want, _ = pca_2d(np.concatenate(unit))
     assert np.allclose(ms_pts, want[:40]) and np.allclose(pan_pts, want[40:])
     pos, neg = vp.pair_cosines(after["ms"], after["pan"])
     assert f"pair cosine {pos:.2f}, other pairs {neg:.2f}" in fig.axes[1].get_title()
@@ -296,7 +296,7 @@ def test_modality_embeddings_and_codes_match_the_forward_pass():
     model = create_model("pha_v5", num_classes=3, widths=(4, 8, 8), atoms=6)
     data = _Pairs()
     emb = modality_embeddings(model, data, n=5, seed=1, batch_size=2)
-    idx = vp._sample(len(data), 5, 1)
+    idx = infer._sample(len(data), 5, 1)
     model.eval()
     with torch.no_grad():
         out = model({"ms": data.ms[idx], "pan": data.pan[idx]})
