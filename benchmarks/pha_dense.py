@@ -5,8 +5,8 @@ models are built so that one pass over the (tiled, reflect-padded) scene gives e
 (:meth:`rswb.models.pha.PHANet.dense`). Both ways run here, in the same process, on the same random scene and model
 (``pha_v5``, default widths, eval mode):
 
-* ``rswb``: :func:`rswb.tasks.pha.dense_predict` (tiles of 256 x 256 output pixels; median of 3 runs);
-* ``reference``: :func:`rswb.tasks.pha.patch_predict`, every pixel's patch pair gathered by the vectorised
+* ``rswb``: :func:`rswb.models.pha.dense_predict` (tiles of 256 x 256 output pixels; median of 3 runs);
+* ``reference``: :func:`rswb.models.pha.patch_predict`, every pixel's patch pair gathered by the vectorised
   :class:`~rswb.data.PatchSampler` and classified in batches of 1,024, the usual way (one run: it is the slow side).
 
 Reported: times, speed-up, the share of pixels whose predicted class agrees and the largest logit difference.
@@ -33,7 +33,7 @@ def run(size: int = 256, version: str = "pha_v5", seed: int = 0, device: str | N
         widths: tuple[int, int, int] = (16, 32, 64)) -> dict:
     """Classify a random ``size x size`` scene both ways; return times, speed-up and agreement."""
     import rswb.models  # noqa: F401  (registers the versions)
-    from rswb.tasks.pha import dense_predict, patch_predict
+    from rswb.models.pha import dense_predict, patch_predict
 
     rng = np.random.default_rng(seed)
     scene = MSPANScene(ms=rng.random((4, size, size), dtype=np.float32),

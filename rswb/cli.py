@@ -170,41 +170,24 @@ def _cmd_runs_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    import subprocess
+
     import rswb
 
-    # benchmarks/ is a folder of the source checkout, next to the rswb package; it is not installed with it.
+    # The benchmarks are a folder of the source checkout, next to the rswb package (they are not installed with it,
+    # and the package never imports them): run them as `python -m benchmarks` in the checkout.
     root = Path(rswb.__file__).resolve().parents[1]
-    if not (root / "benchmarks" / "__init__.py").is_file():
+    if not (root / "benchmarks" / "__main__.py").is_file():
         print(
             f"rswb bench: error: no benchmarks/ folder at {root / 'benchmarks'}; the benchmarks come with the source "
             "checkout (git clone), not with an installed package",
             file=sys.stderr,
         )
         return 2
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    import benchmarks
-
-    if Path(benchmarks.__file__).resolve().parent != root / "benchmarks":
-        print(f"rswb bench: error: 'benchmarks' was imported from {benchmarks.__file__}, not from {root}",
-              file=sys.stderr)  # fmt: skip
-        return 2
-    known = benchmarks.names()
-    names = list(dict.fromkeys(args.names)) or known
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        print(f"rswb bench: error: unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(known)}",
-              file=sys.stderr)  # fmt: skip
-        return 2
-    results = {}
-    for name in names:
-        print(f"rswb bench: running {name}{' (quick)' if args.quick else ''} ...", file=sys.stderr, flush=True)
-        results[name] = benchmarks.run(name, quick=args.quick)
-        if not args.json:
-            print(benchmarks.format_result(name, results[name]) + "\n", flush=True)
-    if args.json:
-        print(json.dumps(results, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
-    return 0
+    cmd = [sys.executable, "-m", "benchmarks", *args.names, *(["--json"] if args.json else []),
+           *(["--quick"] if args.quick else [])]
+    sys.stdout.flush()
+    return subprocess.run(cmd, cwd=root).returncode
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -270,9 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="override a parameter in every notebook that has it (YAML value; repeatable)")
     nr.add_argument("--reports", default="reports", help="parent folder of the report folders (default: reports)")
     nr.set_defaults(func=_cmd_notebooks_run)
-    nb_base = nbs_sub.add_parser("baseline", help="write tests/notebooks/baselines.yaml from a quick-profile report")
+    nb_base = nbs_sub.add_parser("baseline", help="write notebooks/baselines/quick.yaml from a quick-profile report")
     nb_base.add_argument("report", help="a report folder of `rswb notebooks run --profile quick`")
-    nb_base.add_argument("--out", default=None, help="baselines file (default: tests/notebooks/baselines.yaml)")
+    nb_base.add_argument("--out", default=None, help="baselines file (default: notebooks/baselines/quick.yaml)")
     nb_base.set_defaults(func=_cmd_notebooks_baseline)
 
     runs = sub.add_parser("runs", help="list and compare run folders")

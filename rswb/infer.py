@@ -152,9 +152,7 @@ def load_codes(run_dir: str | Path, device: str | None = None) -> dict[str, Any]
     if not run.best.exists():
         raise FileNotFoundError(f"{run.best}: weights file not found (is the run finished?)")
     cfg = from_dict(HashConfig, renamed(HashConfig, run.read_config().get("task_config", {})), source=str(run.config))
-    task, test, query = query_task(cfg)
-    task.load_state_dict(load_checkpoint(run.best)["task"])
-    task.eval()
+    task, test, query = query_task(cfg, load_checkpoint(run.best)["task"])
     dev = select_device(device)
     out = task.to(dev).collect(test, EvalContext(dev))
     labels = out["label"].numpy().astype(np.int64)

@@ -21,29 +21,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from rswb.engine.experiments import SUITE
 from rswb.io import atomic_write_text
 
-__all__ = ["BASELINES", "NOTEBOOKS", "PROFILES", "NotebookResult", "compare_to_baselines", "error_outputs",
-           "flatten_metrics", "load_baselines", "make_baselines", "notebook_parameters", "run_suite", "tolerance",
-           "write_index"]
+__all__ = ["BASELINES", "NOTEBOOKS", "PROFILES", "NotebookResult", "baselines_path", "compare_to_baselines",
+           "error_outputs", "flatten_metrics", "load_baselines", "make_baselines", "notebook_parameters", "run_suite",
+           "tolerance", "write_index"]
 
 NOTEBOOKS = ("01_data_inspection", "02_pha_versions", "03_retrieval_training", "04_hash_evaluation")
 
-PROFILES: dict[str, dict[str, dict[str, Any]]] = {
-    "quick": {
-        "01_data_inspection": {},
-        "02_pha_versions": {"PROFILE": "quick", "VERSIONS": ["pan_only", "pha_v1", "pha_v5"], "EPOCHS": 2},
-        "03_retrieval_training": {"PROFILE": "quick", "METHODS": ["vsepp", "clip", "fisvl", "kamcl"], "EPOCHS": 2},
-        "04_hash_evaluation": {"PROFILE": "quick", "BITS": [16, 32], "EPOCHS": 3, "TOP_K": 4},
-    },
-    "full": {
-        "01_data_inspection": {},
-        "02_pha_versions": {"PROFILE": "full", "SEEDS": [0, 1, 2]},
-        "03_retrieval_training": {"PROFILE": "full", "EPOCHS": 20},
-        "04_hash_evaluation": {"PROFILE": "full", "EPOCHS": 30},
-    },
-}
-"""Parameter values of each notebook per profile (``OUTPUT_DIR`` is always set to the notebook's report folder)."""
+PROFILES = SUITE
+"""The suite profiles (:data:`rswb.engine.experiments.SUITE`): parameter values of each notebook per profile."""
 
 
 @dataclass
@@ -193,7 +181,12 @@ without error, in {sum(r.seconds for r in results):.0f} s.</p>
 
 # --- regression baselines ------------------------------------------------------------------------------------------
 
-BASELINES = Path(__file__).resolve().parents[1] / "tests" / "notebooks" / "baselines.yaml"
+def baselines_path(profile: str = "quick") -> Path:
+    """The baselines file of a suite profile: ``notebooks/baselines/<profile>.yaml`` beside the notebooks."""
+    return notebooks_dir() / "baselines" / f"{profile}.yaml"
+
+
+BASELINES = baselines_path("quick")
 """The quick-profile metrics of every notebook on the embedded data, with tolerances (the notebook tests' reference)."""
 
 _IGNORED = ("best_epoch", "time", "seconds")

@@ -14,9 +14,10 @@ NAMES = ["retrieval_rsicd", "retrieval_5k", "hashing_loo", "hashing_1m", "patch_
 MACHINE_KEYS = {"cpu", "cores", "torch", "threads", "device"}
 
 
-def test_quick_json_runs_every_benchmark(capsys):
+def test_quick_json_runs_every_benchmark(capfd):
+    # rswb bench runs `python -m benchmarks` in the checkout (the package never imports benchmarks/): capture the fds.
     assert main(["bench", "--quick", "--json"]) == 0
-    out = json.loads(capsys.readouterr().out)  # exactly one JSON object on stdout
+    out = json.loads(capfd.readouterr().out)  # exactly one JSON object on stdout
     assert list(out) == NAMES
     for name, res in out.items():
         assert {"rswb_s", "reference_s", "speedup", "machine"} <= set(res), name
@@ -35,9 +36,9 @@ def test_quick_json_runs_every_benchmark(capsys):
         assert "not installed" in h["faiss"]
 
 
-def test_named_subset_prints_a_table(capsys):
+def test_named_subset_prints_a_table(capfd):
     assert main(["bench", "hashing_loo", "--quick"]) == 0
-    out = capsys.readouterr().out
+    out = capfd.readouterr().out
     assert "hashing_loo" in out and "speedup" in out and "retrieval" not in out
 
 
@@ -56,3 +57,17 @@ def test_missing_benchmarks_folder_is_a_clear_error(monkeypatch, tmp_path, capsy
     assert main(["bench", "--quick"]) == 2
     err = capsys.readouterr().err
     assert "no benchmarks/ folder" in err and "source checkout" in err
+
+
+def test_the_package_never_imports_benchmarks_or_tests():
+    import ast
+    from pathlib import Path
+
+    import rswb
+
+    for f in Path(rswb.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n.split(".")[0] in ("benchmarks", "tests") for n in names), f
+    assert "sys.path" not in (Path(rswb.__file__).parent / "cli.py").read_text()

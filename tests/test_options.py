@@ -133,3 +133,14 @@ def test_allowed_and_validate_on_a_plain_config():
         with pytest.raises(ValueError, match=msg):
             validate(bad, source="test")
     validate(TrainConfig())  # the defaults are valid
+
+
+def test_a_deprecated_option_still_works_with_a_warning():
+    from rswb.engine.launch import renamed, split_options
+
+    with pytest.warns(FutureWarning, match="--cue-weight is deprecated; use --cue-repeats"):
+        _, task = split_options({"cue_weight": 3, "bits": 8}, HashConfig)
+    assert task == {"cue_repeats": 3, "bits": 8}
+    with pytest.raises(ValueError, match="old name of --cue-repeats"):
+        split_options({"cue_weight": 3, "cue_repeats": 2}, HashConfig)
+    assert renamed(HashConfig, {"cue_weight": 5}) == {"cue_repeats": 5}  # run configs saved before the rename

@@ -135,10 +135,10 @@ def test_unknown_name_suggests_close_matches(uid):
 
 
 def test_unknown_kind_raises():
-    with pytest.raises(ValueError, match=r"unknown registry 'optimizer'.*model, dataset, task"):
+    with pytest.raises(ValueError, match=r"unknown registry 'optimizer'.*model, loss, dataset, task"):
         register("optimizer")
     with pytest.raises(ValueError, match="unknown registry"):
-        get("loss", "x")
+        get("metric", "x")
     with pytest.raises(ValueError, match="unknown registry"):
         list_names("models")
     with pytest.raises(ValueError, match="unknown registry"):
@@ -202,3 +202,13 @@ def test_module_colon_name_uses_working_directory(tmp_path, monkeypatch, uid):
     monkeypatch.delitem(sys.modules, name, raising=False)
     assert create("dataset", f"{name}:cwd_{uid}") == "cwd"
     monkeypatch.delitem(sys.modules, name)
+
+
+def test_every_retrieval_method_has_a_model_and_a_loss():
+    import rswb.losses  # noqa: F401  (registers the losses)
+    import rswb.models  # noqa: F401
+    from rswb.models.retrieval import METHODS
+    from rswb.registry import create_loss
+
+    assert set(METHODS) <= set(list_names("model")) and set(METHODS) <= set(list_names("loss"))
+    assert create_loss("fisvl", margin=0.3, queue_size=5).margin == 0.3  # other methods' options are ignored

@@ -156,15 +156,20 @@ def hash_task(cfg: HashConfig) -> TaskBundle:
     return TaskBundle(task, train, val=val if len(va_idx) else None, test=test, train_defaults=defaults)
 
 
-def query_task(cfg: HashConfig) -> tuple[HashTask, Dataset, SceneFolder]:
-    """The task of ``cfg`` (untrained) with only its query (= database) split built, for scoring a trained run.
+def query_task(cfg: HashConfig, weights: dict | None = None) -> tuple[HashTask, Dataset, SceneFolder]:
+    """The task of ``cfg`` with only its query (= database) split built, for scoring a trained run.
 
     The training images' features (minutes on a cold cache) are not computed; the query images are checked first.
+    ``weights`` (a checkpoint's ``"task"`` state dict) are loaded before the query split is built, because the
+    frozen profile's query features come from the model's own backbone.
 
     Returns:
-        ``(task, query dataset as the task reads it, the query folder)``.
+        ``(task in eval mode, query dataset as the task reads it, the query folder)``.
     """
     train_all, query = _scene_splits(cfg)
     check_images([r.path for r in query.records], cache_dir=cache_root(cfg.cache_dir) / "image_checks")
     task = _make_task(cfg, train_all)
+    if weights is not None:
+        task.load_state_dict(weights)
+    task.eval()
     return task, _test_split(cfg, task.model, query), query

@@ -45,7 +45,7 @@ def check_committed(path: Path) -> tuple[set[str], nbformat.NotebookNode]:
 
 
 def assert_matches_baselines(name: str, metrics_file: Path) -> None:
-    """Fail with a readable diff when a notebook's metrics drift from ``tests/notebooks/baselines.yaml``."""
+    """Fail with a readable diff when a notebook's metrics drift from ``notebooks/baselines/quick.yaml``."""
     import json
 
     import pytest
@@ -54,5 +54,5 @@ def assert_matches_baselines(name: str, metrics_file: Path) -> None:
 
     problems = compare_to_baselines(name, json.loads(metrics_file.read_text()))
     if problems:
-        pytest.fail("metrics drifted from tests/notebooks/baselines.yaml (update it deliberately with "
+        pytest.fail("metrics drifted from notebooks/baselines/quick.yaml (update it deliberately with "
                     "`rswb notebooks baseline REPORT`):\n  " + "\n  ".join(problems), pytrace=False)

@@ -92,29 +92,37 @@ def test_quick_profile_on_uc_merced(shared_data, tmp_path):
     assert test["mAP@20"] > 0.6 and test["class_acc"] > 0.6
 
 
-def test_train_or_load_reuses_a_finished_run_with_the_same_options(tmp_path, monkeypatch):
-    from rswb.tasks import hashing
+def test_profile_run_reuses_a_finished_run_with_the_same_options(tmp_path, monkeypatch):
+    from rswb.engine import experiments
+    from rswb.infer import load_codes
 
     monkeypatch.setenv("RSWB_CACHE_DIR", str(tmp_path / "cache"))
-    tiny = {**hashing.PROFILES["quick"], "image_size": 32, "per_class": 10}
-    monkeypatch.setitem(hashing.PROFILES, "tiny", tiny)
-    run = hashing.train_or_load(8, "tiny", None, epochs=1, seed=0, output_dir=tmp_path / "runs", progress=False)
-    assert run == tmp_path / "runs" / "tiny-8bit" and (run / "metrics.json").exists()
-    stamp = (run / "metrics.json").stat().st_mtime_ns
-    assert hashing.train_or_load(8, "tiny", None, 1, 0, tmp_path / "runs", progress=False) == run
-    assert (run / "metrics.json").stat().st_mtime_ns == stamp  # reused, not retrained
-    hashing.train_or_load(8, "tiny", None, 2, 0, tmp_path / "runs", progress=False)  # other options: retrained
-    assert (run / "metrics.json").stat().st_mtime_ns != stamp
-    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+    tiny = {**experiments.PROFILES["hash"]["quick"], "image_size": 32, "per_class": 10}
+    monkeypatch.setitem(experiments.PROFILES["hash"], "tiny", tiny)
+    run_dir = tmp_path / "runs" / "tiny-8bit"
 
-    codes = hashing.load_codes(run)
+    def run(epochs):
+        return experiments.profile_run("hash", "tiny", run_dir, progress=False, bits=8, data=None, epochs=epochs,
+                                       seed=0)
+
+    assert run(1) == run_dir and (run_dir / "metrics.json").exists()
+    stamp = (run_dir / "metrics.json").stat().st_mtime_ns
+    assert run(1) == run_dir
+    assert (run_dir / "metrics.json").stat().st_mtime_ns == stamp  # reused, not retrained
+    run(2)  # other options: retrained
+    assert (run_dir / "metrics.json").stat().st_mtime_ns != stamp
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
+
+    codes = load_codes(run_dir)
     n = 10 * 10  # 10 query images of each of the 10 embedded classes
     assert codes["bits"].shape == (n, 8) and codes["code"].shape[0] == n and codes["code"].shape[1] > 8
     assert set(codes["code"].ravel().tolist()) <= {-1, 1}
     assert len(codes["paths"]) == n and codes["label"].tolist() == sorted(codes["label"].tolist())
     assert len(codes["class_names"]) == 10 and codes["metrics"]["mAP@20"] >= 0.0
     with pytest.raises(KeyError, match="quick"):
-        hashing.hash_options(8, "nope", None, 1, 0)
+        experiments.profile_options("hash", "nope")
+    loaded = experiments.load_run(run_dir)
+    assert loaded.metrics["test"] == codes["metrics"] and len(loaded.history) == 2 and loaded.test is not None
 
 
 def test_a_truncated_query_image_fails_in_seconds_before_the_training_features(tmp_path, monkeypatch, capsys):
@@ -156,7 +164,9 @@ def test_load_codes_builds_only_the_test_split(tmp_path, monkeypatch):
         return real(backbone, dataset, *args, views=views, **kwargs)
 
     monkeypatch.setattr(hashing, "extract_images", recording)
-    out = hashing.load_codes(tmp_path / "h")
+    from rswb.infer import load_codes
+
+    out = load_codes(tmp_path / "h")
     assert computed == [(100, 1)]  # the 10 x 10 query images, once; not the 10 x 10 x 2 training views
     final = json.loads((tmp_path / "h" / "metrics.json").read_text())
     assert out["code"].shape[0] == 100 and out["metrics"] == final["test"]
