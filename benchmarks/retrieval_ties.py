@@ -1,6 +1,6 @@
 """One trained retrieval run's test embeddings scored under every tie rule, with a Monte-Carlo check of ``expected``.
 
-Reproduces the table of issue 13 (UCM-Captions, CLIP-style heads, cpu profile, seed 0): the same similarity matrix
+Reproduces the tie-rule table (UCM-Captions, CLIP-style heads, cpu profile, seed 0): the same similarity matrix
 scored with ties counted as wins (``optimistic``), as losses (``pessimistic``), by the published per-query
 ``np.argsort(row)[::-1]`` loop (``published``), and by rswb's default, the closed-form expectation over uniformly
 random orders of tied items (``expected``). The expectation is checked against the mean of ``--trials`` random tie

@@ -1,4 +1,4 @@
-"""Image-text retrieval loss terms of FISVL (METHODS.md section 2) and KAMCL (section 3).
+"""Image-text retrieval loss terms of FISVL and KAMCL (docs/methods.md).
 
 FISVL trains with (a) a multi-positive InfoNCE in which every caption of the same image is a positive
 (:func:`multi_positive_info_nce`), (b) a scene-affiliation loss classifying each embedding against the other

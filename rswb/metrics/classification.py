@@ -1,6 +1,6 @@
 """Classification metrics from a confusion matrix: overall accuracy, average accuracy and Cohen's kappa.
 
-Conventions (METHODS.md, "Shared evaluation semantics"):
+Conventions (docs/methods.md, "Evaluation protocols"):
 
 * The confusion matrix ``M`` has rows = true class and columns = predicted class, in the order of ``labels``.
 * ``OA = trace(M) / N``; per-class accuracy is the *producer's* accuracy ``M[i, i] / sum(M[i, :])`` (recall);

@@ -1,6 +1,6 @@
 """Hash retrieval metrics: packed codes, Hamming distances by popcount, mAP@K, P@K, radius precision/recall, PR curve.
 
-Conventions (METHODS.md, "Shared evaluation semantics"):
+Conventions (docs/methods.md, "Evaluation protocols"):
 
 * A code is ``b`` in ``{-1, +1}^K``; :func:`binarize` maps real outputs to codes with ``sign`` and ``0 -> +1``.
 * :func:`pack_codes` stores bit ``k`` of a code as 1 when ``b[k] = +1``, little-endian within each byte/word

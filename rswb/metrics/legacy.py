@@ -1,7 +1,7 @@
 """Metrics as computed by published code, kept only so that our columns can be compared with published tables.
 
 Never use these for model selection: each differs from the standard definition in :mod:`rswb.metrics` in a way
-documented below (METHODS.md lists them among the bugs of the public code).
+documented below (`docs/methods.md` lists them among the bugs of the public code).
 """
 
 from __future__ import annotations

@@ -67,7 +67,7 @@ class SceneFineGrainedBranch(nn.Module):
 class FGIS(nn.Module):
     """FISVL's fine-grained information supplementation: attention-graph updates over the image's nodes.
 
-    ``steps`` times: ``A = softmax(Q K^T / sqrt(d))`` over the nodes, ``X <- ReLU(W (A X))`` (METHODS.md section 2).
+    ``steps`` times: ``A = softmax(Q K^T / sqrt(d))`` over the nodes, ``X <- ReLU(W (A X))`` (docs/methods.md, FISVL).
     Our deviation: each update is wrapped in a residual connection and a layer norm, ``X <- LN(X + ReLU(W (A X)))``,
     the usual way to keep a node's own information through repeated attention when the graph is trained from
     scratch on top of frozen features. Returns the refined nodes.

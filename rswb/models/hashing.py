@@ -1,4 +1,4 @@
-"""DHCL: deep hashing with the predicted class as a semantic cue (METHODS.md section 4).
+"""DHCL: deep hashing with the predicted class as a semantic cue (docs/methods.md, DHCL).
 
 ``backbone -> global pooling -> linear hash layer (K bits, tanh relaxation) -> classification head on the code``.
 At evaluation the code is ``sign(h)`` and the **semantic cue** is appended: the predicted class index written in

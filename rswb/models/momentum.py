@@ -1,4 +1,4 @@
-"""Momentum (EMA) key encoders and feature queues, as used by KAMCL's momentum contrast (METHODS.md section 3).
+"""Momentum (EMA) key encoders and feature queues, as used by KAMCL's momentum contrast (docs/methods.md, KAMCL).
 
 A :class:`MomentumEncoder` keeps a frozen copy of an encoder whose parameters follow the online encoder by an
 exponential moving average, ``key = m * key + (1 - m) * online``, for **every** parameter (the public code of some

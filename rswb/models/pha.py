@@ -1,4 +1,4 @@
-"""PHA: few-shot MS+PAN classification as a ladder of registered model versions (METHODS.md section 1).
+"""PHA: few-shot MS+PAN classification as a ladder of registered model versions (docs/methods.md, PHA).
 
 Every version is one :class:`PHANet` configuration; each step of the ladder changes one thing and its builder's
 docstring says what and why (keyword arguments override a version's settings, which is how ablations such as

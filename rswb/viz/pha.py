@@ -294,7 +294,7 @@ def plot_class_maps(maps: Mapping[str, Any], ground_truth: Any, class_names: Seq
     """Full-scene predicted class maps next to the ground truth, in the fixed label colours with one legend.
 
     Args:
-        maps: ``{title: predicted map [H, W]}`` of 0-based classes (e.g. :func:`rswb.tasks.pha.dense_predict`
+        maps: ``{title: predicted map [H, W]}`` of 0-based classes (e.g. :func:`rswb.models.pha.dense_predict`
             per version).
         ground_truth: label map ``[H, W]`` with 1..C for the classes and 0 = unlabelled (shown black).
         class_names: name of each class (default: ``class k``).
