@@ -32,6 +32,8 @@ __all__ = [
 
 KINDS = ("model", "loss", "dataset", "task")
 _REGISTRY: dict[str, dict[str, Callable[..., Any]]] = {kind: {} for kind in KINDS}
+# The packages whose import registers rswb's own builders of each kind (imported on the first unknown name).
+_BUILT_IN = {"model": "rswb.models", "loss": "rswb.losses", "task": "rswb.tasks"}
 
 
 def _check_kind(kind: str) -> dict[str, Callable[..., Any]]:
@@ -108,6 +110,8 @@ def get(kind: str, name: str) -> Callable[..., Any]:
             importlib.import_module(module)
         except ImportError as err:
             raise KeyError(f"cannot import {module!r} to find {kind} {name!r}: {err}") from None
+    if name not in registry and kind in _BUILT_IN:
+        importlib.import_module(_BUILT_IN[kind])  # registers rswb's own builders on first use
     if name not in registry:
         close = difflib.get_close_matches(name, registry, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""

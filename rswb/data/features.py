@@ -10,7 +10,8 @@ paths, sizes and modification times, the settings. A changed file, weight or set
 hit. Entries are written atomically and read with ``weights_only=True``; an unreadable entry is recomputed.
 
 The encoder runs on the device its caller passes (the training device of the run: ``--device``), in eval mode, and
-goes back to the device and mode it had.
+goes back to the device and mode it had. Extraction leaves the global random state as it found it (a DataLoader
+draws from it), so a run gives the same numbers whether its cache was cold or warm.
 """
 
 from __future__ import annotations
@@ -73,6 +74,16 @@ def cached(path: str | Path, compute: Callable[[], dict[str, Any]]) -> dict[str,
     return value
 
 
+def _own_random_state(device: torch.device):
+    """Restore torch's global random state (CPU, and ``device`` if CUDA) after the block.
+
+    Iterating a DataLoader draws a seed from the global generator. Without this, a run whose cache is cold (features
+    extracted in the run) would initialise its model from another random state than a run that found them cached.
+    """
+    cuda = [device.index or 0] if device.type == "cuda" else []
+    return torch.random.fork_rng(devices=cuda)
+
+
 def _module_device(module: nn.Module) -> torch.device:
     return next(iter(module.parameters()), torch.empty(0)).device
 
@@ -106,7 +117,7 @@ def extract_images(encoder: nn.Module, dataset: Dataset, fn: Callable[[nn.Module
     device = torch.device(device)
     parts: dict[str, list[torch.Tensor]] = {}
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    with eval_mode(encoder):
+    with _own_random_state(device), eval_mode(encoder):
         encoder.to(device)
         try:
             for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
@@ -141,7 +152,7 @@ def extract_text_states(encoder: nn.Module, captions: Sequence[str], *, device: 
     toks = encoder.tokenize(list(captions))
     width = int(toks["attention_mask"].sum(1).max())
     states = torch.zeros(len(captions), width, encoder.state_dim, dtype=torch.float16)
-    with eval_mode(encoder):
+    with _own_random_state(device), eval_mode(encoder):
         encoder.to(device)
         try:
             for start in tqdm(range(0, len(captions), batch_size), desc=desc, leave=False, disable=not progress):

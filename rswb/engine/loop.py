@@ -189,8 +189,84 @@ def fit(
         device = torch.device("cuda", dist.local_rank)
     precision = resolve_precision(cfg.precision, device)
     show = cfg.progress and dist.is_main
+    run = _prepare_folder(RunFolder(Path(run_dir) if run_dir is not None else
+                                    Path(runs_root) / (name or _default_name(task))), resume, overwrite, dist)
 
-    run = RunFolder(Path(run_dir) if run_dir is not None else Path(runs_root) / (name or _default_name(task)))
+    task.to(device)
+    train_set, val_set = (train, val) if val is not None else carve_validation(train, cfg.val_fraction, cfg.seed)
+    sampler, loader = _training_loader(task, train_set, cfg, device, dist)
+    trainer = task
+    if dist.enabled:
+        ids = [device.index] if device.type == "cuda" else None
+        trainer = DistributedDataParallel(task, device_ids=ids,
+                                          find_unused_parameters=getattr(task, "ddp_find_unused_parameters", False))
+    st = _Training(trainer, task, loader, sampler, build_optimizer(task.param_groups(), cfg), cfg, device,
+                   precision, dist, run, show)
+    st.scheduler = build_scheduler(st.optimizer, cfg, len(sampler))
+    st.scaler = make_grad_scaler(device, precision)
+    st.monitor = cfg.monitor or task.monitor
+    st.mode = task.monitor_mode if cfg.monitor is None else ("min" if _lower_is_better(st.monitor) else "max")
+    if resume and run.checkpoint.exists():
+        _resume(st)
+    if dist.is_main:
+        _write_config(st, task_name, task_config, len(train_set), val_set, test)
+        run.write_history(st.history)
+
+    eval_ctx = EvalContext(device, precision, cfg.eval_batch_size or 2 * cfg.batch_size, dist, cfg.num_workers,
+                           progress=show)
+    epochs_bar = tqdm(range(st.start_epoch, cfg.epochs), initial=st.start_epoch, total=cfg.epochs,
+                      desc=run.path.name, disable=not show, unit="epoch")
+    for epoch in epochs_bar:
+        t0 = time.perf_counter()
+        record = _train_epoch(st, epoch)
+        improved = _validate(st, epoch, val_set, eval_ctx, record)
+        record["time_s"] = time.perf_counter() - t0
+        st.history.append(record)
+        if dist.is_main:
+            _save_epoch(st, epoch, improved, record, callbacks)
+        dist.barrier()
+        if show:
+            shown = {"loss": f"{record['train_loss']:.4f}"}
+            if st.best["value"] is not None:
+                shown[f"best {st.monitor}"] = f"{st.best['value']:.4g}"
+            epochs_bar.set_postfix(shown)
+        if cfg.early_stop_patience is not None and st.bad_evals >= cfg.early_stop_patience:
+            st.stopped_early = True
+            break
+    epochs_bar.close()
+    return _finish(st, val_set, test, eval_ctx)
+
+
+@dataclass
+class _Training:
+    """Everything one :func:`fit` call works with, and the state that changes as it trains."""
+
+    trainer: Any  # the task, or its DDP wrapper
+    task: Task
+    loader: DataLoader
+    sampler: EpochBatchSampler
+    optimizer: torch.optim.Optimizer
+    cfg: TrainConfig
+    device: torch.device
+    precision: str
+    dist: DistContext
+    run: RunFolder
+    show: bool
+    scheduler: Any = None
+    scaler: Any = None
+    monitor: str = ""
+    mode: str = "max"
+    start_epoch: int = 0
+    global_step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=lambda: {"epoch": None, "value": None, "metrics": {}})
+    best_state: dict[str, torch.Tensor] | None = None
+    bad_evals: int = 0
+    stopped_early: bool = False
+
+
+def _prepare_folder(run: RunFolder, resume: bool, overwrite: bool, dist: DistContext) -> RunFolder:
+    """Refuse to overwrite a run by accident, clear a replaced one, and remove temp files a killed process left."""
     if dist.is_main and run.exists() and not resume:
         if not overwrite:
             raise RunExistsError(f"{run.path}: a run already exists here; resume it (resume=True / --resume), "
@@ -201,163 +277,158 @@ def fit(
         for stale in run.path.glob(".*.tmp"):  # left by a process killed while writing; the target is intact
             stale.unlink(missing_ok=True)
     dist.barrier()
+    return run
 
-    task.to(device)
-    train_set, val_set = (train, val) if val is not None else carve_validation(train, cfg.val_fraction, cfg.seed)
+
+def _training_loader(task: Task, train_set: Dataset, cfg: TrainConfig, device: torch.device,
+                     dist: DistContext) -> tuple[EpochBatchSampler, DataLoader]:
+    """The epoch-seeded batch sampler (this process's shard) and the DataLoader over it."""
     sampler = EpochBatchSampler(len(train_set), cfg.batch_size, seed=cfg.seed, shuffle=True,
                                 drop_last=cfg.drop_last, rank=dist.rank, world_size=dist.world_size)
-    steps = len(sampler)
-    if steps == 0:
+    if len(sampler) == 0:
         raise ValueError(f"the training split has {len(train_set)} items, fewer than one batch of {cfg.batch_size} "
                          "with drop_last; lower batch_size")
     loader = DataLoader(train_set, batch_sampler=sampler, num_workers=cfg.num_workers, collate_fn=task.collate,
                         pin_memory=device.type == "cuda", persistent_workers=cfg.num_workers > 0)
-    trainer = task
-    if dist.enabled:
-        ids = [device.index] if device.type == "cuda" else None
-        trainer = DistributedDataParallel(task, device_ids=ids,
-                                          find_unused_parameters=getattr(task, "ddp_find_unused_parameters", False))
-    optimizer = build_optimizer(task.param_groups(), cfg)
-    scheduler = build_scheduler(optimizer, cfg, steps)
-    scaler = make_grad_scaler(device, precision)
-    monitor = cfg.monitor or task.monitor
-    mode = task.monitor_mode if cfg.monitor is None else ("min" if _lower_is_better(monitor) else "max")
+    return sampler, loader
 
-    start_epoch, global_step, history = 0, 0, []
-    best: dict[str, Any] = {"epoch": None, "value": None, "metrics": {}}
-    best_state: dict[str, torch.Tensor] | None = None
-    bad_evals = 0
-    if resume and run.checkpoint.exists():
-        if run.config.exists():
-            _check_resumable(run.read_config().get("train", {}), cfg, run)
-        ckpt = load_checkpoint(run.checkpoint, map_location=device)
-        task.load_state_dict(ckpt["task"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        set_rng_state(ckpt["rng"])
-        start_epoch, global_step, history = ckpt["epoch"], ckpt["global_step"], list(ckpt["history"])
-        best, bad_evals = dict(ckpt["best"]), ckpt["bad_evals"]
-        best_state = _restore_best(run, ckpt, best, dist)
-    if dist.is_main:
-        run.write_config({
-            "name": run.path.name, "task_name": task_name, "task": task.describe(), "train": to_dict(cfg),
-            "task_config": dict(task_config or {}), "monitor": {"metric": monitor, "mode": mode},
-            "splits": {"train": len(train_set), "val": len(val_set) if val_set is not None else 0,
-                       "test": len(test) if test is not None else 0},
-            "environment": _environment(device, precision, dist),
-        })
-        run.write_history(history)
 
-    eval_ctx = EvalContext(device, precision, cfg.eval_batch_size or 2 * cfg.batch_size, dist, cfg.num_workers,
-                           progress=show)
-    stopped_early = False
-    epochs_bar = tqdm(range(start_epoch, cfg.epochs), initial=start_epoch, total=cfg.epochs, desc=run.path.name,
-                      disable=not show, unit="epoch")
-    for epoch in epochs_bar:
-        t0 = time.perf_counter()
-        improved = False
-        task.train()
-        task.on_epoch_start(epoch, cfg.epochs)
-        sampler.set_epoch(epoch)
-        sums: dict[str, float] = {}
-        seen = 0
-        bar = tqdm(loader, total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not show)
-        for step, batch in enumerate(bar):
-            batch = to_device(batch, device)
-            with autocast(device, precision):
-                loss, report = trainer(batch)
-            _check_finite(loss, report, epoch, step, steps, global_step, run.checkpoint)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.grad_clip is not None:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(task.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            global_step += 1
-            n = _batch_len(batch)
-            seen += n
-            for k, v in report.items():
-                sums[k] = sums.get(k, 0.0) + float(v) * n
-            if show:
-                bar.set_postfix(loss=f"{float(report['loss']):.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-        keys = sorted(sums)
-        totals = dist.all_reduce_sum([sums[k] for k in keys] + [float(seen)])
-        record: dict[str, Any] = {"epoch": epoch + 1, "step": global_step, **task.protocol()}
-        record.update({f"train_{k}": totals[i] / max(totals[-1], 1.0) for i, k in enumerate(keys)})
-        record["lr"] = optimizer.param_groups[0]["lr"]
+def _resume(st: _Training) -> None:
+    """Load the last checkpoint's full training state into ``st`` (the config must be the saved one)."""
+    run = st.run
+    if run.config.exists():
+        _check_resumable(run.read_config().get("train", {}), st.cfg, run)
+    ckpt = load_checkpoint(run.checkpoint, map_location=st.device)
+    st.task.load_state_dict(ckpt["task"])
+    st.optimizer.load_state_dict(ckpt["optimizer"])
+    st.scheduler.load_state_dict(ckpt["scheduler"])
+    st.scaler.load_state_dict(ckpt["scaler"])
+    set_rng_state(ckpt["rng"])
+    st.start_epoch, st.global_step, st.history = ckpt["epoch"], ckpt["global_step"], list(ckpt["history"])
+    st.best, st.bad_evals = dict(ckpt["best"]), ckpt["bad_evals"]
+    st.best_state = _restore_best(run, ckpt, st.best, st.dist)
 
-        last = epoch + 1 == cfg.epochs
-        if val_set is not None and ((epoch + 1) % cfg.eval_every == 0 or last):
-            eval_ctx.desc = "validate"
-            val_metrics = task.evaluate(val_set, eval_ctx)
-            record.update({f"val_{k}": v for k, v in val_metrics.items()})
-            if monitor not in val_metrics:
-                raise KeyError(f"monitor metric {monitor!r} is not among the validation metrics "
-                               f"{sorted(val_metrics)}; set monitor= to one of them")
-            if _improved(val_metrics[monitor], best["value"], mode):
-                best = {"epoch": epoch + 1, "value": val_metrics[monitor], "metrics": val_metrics}
-                best_state = {k: v.detach().clone() for k, v in task.state_dict().items()}
-                improved = True
-                bad_evals = 0
-            else:
-                bad_evals += 1
-        elif val_set is None:
-            best = {"epoch": epoch + 1, "value": None, "metrics": {}}
-        record["time_s"] = time.perf_counter() - t0
-        history.append(record)
-        if dist.is_main:
-            atomic_save({
-                "format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "global_step": global_step,
-                "task": task.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "rng": get_rng_state(), "history": history, "best": best,
-                "bad_evals": bad_evals, "train_config": to_dict(cfg),
-            }, run.checkpoint)
-            # best.pt after checkpoint.pt: if a kill falls between the two, the checkpoint's epoch is the best one
-            # and resuming rebuilds best.pt from it (see _restore_best).
-            if improved:
-                atomic_save({"epoch": epoch + 1, "task": best_state, "metrics": best["metrics"]}, run.best)
-            run.append_history(record)
-            for cb in callbacks:
-                cb(record)
-        dist.barrier()
-        if show:
-            shown = {"loss": f"{record['train_loss']:.4f}"}
-            if best["value"] is not None:
-                shown[f"best {monitor}"] = f"{best['value']:.4g}"
-            epochs_bar.set_postfix(shown)
-        if cfg.early_stop_patience is not None and bad_evals >= cfg.early_stop_patience:
-            stopped_early = True
-            break
-    epochs_bar.close()
 
+def _write_config(st: _Training, task_name: str | None, task_config: Mapping[str, Any] | None, n_train: int,
+                  val_set: Dataset | None, test: Dataset | None) -> None:
+    """``config.yaml``: every resolved option, what the task is, the split sizes and the environment."""
+    st.run.write_config({
+        "name": st.run.path.name, "task_name": task_name, "task": st.task.describe(), "train": to_dict(st.cfg),
+        "task_config": dict(task_config or {}), "monitor": {"metric": st.monitor, "mode": st.mode},
+        "splits": {"train": n_train, "val": len(val_set) if val_set is not None else 0,
+                   "test": len(test) if test is not None else 0},
+        "environment": _environment(st.device, st.precision, st.dist),
+    })
+
+
+def _train_epoch(st: _Training, epoch: int) -> dict[str, Any]:
+    """One pass over the training split; the epoch's record (mean of every loss term, the lr, the tie rule...)."""
+    cfg, task = st.cfg, st.task
+    task.train()
+    task.on_epoch_start(epoch, cfg.epochs)
+    st.sampler.set_epoch(epoch)
+    steps = len(st.sampler)
+    sums: dict[str, float] = {}
+    seen = 0
+    bar = tqdm(st.loader, total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not st.show)
+    for step, batch in enumerate(bar):
+        batch = to_device(batch, st.device)
+        with autocast(st.device, st.precision):
+            loss, report = st.trainer(batch)
+        _check_finite(loss, report, epoch, step, steps, st.global_step, st.run.checkpoint)
+        st.optimizer.zero_grad(set_to_none=True)
+        st.scaler.scale(loss).backward()
+        if cfg.grad_clip is not None:
+            st.scaler.unscale_(st.optimizer)
+            torch.nn.utils.clip_grad_norm_(task.parameters(), cfg.grad_clip)
+        st.scaler.step(st.optimizer)
+        st.scaler.update()
+        st.scheduler.step()
+        st.global_step += 1
+        n = _batch_len(batch)
+        seen += n
+        for k, v in report.items():
+            sums[k] = sums.get(k, 0.0) + float(v) * n
+        if st.show:
+            bar.set_postfix(loss=f"{float(report['loss']):.4f}", lr=f"{st.optimizer.param_groups[0]['lr']:.2e}")
+    keys = sorted(sums)
+    totals = st.dist.all_reduce_sum([sums[k] for k in keys] + [float(seen)])
+    record: dict[str, Any] = {"epoch": epoch + 1, "step": st.global_step, **task.protocol()}
+    record.update({f"train_{k}": totals[i] / max(totals[-1], 1.0) for i, k in enumerate(keys)})
+    record["lr"] = st.optimizer.param_groups[0]["lr"]
+    return record
+
+
+def _validate(st: _Training, epoch: int, val_set: Dataset | None, eval_ctx: EvalContext,
+              record: dict[str, Any]) -> bool:
+    """Score the validation split when due, add it to ``record``, keep the best weights; whether they improved."""
+    cfg = st.cfg
+    last = epoch + 1 == cfg.epochs
+    if val_set is not None and ((epoch + 1) % cfg.eval_every == 0 or last):
+        eval_ctx.desc = "validate"
+        val_metrics = st.task.evaluate(val_set, eval_ctx)
+        record.update({f"val_{k}": v for k, v in val_metrics.items()})
+        if st.monitor not in val_metrics:
+            raise KeyError(f"monitor metric {st.monitor!r} is not among the validation metrics "
+                           f"{sorted(val_metrics)}; set monitor= to one of them")
+        if _improved(val_metrics[st.monitor], st.best["value"], st.mode):
+            st.best = {"epoch": epoch + 1, "value": val_metrics[st.monitor], "metrics": val_metrics}
+            st.best_state = {k: v.detach().clone() for k, v in st.task.state_dict().items()}
+            st.bad_evals = 0
+            return True
+        st.bad_evals += 1
+    elif val_set is None:
+        st.best = {"epoch": epoch + 1, "value": None, "metrics": {}}
+    return False
+
+
+def _save_epoch(st: _Training, epoch: int, improved: bool, record: dict[str, Any],
+                callbacks: Sequence[Callable[[dict[str, Any]], None]]) -> None:
+    """Rank 0: the full training state to ``checkpoint.pt``, improved weights to ``best.pt``, the epoch's line."""
+    atomic_save({
+        "format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "global_step": st.global_step,
+        "task": st.task.state_dict(), "optimizer": st.optimizer.state_dict(), "scheduler": st.scheduler.state_dict(),
+        "scaler": st.scaler.state_dict(), "rng": get_rng_state(), "history": st.history, "best": st.best,
+        "bad_evals": st.bad_evals, "train_config": to_dict(st.cfg),
+    }, st.run.checkpoint)
+    # best.pt after checkpoint.pt: if a kill falls between the two, the checkpoint's epoch is the best one
+    # and resuming rebuilds best.pt from it (see _restore_best).
+    if improved:
+        atomic_save({"epoch": epoch + 1, "task": st.best_state, "metrics": st.best["metrics"]}, st.run.best)
+    st.run.append_history(record)
+    for cb in callbacks:
+        cb(record)
+
+
+def _finish(st: _Training, val_set: Dataset | None, test: Dataset | None, eval_ctx: EvalContext) -> FitResult:
+    """Load the selected weights, score the test split once, write ``metrics.json`` and print the summary."""
+    task, run, dist = st.task, st.run, st.dist
     if val_set is None:
-        best_state = None
+        st.best_state = None
         if dist.is_main:
-            atomic_save({"epoch": len(history), "task": task.state_dict(), "metrics": {}}, run.best)
-    elif best_state is not None:
-        task.load_state_dict(best_state)
+            atomic_save({"epoch": len(st.history), "task": task.state_dict(), "metrics": {}}, run.best)
+    elif st.best_state is not None:
+        task.load_state_dict(st.best_state)
     test_metrics: dict[str, float] = {}
     if test is not None:
         eval_ctx.desc = "test"
         test_metrics = task.evaluate(test, eval_ctx)
-    total_time = sum(r.get("time_s", 0.0) for r in history)
+    total_time = sum(r.get("time_s", 0.0) for r in st.history)
     final = {
         "name": run.path.name, **task.describe(), **task.protocol(), "protocol": task.protocol(),
-        "epochs_run": len(history),
-        "best_epoch": best["epoch"], "monitor": monitor, "val": best["metrics"], "test": test_metrics,
-        "time_s": total_time, "stopped_early": stopped_early, "device": str(device), "precision": precision,
+        "epochs_run": len(st.history),
+        "best_epoch": st.best["epoch"], "monitor": st.monitor, "val": st.best["metrics"], "test": test_metrics,
+        "time_s": total_time, "stopped_early": st.stopped_early, "device": str(st.device), "precision": st.precision,
         "world_size": dist.world_size, "finished": _dt.datetime.now().isoformat(timespec="seconds"),
     }
     if dist.is_main:
         run.write_final(final)
         # The table is the run's result, not progress: --progress false hides the bars, never the numbers.
-        (tqdm.write if show else print)(_summary(final))
+        (tqdm.write if st.show else print)(_summary(final))
     dist.barrier()
-    return FitResult(task=task, run_dir=run.path, history=copy.deepcopy(history), best_epoch=best["epoch"],
-                     val=dict(best["metrics"]), test=test_metrics, time_s=total_time, stopped_early=stopped_early)
+    return FitResult(task=task, run_dir=run.path, history=copy.deepcopy(st.history), best_epoch=st.best["epoch"],
+                     val=dict(st.best["metrics"]), test=test_metrics, time_s=total_time,
+                     stopped_early=st.stopped_early)
 
 
 def _restore_best(run: RunFolder, ckpt: Mapping[str, Any], best: Mapping[str, Any],

@@ -39,7 +39,7 @@ def check_committed(path: Path) -> tuple[set[str], nbformat.NotebookNode]:
     assert all(n.isupper() for n in names)
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert all(not c.outputs and c.execution_count is None for c in code)
-    assert "metrics.json" in code[-1].source
+    assert "save_metrics" in code[-1].source  # the last cell writes OUTPUT_DIR/metrics.json
     assert nb.cells[0].cell_type == "markdown"
     return names, nb
 
