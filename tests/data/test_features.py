@@ -123,9 +123,9 @@ def test_feature_set_items_are_views():
 
 def test_extraction_leaves_the_global_random_state_alone():
     # A DataLoader draws from the global generator: a cold cache must not change what the run does next.
-    enc, images = Tiny(), Images(torch.rand(3, 3, 8, 8))
+    enc, images, words = Tiny(), Images(torch.rand(3, 3, 8, 8)), Words()
     torch.manual_seed(5)
     before = torch.get_rng_state()
     extract_images(enc, images, views=2, progress=False)
-    extract_text_states(Words(), ["a bb", "c"], progress=False)
+    extract_text_states(words, ["a bb", "c"], progress=False)
     assert torch.equal(torch.get_rng_state(), before)
