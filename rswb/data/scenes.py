@@ -313,8 +313,8 @@ class SceneFolder(torch.utils.data.Dataset):
         return fig
 
 
-__all__ = ["ImageFiles", "SceneFolder", "SceneRecord", "check_image", "check_images", "image_to_tensor", "load_image",
-           "scan_scene_folder", "split_mask"]
+__all__ = ["ImageFiles", "SceneFolder", "SceneRecord", "TensorImages", "check_image", "check_images", "image_to_tensor",
+           "load_image", "scan_scene_folder", "split_mask"]
 
 
 class ImageFiles(torch.utils.data.Dataset):
@@ -341,5 +341,33 @@ class ImageFiles(torch.utils.data.Dataset):
         ax = ax or plt.subplots(figsize=(3, 3))[1]
         ax.imshow(sample["image"].permute(1, 2, 0).numpy())
         ax.set_title(Path(sample["path"]).name)
+        ax.axis("off")
+        return ax
+
+
+class TensorImages(torch.utils.data.Dataset):
+    """Decoded uint8 images ``[N, 3, H, W]`` as samples ``{"image": float in [0, scale]}`` (no file access).
+
+    Args:
+        images: the uint8 images (e.g. a scene folder decoded once into memory).
+        scale: multiplier applied to the [0, 1] values.
+    """
+
+    def __init__(self, images: torch.Tensor, scale: float = 1.0):
+        self.images, self.scale = images, float(scale)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        x = self.images[i].float().div_(255.0)
+        return {"image": x.mul_(self.scale) if self.scale != 1.0 else x}
+
+    def plot(self, sample: dict[str, Any], ax=None):
+        """Show one sample's image."""
+        import matplotlib.pyplot as plt
+
+        ax = ax or plt.subplots(figsize=(3, 3))[1]
+        ax.imshow(sample["image"].permute(1, 2, 0).clamp(0, 1).numpy())
         ax.axis("off")
         return ax

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from rswb.data.features import extract_images
-from rswb.data.scenes import load_image, scan_scene_folder
+from rswb.data.scenes import TensorImages, load_image, scan_scene_folder
 from rswb.registry import create_model
 
 __all__ = ["SETTINGS", "BatchNormInputStats", "ProbeSetting", "compare_settings", "extract_pooled", "load_scene_images",
@@ -103,20 +103,6 @@ def _batches(images: torch.Tensor, batch_size: int, scale: float, device: torch.
         yield x.contiguous(memory_format=torch.channels_last)  # ~2x faster depthwise convolutions on CPU
 
 
-class _UInt8Images(torch.utils.data.Dataset):
-    """uint8 images ``[N, 3, H, W]`` as ``{"image": float in [0, scale]}`` samples."""
-
-    def __init__(self, images: torch.Tensor, scale: float):
-        self.images, self.scale = images, float(scale)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        x = self.images[i].float().div_(255.0)
-        return {"image": x.mul_(self.scale) if self.scale != 1.0 else x}
-
-
 def _channels_last_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model(x.contiguous(memory_format=torch.channels_last))  # ~2x faster depthwise convolutions on CPU
 
@@ -135,7 +121,7 @@ def extract_pooled(model: nn.Module, images: torch.Tensor, batch_size: int = 64,
     """
     model.to(memory_format=torch.channels_last)
     device = next(model.parameters()).device
-    return extract_images(model, _UInt8Images(images, scale), _channels_last_forward, device=device,
+    return extract_images(model, TensorImages(images, scale), _channels_last_forward, device=device,
                           batch_size=batch_size, progress=progress)["features"]
 
 
