@@ -204,18 +204,16 @@ def retrieval_task(cfg: RetrievalConfig) -> TaskBundle:
     return TaskBundle(task, data.train, val=data.val, test=data.test, train_defaults=defaults)
 
 
+# Per method, its components and the option value that switches each off (the ablations of the result tables).
+_COMPONENTS: dict[str, tuple[tuple[str, str, Any], ...]] = {
+    "fisvl": (("local", "local_branch", False), ("fgis", "fgis_steps", 0), ("affil", "affil_weight", 0),
+              ("hard", "hard_weight", 0), ("value", "value_stage", 1)),
+    "kamcl": (("ha", "hierarchical", False), ("knowledge", "num_tags", 0), ("queue", "queue_size", 0),
+              ("moco", "moco_weight", 0)),
+}
+
+
 def _version(cfg: RetrievalConfig) -> str:
-    """A short label of the components that differ from the method's full version (for the run registry)."""
-    off = []
-    if cfg.method == "fisvl":
-        off += ["-local"] if not cfg.local_branch else []
-        off += ["-fgis"] if cfg.fgis_steps == 0 else []
-        off += ["-affil"] if cfg.affil_weight == 0 else []
-        off += ["-hard"] if cfg.hard_weight == 0 else []
-        off += ["-value"] if cfg.value_stage >= 1 else []
-    if cfg.method == "kamcl":
-        off += ["-ha"] if not cfg.hierarchical else []
-        off += ["-knowledge"] if cfg.num_tags == 0 else []
-        off += ["-queue"] if cfg.queue_size == 0 else []
-        off += ["-moco"] if cfg.moco_weight == 0 else []
-    return cfg.method + "".join(off)
+    """The method, with ``-<component>`` for each component switched off (the run registry's version label)."""
+    off = [name for name, option, value in _COMPONENTS.get(cfg.method, ()) if getattr(cfg, option) == value]
+    return cfg.method + "".join(f"-{name}" for name in off)
