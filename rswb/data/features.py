@@ -32,7 +32,8 @@ from rswb.data.transforms import dihedral
 from rswb.io import atomic_save, load_checkpoint
 from rswb.utils import eval_mode
 
-__all__ = ["FeatureSet", "cache_root", "cached", "digest", "extract_images", "extract_text_states"]
+__all__ = ["CachedViews", "FeatureSet", "cache_root", "cached", "digest", "extract_images", "extract_text_states",
+           "nbytes"]
 
 
 def cache_root(override: str | Path | None = None) -> Path:
@@ -195,4 +196,54 @@ class FeatureSet(Dataset):
         f = sample["features"].float().numpy()
         ax.bar(np.arange(len(f)), f, width=1.0)
         ax.set_title(f"features of item {sample['index']} (class {sample['label']}, {len(f)} values)")
+        return ax
+
+
+def nbytes(tensors: dict[str, torch.Tensor]) -> int:
+    """Bytes the tensors of a cache entry hold (what its size on disk is, give or take the header)."""
+    return sum(v.numel() * v.element_size() for v in tensors.values())
+
+
+class CachedViews(Dataset):
+    """Cached activations at a backbone's cut point, one item per image, for partial fine-tuning.
+
+    Each image has ``V`` cached views (the dihedral views of :func:`extract_images`); a training item is one of them at
+    random (the same augmentation as fine-tuning on images, with every view computed once), an evaluation item the
+    first (the image as it is).
+
+    Args:
+        cache: ``{"cut": [N, V, C, H, W], <tap>: [N, V, ...]}`` from ``extract_images(..., views=V)`` over
+            ``backbone.forward_until(images, cut)``.
+        labels: class of every image ``[N]``.
+        index: the image's position in its split ``[N]``.
+        random_view: draw a random view per item (training) instead of view 0.
+
+    A sample is ``{"cut": [C, H, W], "taps": {name: map}, "label", "index"}`` (float32).
+    """
+
+    def __init__(self, cache: dict[str, torch.Tensor], labels: np.ndarray, index: np.ndarray,
+                 random_view: bool = False):
+        self.cut = cache["cut"]
+        self.taps = {k: v for k, v in cache.items() if k != "cut"}
+        self.labels, self.index = np.asarray(labels), np.asarray(index)
+        self.random_view = bool(random_view)
+        if len(self.cut) != len(self.labels):
+            raise ValueError(f"{len(self.cut)} cached images but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        v = int(torch.randint(0, self.cut.shape[1], ())) if self.random_view else 0
+        return {"cut": self.cut[i, v].float(), "taps": {k: m[i, v].float() for k, m in self.taps.items()},
+                "label": int(self.labels[i]), "index": int(self.index[i])}
+
+    def plot(self, sample: dict[str, Any], ax=None):
+        """The cached activation's channel mean (what the trained stages start from)."""
+        import matplotlib.pyplot as plt
+
+        ax = ax or plt.subplots(figsize=(3, 3))[1]
+        ax.imshow(sample["cut"].mean(0).numpy(), cmap="magma")
+        ax.set_title(f"item {sample['index']} (class {sample['label']}): {tuple(sample['cut'].shape)}")
+        ax.axis("off")
         return ax

@@ -57,20 +57,27 @@ class DHCL(nn.Module):
         cue: append the semantic cue to evaluation codes.
         cue_repeats: repetitions of each cue bit (``None``: ``K + 1``, strict class-first ranking).
         frozen_backbone: keep the backbone fixed (eval mode, no gradients) and accept precomputed features.
+        train_from: partial fine-tuning: the backbone's pieces before this cut point are frozen, batches carry their
+            cached output (``"cut"``) and the pieces from the cut on train (``None``: the whole backbone, or none).
     """
 
     def __init__(self, backbone: nn.Module, bits: int = 64, num_classes: int = 21, cue: bool = True,
-                 cue_repeats: int | None = None, frozen_backbone: bool = False):
+                 cue_repeats: int | None = None, frozen_backbone: bool = False, train_from: str | None = None):
         super().__init__()
         if bits < 1:
             raise ValueError(f"bits must be positive, got {bits}")
         self.backbone, self.bits, self.num_classes = backbone, int(bits), int(num_classes)
         self.cue, self.cue_repeats = bool(cue), int(cue_repeats if cue_repeats is not None else bits + 1)
         self.frozen_backbone = bool(frozen_backbone)
+        if train_from is not None and self.frozen_backbone:
+            raise ValueError("train_from (partial fine-tuning) needs a backbone that is not frozen as a whole")
+        self.train_from = train_from
         self.hash = nn.Linear(backbone.num_features, self.bits)
         self.classifier = nn.Linear(self.bits, self.num_classes)
         if self.frozen_backbone:
             self.backbone.requires_grad_(False)
+        if train_from is not None:
+            self.backbone.freeze_until(train_from)
 
     def train(self, mode: bool = True) -> DHCL:
         """Train mode for the new layers; a frozen backbone always stays in eval mode (fixed batch-norm stats)."""
@@ -80,9 +87,15 @@ class DHCL(nn.Module):
         return self
 
     def features(self, batch: dict[str, Any]) -> torch.Tensor:
-        """Pooled features ``[B, F]``: precomputed ``batch["features"]``, else the backbone on ``batch["image"]``."""
+        """Pooled features ``[B, F]``.
+
+        Precomputed ``batch["features"]``; the backbone continued from a cached cut (``batch["cut"]``, partial
+        fine-tuning); else the backbone on ``batch["image"]``.
+        """
         if "features" in batch:
             return batch["features"]
+        if "cut" in batch:
+            return self.backbone.forward_from(batch["cut"], self.train_from, batch.get("taps"))["pooled"]
         if self.frozen_backbone:
             with torch.no_grad():
                 return self.backbone.forward_features(batch["image"])["pooled"]
@@ -106,8 +119,9 @@ class DHCL(nn.Module):
 
 @register_model
 def dhcl(backbone: str = "efficientnet_lite0", bits: int = 64, num_classes: int = 21, pretrained: bool = True,
-         cue: bool = True, cue_repeats: int | None = None, frozen_backbone: bool = False) -> DHCL:
+         cue: bool = True, cue_repeats: int | None = None, frozen_backbone: bool = False,
+         train_from: str | None = None) -> DHCL:
     """DHCL on a registered backbone (ImageNet EfficientNet-Lite0 by default; ``small_cnn`` for fast tests)."""
-    kwargs = {"pretrained": pretrained} if backbone != "small_cnn" else {}
+    kwargs = {"pretrained": pretrained} if backbone.startswith("efficientnet") else {}
     return DHCL(create_model(backbone, **kwargs), bits=bits, num_classes=num_classes, cue=cue,
-                cue_repeats=cue_repeats, frozen_backbone=frozen_backbone)
+                cue_repeats=cue_repeats, frozen_backbone=frozen_backbone, train_from=train_from)

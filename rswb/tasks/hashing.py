@@ -13,6 +13,11 @@ Two profiles:
   computed once per image and view (the dihedral flips/rotations used as augmentation, ``views``) and cached on
   disk, and only the hash layer, the classifier and the proxies train, in seconds per epoch. Why: fine-tuning
   EfficientNet-Lite0 at 224 px costs about a minute per UC Merced epoch on a 2-core CPU.
+* ``train_from=STAGE`` (partial fine-tuning, the CPU's way to fine-tune): the backbone's pieces before ``STAGE`` stay
+  frozen and run once per training image and view (``views`` dihedral views, each cached separately: convolutions
+  are not rotation-equivariant), their output is cached on disk (float16), and the pieces from ``STAGE`` on train with
+  the new layers, each epoch on one random cached view per image. Batch-norm statistics stay frozen everywhere (the
+  paper's choice); the trained stages' batch-norm scale and shift train.
 * ``freeze_backbone=False`` (the GPU profile, the paper's schedule): the whole network fine-tunes on images with
   random dihedral augmentation, ``lr 1e-4``, step schedule (10 epochs, x0.5), batch 90, frozen batch-norm statistics.
 """
@@ -30,7 +35,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from rswb.config import ImageTaskOptions, option
-from rswb.data.features import FeatureSet, cache_root, cached, digest, extract_images
+from rswb.data.features import CachedViews, FeatureSet, cache_root, cached, digest, extract_images, nbytes
 from rswb.data.scenes import SceneFolder, check_images
 from rswb.data.splits import first_per_class, validation_indices
 from rswb.data.transforms import RandomDihedral
@@ -56,8 +61,8 @@ class HashConfig(ImageTaskOptions):
     data: str | None = option(None, "scene folder (UC Merced or AID layout); None: the embedded synthetic scenes")
     layout: str = option("auto", "auto | ucmerced | aid (decides the split rule)", choices=("auto", "ucmerced", "aid"))
     bits: int = option(64, "hash code length K", low=1, high=4096)
-    views: int = option(4, "dihedral views per training image in the feature cache (1-8; frozen profile)", low=1,
-                        high=8)
+    views: int = option(4, "dihedral views per training image in the cache (1-8; frozen and partial profiles)",
+                        low=1, high=8)
     cue: bool = option(True, "append the semantic cue (predicted class in binary) to evaluation codes")
     cue_repeats: int | None = option(None, "repetitions of each cue bit (None: bits + 1, strict class-first ranking)",
                                      low=1)
@@ -69,6 +74,18 @@ class HashConfig(ImageTaskOptions):
     proxy_lr_mult: float = option(100.0, "learning-rate multiplier of the proxies", low=0, low_open=True)
     topk: int = option(20, "K of mAP@K and P@K", low=1)
     per_class: int | None = option(None, "use at most this many images per class in each split (quick runs)", low=1)
+    train_from: str | None = option(None, "partial fine-tuning: train the backbone from this piece on (e.g. stage6, "
+                                    "stage7, head) on cached outputs of the frozen pieces before it; overrides "
+                                    "--freeze-backbone")
+
+
+    def check(self) -> None:
+        """Cross-field rules, run by :func:`rswb.config.validate` before any data is read."""
+        cuts = {f"stage{k}" for k in range(1, 8)} | {"head"}
+        if self.train_from is not None and self.train_from not in cuts:
+            names = ", ".join(sorted(cuts))
+            raise ValueError(f"task hash options: --train-from must be a backbone piece ({names}), "
+                             f"got {self.train_from!r}")
 
 
 def _cached_features(backbone: torch.nn.Module, folder: SceneFolder, views: int, cfg: HashConfig) -> torch.Tensor:
@@ -83,6 +100,24 @@ def _cached_features(backbone: torch.nn.Module, folder: SceneFolder, views: int,
     desc = f"{cfg.backbone} features ({len(folder)} images x {views})"
     return cached(path, lambda: extract_images(backbone, folder, views=views, device=frozen_encoder_device(),
                                                desc=desc))["features"]
+
+
+def _cached_cut(backbone: torch.nn.Module, folder: SceneFolder, views: int, cfg: HashConfig) -> dict:
+    """The frozen trunk's output at ``cfg.train_from`` for every image and view ``[N, V, C, H, W]`` (float16), cached.
+
+    The key digests only the frozen pieces' weights (the trained ones change and do not shape the cache), the image
+    list, the image size, the views and the cut.
+    """
+    cut = cfg.train_from
+    trunk = torch.nn.ModuleList(m for piece in backbone.pieces()[:backbone._index(cut)] for m in piece.modules)
+    key = digest(("cut", cfg.backbone, cfg.image_size, views, cut), [trunk], [rec.path for rec in folder.records])
+    path = cache_root(cfg.cache_dir) / "cuts" / f"{cfg.backbone}-{cut}-{key}.pt"
+    desc = f"{cfg.backbone} up to {cut} ({len(folder)} images x {views})"
+    out = cached(path, lambda: extract_images(backbone, folder, lambda b, x: {"cut": b.forward_until(x, cut)["cut"]},
+                                              device=frozen_encoder_device(), views=views, dtype=torch.float16,
+                                              desc=desc))
+    print(f"cached {cut} activations: {len(folder)} images x {views} views, {nbytes(out) / 2**20:.0f} MiB ({path})")
+    return out
 
 
 def _limit_per_class(folder: SceneFolder, per_class: int | None) -> SceneFolder:
@@ -104,7 +139,7 @@ def _make_task(cfg: HashConfig, train_all: SceneFolder) -> HashTask:
     num_classes = len(train_all.classes)
     model = create_model("dhcl", backbone=cfg.backbone, bits=cfg.bits, num_classes=num_classes,
                          pretrained=cfg.pretrained, cue=cfg.cue, cue_repeats=cfg.cue_repeats,
-                         frozen_backbone=cfg.freeze_backbone)
+                         frozen_backbone=cfg.freeze_backbone and cfg.train_from is None, train_from=cfg.train_from)
     loss = DHCLLoss(num_classes, cfg.bits, alpha=cfg.alpha, margin=cfg.margin)
     weights = {"proxy_loss": cfg.proxy_weight, "cls_loss": cfg.cls_weight, "quant_loss": cfg.quant_weight}
     root = train_all.root
@@ -114,7 +149,9 @@ def _make_task(cfg: HashConfig, train_all: SceneFolder) -> HashTask:
 
 
 def _test_split(cfg: HashConfig, model: nn.Module, query: SceneFolder) -> Dataset:
-    """The query (= database) split: cached frozen features, or the images themselves when fine-tuning."""
+    """The query (= database) split: cached frozen features or cut activations, or the images themselves."""
+    if cfg.train_from is not None:
+        return CachedViews(_cached_cut(model.backbone, query, 1, cfg), query.labels, np.arange(len(query)))
     if not cfg.freeze_backbone:
         return query
     return FeatureSet(_cached_features(model.backbone, query, 1, cfg), query.labels, np.arange(len(query)))
@@ -125,8 +162,8 @@ def hash_task(cfg: HashConfig) -> TaskBundle:
     """DHCL deep hashing on a scene folder (UC Merced / AID / embedded), leave-one-out mAP@K.
 
     Training settings this task prefers (the training options below override them): frozen backbone: 40 epochs,
-    batch 90, lr 1e-3, cosine, 1 warm-up epoch; fine-tuning: 30 epochs, batch 90, lr 1e-4, step schedule (x0.5
-    every 10 epochs).
+    batch 90, lr 1e-3, cosine, 1 warm-up epoch; partial fine-tuning (``--train-from``): 30 epochs, batch 90, lr 1e-3,
+    cosine, 1 warm-up epoch; fine-tuning: 30 epochs, batch 90, lr 1e-4, step schedule (x0.5 every 10 epochs).
     """
     train_all, query = _scene_splits(cfg)
     check_images([r.path for r in train_all.records + query.records],
@@ -135,8 +172,17 @@ def hash_task(cfg: HashConfig) -> TaskBundle:
     task = _make_task(cfg, train_all)
     model = task.model
 
-    if cfg.freeze_backbone:
-        views = max(1, min(8, cfg.views))
+    views = max(1, min(8, cfg.views))
+    if cfg.train_from is not None:
+        model.backbone.freeze_bn()  # batch-norm statistics stay the pretrained ones, as in the paper's fine-tuning
+        cache = _cached_cut(model.backbone, train_all, views, cfg)
+        labels = train_all.labels
+        train = CachedViews({k: v[tr_idx] for k, v in cache.items()}, labels[tr_idx], tr_idx, random_view=True)
+        val = CachedViews({k: v[va_idx] for k, v in cache.items()}, labels[va_idx], va_idx)
+        test = _test_split(cfg, model, query)
+        defaults = {"epochs": 30, "batch_size": 90, "lr": 1e-3, "weight_decay": 1e-4, "schedule": "cosine",
+                    "warmup_epochs": 1.0, "val_fraction": 0.0}
+    elif cfg.freeze_backbone:
         train_feats = _cached_features(model.backbone, train_all, views, cfg)
         labels = train_all.labels
         train = FeatureSet(train_feats[tr_idx], labels[tr_idx], tr_idx)

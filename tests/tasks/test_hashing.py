@@ -176,3 +176,26 @@ def test_load_codes_builds_only_the_test_split(tmp_path, monkeypatch):
     codes, labels = out["code"].astype("float32"), out["label"]
     got = hash_metrics(codes, codes, labels, labels, topk=(20,), query_db_index=np.arange(100))
     assert got["mAP@20"] == pytest.approx(final["test"]["mAP@20"], abs=1e-6)
+
+
+def test_partial_fine_tuning_trains_the_stages_after_the_cut_on_cached_views(tmp_path, capsys):
+    from rswb.engine.launch import train_task
+    from rswb.infer import load_codes
+
+    opts = {"backbone": "small_cnn", "pretrained": False, "image_size": 32, "views": 2, "per_class": 10, "epochs": 2,
+            "bits": 8, "train_from": "stage3", "progress": False, "cache_dir": str(tmp_path / "cache")}
+    res = train_task("hash", opts, run_name="p", runs_root=tmp_path)
+    out = capsys.readouterr().out
+    assert "cached stage3 activations: 100 images x 2 views" in out  # the cache and its size are reported
+    model = res.task.model
+    trained = {n for n, p in model.backbone.named_parameters() if p.requires_grad}
+    assert trained and all(n.startswith(("stages.2", "stages.3")) for n in trained)
+    codes = load_codes(tmp_path / "p")  # the query split is rebuilt from the cache with the trained stages
+    assert codes["metrics"] == json.loads((tmp_path / "p" / "metrics.json").read_text())["test"]
+    from rswb.metrics.hashing import hash_metrics
+
+    c, labels = codes["code"].astype("float32"), codes["label"]
+    got = hash_metrics(c, c, labels, labels, topk=(20,), query_db_index=np.arange(len(labels)))
+    assert got["mAP@20"] == pytest.approx(codes["metrics"]["mAP@20"], abs=1e-6)
+    with pytest.raises(ValueError, match="--train-from must be a backbone piece"):
+        train_task("hash", {**opts, "train_from": "stage9"}, run_name="bad", runs_root=tmp_path)

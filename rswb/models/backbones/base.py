@@ -10,12 +10,13 @@ without hard-coding channel counts.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-__all__ = ["Backbone", "FeatureInfo", "normalize_input", "INPUT_NORMS"]
+__all__ = ["Backbone", "FeatureInfo", "Piece", "normalize_input", "INPUT_NORMS"]
 
 # The input conventions a backbone can be told to apply to [0, 1] images (see `normalize_input`).
 INPUT_NORMS = ("tf", "imagenet", "none")
@@ -30,6 +31,23 @@ class FeatureInfo:
     name: str
     channels: int
     stride: int
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One consecutive piece of a backbone (a stage): what it computes, the modules it owns, the map it taps.
+
+    Attributes:
+        name: ``"stem"``, ``"stage1"``, ... or ``"head"``; every piece but the first is a cut point.
+        run: ``h -> h`` of the piece (the stem takes the [0, 1] images).
+        modules: the modules whose parameters the piece uses.
+        tap: the ``forward_features`` key of its output, or ``None``.
+    """
+
+    name: str
+    run: Callable[[torch.Tensor], torch.Tensor]
+    modules: Sequence[nn.Module]
+    tap: str | None = None
 
 
 def normalize_input(x: torch.Tensor, mode: str = "tf") -> torch.Tensor:
@@ -78,13 +96,72 @@ class Backbone(nn.Module):
         """Apply this backbone's input normalisation to images ``[B, 3, H, W]`` in [0, 1]."""
         return normalize_input(x, self.input_norm)
 
+    def pieces(self) -> list[Piece]:
+        """The network as consecutive pieces, stem first (subclasses define it; see :class:`Piece`)."""
+        raise NotImplementedError
+
     def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Feature maps at every depth of ``feature_info`` plus ``"pooled"`` ``[B, num_features]``.
 
         Args:
             x: images ``[B, 3, H, W]`` in [0, 1].
         """
-        raise NotImplementedError
+        return self._run(self.pieces(), x, {})
+
+    # --- partial fine-tuning: the frozen trunk runs once up to a cut, the pieces after it train -------------------
+    def cut_points(self) -> list[str]:
+        """Where training can start: every piece after the stem (``"stage1"`` ... and ``"head"`` where there is one)."""
+        return [p.name for p in self.pieces()[1:]]
+
+    def _index(self, cut: str) -> int:
+        names = [p.name for p in self.pieces()]
+        if cut not in names[1:]:
+            raise ValueError(f"unknown cut point {cut!r} of {type(self).__name__}; use one of {', '.join(names[1:])}")
+        return names.index(cut)
+
+    def forward_until(self, x: torch.Tensor, cut: str) -> dict[str, torch.Tensor]:
+        """The activation entering piece ``cut`` (``"cut"``) and the feature maps tapped before it.
+
+        Args:
+            x: images ``[B, 3, H, W]`` in [0, 1].
+            cut: a name of :meth:`cut_points`.
+        """
+        pieces = self.pieces()[: self._index(cut)]
+        out: dict[str, torch.Tensor] = {}
+        h = x
+        for piece in pieces:
+            h = piece.run(h)
+            if piece.tap:
+                out[piece.tap] = h
+        return {"cut": h, **out}
+
+    def forward_from(self, h: torch.Tensor, cut: str, taps: dict[str, torch.Tensor] | None = None
+                     ) -> dict[str, torch.Tensor]:
+        """:meth:`forward_features` continued from the activation ``h`` entering piece ``cut``.
+
+        ``taps`` are the maps :meth:`forward_until` tapped before the cut (passed through), so
+        ``forward_from(**forward_until(x, cut))`` equals ``forward_features(x)``.
+        """
+        return self._run(self.pieces()[self._index(cut):], h, dict(taps or {}))
+
+    def freeze_until(self, cut: str) -> Backbone:
+        """Stop gradients to every parameter of the pieces before ``cut`` (the trunk whose outputs are cached).
+
+        Returns:
+            ``self``.
+        """
+        for piece in self.pieces()[: self._index(cut)]:
+            for m in piece.modules:
+                m.requires_grad_(False)
+        return self
+
+    def _run(self, pieces: Sequence[Piece], h: torch.Tensor, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        for piece in pieces:
+            h = piece.run(h)
+            if piece.tap:
+                out[piece.tap] = h
+        out["pooled"] = h.mean(dim=(2, 3))
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Globally pooled features ``[B, num_features]`` of images ``[B, 3, H, W]`` in [0, 1]."""
@@ -127,7 +204,10 @@ class Backbone(nn.Module):
                 else:
                     m.train(self.training)
                 for p in m.parameters():
-                    p.requires_grad_(not (freeze and affine))
+                    if not freeze:
+                        p.requires_grad_(True)
+                    elif affine:
+                        p.requires_grad_(False)  # else left as it is: a frozen trunk's parameters stay frozen
         return self
 
     def train(self, mode: bool = True) -> Backbone:

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rswb.models.backbones.base import Backbone, FeatureInfo
+from rswb.models.backbones.base import Backbone, FeatureInfo, Piece
 from rswb.registry import register_model
 
 __all__ = ["BLOCKS", "VARIANTS", "Conv2dSame", "EfficientNetLite", "EfficientNetLite0", "MBConv", "efficientnet_lite0",
@@ -284,22 +284,26 @@ class EfficientNetLite(Backbone):
                 nn.init.uniform_(m.weight, -bound, bound)
                 nn.init.zeros_(m.bias)
 
+    def pieces(self) -> list[Piece]:
+        """Stem, ``"stage1"`` ... ``"stage7"`` (the block table's stages) and ``"head"`` (1x1 conv + BN + ReLU6)."""
+        out = [Piece("stem", lambda x: F.relu6(self._bn0(self._conv_stem(self.normalize(x)))),
+                     [self._conv_stem, self._bn0])]
+        start = 0
+        for k, repeats in enumerate(VARIANTS[self.variant].repeats, 1):
+            blocks = self._blocks[start:start + repeats]
+            start += repeats
+            out.append(Piece(f"stage{k}", nn.Sequential(*blocks), list(blocks), self._taps.get(start - 1)))
+        out.append(Piece("head", lambda h: F.relu6(self._bn1(self._conv_head(h))), [self._conv_head, self._bn1],
+                         "head"))
+        return out
+
     def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Feature maps ``"s2" "s4" "s8" "s16" "s32" "head"`` and ``"pooled"`` ``[B, 1280]`` (table in module doc).
 
         Args:
             x: images ``[B, 3, H, W]`` in [0, 1], any ``H, W`` (``>= 32`` gives a non-degenerate ``s32`` map).
         """
-        h = F.relu6(self._bn0(self._conv_stem(self.normalize(x))))
-        out = {}
-        for idx, block in enumerate(self._blocks):
-            h = block(h)
-            if idx in self._taps:
-                out[self._taps[idx]] = h
-        h = F.relu6(self._bn1(self._conv_head(h)))
-        out["head"] = h
-        out["pooled"] = h.mean(dim=(2, 3))
-        return out
+        return super().forward_features(x)
 
     def forward_logits(self, x: torch.Tensor) -> torch.Tensor:
         """ImageNet class logits ``[B, 1000]`` of images ``[B, 3, H, W]`` in [0, 1] (the pretrained ``_fc`` head)."""

@@ -256,11 +256,14 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--size", type=int, default=224, help="image side in pixels (default 224)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--json", type=Path, default=None, help="also write the rows to this JSON file")
+    ap.add_argument("--model", default=None, help="probe only this registered backbone, pretrained (e.g. "
+                    "efficientnet_lite1 at --size 240); default: every setting of the comparison")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     images, labels, classes = load_scene_images(args.root, args.per_class, args.size, progress=True)
     decode_s = time.perf_counter() - t0
-    rows = compare_settings(images, labels, batch_size=args.batch_size, progress=True)
+    settings = {f"{args.model} pretrained": ProbeSetting(args.model)} if args.model else None
+    rows = compare_settings(images, labels, settings, batch_size=args.batch_size, progress=True)
     print(f"\n{len(labels)} images, {len(classes)} classes, {args.size} px, decoded in {decode_s:.1f} s, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; chance = {1 / len(classes):.3f}\n")
     print("| setting | 1-NN acc (cosine, leave-one-out) | BN mean mismatch, stem | BN mean mismatch, all layers "

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from rswb.models.backbones.base import Backbone, FeatureInfo
+from rswb.models.backbones.base import Backbone, FeatureInfo, Piece
 from rswb.registry import register_model
 
 __all__ = ["SmallCNN", "small_cnn"]
@@ -52,19 +52,20 @@ class SmallCNN(Backbone):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
+    def pieces(self) -> list[Piece]:
+        """Stem (tapped ``"s2"``) and ``"stage1"`` ... ``"stage4"`` (tapped ``"s4"`` ... ``"s32"``)."""
+        out = [Piece("stem", lambda x: self.stem(self.normalize(x)), [self.stem], "s2")]
+        for k, (info, stage) in enumerate(zip(self.feature_info[1:], self.stages), 1):
+            out.append(Piece(f"stage{k}", stage, [stage], info.name))
+        return out
+
     def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Feature maps ``"s2" ... "s32"`` and ``"pooled"`` ``[B, num_features]``.
 
         Args:
             x: images ``[B, 3, H, W]`` in [0, 1], any ``H, W``.
         """
-        h = self.stem(self.normalize(x))
-        out = {"s2": h}
-        for info, stage in zip(self.feature_info[1:], self.stages):
-            h = stage(h)
-            out[info.name] = h
-        out["pooled"] = h.mean(dim=(2, 3))
-        return out
+        return super().forward_features(x)
 
 
 @register_model
