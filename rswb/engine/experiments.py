@@ -7,8 +7,10 @@
   whose saved options include every option asked for; otherwise it is trained again (replacing it).
 * :func:`profile_run`: a task's profile plus the caller's options, through that rule.
 * :func:`load_run`: a finished run rebuilt: its task with the selected weights, its splits, config and metrics.
-* :func:`save_metrics`: a notebook's ``metrics.json``, written atomically.
-* :func:`tie_table`: retrieval runs' headline numbers next to every other tie rule.
+* :func:`save_metrics`: a notebook's ``metrics.json``, written atomically; :func:`run_history`: a run's epoch records.
+* :func:`tie_table`: retrieval runs' headline numbers next to every other tie rule; :func:`compare`: runs side by
+  side (from :mod:`rswb.engine.runs`).
+* :func:`task_config`: a task's validated config for a profile and options, for notebooks that build its data.
 """
 
 from __future__ import annotations
@@ -22,13 +24,15 @@ from typing import Any
 import pandas as pd
 from torch.utils.data import Dataset
 
-from rswb.engine.launch import load_trained, train_task
-from rswb.engine.runs import RunFolder
+from rswb.config import from_dict, validate
+from rswb.engine.launch import load_trained, split_options, task_config_class, train_task
+from rswb.engine.runs import RunFolder, compare
 from rswb.engine.task import Task
 from rswb.io import atomic_write_json
+from rswb.registry import get
 
-__all__ = ["PROFILES", "SUITE", "LoadedRun", "finished_with", "load_run", "profile_options", "profile_run",
-           "save_metrics", "tie_table", "train_or_reuse"]
+__all__ = ["PROFILES", "SUITE", "LoadedRun", "compare", "finished_with", "load_run", "profile_options", "profile_run",
+           "run_history", "save_metrics", "task_config", "tie_table", "train_or_reuse"]
 
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "pha": {
@@ -90,6 +94,17 @@ def profile_options(task: str, profile: str) -> dict[str, Any]:
     if profile not in PROFILES[task]:
         raise KeyError(f"unknown profile {profile!r} of task {task}; use one of {', '.join(PROFILES[task])}")
     return dict(PROFILES[task][profile])
+
+
+def task_config(task: str, profile: str, **options: Any) -> Any:
+    """The validated config dataclass of ``task`` for ``profile`` plus ``options`` (training options are dropped).
+
+    What a notebook builds a task's data from (e.g. ``rswb.tasks.pha.prepare_data(task_config("pha", "quick"))``)
+    with the same options its runs are trained with.
+    """
+    cls = task_config_class(get("task", task))
+    task_options = split_options({**profile_options(task, profile), **options}, cls)[1]
+    return validate(from_dict(cls, task_options, source=f"task {task} options"), source=f"task {task} options")
 
 
 def finished_with(run_dir: str | Path, task_name: str, options: Mapping[str, Any]) -> bool:
@@ -160,6 +175,11 @@ def load_run(run_dir: str | Path, weights: str = "best", overrides: Mapping[str,
     run = RunFolder(run_dir)
     return LoadedRun(Path(run_dir), bundle.task, bundle.train, bundle.val, bundle.test, run.read_config(),
                      run.read_final() or {}, run.read_history())
+
+
+def run_history(run_dir: str | Path) -> list[dict[str, Any]]:
+    """A run's epoch records (``metrics.jsonl``), read without rebuilding the run."""
+    return RunFolder(run_dir).read_history()
 
 
 def save_metrics(metrics: Mapping[str, Any], output_dir: str | Path) -> Path:
