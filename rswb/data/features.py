@@ -138,12 +138,13 @@ def extract_images(encoder: nn.Module, dataset: Dataset, fn: Callable[[nn.Module
 
 @torch.no_grad()
 def extract_text_states(encoder: nn.Module, captions: Sequence[str], *, device: torch.device | str = "cpu",
-                        batch_size: int = 256, desc: str = "token states",
-                        progress: bool = True) -> dict[str, torch.Tensor]:
+                        batch_size: int = 256, desc: str = "token states", progress: bool = True,
+                        layer: int | None = None) -> dict[str, torch.Tensor]:
     """A frozen text transformer's token states of every caption, padded to the longest (float16), with the mask.
 
     ``encoder`` has ``tokenize(captions)`` and ``token_states(input_ids, attention_mask)`` (MiniLM, a local Hugging
-    Face encoder). Each batch is trimmed to its own longest caption before the forward pass.
+    Face encoder). Each batch is trimmed to its own longest caption before the forward pass. With ``layer`` the
+    states are the hidden states entering that layer (``encoder.hidden_until``, for partial fine-tuning).
 
     Returns:
         ``{"states": [N, L, D] float16, "mask": [N, L] bool}`` on the CPU.
@@ -160,7 +161,8 @@ def extract_text_states(encoder: nn.Module, captions: Sequence[str], *, device: 
                 sl = slice(start, start + batch_size)
                 am = toks["attention_mask"][sl]
                 w = int(am.sum(1).max())
-                out = encoder.token_states(toks["input_ids"][sl, :w].to(device), am[:, :w].to(device))
+                ids, mask = toks["input_ids"][sl, :w].to(device), am[:, :w].to(device)
+                out = (encoder.token_states(ids, mask) if layer is None else encoder.hidden_until(ids, mask, layer))
                 states[sl, :w] = out.to("cpu", torch.float16)
         finally:
             encoder.to(home)

@@ -114,7 +114,11 @@ class RetrievalSplit(Dataset):
         image_paths: image files ``[N_i]``.
         labels: scene class per image ``[N_i]`` (-1 when unknown).
         levels: cached feature levels ``{name: [N_i, ...]}`` (frozen backbone) or ``None`` (images are loaded).
+        cut: cached activations at the backbone's cut point, ``{"cut": [N_i, V, ...], <tap>: [N_i, V, ...]}``
+            (partial fine-tuning: ``V`` dihedral views; a training batch takes one at random, evaluation view 0).
         states, mask: cached text token states ``[N_c, L, D]`` and mask ``[N_c, L]``, or ``None``.
+        hidden: cached hidden states entering the first trained text layer ``[N_c, L, D]`` (partial fine-tuning of
+            the text transformer; with ``mask``), or ``None``.
         tokens: ``input_ids`` / ``attention_mask`` ``[N_c, L]`` when the text encoder is inside the model.
         caption_tags: each caption's own tag words, multi-hot ``[N_c, K]`` (uint8; K = 0 without tags).
         targets: KAMCL tag targets per image ``[N_i, K]`` (training split).
@@ -131,7 +135,9 @@ class RetrievalSplit(Dataset):
     image_paths: list[Path]
     labels: np.ndarray
     levels: dict[str, torch.Tensor] | None = None
+    cut: dict[str, torch.Tensor] | None = None
     states: torch.Tensor | None = None
+    hidden: torch.Tensor | None = None
     mask: torch.Tensor | None = None
     tokens: dict[str, torch.Tensor] | None = None
     caption_tags: torch.Tensor | None = None
@@ -155,10 +161,15 @@ class RetrievalSplit(Dataset):
         return [self.captions[j] for j in np.flatnonzero(self.caption_to_image == image)]
 
     def image_inputs(self, index: np.ndarray, augment: bool = False) -> dict[str, Any]:
-        """``{"levels": ...}`` or ``{"image": [B, 3, S, S]}`` of images ``index``."""
+        """``{"levels": ...}``, ``{"cut": ..., "taps": ...}`` or ``{"image": [B, 3, S, S]}`` of images ``index``."""
         idx = torch.as_tensor(np.asarray(index, np.int64))
         if self.levels is not None:
             return {"levels": {k: v[idx] for k, v in self.levels.items()}}
+        if self.cut is not None:
+            n_views = self.cut["cut"].shape[1]
+            views = torch.randint(0, n_views, (len(idx),)) if augment and n_views > 1 else torch.zeros_like(idx)
+            maps = {k: v[idx, views].float() for k, v in self.cut.items()}
+            return {"cut": maps.pop("cut"), "taps": maps}
         imgs = torch.stack([image_to_tensor(load_image(self.image_paths[i], self.image_size)) for i in idx.tolist()])
         if augment:
             imgs = torch.stack([dihedral(im[None], int(v))[0] for im, v in zip(imgs, torch.randint(0, 8, (len(idx),)))])
@@ -168,10 +179,11 @@ class RetrievalSplit(Dataset):
         """Text inputs of captions ``index``, trimmed to the longest caption among them (+ ``tags``)."""
         idx = torch.as_tensor(np.asarray(index, np.int64))
         out: dict[str, Any] = {}
-        if self.states is not None:
+        if self.states is not None or self.hidden is not None:
             mask = self.mask[idx]
             width = max(1, int(mask.sum(1).max()))
-            out.update(states=self.states[idx, :width], mask=mask[:, :width])
+            key, cached = ("states", self.states) if self.states is not None else ("hidden", self.hidden)
+            out.update({key: cached[idx, :width], "mask": mask[:, :width]})
         else:
             am = self.tokens["attention_mask"][idx]
             width = max(1, int(am.sum(1).max()))

@@ -38,18 +38,31 @@ class RetrievalTask(Task):
         loss_weights: weights of the ``*_loss`` terms (missing: 1).
         ties: the tie rule of the headline numbers and of validation selection (:data:`TIE_RULES`).
         info: method / version / data for the run registry.
+        encoder_lr_mult: learning-rate multiplier of the encoders inside the model (fine-tuning profiles).
     """
 
     monitor = "mR"
     monitor_mode = "max"
 
     def __init__(self, model: nn.Module, loss: nn.Module, loss_weights: dict[str, float] | None = None,
-                 ties: str = "expected", info: dict[str, str] | None = None):
+                 ties: str = "expected", info: dict[str, str] | None = None, encoder_lr_mult: float = 1.0):
         super().__init__(model, loss_weights, info)
         if ties not in TIE_RULES:
             raise ValueError(f"unknown tie rule ties={ties!r}; use one of {', '.join(TIE_RULES)}")
         self.loss = loss
         self.ties = str(ties)
+        self.encoder_lr_mult = float(encoder_lr_mult)
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Every trainable parameter; the encoders inside the model at ``encoder_lr_mult`` x the learning rate."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        if self.encoder_lr_mult == 1.0:
+            return [{"params": params}]
+        encoders = {id(p) for m in (self.model.backbone, self.model.text_encoder) if m is not None
+                    for p in m.parameters()}
+        groups = [{"params": [p for p in params if id(p) not in encoders]},
+                  {"params": [p for p in params if id(p) in encoders], "lr_mult": self.encoder_lr_mult}]
+        return [g for g in groups if g["params"]]
 
     def on_epoch_start(self, epoch: int, epochs: int) -> None:
         """Tell the loss the epoch: FISVL's weights and both methods' two-stage schedules depend on it."""

@@ -24,14 +24,14 @@ from rswb.registry import create_model, get, register_model
 
 __all__ = [
     "METHODS", "RetrievalNet", "build_encoders", "feature_levels", "level_channels", "make_backbone",
-    "make_text_encoder", "map_tokens", "retrieval_net",
+    "level_names", "make_text_encoder", "map_tokens", "retrieval_net",
 ]
 
 METHODS = ("vsepp", "clip", "fisvl", "kamcl")
 """The registered retrieval methods (each a model builder of that name)."""
 
 
-def _level_names(backbone: nn.Module) -> dict[str, str]:
+def level_names(backbone: nn.Module) -> dict[str, str]:
     """``low``/``mid``/``high`` -> the backbone's stride-8 / 16 / 32 map names (the last map of each stride)."""
     by_stride = {}
     for info in backbone.feature_info:
@@ -45,7 +45,7 @@ def _level_names(backbone: nn.Module) -> dict[str, str]:
 
 def level_channels(backbone: nn.Module) -> dict[str, int]:
     """Channels of :func:`feature_levels`' outputs for ``backbone`` (``low``, ``mid``, ``high``, ``pooled``)."""
-    names = _level_names(backbone)
+    names = level_names(backbone)
     chans = {f.name: f.channels for f in backbone.feature_info}
     return {**{k: chans[v] for k, v in names.items()}, "pooled": int(backbone.num_features)}
 
@@ -57,7 +57,7 @@ def feature_levels(backbone: nn.Module, images: torch.Tensor) -> dict[str, torch
         ``low`` ``[B, C8, H/8, W/8]``, ``mid`` (stride 16), ``high`` (stride 32) and ``pooled`` ``[B, F]``.
     """
     out = backbone.forward_features(images)
-    return {**{k: out[v] for k, v in _level_names(backbone).items()}, "pooled": out["pooled"]}
+    return {**{k: out[v] for k, v in level_names(backbone).items()}, "pooled": out["pooled"]}
 
 
 def map_tokens(x: torch.Tensor) -> torch.Tensor:
@@ -91,6 +91,9 @@ class RetrievalNet(nn.Module):
             return {k: v.float() for k, v in batch["levels"].items()}
         if self.backbone is None:
             raise KeyError("the batch has no 'levels' and the model has no backbone to compute them from 'image'")
+        if "cut" in batch:  # partial fine-tuning: the backbone continues from its cached cut
+            out = self.backbone.forward_from(batch["cut"], self.backbone.partial_cut, batch.get("taps"))
+            return {**{k: out[v] for k, v in level_names(self.backbone).items()}, "pooled": out["pooled"]}
         return feature_levels(self.backbone, batch["image"])
 
     def _states(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,6 +101,10 @@ class RetrievalNet(nn.Module):
             return batch["states"].float(), batch["mask"].bool()
         if self.text_encoder is None:
             raise KeyError("the batch has no 'states' and the model has no text encoder to compute them from 'tokens'")
+        if "hidden" in batch:  # partial fine-tuning: the last layers continue from the cached hidden states
+            mask = batch["mask"].bool()
+            enc = self.text_encoder
+            return enc.token_states_from(batch["hidden"].float(), mask.long(), enc.partial_layer), mask
         tok = batch["tokens"]
         return self.text_encoder.token_states(tok["input_ids"], tok["attention_mask"]), tok["attention_mask"].bool()
 
@@ -166,8 +173,13 @@ def make_text_encoder(name: str, freeze: bool = True, path: str | None = None, v
 def build_encoders(channels: dict[str, int] | None, text_dim: int, backbone: str | None = None,
                    pretrained: bool = True, backbone_path: str | None = None, text_encoder: str | None = None,
                    freeze_text: bool = True, vocab_size: int | None = None, text_path: str | None = None,
+                   train_from: str | None = None, text_train_last: int = 0,
                    ) -> tuple[nn.Module | None, nn.Module | None, dict[str, int], int]:
     """The encoders a method model holds inside (none: cached inputs) and the input sizes of its heads.
+
+    Partial fine-tuning: ``train_from`` freezes the backbone's pieces before that cut (batches then carry their
+    cached output, ``"cut"``) and its batch-norm statistics; ``text_train_last`` trains only the text transformer's
+    last N layers (batches carry the cached hidden states entering them, ``"hidden"``).
 
     Returns:
         ``(backbone or None, text encoder or None, feature-level channels, token-state width)``; a backbone's
@@ -180,12 +192,19 @@ def build_encoders(channels: dict[str, int] | None, text_dim: int, backbone: str
     if backbone is not None:
         bb = make_backbone(backbone, pretrained, backbone_path)
         channels = level_channels(bb)
+        bb.partial_cut = train_from
+        if train_from is not None:
+            bb.freeze_until(train_from).freeze_bn()
     if channels is None:
         raise ValueError("pass the feature-level channels of the cached features, or a backbone")
     txt = None
     if text_encoder is not None:
-        txt = make_text_encoder(text_encoder, freeze_text, text_path, vocab_size)
+        txt = make_text_encoder(text_encoder, freeze_text and not text_train_last, text_path, vocab_size)
         text_dim = txt.state_dim
+        txt.partial_layer = None
+        if text_train_last:
+            txt.train_last(text_train_last)
+            txt.partial_layer = txt.num_layers - text_train_last
     return bb, txt, channels, text_dim
 
 

@@ -116,6 +116,56 @@ class MiniLMTextEncoder(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
             return self.transformer(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
+    # --- partial fine-tuning: the first layers run once (cached), the last ones train ----------------------------
+    def _layers(self) -> nn.ModuleList:
+        layers = getattr(getattr(self.transformer, "encoder", None), "layer", None)
+        if not isinstance(layers, nn.ModuleList):
+            raise TypeError(f"{type(self.transformer).__name__} has no encoder.layer list (needs a BERT-like encoder)")
+        return layers
+
+    @property
+    def num_layers(self) -> int:
+        """Number of transformer layers."""
+        return len(self._layers())
+
+    def train_last(self, n: int) -> MiniLMTextEncoder:
+        """Train only the last ``n`` transformer layers (and the projection): everything before them is frozen.
+
+        Returns:
+            ``self``.
+        """
+        if not 0 < n <= self.num_layers:
+            raise ValueError(f"train_last needs 1..{self.num_layers} layers, got {n}")
+        self.freeze = False
+        self.transformer.requires_grad_(False)
+        for layer in list(self._layers())[-n:]:
+            layer.requires_grad_(True)
+        return self
+
+    def hidden_until(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layer: int) -> torch.Tensor:
+        """The hidden states entering transformer layer ``layer`` (0-based) ``[B, L, D]``.
+
+        What partial fine-tuning caches once per caption.
+        """
+        out = self.transformer(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        return out.hidden_states[layer]
+
+    def token_states_from(self, hidden: torch.Tensor, attention_mask: torch.Tensor, layer: int) -> torch.Tensor:
+        """The last hidden states ``[B, L, D]``, continued from ``hidden`` entering layer ``layer``.
+
+        The transformer runs as usual (so its own attention-mask handling applies), with its embeddings' output
+        replaced by ``hidden`` and only the layers from ``layer`` on: the same result as :meth:`token_states`.
+        """
+        encoder, layers = self.transformer.encoder, self._layers()
+        handle = self.transformer.embeddings.register_forward_hook(lambda module, args, output: hidden)
+        encoder.layer = nn.ModuleList(list(layers)[layer:])
+        try:
+            return self.transformer(input_ids=torch.zeros_like(attention_mask, dtype=torch.long),
+                                    attention_mask=attention_mask).last_hidden_state
+        finally:
+            encoder.layer = layers
+            handle.remove()
+
     def encode(self, captions: Sequence[str]) -> torch.Tensor:
         """Embeddings of raw captions (tokenised here, on the encoder's device)."""
         device = next(self.parameters()).device

@@ -30,7 +30,7 @@ import torch
 
 from rswb.config import ImageTaskOptions, option
 from rswb.data.captions import default_image_root
-from rswb.data.features import cache_root, cached, digest, extract_images, extract_text_states
+from rswb.data.features import cache_root, cached, digest, extract_images, extract_text_states, nbytes
 from rswb.data.image_text import CaptionInputs, RetrievalData, RetrievalSplit, read_caption_splits
 from rswb.data.scenes import ImageFiles
 from rswb.data.tags import Vocabulary, build_tag_vocabulary, caption_values, tag_targets
@@ -38,7 +38,14 @@ from rswb.engine.device import frozen_encoder_device
 from rswb.engine.retrieval import RetrievalTask
 from rswb.engine.task import TaskBundle
 from rswb.metrics.retrieval import TIE_RULES
-from rswb.models.retrieval import METHODS, feature_levels, level_channels, make_backbone, make_text_encoder
+from rswb.models.retrieval import (
+    METHODS,
+    feature_levels,
+    level_channels,
+    level_names,
+    make_backbone,
+    make_text_encoder,
+)
 from rswb.registry import create_loss, create_model, register_task
 
 __all__ = ["RetrievalConfig", "prepare_data", "retrieval_task"]
@@ -89,6 +96,46 @@ class RetrievalConfig(ImageTaskOptions):
                        "optimistic | pessimistic | published; the other rules are reported beside it",
                        choices=TIE_RULES)
     max_images: int | None = option(None, "use at most this many images per split (quick runs)", low=1)
+    train_from: str | None = option(None, "partial fine-tuning: train the image backbone from this piece on (e.g. "
+                                    "stage6) on cached outputs of the frozen pieces before it; overrides "
+                                    "--freeze-backbone")
+    views: int = option(4, "partial fine-tuning: dihedral views per training image in the cache", low=1, high=8)
+    text_train_last: int = option(0, "partial fine-tuning of the text transformer: train its last N layers on "
+                                  "cached hidden states (0: none); overrides --freeze-text", low=0)
+    encoder_lr_mult: float = option(1.0, "learning-rate multiplier of the encoders inside the model (fine-tuning)",
+                                    low=0, low_open=True)
+
+
+def _cached_cuts(cfg: RetrievalConfig, cs: Any, progress: bool) -> tuple[torch.nn.Module, dict[str, dict]]:
+    """Partial fine-tuning: per split, the frozen trunk's output at the cut and the level maps tapped before it.
+
+    Float16, ``views`` dihedral views of the training images and one of the others, from the disk cache.
+
+    Returns:
+        The backbone that computed them (the model's frozen trunk must be this one) and
+        ``{split: {"cut": [N, V, ...], <tap>: [N, V, ...]}}``.
+    """
+    backbone = make_backbone(cfg.backbone, cfg.pretrained, cfg.backbone_path)
+    cut = cfg.train_from
+    keep = set(level_names(backbone).values())  # the maps the heads read (the stride-8/16/32 ones)
+    trunk = torch.nn.ModuleList(m for piece in backbone.pieces()[:backbone._index(cut)] for m in piece.modules)
+    weights = digest(modules=[trunk])  # the frozen pieces only: the trained ones do not shape the cache
+
+    def until(b: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in b.forward_until(x, cut).items() if k == "cut" or k in keep}
+
+    out = {}
+    for split, ps in cs.paths.items():
+        views = cfg.views if split == "train" else 1
+        key = digest(("cut", cfg.backbone, cfg.image_size, cut, views, weights), files=ps)
+        path = cache_root(cfg.cache_dir) / "cuts" / f"{cfg.backbone}-{cut}-{key}.pt"
+        desc = f"{cfg.backbone} up to {cut} ({split}, {len(ps)} images x {views})"
+        out[split] = cached(path, lambda ps=ps, views=views, desc=desc: extract_images(
+            backbone, ImageFiles(ps, cfg.image_size), until, device=frozen_encoder_device(), views=views,
+            dtype=torch.float16, desc=desc, progress=progress))
+        print(f"cached {cut} activations ({split}): {len(ps)} images x {views} views, "
+              f"{nbytes(out[split]) / 2**20:.0f} MiB ({path})")
+    return backbone, out
 
 
 def prepare_data(cfg: RetrievalConfig, progress: bool = True) -> RetrievalData:
@@ -122,9 +169,12 @@ def prepare_data(cfg: RetrievalConfig, progress: bool = True) -> RetrievalData:
     values = torch.from_numpy(caption_values(train_caps))
 
     # Image inputs: cached frozen feature levels, or nothing (the model loads images).
-    channels, backbone = None, None
+    channels, backbone, cut_maps = None, None, {s: None for s in cs.paths}
     levels: dict[str, dict[str, torch.Tensor] | None] = {s: None for s in cs.paths}
-    if cfg.freeze_backbone:
+    if cfg.train_from is not None:
+        backbone, cut_maps = _cached_cuts(cfg, cs, progress)
+        channels = level_channels(backbone)
+    elif cfg.freeze_backbone:
         backbone = make_backbone(cfg.backbone, cfg.pretrained, cfg.backbone_path)
         channels = level_channels(backbone)
         weights = digest(modules=[backbone])  # hashed once, not once per split
@@ -142,11 +192,20 @@ def prepare_data(cfg: RetrievalConfig, progress: bool = True) -> RetrievalData:
         vocab = Vocabulary.build(train_caps, min_count=1)
     else:
         encoder = make_text_encoder(cfg.text_encoder, True, cfg.text_path, max_length=2 * cfg.max_words)
-    inputs = CaptionInputs(vocab_tags, cfg.max_words, minilm=encoder, vocab=vocab, states=cfg.freeze_text)
+    inputs = CaptionInputs(vocab_tags, cfg.max_words, minilm=encoder, vocab=vocab,
+                           states=cfg.freeze_text and not cfg.text_train_last)
     text: dict[str, dict[str, Any]] = {}
-    weights = digest(modules=[encoder]) if inputs.states else ""
+    weights = digest(modules=[encoder]) if inputs.states or cfg.text_train_last else ""
     for split, caps in ((s, c.captions) for s, c in cs.sets.items()):
-        if inputs.states:
+        if cfg.text_train_last:  # partial: the hidden states entering the first trained layer
+            layer = encoder.num_layers - cfg.text_train_last
+            key = digest(("hidden", encoder.max_length, layer, weights), texts=caps)
+            path = cache_root(cfg.cache_dir) / "text" / f"{cfg.text_encoder}-layer{layer}-{key}.pt"
+            desc = f"{cfg.text_encoder} layers 0-{layer - 1} ({split}, {len(caps)} captions)"
+            out = cached(path, lambda caps=caps, desc=desc, layer=layer: extract_text_states(
+                encoder, caps, device=frozen_encoder_device(), desc=desc, progress=progress, layer=layer))
+            text[split] = {"hidden": out["states"], "mask": out["mask"]}
+        elif inputs.states:
             key = digest(("states", encoder.max_length, weights), texts=caps)
             path = cache_root(cfg.cache_dir) / "text" / f"{cfg.text_encoder}-{key}.pt"
             desc = f"{cfg.text_encoder} token states ({split}, {len(caps)} captions)"
@@ -159,8 +218,9 @@ def prepare_data(cfg: RetrievalConfig, progress: bool = True) -> RetrievalData:
         c, t, train = cs.sets[split], text[split], split == "train"
         return RetrievalSplit(
             name=split, captions=c.captions, caption_to_image=c.caption_to_image.astype("int64"),
-            image_paths=cs.paths[split], labels=cs.labels[split], levels=levels[split], states=t.get("states"),
-            mask=t.get("mask"), tokens=t.get("tokens"), caption_tags=inputs.tags(c.captions),
+            image_paths=cs.paths[split], labels=cs.labels[split], levels=levels[split], cut=cut_maps[split],
+            states=t.get("states"), hidden=t.get("hidden"), mask=t.get("mask"), tokens=t.get("tokens"),
+            caption_tags=inputs.tags(c.captions),
             targets=targets if train else None, values=values if train else None, image_size=cfg.image_size,
             augment=train, query_encoder=inputs, backbone=backbone)
 
@@ -174,8 +234,9 @@ def retrieval_task(cfg: RetrievalConfig) -> TaskBundle:
     """Image-text retrieval (VSE++, CLIP-style, FISVL, KAMCL) on a caption set with images; R@K and mR.
 
     Training settings this task prefers (the training options below override them): frozen encoders (cached
-    features): 10 epochs (the heads' validation mR plateaus after 2-4 on UCM-Captions), batch 128, AdamW lr 1e-3,
-    weight decay 0.01, 1 warm-up epoch then cosine; fine-tuning:
+    features) and partial fine-tuning (``--train-from``, ``--text-train-last``): 10 epochs (the heads' validation mR
+    plateaus after 2-4 on UCM-Captions), batch 128, AdamW lr 1e-3, weight decay 0.01, 1 warm-up epoch then cosine;
+    fine-tuning:
     20 epochs, batch 64, AdamW lr 4e-5, weight decay 0.01, 10 % warm-up then linear decay (FISVL's schedule).
     """
     if cfg.method not in METHODS:
@@ -189,16 +250,19 @@ def retrieval_task(cfg: RetrievalConfig) -> TaskBundle:
     model = create_model(
         "retrieval_net", **{**options, "channels": data.channels, "text_dim": data.text_dim,
                             "num_tags": len(data.tag_vocabulary),
-                            "backbone": None if cfg.freeze_backbone else cfg.backbone,
+                            "backbone": None if cfg.freeze_backbone and cfg.train_from is None else cfg.backbone,
                             "text_encoder": None if cached_text else cfg.text_encoder,
                             "vocab_size": len(data.vocab) if data.vocab is not None else None})
+    if cfg.train_from is not None:  # the frozen trunk is the one whose outputs were cached (random inits differ)
+        model.backbone.load_state_dict(data.train.backbone.state_dict())
     loss = create_loss(cfg.method, model=model, **{k: v for k, v in options.items() if k != "method"})
     weights = {"affil_loss": cfg.affil_weight, "hard_loss": cfg.hard_weight, "moco_loss": cfg.moco_weight,
                "concept_loss": cfg.concept_weight}
     task = RetrievalTask(model, loss, weights, cfg.ties, {"method": cfg.method, "version": _version(cfg),
-                                                          "data": f"{data.root.name}"})
+                                                          "data": f"{data.root.name}"}, cfg.encoder_lr_mult)
+    partial = cfg.train_from is not None or cfg.text_train_last > 0
     defaults = ({"epochs": 10, "batch_size": 128, "lr": 1e-3, "weight_decay": 0.01, "schedule": "cosine",
-                 "warmup_epochs": 1.0, "val_fraction": 0.0} if frozen else
+                 "warmup_epochs": 1.0, "val_fraction": 0.0} if frozen or partial else
                 {"epochs": 20, "batch_size": 64, "lr": 4e-5, "weight_decay": 0.01, "schedule": "linear",
                  "warmup_epochs": 2.0, "val_fraction": 0.0})
     return TaskBundle(task, data.train, val=data.val, test=data.test, train_defaults=defaults)

@@ -302,3 +302,27 @@ def test_a_small_split_of_one_scene_keeps_the_class_folders(cache, tmp_path, met
     assert d.class_names == ["agricultural", "tenniscourt"]
     assert set(d.train.labels.tolist()) == {0}
     assert sorted(d.test.labels.tolist()) == [0, 0, 1]
+
+
+def test_partial_fine_tuning_of_both_encoders_on_cached_cuts(cache, tmp_path, capsys):
+    opts = {"method": "fisvl", **QUICK, "epochs": 1, "batch_size": 64, "progress": False, "train_from": "stage4",
+            "views": 2, "text_train_last": 1, "encoder_lr_mult": 0.1}
+    res = train_task("retrieval", opts, run_name="p", runs_root=tmp_path)
+    assert "cached stage4 activations (train)" in capsys.readouterr().out
+    model = res.task.model
+    trained_bb = {n for n, p in model.backbone.named_parameters() if p.requires_grad}
+    assert trained_bb and all(n.startswith("stages.3") for n in trained_bb)
+    trained_txt = {n.split(".")[3] for n, p in model.text_encoder.named_parameters()
+                   if p.requires_grad and n.startswith("transformer.encoder.layer.")}
+    assert trained_txt == {str(model.text_encoder.num_layers - 1)}  # only the last layer of the text transformer
+    groups = res.task.param_groups()
+    assert [g.get("lr_mult", 1.0) for g in groups] == [1.0, 0.1]
+    from rswb.data.scenes import image_to_tensor, load_image
+
+    bundle = load_trained(tmp_path / "p")  # the cached path and the images give the same embeddings
+    split = bundle.test
+    x = torch.stack([image_to_tensor(load_image(split.image_paths[i], split.image_size)) for i in range(3)])
+    with torch.no_grad():
+        a = bundle.task.model.encode_image(split.image_inputs(np.arange(3)))
+        b = bundle.task.model.encode_image({"image": x})
+    torch.testing.assert_close(a, b, atol=5e-3, rtol=5e-3)  # the cache is float16
