@@ -32,8 +32,8 @@ from rswb.data.transforms import dihedral
 from rswb.io import atomic_save, load_checkpoint
 from rswb.utils import eval_mode
 
-__all__ = ["CachedViews", "FeatureSet", "cache_root", "cached", "digest", "extract_images", "extract_text_states",
-           "nbytes"]
+__all__ = ["CachedViews", "FeatureSet", "PairedViews", "cache_root", "cached", "digest", "extract_images",
+           "extract_text_states", "nbytes"]
 
 
 def cache_root(override: str | Path | None = None) -> Path:
@@ -248,4 +248,70 @@ class CachedViews(Dataset):
         ax.imshow(sample["cut"].mean(0).numpy(), cmap="magma")
         ax.set_title(f"item {sample['index']} (class {sample['label']}): {tuple(sample['cut'].shape)}")
         ax.axis("off")
+        return ax
+
+
+class PairedViews(Dataset):
+    """Cached features of several modalities of the same images, one item per image, the same view for all.
+
+    What the PHA ladder trains on with a frozen pretrained encoder (``rswb train pha --encoder``): each image has ``V``
+    cached dihedral views per modality; a training item is one view at random, shared by the modalities (the pair
+    stays co-registered, as :func:`rswb.data.transforms.augment_pairs` keeps it on images); an evaluation item is
+    view 0 (the image as it is).
+
+    Args:
+        cache: ``{modality: [N, V, F]}`` (every modality with the same ``N`` and ``V``).
+        labels: class of every image ``[N]``.
+        ids: identity of every image ``[N]`` (returned as ``"id"``: the alignment loss recognises an image drawn
+            twice in a batch by it).
+        repeats: passes over the images per epoch (few shots make very short epochs).
+        random_view: draw a random view per item (training) instead of view 0.
+
+    A sample is ``{modality: [F] float32, ..., "label", "index", "id"}`` with ``index`` the image's position here.
+    """
+
+    def __init__(self, cache: dict[str, torch.Tensor], labels: np.ndarray, ids: np.ndarray | None = None,
+                 repeats: int = 1, random_view: bool = False):
+        shapes = {k: tuple(v.shape[:2]) for k, v in cache.items()}
+        if not cache or len(set(shapes.values())) != 1:
+            raise ValueError(f"every modality needs the same [images, views], got {shapes}")
+        self.cache = cache
+        self.labels_ = np.asarray(labels, np.int64)
+        n, self.views = next(iter(shapes.values()))
+        if len(self.labels_) != n:
+            raise ValueError(f"{n} cached images but {len(self.labels_)} labels")
+        self.ids = np.arange(n) if ids is None else np.asarray(ids, np.int64)
+        self.repeats, self.random_view = max(1, int(repeats)), bool(random_view)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """0-based class of every item (repeats included)."""
+        return np.tile(self.labels_, self.repeats)
+
+    def __len__(self) -> int:
+        return len(self.labels_) * self.repeats
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        j = int(i) % len(self.labels_)
+        v = int(torch.randint(0, self.views, ())) if self.random_view else 0
+        return {**{k: f[j, v].float() for k, f in self.cache.items()}, "label": int(self.labels_[j]), "index": j,
+                "id": int(self.ids[j])}
+
+    def draw(self, n: int) -> dict[str, torch.Tensor]:
+        """A batch of ``n`` items drawn at random with replacement (each with a random view when ``random_view``)."""
+        pick = torch.randint(0, len(self.labels_), (n,))
+        views = torch.randint(0, self.views, (n,)) if self.random_view else torch.zeros(n, dtype=torch.long)
+        out = {k: f[pick, views].float() for k, f in self.cache.items()}
+        out["id"] = torch.as_tensor(self.ids[pick.numpy()])
+        return out
+
+    def plot(self, sample: dict[str, Any], ax=None):
+        """Each modality's feature vector of one sample, as lines (what the trained adapters see instead of images)."""
+        import matplotlib.pyplot as plt
+
+        ax = ax or plt.subplots(figsize=(6, 2))[1]
+        for k in self.cache:
+            ax.plot(sample[k].numpy(), lw=0.6, label=k)
+        ax.legend(loc="upper right")
+        ax.set_title(f"cached features of image {sample['index']} (class {sample['label']})")
         return ax

@@ -279,7 +279,7 @@ class WaldSceneDataset(torch.utils.data.Dataset):
         return fig
 
 
-__all__ = ["SceneImages", "WaldSceneDataset", "gaussian_kernel", "mtf_sigma", "wald_simulate"]
+__all__ = ["ModalityImages", "SceneImages", "WaldSceneDataset", "gaussian_kernel", "mtf_sigma", "wald_simulate"]
 
 
 class SceneImages(torch.utils.data.Dataset):
@@ -309,3 +309,42 @@ class SceneImages(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         j = int(self.indices[index % len(self.indices)])
         return {**self.base[j], "id": int(self.ids[j])}
+
+
+class ModalityImages(torch.utils.data.Dataset):
+    """One modality of Wald-simulated pairs as 3-band images on the PAN grid, for an ImageNet backbone.
+
+    ``{"image": [3, S, S], "label", "index"}`` in [0, 1] with ``S`` the PAN size: MS (three bands, RGB order in
+    scene mode) is upsampled by bicubic interpolation (clamped to [0, 1]) onto the PAN grid, its pixel centres where
+    the Wald geometry puts them (``align_corners=False``: MS pixel ``i`` covers PAN pixels ``r i .. r i + r - 1``);
+    PAN is repeated over three channels (an ImageNet backbone expects colour; equal channels are a grey image).
+
+    Args:
+        base: the simulated pairs (a :class:`WaldSceneDataset`).
+        modality: ``"ms"`` or ``"pan"``.
+
+    Raises:
+        ValueError: an unknown modality, or MS with another number of bands than 3.
+    """
+
+    def __init__(self, base: torch.utils.data.Dataset, modality: str):
+        if modality not in ("ms", "pan"):
+            raise ValueError(f"modality must be 'ms' or 'pan', got {modality!r}")
+        self.base, self.modality = base, modality
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        import torch.nn.functional as F
+
+        s = self.base[index]
+        x = s[self.modality]
+        if self.modality == "pan":
+            img = x.expand(3, -1, -1)
+        else:
+            if x.shape[0] != 3:
+                raise ValueError(f"MS has {x.shape[0]} bands; an ImageNet backbone takes 3 (RGB order)")
+            size = tuple(s["pan"].shape[-2:])
+            img = F.interpolate(x[None], size=size, mode="bicubic", align_corners=False)[0].clamp(0, 1)
+        return {"image": img.contiguous(), "label": s["label"], "index": s["index"]}

@@ -42,7 +42,8 @@ from rswb.utils import eval_mode
 
 __all__ = [
     "dense_predict", "patch_predict",
-    "CompensatedDictionary", "PHANet", "ms_only", "pan_only", "pha_v1", "pha_v2", "pha_v3", "pha_v4", "pha_v5",
+    "CompensatedDictionary", "FeatureBranch", "PHANet",
+    "ms_only", "pan_only", "pha_v1", "pha_v2", "pha_v3", "pha_v4", "pha_v5",
     "PHA_VERSIONS",
 ]
 
@@ -70,6 +71,31 @@ class Branch(nn.Module):
             nn.Sequential(*[_conv_bn_relu(chans[i] if j == 0 else chans[i + 1], chans[i + 1])
                             for j in range(CONVS_PER_STAGE)])
             for i in range(len(widths)))
+
+
+class FeatureBranch(nn.Module):
+    """One modality's branch on a frozen pretrained encoder: a trainable adapter per stage on cached pooled features.
+
+    The encoder's pooled features at three depths (e.g. EfficientNet's stride-8, stride-16 and head features) arrive
+    concatenated, ``[B, sum(dims)]``; stage ``s`` is ``ReLU(BN(Linear(dims[s] -> widths[s])))`` of its slice. The
+    ladder (alignment per stage, stage fusion, the dictionary) then acts on these adapted stage features exactly as
+    on the pooled maps of a :class:`Branch`.
+    """
+
+    def __init__(self, dims: tuple[int, int, int], widths: tuple[int, int, int]):
+        super().__init__()
+        if len(dims) != len(widths):
+            raise ValueError(f"feature_dims {dims} and widths {widths} must have one entry per stage")
+        self.dims = tuple(int(d) for d in dims)
+        self.stages = nn.ModuleList(nn.Sequential(nn.Linear(d, w), nn.BatchNorm1d(w), nn.ReLU(inplace=True))
+                                    for d, w in zip(self.dims, widths))
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Adapted stage features ``[[B, widths[s]] per stage]`` of concatenated encoder features ``[B, sum(dims)]``."""
+        if x.ndim != 2 or x.shape[1] != sum(self.dims):
+            raise ValueError(f"expected encoder features [B, {sum(self.dims)}] (pooled levels {self.dims}), "
+                             f"got {tuple(x.shape)}")
+        return [stage(part) for stage, part in zip(self.stages, x.split(self.dims, dim=1))]
 
 
 def _box_mean(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -136,12 +162,16 @@ class PHANet(nn.Module):
         proj_dim: size of the alignment embeddings.
         dropout: dropout before the classifier.
         patch: MS patch size the pixel classifier is defined on (sets the dense-mode window).
+        feature_dims: sizes of a frozen pretrained encoder's pooled features at three depths: the branches become
+            :class:`FeatureBranch` adapters and the model takes those features (``batch["ms"]``, ``batch["pan"]``:
+            ``[B, sum(feature_dims)]``) instead of images; ``None``: the convolutional branches on images.
     """
 
     def __init__(self, num_classes: int, bands: int = 4, ratio: int = 4, modalities: tuple[str, ...] = ("ms", "pan"),
                  widths: tuple[int, int, int] = (32, 64, 96), align_stages: tuple[int, ...] = (),
                  align_schedule: str = "none", stage_fusion: bool = False, dictionary_atoms: int = 0,
-                 proj_dim: int = 64, dropout: float = 0.2, patch: int = 16):
+                 proj_dim: int = 64, dropout: float = 0.2, patch: int = 16,
+                 feature_dims: tuple[int, int, int] | None = None):
         super().__init__()
         if not modalities or set(modalities) - {"ms", "pan"}:
             raise ValueError(f"modalities must be a non-empty subset of ('ms', 'pan'), got {modalities}")
@@ -158,11 +188,16 @@ class PHANet(nn.Module):
         self.window = self.patch - 2 * CONVS_PER_STAGE * len(widths)
         if self.window < 1:
             raise ValueError(f"patch {patch} is too small for {len(widths)} stages of unpadded 3x3 convolutions")
+        self.feature_dims = None if feature_dims is None else tuple(int(d) for d in feature_dims)
         self.branches = nn.ModuleDict()
-        if "ms" in modalities:
-            self.branches["ms"] = Branch(bands, widths)
-        if "pan" in modalities:
-            self.branches["pan"] = Branch(1, widths, stem_stride=ratio)
+        if self.feature_dims is not None:
+            for m in modalities:
+                self.branches[m] = FeatureBranch(self.feature_dims, widths)
+        else:
+            if "ms" in modalities:
+                self.branches["ms"] = Branch(bands, widths)
+            if "pan" in modalities:
+                self.branches["pan"] = Branch(1, widths, stem_stride=ratio)
         # Stage-wise fusion reads the branches and never writes back into them: an earlier design added 1x1
         # convolutions from each branch into the other after every stage, and with alignment on top the two branches
         # collapsed into one representation (deep linear CKA 0.95) and lost 3.6 OA points (docs/pha_versions.md).
@@ -184,6 +219,8 @@ class PHANet(nn.Module):
     # --- feature maps -----------------------------------------------------------------------------------------
     def stage_maps(self, ms: torch.Tensor | None, pan: torch.Tensor | None) -> dict[str, list[torch.Tensor]]:
         """Feature maps of every stage per modality: ``{"ms": [shallow, middle, deep], "pan": [...]}``."""
+        if self.feature_dims is not None:
+            raise ValueError("a model on encoder features has no feature maps (it takes pooled features, not images)")
         x = {}
         if "ms" in self.branches:
             x["ms"] = self.branches["ms"].stem(ms)
@@ -234,8 +271,11 @@ class PHANet(nn.Module):
             ``{stage: (ms, pan)}`` alignment embeddings of the aligned stages; with the dictionary also ``codes_*``,
             ``shared_*``, ``specific_*`` and ``deep_*`` (the features they decompose).
         """
-        maps = self.stage_maps(*self._inputs(batch))
-        pooled = {m: [f.mean((2, 3)) for f in fs] for m, fs in maps.items()}
+        if self.feature_dims is not None:
+            pooled = {m: self.branches[m](batch[m]) for m in self.modalities}
+        else:
+            maps = self.stage_maps(*self._inputs(batch))
+            pooled = {m: [f.mean((2, 3)) for f in fs] for m, fs in maps.items()}
         deep = {m: fs[-1] for m, fs in pooled.items()}
         out: dict[str, Any] = self.classify(pooled)
         out["stage_features"] = pooled
@@ -280,6 +320,7 @@ class PHANet(nn.Module):
         return {"modalities": "+".join(self.modalities), "align_stages": [STAGE_NAMES[s] for s in self.align_stages],
                 "align_schedule": self.align_schedule, "stage_fusion": self.stage_fuse is not None,
                 "dictionary_atoms": self.dictionary.atoms.shape[0] if self.dictionary is not None else 0,
+                "branches": "encoder features" if self.feature_dims is not None else "convolutional",
                 "parameters": sum(p.numel() for p in self.parameters())}
 
 

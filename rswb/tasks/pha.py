@@ -9,6 +9,11 @@ Two kinds of data, picked from what ``--data`` points at:
 * **scene mode** (a scene-classification folder such as UC Merced): every image becomes an MS+PAN pair by the Wald
   protocol (:mod:`rswb.data.wald`), ``shots`` images per class of the training split (UC Merced: 00-79) train,
   ``val_shots`` more validate, the test split (80-99) tests, and the model classifies the whole image.
+  With ``--encoder efficientnet_lite0`` (or lite1 / lite2) both branches stand on a frozen ImageNet backbone: MS
+  (upsampled onto the PAN grid) and PAN (as a grey image) go through it once per image and dihedral view, its pooled
+  stride-8, stride-16 and head features are cached, and the version's stages are trainable adapters on them
+  (:class:`rswb.models.pha.FeatureBranch`). Training draws one cached view per item, the same for MS and PAN; gain
+  jitter, which acts on images, does not apply.
 
 Training (both modes): random flips / 90-degree rotations applied identically to MS and PAN (the PAN patch is the
 ground footprint of the MS patch, so the pair stays co-registered); cross-entropy on the few shots; for the aligned
@@ -40,7 +45,14 @@ from rswb.losses.pha import PHALoss
 from rswb.models.pha import PHA_VERSIONS, PHANet
 from rswb.registry import create_model, register_task
 
-__all__ = ["PHAConfig", "PHAData", "build_model", "pha_task", "prepare_data", "stage_widths"]
+__all__ = ["ENCODERS", "PHAConfig", "PHAData", "build_model", "pha_task", "prepare_data", "stage_widths"]
+
+
+ENCODERS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+"""Pretrained backbones ``--encoder`` accepts (scene mode)."""
+
+ENCODER_TAPS = ("s8", "s16", "head")
+"""The encoder depths that become the shallow, middle and deep stage (pooled)."""
 
 
 @dataclasses.dataclass
@@ -85,6 +97,13 @@ class PHAConfig:
                                               "(equal | deep | progressive; None: the version's own)",
                                       choices=("equal", "deep", "progressive"))
     stage_fusion: bool | None = option(None, "ablation: override the version's stage-wise fusion (None: its own)")
+    encoder: str | None = option(None, "scene mode: a frozen ImageNet backbone under both branches (MS upsampled to "
+                                       "the PAN grid, PAN as grey); the ladder trains adapters on its cached pooled "
+                                       "stride-8, stride-16 and head features (None: convolutional branches from "
+                                       "scratch on the images)", choices=ENCODERS)
+    views: int = option(4, "encoder branches: dihedral views cached per image (training draws one per item)",
+                        low=1, high=8)
+    cache_dir: str | None = option(None, "feature cache folder (default $RSWB_CACHE_DIR or ~/.cache/rswb)")
 
     def check(self) -> None:
         """Cross-field and registry rules, run by :func:`rswb.config.validate` before any data is read."""
@@ -127,6 +146,8 @@ class PHAData:
         sampler: its patch sampler (pixel mode).
         unlabelled: callable ``n -> batch`` of unlabelled items for the alignment terms.
         source: what was loaded (a path or ``"embedded"``).
+        feature_dims: with ``--encoder``, the sizes of the cached encoder features per stage (the items are
+            features, not images).
     """
 
     mode: str
@@ -142,6 +163,7 @@ class PHAData:
     sampler: PatchSampler | None = None
     unlabelled: Callable[[int], dict[str, Any]] | None = None
     source: str = ""
+    feature_dims: tuple[int, int, int] | None = None
 
 
 def _shots(value: float) -> int | float:
@@ -202,13 +224,15 @@ def _scene_data(cfg: PHAConfig, path: Path) -> PHAData:
                            range(num_classes)]) if cfg.unlabelled else np.zeros(0, np.int64)
     pool_idx = split.rest[np.sort(rest)] if len(rest) else np.zeros(0, np.int64)
     kw = {"image_size": cfg.image_size, "ratio": cfg.ratio, "gain_at_nyquist": cfg.mtf_gain}
+    t_labels = np.asarray(test_folder.labels)
+    keep = stratified_subsample(t_labels, cfg.max_test, cfg.split_seed)
+    if cfg.encoder:
+        return _encoded_scene_data(cfg, folder, test_folder, split, pool_idx, keep, kw)
     labelled_idx = np.concatenate([split.train, split.val])
     labelled = WaldSceneDataset(folder, indices=labelled_idx, **kw)
     n_train = len(split.train)
     train = SceneImages(labelled, np.arange(n_train), cfg.repeats, ids=labelled_idx)
     val = SceneImages(labelled, np.arange(n_train, len(labelled)), ids=labelled_idx)
-    t_labels = np.asarray(test_folder.labels)
-    keep = stratified_subsample(t_labels, cfg.max_test, cfg.split_seed)
     test = WaldSceneDataset(test_folder, indices=keep, **kw)
     unlabelled = None
     if len(pool_idx):
@@ -225,6 +249,65 @@ def _scene_data(cfg: PHAConfig, path: Path) -> PHAData:
                    unlabelled=unlabelled, source=str(path))
 
 
+def _encoder_features(cfg: PHAConfig, folder, indices: np.ndarray, views: int, kw: dict) -> dict[str, torch.Tensor]:
+    """Pooled ``ENCODER_TAPS`` features of MS and PAN of ``folder``'s images ``indices``: ``{m: [N, views, F]}``.
+
+    Cached on disk (:mod:`rswb.data.features`) under a key over the encoder's weights, the image files, the Wald
+    settings and the views, so every seed and shot count of an experiment reuses one extraction.
+    """
+    from rswb.data.features import cache_root, cached, digest, extract_images, nbytes
+    from rswb.data.wald import ModalityImages, WaldSceneDataset
+    from rswb.engine.device import frozen_encoder_device
+
+    encoder = create_model(cfg.encoder).eval().requires_grad_(False)
+    missing = [t for t in ENCODER_TAPS if t not in encoder.feature_channels]
+    if missing:
+        raise ValueError(f"encoder {cfg.encoder} has no feature levels {missing} (it has "
+                         f"{', '.join(encoder.feature_channels)})")
+    paths = [folder.records[i].path for i in indices]
+    key = digest(("pha-encoder", cfg.encoder, ENCODER_TAPS, views, sorted(kw.items())), [encoder], paths)
+    path = cache_root(cfg.cache_dir) / "pha_encoder" / f"{cfg.encoder}-{key}.pt"
+
+    def pooled(enc, x):
+        f = enc.forward_features(x)
+        return torch.cat([f[t].mean((2, 3)) for t in ENCODER_TAPS], 1)
+
+    def compute() -> dict[str, torch.Tensor]:
+        pairs = WaldSceneDataset(folder, indices=indices, **kw)
+        device = frozen_encoder_device()
+        return {m: extract_images(encoder, ModalityImages(pairs, m), pooled, views=views, device=device,
+                                  desc=f"{cfg.encoder} {m} ({len(pairs)} x {views})")["features"]
+                for m in ("ms", "pan")}
+
+    out = cached(path, compute)
+    print(f"cached {cfg.encoder} features: {len(paths)} images x {views} views x (MS, PAN), "
+          f"{nbytes(out) / 2**20:.1f} MiB ({path})")
+    return out
+
+
+def _encoded_scene_data(cfg: PHAConfig, folder, test_folder, split: FewShotSplit, pool_idx: np.ndarray,
+                        keep: np.ndarray, kw: dict) -> PHAData:
+    """Scene mode on a frozen encoder: the splits as :class:`~rswb.data.features.PairedViews` of cached features."""
+    from rswb.data.features import PairedViews
+
+    labels = np.asarray(folder.labels)
+    # The whole training split, not just this draw's images: every seed and shot count then shares one extraction.
+    feats = _encoder_features(cfg, folder, np.arange(len(labels)), cfg.views, kw)
+    tfeats = _encoder_features(cfg, test_folder, keep, 1, kw)
+
+    def subset(idx: np.ndarray, **opts) -> PairedViews:
+        return PairedViews({m: f[idx] for m, f in feats.items()}, labels[idx], ids=idx, **opts)
+
+    train = subset(split.train, repeats=cfg.repeats, random_view=cfg.augment)
+    val = subset(split.val)
+    test = PairedViews(tfeats, np.asarray(test_folder.labels)[keep])
+    unlabelled = subset(pool_idx, random_view=cfg.augment).draw if len(pool_idx) else None
+    enc = create_model(cfg.encoder, pretrained=False)
+    dims = tuple(enc.feature_channels[t] for t in ENCODER_TAPS)
+    return PHAData("scene", train, val, test, split, len(folder.classes), 3, cfg.ratio, list(folder.classes),
+                   unlabelled=unlabelled, source=str(folder.root), feature_dims=dims)
+
+
 def prepare_data(cfg: PHAConfig) -> PHAData:
     """Load ``cfg.data`` (or the embedded scene) and draw the few-shot splits.
 
@@ -234,19 +317,28 @@ def prepare_data(cfg: PHAConfig) -> PHAData:
             file and what was expected).
     """
     if cfg.data is None:
+        if cfg.encoder:
+            raise ValueError("task pha options: --encoder works in scene mode (--data a scene folder such as UC "
+                             "Merced), not on the embedded MS/PAN scene")
         return _pixel_data(cfg, None)
     path = Path(cfg.data).expanduser()
     if not path.exists():
         raise DatasetNotFoundError(path, "data path not found",
                                    "a lab-format folder (ms4.tif, pan.tif, train.npy, test.npy), a .mat MS/PAN pair, "
                                    "or a scene-classification folder")
-    return _pixel_data(cfg, path) if is_mspan_source(path) else _scene_data(cfg, path)
+    if is_mspan_source(path):
+        if cfg.encoder:
+            raise ValueError(f"task pha options: --encoder works in scene mode (a scene folder), but {path} is an "
+                             f"MS/PAN scene (pixel mode)")
+        return _pixel_data(cfg, path)
+    return _scene_data(cfg, path)
 
 
 def build_model(cfg: PHAConfig, data: PHAData) -> PHANet:
     """The registered version ``cfg.version`` for ``data``'s classes, bands and ratio."""
     cfg.check()  # the same rules as before training, for callers that build a model directly
-    kw: dict[str, Any] = {"widths": stage_widths(cfg.widths), "dropout": cfg.dropout, "patch": cfg.ms_patch}
+    kw: dict[str, Any] = {"widths": stage_widths(cfg.widths), "dropout": cfg.dropout, "patch": cfg.ms_patch,
+                          "feature_dims": data.feature_dims}
     if cfg.version == "pha_v5":
         kw["atoms"] = cfg.atoms
     for key in ("align_schedule", "stage_fusion"):
@@ -267,9 +359,13 @@ def pha_task(cfg: PHAConfig) -> TaskBundle:
     weights = {"align_loss": cfg.align_weight, "recon_loss": cfg.recon_weight, "decor_loss": cfg.decor_weight,
                "sparse_loss": cfg.sparse_weight}
     loss = PHALoss.for_model(model, cfg.temperature, cfg.progressive_width)
+    images = data.feature_dims is None  # on cached encoder features the dataset draws the views; gains need images
+    info = {"method": "pha", "version": cfg.version, "data": data.source}
+    if not images:
+        info["encoder"] = cfg.encoder
     task = PHATask(model, loss, data.num_classes, unlabelled=data.unlabelled, n_unlabelled=cfg.unlabelled,
-                   augment=cfg.augment, jitter=cfg.jitter, scene=data.scene, loss_weights=weights,
-                   info={"method": "pha", "version": cfg.version, "data": data.source})
+                   augment=cfg.augment and images, jitter=cfg.jitter if images else 0.0, scene=data.scene,
+                   loss_weights=weights, info=info)
     defaults = {"epochs": 30, "batch_size": 64, "optimizer": "adamw", "lr": 2e-3, "weight_decay": 1e-4,
                 "warmup_epochs": 1, "schedule": "cosine"}
     return TaskBundle(task, data.train, data.val, data.test, train_defaults=defaults)

@@ -129,3 +129,31 @@ def test_extraction_leaves_the_global_random_state_alone():
     extract_images(enc, images, views=2, progress=False)
     extract_text_states(words, ["a bb", "c"], progress=False)
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_paired_views_share_one_view_repeat_and_draw():
+    from rswb.data.features import PairedViews
+
+    n, v = 5, 3
+    base = torch.arange(n * v, dtype=torch.float16).reshape(n, v, 1).expand(n, v, 4)
+    cache = {"ms": base, "pan": -base}
+    ds = PairedViews(cache, np.arange(n) % 2, ids=np.arange(10, 15), repeats=2, random_view=True)
+    assert len(ds) == 10 and ds.labels.tolist() == [0, 1, 0, 1, 0] * 2
+    torch.manual_seed(0)
+    seen = set()
+    for i in range(40):
+        s = ds[i % 10]
+        j = i % 5
+        view = int(s["ms"][0]) - j * v
+        assert 0 <= view < v and torch.equal(s["pan"], -s["ms"]) and s["id"] == 10 + j and s["index"] == j
+        seen.add(view)
+    assert seen == {0, 1, 2}
+    fixed = PairedViews(cache, np.zeros(n), random_view=False)
+    assert all(int(fixed[i]["ms"][0]) == i * v for i in range(n))
+    batch = ds.draw(7)
+    assert batch["ms"].shape == (7, 4) and batch["ms"].dtype == torch.float32
+    assert torch.equal(batch["pan"], -batch["ms"]) and set(batch["id"].tolist()) <= set(range(10, 15))
+    with pytest.raises(ValueError, match="same"):
+        PairedViews({"ms": base, "pan": base[:, :2]}, np.zeros(n))
+    with pytest.raises(ValueError, match="labels"):
+        PairedViews(cache, np.zeros(n + 1))

@@ -232,3 +232,22 @@ def test_ucmerced_wald_pairs(shared_data):
     # Low-contrast, finely textured scenes (agricultural rows) lose most of their MS-scale variance to the MTF,
     # which is the point of the blur; they still correlate clearly.
     assert per_image.min() > 0.6
+
+
+def test_modality_images_put_ms_on_the_pan_grid_and_pan_in_three_equal_channels():
+    import torch.nn.functional as F
+
+    from rswb.data.wald import ModalityImages
+
+    pairs = WaldSceneDataset(ensure_embedded("scenes"), split="train", indices=[0, 1], image_size=64)
+    pan = ModalityImages(pairs, "pan")[1]["image"]
+    assert pan.shape == (3, 64, 64) and torch.equal(pan[0], pan[2]) and torch.equal(pan[0], pairs[1]["pan"][0])
+    ms = ModalityImages(pairs, "ms")[0]["image"]
+    assert ms.shape == (3, 64, 64) and 0 <= float(ms.min()) and float(ms.max()) <= 1
+    # Geometry: block-averaging the upsampled MS back onto the MS grid gives the MS image (up to the bicubic kernel's
+    # smoothing, which is small on the blurred MS), so nothing is shifted.
+    err = float((F.avg_pool2d(ms[None], 4)[0] - pairs[0]["ms"]).abs().mean())
+    moved = float((F.avg_pool2d(ms[None, :, :, 2:62], 4)[0] - pairs[0]["ms"][:, :, :15]).abs().mean())
+    assert err < 0.01 and err < moved  # half an MS pixel off the Wald footprint fits worse
+    with pytest.raises(ValueError, match="modality"):
+        ModalityImages(pairs, "rgb")

@@ -194,7 +194,8 @@ def test_describe():
         model = build(version)
         d = model.describe()
         assert set(d) == {"modalities", "align_stages", "align_schedule", "stage_fusion", "dictionary_atoms",
-                          "parameters"}
+                          "parameters", "branches"}
+        assert d["branches"] == "convolutional"
         assert (d["modalities"], d["align_stages"], d["align_schedule"], d["stage_fusion"],
                 d["dictionary_atoms"]) == expected[version]
         assert d["parameters"] == sum(p.numel() for p in model.parameters())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -418,3 +419,94 @@ def test_scores_per_class_accuracy_matches_a_loop_and_skips_absent_classes():
     assert got["OA"] == pytest.approx(float(np.mean(pred == y)))
     present = [got[f"acc_{c + 1}"] for c in range(5) if f"acc_{c + 1}" in got]
     assert got["AA"] == pytest.approx(float(np.mean(present)))
+
+
+# ------------------------------------------------------------------------------------------ encoder branches
+
+
+@pytest.fixture(scope="module")
+def encoded(tmp_path_factory):
+    """Scene mode on a frozen EfficientNet-Lite0 (embedded scenes at 64 px, 2 views), cache in a temporary folder."""
+    cfg = PHAConfig(data=str(ensure_embedded("scenes")), image_size=64, shots=2, val_shots=1, unlabelled_pool=2,
+                    max_test=20, repeats=2, encoder="efficientnet_lite0", views=2,
+                    cache_dir=str(tmp_path_factory.mktemp("cache")))
+    return cfg, prepare_data(cfg)
+
+
+def test_encoder_mode_items_are_cached_pooled_features(encoded):
+    cfg, data = encoded
+    assert data.feature_dims == (40, 112, 1280) and data.mode == "scene"
+    assert len(data.train) == 10 * 2 * 2 and len(data.val) == 10 and len(data.test) == 20
+    item = data.train[0]
+    assert item["ms"].shape == (1432,) and item["pan"].shape == (1432,)
+    extra = data.unlabelled(3)
+    assert extra["ms"].shape == (3, 1432) and extra["id"].shape == (3,)
+    # The ids are training-split positions, the numbering the unlabelled pool uses too.
+    assert set(data.train.ids.tolist()) == set(data.split.train.tolist())
+
+
+def test_encoder_features_are_the_backbone_on_each_view_of_each_modality(encoded):
+    """The cache holds exactly the frozen backbone's pooled s8 / s16 / head features of the MS (upsampled) and PAN
+    images of each view: recompute one image's second view by hand."""
+    from rswb.data.scenes import SceneFolder
+    from rswb.data.wald import ModalityImages, WaldSceneDataset
+    from rswb.tasks.pha import _encoder_features
+
+    cfg, data = encoded
+    folder = SceneFolder(cfg.data, split="train")
+    kw = {"image_size": 64, "ratio": 4, "gain_at_nyquist": 0.3}
+    feats = _encoder_features(cfg, folder, np.arange(len(folder.records)), 2, kw)  # the cache hit
+    j = int(data.split.train[0])
+    pairs = WaldSceneDataset(folder, indices=[j], **kw)
+    enc = create_model("efficientnet_lite0").eval()
+    for m in ("ms", "pan"):
+        img = dihedral(ModalityImages(pairs, m)[0]["image"][None], 1)
+        with torch.no_grad():
+            f = enc.forward_features(img)
+        want = torch.cat([f[t].mean((2, 3)) for t in ("s8", "s16", "head")], 1)[0]
+        torch.testing.assert_close(feats[m][j, 1], want, rtol=1e-4, atol=1e-5)
+    # Training items share one view between MS and PAN (the pair stays co-registered).
+    torch.manual_seed(3)
+    item = data.train[0]
+    v = [k for k in range(2) if torch.equal(feats["ms"][j, k], item["ms"])]
+    assert v and torch.equal(feats["pan"][j, v[0]], item["pan"])
+
+
+@pytest.mark.parametrize("version", PHA_VERSIONS)
+def test_encoder_mode_trains_every_version_one_step(encoded, version):
+    cfg, data = encoded
+    torch.manual_seed(0)
+    kw = {"atoms": 12} if version == "pha_v5" else {}
+    model = create_model(version, num_classes=10, bands=3, widths=(8, 8, 16), proj_dim=8,
+                         feature_dims=data.feature_dims, **kw)
+    task = pha_task_of(model, 10, unlabelled=data.unlabelled, n_unlabelled=4, augment=False).train()
+    batch = task.collate([data.train[i] for i in range(6)])
+    opt = torch.optim.SGD(task.parameters(), lr=0.1)
+    loss, _ = task(batch)
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss)
+    # The deep adapter always trains; the shallower ones where the version uses those stages (alignment, fusion).
+    used = set(model.align_stages) | {2} | ({0, 1} if model.stage_fuse is not None else set())
+    for branch in model.branches.values():
+        for s, stage in enumerate(branch.stages):
+            assert all((p.grad is not None) == (s in used) for p in stage.parameters()), (version, s)
+    with pytest.raises(ValueError, match="feature maps"):
+        model.stage_maps(None, None)
+
+
+def test_encoder_needs_scene_mode(tmp_path):
+    with pytest.raises(ValueError, match="scene mode"):
+        prepare_data(PHAConfig(encoder="efficientnet_lite0"))
+    with pytest.raises(ValueError, match="scene mode"):
+        prepare_data(PHAConfig(data=str(lab_copy(tmp_path)), encoder="efficientnet_lite0"))
+
+
+def test_pha_task_on_an_encoder_records_it_and_turns_image_augmentation_off(encoded):
+    from rswb.tasks.pha import pha_task
+
+    cfg, _ = encoded
+    bundle = pha_task(dataclasses.replace(cfg, version="pha_v3", widths="8,8,16"))
+    assert bundle.task.info["encoder"] == "efficientnet_lite0"
+    assert not bundle.task.augment and bundle.task.jitter == 0.0
+    assert bundle.task.model.describe()["branches"] == "encoder features"
