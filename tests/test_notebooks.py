@@ -94,3 +94,17 @@ def test_every_notebook_is_in_the_suite_stripped_and_introduced():
         for cell in nb.cells:
             if cell.cell_type == "code":
                 assert not cell.outputs and cell.execution_count is None, f"{name}: committed with outputs"
+
+
+def test_every_task_profile_is_a_valid_config():
+    import rswb.tasks  # noqa: F401  (registers the tasks)
+    from rswb.engine.experiments import PROFILES as TASK_PROFILES
+    from rswb.engine.experiments import task_config
+
+    for task, profiles in TASK_PROFILES.items():
+        for profile, options in profiles.items():
+            cfg = task_config(task, profile)
+            for key, value in options.items():
+                if hasattr(cfg, key):
+                    assert getattr(cfg, key) == value, (task, profile, key)
+    assert TASK_PROFILES["hash"]["finetune"]["train_from"] and TASK_PROFILES["retrieval"]["finetune"]["train_from"]

@@ -1,8 +1,9 @@
 """The experiments API that notebooks and the suite runner call: profiles, train-or-reuse, load a run, save metrics.
 
 * :data:`PROFILES`: per task, the option overrides of each named recipe (``quick``: seconds on a 2-core CPU, for the
-  papermill tests; ``cpu``: the frozen-encoder profile with cached features; ``full``: every weight trains, a GPU
-  recipe). :data:`SUITE`: the parameter values each notebook gets in each profile of ``rswb notebooks run``.
+  papermill tests; ``cpu``: the frozen-encoder profile with cached features; ``finetune``: partial fine-tuning from a
+  cached cut point, the CPU's way to fine-tune; ``full``: every weight trains, a GPU recipe). :data:`SUITE`: the
+  parameter values each notebook gets in each profile of ``rswb notebooks run``.
 * :func:`train_or_reuse`: the one reuse rule. A run folder is reused when it holds a finished run of the same task
   whose saved options include every option asked for; otherwise it is trained again (replacing it).
 * :func:`profile_run`: a task's profile plus the caller's options, through that rule.
@@ -47,6 +48,10 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                   "batch_size": 64},
         # Frozen ImageNet EfficientNet-Lite0 and MiniLM with cached features (the task's defaults): minutes.
         "cpu": {},
+        # Partial fine-tuning on a CPU: the backbone's last stage and head and MiniLM's last two layers train, on
+        # cached activations of the frozen rest (benchmarks/results/retrieval_ucm_finetune.md); the encoders' learning
+        # rate is a tenth of the heads'.
+        "finetune": {"train_from": "stage7", "text_train_last": 2, "encoder_lr_mult": 0.1},
         # Both encoders fine-tune (a GPU profile; FISVL's learning-rate schedule).
         "full": {"freeze_backbone": False, "freeze_text": False},
     },
@@ -58,6 +63,9 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                   "lr": 0.1, "batch_size": 32},
         # The frozen ImageNet EfficientNet-Lite0 with cached features (the task's defaults).
         "cpu": {},
+        # Partial fine-tuning on a CPU: the backbone's last 1x1 convolution (320 -> 1280) trains with the hash layer
+        # on cached stage-7 outputs of every dihedral view (benchmarks/results/dhcl_ucmd_finetune.md).
+        "finetune": {"train_from": "head"},
         # The paper's schedule: the whole network fine-tunes (a GPU profile).
         "full": {"freeze_backbone": False},
     },
