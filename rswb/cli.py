@@ -193,7 +193,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``rswb`` command (sub-commands ``data synth`` and ``data check``)."""
     parser = argparse.ArgumentParser(prog="rswb", description="rswb: remote-sensing research workbench")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parser.add_argument("--version", action="store_true",
+                        help="print rswb's version, torch's version and the device training would use, then exit")
+    # Not required: ``rswb`` alone prints this help (main), the convention of command-line tools.
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     data = sub.add_parser("data", help="generate, inspect and validate datasets")
     data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
@@ -281,11 +284,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def version_text() -> str:
+    """``rswb X.Y.Z (torch A.B.C, device D)``: what ``rswb --version`` prints (the device that training would pick)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    from rswb.engine.device import select_device
+
+    try:
+        own = version("rswb")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        own = "unknown (not installed)"
+    return f"rswb {own} (torch {torch.__version__}, device {select_device()})"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code."""
     from rswb.data.errors import DataError
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        print(version_text())
+        return 0
+    if args.command is None:
+        parser.print_help()
+        return 0
     as_json = bool(getattr(args, "json", False))
     try:
         code = args.func(args)

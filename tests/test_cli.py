@@ -124,3 +124,29 @@ def test_json_errors_come_as_json_on_stdout_and_a_closed_pipe_is_no_traceback(tm
     p.stdout.close()
     stderr = p.communicate(timeout=120)[1].decode()
     assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
+
+
+def test_rswb_alone_prints_the_help_and_exits_0(capsys):
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: rswb") and "COMMAND" in out and "train" in out
+
+
+def test_version_names_rswb_torch_and_the_device(capsys):
+    import torch
+
+    from rswb.engine.device import select_device
+
+    assert main(["--version"]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out.startswith("rswb ") and f"torch {torch.__version__}" in out and f"device {select_device()}" in out
+
+
+def test_scikit_learn_is_in_the_notebooks_extra():
+    from pathlib import Path
+
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    assert any(dep.startswith("scikit-learn") for dep in extras["notebooks"])
