@@ -2,8 +2,9 @@
 
 Each run writes ``reports/<timestamp>/``: the executed notebooks (``NN_name.ipynb``), their HTML exports
 (``NN_name.html``), each notebook's own outputs (``NN_name/``, which holds its ``metrics.json``) and ``index.html``,
-one page with every notebook's status, run time, metrics and links. A failing notebook does not stop the others;
-the command then fails with the failing cell's error.
+one page to read at a glance: per notebook its verdict, profile, data, time, a table of every metric beside its
+baseline and tolerance (pass / drift, coloured) and thumbnails of its first figures linking to the full export.
+A failing notebook does not stop the others; the command then fails with the failing cell's error.
 
 A **profile** only chooses parameter values (:data:`PROFILES`): ``quick`` is the CI suite on the embedded data
 (minutes on 2 CPU cores), ``full`` the real schedules (meant for a GPU). ``--param KEY=VALUE`` overrides a parameter
@@ -25,7 +26,8 @@ from rswb.engine.experiments import SUITE
 from rswb.io import atomic_write_text
 
 __all__ = ["BASELINES", "NOTEBOOKS", "PROFILES", "NotebookResult", "baselines_path", "compare_to_baselines",
-           "error_outputs", "flatten_metrics", "load_baselines", "make_baselines", "notebook_parameters", "run_suite",
+           "error_outputs", "flatten_metrics", "load_baselines", "make_baselines", "metric_rows", "notebook_parameters",
+           "run_suite",
            "tolerance", "write_index"]
 
 NOTEBOOKS = ("01_data_inspection", "02_pha_versions", "03_retrieval_training", "04_hash_evaluation")
@@ -147,32 +149,104 @@ def run_suite(profile: str = "quick", only: Sequence[str] | None = None, params:
     return report, results
 
 
-def write_index(report: Path, results: Sequence[NotebookResult], profile: str) -> Path:
-    """``report/index.html``: one row per notebook with its status, time, metrics and links."""
-    rows = []
+_STATUS_COLOURS = {"pass": "#1a7f37", "drift": "#cf222e", "missing": "#cf222e", "new": "#57606a"}
+_MAX_THUMBNAILS = 4
+
+
+def _fmt(v: float | None) -> str:
+    if v is None:
+        return ""
+    return str(int(v)) if float(v).is_integer() and abs(v) < 1e15 else format(v, ".4g")
+
+
+def _thumbnails(report: Path, name: str, limit: int = _MAX_THUMBNAILS) -> list[str]:
+    """The first ``limit`` figures of an executed notebook, written as ``name/figures/fig_K.png``; their paths."""
+    import base64
+
+    import nbformat
+
+    ipynb = report / f"{name}.ipynb"
+    if not ipynb.exists():
+        return []
+    nb = nbformat.read(ipynb, as_version=4)
+    out_dir = report / name / "figures"
+    paths = []
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            png = output.get("data", {}).get("image/png") if output.get("output_type") in (
+                "display_data", "execute_result") else None
+            if png and len(paths) < limit:
+                out_dir.mkdir(parents=True, exist_ok=True)
+                path = out_dir / f"fig_{len(paths) + 1}.png"
+                path.write_bytes(base64.b64decode(png))
+                paths.append(path.relative_to(report).as_posix())
+    return paths
+
+
+def _data_of(parameters: Mapping[str, Any]) -> str:
+    paths = [f"{k} = {v}" for k, v in parameters.items() if k.endswith("_ROOT") or k in ("DATA", "SCENE")]
+    return ", ".join(str(p) for p in paths if not p.endswith("= None")) or "embedded data"
+
+
+def write_index(report: Path, results: Sequence[NotebookResult], profile: str,
+                baselines: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None) -> Path:
+    """``report/index.html``: per notebook its status, profile, data, time, metrics against the baselines, figures.
+
+    Each notebook gets a table of metric, value, baseline, tolerance and pass / drift (coloured), the drifted and
+    missing ones first, and thumbnails of its first figures linking to the full HTML export.
+
+    Args:
+        report: the report folder (holds the executed notebooks and their outputs).
+        results: one :class:`NotebookResult` per notebook.
+        profile: the suite profile of the run (named on the page; its baselines file is the default reference).
+        baselines: ``{notebook: {metric: {"value", "tol"}}}``; default: :func:`baselines_path` of ``profile`` when
+            that file exists (otherwise no baselines: every metric shows as new).
+    """
+    if baselines is None:
+        baselines = load_baselines(baselines_path(profile))
+    sections, summary = [], []
     for r in results:
-        flat = flatten_metrics(r.metrics)
-        shown = "<br>".join(f"{html.escape(k)} = {int(v) if v.is_integer() else format(v, '.4g')}"
-                            for k, v in list(flat.items())[:40])
-        more = f"<br>... {len(flat) - 40} more in metrics.json" if len(flat) > 40 else ""
-        colour = "#1a7f37" if r.status == "ok" else "#cf222e"
-        error = f"<br><code>{html.escape(r.error)}</code>" if r.error else ""
+        rows = metric_rows(r.name, r.metrics, baselines) if r.status == "ok" else []
+        counts = {k: sum(row["status"] == k for row in rows) for k in _STATUS_COLOURS}
+        bad = counts["drift"] + counts["missing"]
+        verdict = ("failed" if r.status != "ok" else "drift" if bad else "pass" if counts["pass"] else "no baseline")
+        colour = {"failed": "#cf222e", "drift": "#cf222e", "pass": "#1a7f37"}.get(verdict, "#57606a")
+        summary.append(f"<tr><td><a href='#{r.name}'>{html.escape(r.name)}</a></td><td style='color:{colour};"
+                       f"font-weight:bold'>{verdict}</td><td>{counts['pass']} pass, {counts['drift']} drift, "
+                       f"{counts['missing']} missing, {counts['new']} new</td><td>{r.seconds:.0f} s</td></tr>")
+        body = []
+        for row in rows:
+            c = _STATUS_COLOURS[row["status"]]
+            body.append(f"<tr><td class='m'>{html.escape(row['metric'])}</td><td>{_fmt(row['value'])}</td>"
+                        f"<td>{_fmt(row['baseline'])}</td><td>{_fmt(row['tol'])}</td>"
+                        f"<td style='color:{c};font-weight:bold'>{row['status']}</td></tr>")
+        table = ("<table><tr><th>metric</th><th>value</th><th>baseline</th><th>tolerance</th><th>status</th></tr>"
+                 + "".join(body) + "</table>") if body else ""
+        error = f"<p><code>{html.escape(r.error)}</code></p>" if r.error else ""
+        thumbs = "".join(f"<a href='{r.name}.html'><img src='{t}' alt='figure {k + 1} of {html.escape(r.name)}'>"
+                         f"</a>" for k, t in enumerate(_thumbnails(report, r.name)))
         links = (f'<a href="{r.name}.html">HTML</a> · <a href="{r.name}.ipynb">notebook</a>'
                  + (f' · <a href="{r.name}/metrics.json">metrics.json</a>' if r.metrics else ""))
-        rows.append(f"<tr><td>{html.escape(r.name)}</td><td style='color:{colour};font-weight:bold'>{r.status}"
-                    f"{error}</td><td>{r.seconds:.0f} s</td><td class='m'>{shown}{more}</td><td>{links}</td></tr>")
+        sections.append(f"<h2 id='{r.name}'>{html.escape(r.name)} <span style='color:{colour}'>{verdict}</span></h2>"
+                        f"<p>profile <b>{html.escape(profile)}</b> · data: {html.escape(_data_of(r.parameters))} · "
+                        f"{r.seconds:.0f} s · {links}</p>{error}<div class='thumbs'>{thumbs}</div>{table}")
     ok = sum(r.status == "ok" for r in results)
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>rswb notebooks: {report.name}</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:6px 10px;vertical-align:top}}td.m{{font-family:monospace;font-size:12px}}</style>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;margin:0.5em 0 1.5em}}
+td,th{{border:1px solid #ccc;padding:4px 10px;vertical-align:top;text-align:left}}td.m{{font-family:monospace}}
+.thumbs img{{height:140px;margin:0 8px 8px 0;border:1px solid #ccc}}</style>
 </head><body>
 <h1>rswb notebook suite</h1>
 <p>Profile <b>{html.escape(profile)}</b>, report {html.escape(report.name)}: {ok} of {len(results)} notebooks ran
-without error, in {sum(r.seconds for r in results):.0f} s.</p>
-<table><tr><th>notebook</th><th>status</th><th>time</th><th>metrics</th><th>files</th></tr>
-{chr(10).join(rows)}
-</table></body></html>
+without error, in {sum(r.seconds for r in results):.0f} s. Metrics are compared with the profile's baselines
+(<code>notebooks/baselines/{html.escape(profile)}.yaml</code>): <b>drift</b> is outside the tolerance,
+<b>new</b> has no baseline.</p>
+<table><tr><th>notebook</th><th>verdict</th><th>metrics</th><th>time</th></tr>
+{chr(10).join(summary)}
+</table>
+{chr(10).join(sections)}
+</body></html>
 """
     path = report / "index.html"
     atomic_write_text(page, path)
@@ -239,6 +313,31 @@ def load_baselines(path: str | Path = BASELINES) -> dict[str, dict[str, dict[str
     return (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
 
 
+def metric_rows(name: str, metrics: Mapping[str, Any],
+                baselines: Mapping[str, Mapping[str, Mapping[str, float]]]) -> list[dict[str, Any]]:
+    """Every metric of a notebook beside its baseline: ``metric, value, baseline, tol, status``.
+
+    ``status`` is ``"pass"`` (within the tolerance), ``"drift"`` (outside it), ``"missing"`` (a baseline metric the
+    run did not produce) or ``"new"`` (no baseline). Drifted and missing rows come first, then the rest in the
+    notebook's order.
+    """
+    base = baselines.get(name) or {}
+    flat = flatten_metrics(metrics)
+    rows = []
+    for key, value in flat.items():
+        ref = base.get(key)
+        if ref is None:
+            rows.append({"metric": key, "value": value, "baseline": None, "tol": None, "status": "new"})
+        else:
+            ok = abs(value - ref["value"]) <= ref["tol"]
+            rows.append({"metric": key, "value": value, "baseline": ref["value"], "tol": ref["tol"],
+                         "status": "pass" if ok else "drift"})
+    rows += [{"metric": key, "value": None, "baseline": ref["value"], "tol": ref["tol"], "status": "missing"}
+             for key, ref in base.items() if key not in flat]
+    order = {"drift": 0, "missing": 0, "pass": 1, "new": 1}
+    return sorted(rows, key=lambda row: order[row["status"]])  # stable: the notebook's order within a group
+
+
 def compare_to_baselines(name: str, metrics: Mapping[str, Any],
                          baselines: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None) -> list[str]:
     """Readable differences between a notebook's metrics and its baselines (empty: within tolerance).
@@ -246,19 +345,18 @@ def compare_to_baselines(name: str, metrics: Mapping[str, Any],
     Each line names the metric, the baseline, the value now, the difference and the tolerance; a metric that
     disappeared is reported too (a new metric is not: it has no baseline yet).
     """
-    base = (baselines if baselines is not None else load_baselines()).get(name)
-    if base is None:
+    base = baselines if baselines is not None else load_baselines()
+    if name not in base:
         return [f"{name}: no baselines (run `rswb notebooks baseline REPORT` after a quick-profile run)"]
-    flat = flatten_metrics(metrics)
+    rows = {row["metric"]: row for row in metric_rows(name, metrics, base)}
     problems = []
-    for key, ref in base.items():
-        if key not in flat:
-            problems.append(f"{name}: {key} missing (baseline {ref['value']:.6g})")
-            continue
-        diff = flat[key] - ref["value"]
-        if abs(diff) > ref["tol"]:
-            problems.append(f"{name}: {key} = {flat[key]:.6g}, baseline {ref['value']:.6g} "
-                            f"(difference {diff:+.4g}, tolerance {ref['tol']:.4g})")
+    for row in (rows[key] for key in base[name]):  # in the baselines' order
+        if row["status"] == "missing":
+            problems.append(f"{name}: {row['metric']} missing (baseline {row['baseline']:.6g})")
+        elif row["status"] == "drift":
+            diff = row["value"] - row["baseline"]
+            problems.append(f"{name}: {row['metric']} = {row['value']:.6g}, baseline {row['baseline']:.6g} "
+                            f"(difference {diff:+.4g}, tolerance {row['tol']:.4g})")
     return problems
 
 

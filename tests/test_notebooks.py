@@ -41,7 +41,11 @@ def test_run_writes_the_report(tmp_path, monkeypatch):
     for f in ("01_data_inspection.ipynb", "01_data_inspection.html", "01_data_inspection/metrics.json", "index.html"):
         assert (report / f).exists(), f
     page = (report / "index.html").read_text()
-    assert "01_data_inspection" in page and ">ok<" in page and "mspan.bands = 4" in page
+    # The quick profile's baselines judge the run: every compared metric passes, each beside its baseline.
+    assert "01_data_inspection" in page and "0 drift, 0 missing" in page and ">drift</td>" not in page
+    assert "<td class='m'>mspan.bands</td><td>4</td><td>4</td>" in page and "profile <b>quick</b>" in page
+    assert (report / "01_data_inspection" / "figures" / "fig_1.png").exists()
+    assert "<a href='01_data_inspection.html'><img src='01_data_inspection/figures/fig_1.png'" in page
     assert results[0].metrics == json.loads((report / "01_data_inspection" / "metrics.json").read_text())
 
 
@@ -108,3 +112,35 @@ def test_every_task_profile_is_a_valid_config():
                 if hasattr(cfg, key):
                     assert getattr(cfg, key) == value, (task, profile, key)
     assert TASK_PROFILES["hash"]["finetune"]["train_from"] and TASK_PROFILES["retrieval"]["finetune"]["train_from"]
+
+
+def test_index_shows_each_metric_beside_its_baseline_with_pass_or_drift(tmp_path):
+    import base64
+
+    import nbformat
+
+    from rswb.notebooks import NotebookResult, make_baselines, metric_rows, write_index
+
+    png = base64.b64encode(b"\x89PNG\r\n\x1a\n fake").decode()
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("plot()")
+    cell.outputs = [nbformat.v4.new_output("display_data", data={"image/png": png, "text/plain": "<Figure>"})
+                    for _ in range(6)]
+    nb.cells = [cell]
+    nbformat.write(nb, tmp_path / "04_hash_evaluation.ipynb")
+    base = make_baselines({"04_hash_evaluation": {"bits": {"32": {"mAP@20": 0.8, "class_acc": 0.9}}, "n": 5}})
+    metrics = {"bits": {"32": {"mAP@20": 0.5, "class_acc": 0.88}}, "extra": 1.0}  # mAP drifts, n missing
+    rows = metric_rows("04_hash_evaluation", metrics, base)
+    assert [(r["metric"], r["status"]) for r in rows] == [
+        ("bits.32.mAP@20", "drift"), ("n", "missing"), ("bits.32.class_acc", "pass"), ("extra", "new")]
+    result = NotebookResult("04_hash_evaluation", "ok", 12.0, {"DATA_ROOT": "/data/UCM", "PROFILE": "quick"},
+                            metrics)
+    page = write_index(tmp_path, [result], "quick", baselines=base).read_text()
+    assert "1 pass, 1 drift, 1 missing, 1 new" in page and ">drift</span>" in page
+    assert "<td class='m'>bits.32.mAP@20</td><td>0.5</td><td>0.8</td><td>0.1</td><td style='color:#cf222e" in page
+    assert "data: DATA_ROOT = /data/UCM" in page and "12 s" in page
+    figures = sorted((tmp_path / "04_hash_evaluation" / "figures").iterdir())
+    assert len(figures) == 4 and figures[0].read_bytes().startswith(b"\x89PNG")  # the first four, decoded
+    # Without baselines every metric is new and the verdict says so.
+    page = write_index(tmp_path, [result], "quick", baselines={}).read_text()
+    assert "no baseline" in page and "0 pass, 0 drift, 0 missing, 3 new" in page
