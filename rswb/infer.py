@@ -32,7 +32,8 @@ from rswb.models.pha import STAGE_NAMES
 from rswb.utils import eval_mode
 
 __all__ = [
-    "dictionary_codes", "encode_queries", "load_codes", "load_predictions", "modality_embeddings", "search_image",
+    "dictionary_codes", "encode_queries", "hash_grad_cam", "load_codes", "load_predictions", "modality_embeddings",
+    "search_image",
     "search_text", "split_embeddings", "token_similarity",
 ]
 
@@ -142,6 +143,20 @@ def load_codes(run_dir: str | Path, device: str | None = None) -> dict[str, Any]
         FileNotFoundError: the run has no selected weights.
         RuntimeError: the query folder changed since the run.
     """
+    run, _, task, test, query = _hash_query(run_dir)
+    dev = select_device(device)
+    out = task.to(dev).collect(test, EvalContext(dev))
+    labels = out["label"].numpy().astype(np.int64)
+    if len(query) != len(labels) or not np.array_equal(query.labels, labels):
+        raise RuntimeError(f"{run.path}: the query folder under {query.root} no longer matches the run's test split")
+    return {"code": out["code"].numpy().astype(np.int8), "bits": out["bits"].numpy().astype(np.int8),
+            "pred": out["pred"].numpy().astype(np.int64), "label": labels,
+            "paths": [str(r.path) for r in query.records], "class_names": list(query.classes),
+            "metrics": (run.read_final() or {}).get("test", {})}
+
+
+def _hash_query(run_dir: str | Path):
+    """A finished hash run's folder, config, task (selected weights) and query split (dataset and folder)."""
     from rswb.config import from_dict
     from rswb.engine.launch import renamed
     from rswb.engine.runs import RunFolder
@@ -153,15 +168,31 @@ def load_codes(run_dir: str | Path, device: str | None = None) -> dict[str, Any]
         raise FileNotFoundError(f"{run.best}: weights file not found (is the run finished?)")
     cfg = from_dict(HashConfig, renamed(HashConfig, run.read_config().get("task_config", {})), source=str(run.config))
     task, test, query = query_task(cfg, load_checkpoint(run.best)["task"])
+    return run, cfg, task, test, query
+
+
+def hash_grad_cam(run_dir: str | Path, indices: Sequence[int], device: str | None = None) -> dict[str, Any]:
+    """Grad-CAM of a hash run's code and of its class cue on query images (:meth:`rswb.models.hashing.DHCL.grad_cam`).
+
+    Args:
+        run_dir: a finished ``rswb train hash`` run.
+        indices: positions in the query split (the order of :func:`load_codes`).
+        device: where to run the model (None: the best available).
+
+    Returns:
+        ``images`` ``[B, H, W, 3]`` uint8 (at the run's image size), ``code`` and ``cue`` ``[B, h, w]`` maps in
+        [0, 1] (the backbone's stride-32 grid), ``pred`` and ``label`` ``[B]``, ``class_names``.
+    """
+    _, cfg, task, _, query = _hash_query(run_dir)
+    idx = [int(i) for i in indices]
+    images = np.stack([load_image(query.records[i].path, cfg.image_size) for i in idx])
+    x = torch.stack([image_to_tensor(im) for im in images])
     dev = select_device(device)
-    out = task.to(dev).collect(test, EvalContext(dev))
-    labels = out["label"].numpy().astype(np.int64)
-    if len(query) != len(labels) or not np.array_equal(query.labels, labels):
-        raise RuntimeError(f"{run.path}: the query folder under {query.root} no longer matches the run's test split")
-    return {"code": out["code"].numpy().astype(np.int8), "bits": out["bits"].numpy().astype(np.int8),
-            "pred": out["pred"].numpy().astype(np.int64), "label": labels,
-            "paths": [str(r.path) for r in query.records], "class_names": list(query.classes),
-            "metrics": (run.read_final() or {}).get("test", {})}
+    model = task.model.to(dev)
+    maps = {target: model.grad_cam(x.to(dev), target) for target in ("code", "cue")}
+    return {"images": images, "code": maps["code"]["cam"].cpu().numpy(), "cue": maps["cue"]["cam"].cpu().numpy(),
+            "pred": maps["cue"]["pred"].cpu().numpy(), "label": np.array([query.records[i].label for i in idx]),
+            "class_names": list(query.classes)}
 
 
 # ------------------------------------------------------------------------------------------------- PHA outputs

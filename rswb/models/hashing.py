@@ -103,8 +103,41 @@ class DHCL(nn.Module):
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """``{"code": tanh(h) [B, K], "logits": [B, C]}`` (the relaxed code feeds the losses)."""
-        code = torch.tanh(self.hash(self.features(batch)))
+        return self._heads(self.features(batch))
+
+    def _heads(self, pooled: torch.Tensor) -> dict[str, torch.Tensor]:
+        code = torch.tanh(self.hash(pooled))
         return {"code": code, "logits": self.classifier(code)}
+
+    def grad_cam(self, images: torch.Tensor, target: str = "code") -> dict[str, torch.Tensor]:
+        """Grad-CAM (:func:`rswb.models.explain.grad_cam`) of the backbone's last convolutional map for images.
+
+        Args:
+            images: ``[B, 3, H, W]`` in [0, 1].
+            target: ``"code"``: the score is ``sum_k sign(h_k) tanh(h_k)``, how firmly the image holds its own hash
+                code (where the bits come from); ``"cue"``: the logit of the predicted class, the class the semantic
+                cue writes into the code.
+
+        Returns:
+            ``{"cam": [B, h, w] in [0, 1], "score": [B], "pred": [B]}`` (``h, w`` the backbone's stride-32 grid).
+        """
+        from rswb.models.explain import grad_cam
+        from rswb.utils import eval_mode
+
+        if target not in ("code", "cue"):
+            raise ValueError(f"target must be 'code' or 'cue', got {target!r}")
+        seen: dict[str, torch.Tensor] = {}
+
+        def score(x: torch.Tensor) -> torch.Tensor:
+            out = self._heads(self.backbone.forward_features(x)["pooled"])
+            seen["pred"] = out["logits"].argmax(1).detach()
+            if target == "code":
+                return (out["code"] * torch.sign(out["code"]).detach()).sum(1)
+            return out["logits"].gather(1, seen["pred"][:, None])[:, 0]
+
+        with eval_mode(self):
+            out = grad_cam(score, self.backbone.cam_layer(), images)
+        return {**out, "pred": seen["pred"]}
 
     @torch.no_grad()
     def encode(self, batch: dict[str, Any], cue: bool | None = None) -> dict[str, torch.Tensor]:

@@ -11,6 +11,7 @@ from rswb.viz.data import (
     plot_registration,
     plot_scene_grid,
 )
+from rswb.viz.explain import plot_cam_overlays
 from rswb.viz.hashing import (
     gallery_widget,
     hamming_ranking,
@@ -72,6 +73,7 @@ __all__ = [
     "plot_map_vs_bits",
     "plot_modality_embedding",
     "plot_pr_curves",
+    "plot_cam_overlays",
     "plot_retrieval_gallery",
     "plot_scene_overview",
     "plot_version_bars",

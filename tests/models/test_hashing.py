@@ -59,3 +59,33 @@ def test_frozen_backbone_gets_no_gradient_and_stays_in_eval():
     out["logits"].sum().backward()
     assert all(p.grad is None for p in model.backbone.parameters())
     assert model.hash.weight.grad is not None
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_grad_cam_of_the_code_and_of_the_cue(frozen):
+    torch.manual_seed(0)
+    model = dhcl("small_cnn", bits=16, num_classes=5, frozen_backbone=frozen).train()
+    images = torch.rand(3, 3, 64, 64)
+    for target in ("code", "cue"):
+        out = model.grad_cam(images, target)
+        assert out["cam"].shape == (3, 2, 2) and float(out["cam"].min()) >= 0 and float(out["cam"].max()) <= 1
+        assert model.training  # the mode the model had comes back
+    with torch.no_grad():
+        ref = model.eval()({"image": images})
+    assert torch.equal(out["pred"], ref["logits"].argmax(1))
+    torch.testing.assert_close(out["score"], ref["logits"].gather(1, out["pred"][:, None])[:, 0])
+    code = model.grad_cam(images, "code")["score"]
+    torch.testing.assert_close(code, ref["code"].abs().sum(1))  # sum_k sign(h_k) tanh(h_k)
+    assert all(p.grad is None for p in model.parameters())
+    with pytest.raises(ValueError, match="target"):
+        model.grad_cam(images, "bits")
+
+
+def test_grad_cam_reads_efficientnet_stage7_output():
+    from rswb.registry import create_model
+
+    backbone = create_model("efficientnet_lite0", pretrained=False)
+    assert backbone.cam_layer() is backbone.pieces()[-2].modules[-1]
+    model = dhcl("efficientnet_lite0", bits=16, num_classes=5, pretrained=False).eval()
+    out = model.grad_cam(torch.rand(1, 3, 96, 96), "cue")
+    assert out["cam"].shape == (1, 3, 3)

@@ -176,6 +176,13 @@ def test_load_codes_builds_only_the_test_split(tmp_path, monkeypatch):
     codes, labels = out["code"].astype("float32"), out["label"]
     got = hash_metrics(codes, codes, labels, labels, topk=(20,), query_db_index=np.arange(100))
     assert got["mAP@20"] == pytest.approx(final["test"]["mAP@20"], abs=1e-6)
+    # Grad-CAM runs the same trained model on the images themselves: its predicted class is the one in the codes.
+    from rswb.infer import hash_grad_cam
+
+    cams = hash_grad_cam(tmp_path / "h", [0, 57, 99])
+    assert cams["images"].shape == (3, 32, 32, 3) and cams["code"].shape == cams["cue"].shape == (3, 1, 1)
+    assert cams["pred"].tolist() == out["pred"][[0, 57, 99]].tolist()
+    assert cams["label"].tolist() == out["label"][[0, 57, 99]].tolist()
 
 
 def test_partial_fine_tuning_trains_the_stages_after_the_cut_on_cached_views(tmp_path, capsys):

@@ -163,6 +163,17 @@ class Backbone(nn.Module):
         out["pooled"] = h.mean(dim=(2, 3))
         return out
 
+    def cam_layer(self) -> nn.Module:
+        """The module whose output Grad-CAM explains: the last block of the deepest piece that is made of blocks.
+
+        A 1x1 head (EfficientNet's ``head``: conv, batch-norm, ReLU6 in one function) only recombines channels, so
+        the map before it carries the same locations; its last module would be a batch-norm before the activation.
+        """
+        for piece in reversed(self.pieces()):
+            if piece.name != "head":
+                return piece.modules[-1]
+        raise RuntimeError(f"{type(self).__name__} has no convolutional piece")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Globally pooled features ``[B, num_features]`` of images ``[B, 3, H, W]`` in [0, 1]."""
         return self.forward_features(x)["pooled"]
