@@ -33,8 +33,7 @@ from rswb.utils import eval_mode
 
 __all__ = [
     "dictionary_codes", "encode_queries", "hash_grad_cam", "load_codes", "load_predictions", "modality_embeddings",
-    "search_image",
-    "search_text", "split_embeddings", "token_similarity",
+    "pha_grad_cam", "pha_scene_maps", "search_image", "search_text", "split_embeddings", "token_similarity",
 ]
 
 
@@ -308,3 +307,92 @@ def dictionary_codes(model: torch.nn.Module, dataset: Dataset, n: int | None = 1
     if getattr(model, "dictionary", None) is None:
         raise ValueError("the model has no dictionary (only pha_v5 has one)")
     return _outputs(model, dataset, n, seed, batch_size, lambda o: {"ms": o["codes_ms"], "pan": o["codes_pan"]})
+
+
+def pha_grad_cam(model: torch.nn.Module, sampler: Any, rows: Sequence[int], cols: Sequence[int],
+                 device: str | None = None) -> dict[str, Any]:
+    """Grad-CAM of a PHA version's fused classifier on chosen pixels' MS and PAN patches.
+
+    The score is the logit of the predicted class; each branch's deepest stage is explained
+    (:func:`rswb.models.explain.grad_cam`). The deep map covers the centre of the patch (``window x window`` MS pixels,
+    ``(patch - window) / 2`` from each edge: the unpadded convolutions), so each map is placed there on the patch's MS
+    grid, zero outside, and can be stretched over the MS patch or its PAN footprint alike.
+
+    Args:
+        model: a trained :class:`~rswb.models.pha.PHANet` (convolutional branches).
+        sampler: the scene's :class:`~rswb.data.mspan.PatchSampler`.
+        rows: the pixels' rows (MS grid).
+        cols: their columns.
+        device: where to run the model (None: the best available).
+
+    Returns:
+        ``ms`` ``[B, patch, patch, 3]`` (the first three bands, for display), ``pan`` ``[B, r patch, r patch]``,
+        ``cam_ms`` / ``cam_pan`` ``[B, patch, patch]`` in [0, 1] (for the modalities the model has), ``pred`` ``[B]``.
+    """
+    from rswb.models.explain import grad_cam
+    from rswb.models.pha import PHANet
+
+    if not isinstance(model, PHANet) or model.feature_dims is not None:
+        raise ValueError("pha_grad_cam needs a PHANet with convolutional branches (images, not encoder features)")
+    dev = select_device(device)
+    batch = sampler.gather(np.asarray(rows), np.asarray(cols))
+    x = {k: batch[k].to(dev) for k in ("ms", "pan")}
+    seen: dict[str, torch.Tensor] = {}
+
+    def score(inp: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = model(inp)["logits"]
+        seen["pred"] = logits.argmax(1).detach()
+        return logits.gather(1, seen["pred"][:, None])[:, 0]
+
+    off = (model.patch - model.window) // 2
+    out: dict[str, Any] = {"ms": batch["ms"][:, :3].permute(0, 2, 3, 1).cpu().numpy(),
+                           "pan": batch["pan"][:, 0].cpu().numpy()}
+    with eval_mode(model.to(dev)):
+        for m in model.modalities:
+            cam = grad_cam(score, model.branches[m].stages[-1], x)["cam"].cpu()
+            full = torch.zeros(len(cam), model.patch, model.patch)
+            full[:, off:off + model.window, off:off + model.window] = cam
+            out[f"cam_{m}"] = full.numpy()
+    out["pred"] = seen["pred"].cpu().numpy()
+    return out
+
+
+def pha_scene_maps(model: torch.nn.Module, scene: Any, row: int, col: int, size: int = 64,
+                   device: str | None = None) -> dict[str, Any]:
+    """Where MS and PAN agree over a piece of the scene, per stage, and (``pha_v5``) where each atom fires.
+
+    Runs :meth:`~rswb.models.pha.PHANet.agreement_maps` (and :meth:`~rswb.models.pha.PHANet.atom_maps`) on the
+    ``size x size`` MS tile around ``(row, col)`` (moved inside the scene) and its PAN footprint.
+
+    Args:
+        model: a trained :class:`~rswb.models.pha.PHANet` with both modalities (convolutional branches).
+        scene: the normalised :class:`~rswb.data.mspan.MSPANScene`.
+        row: centre row of the tile (MS grid).
+        col: centre column.
+        size: tile side in MS pixels (at least the model's patch).
+        device: where to run the model (None: the best available).
+
+    Returns:
+        ``rgb`` ``[size, size, 3]`` (the scene's composite on the tile), ``origin`` ``(r0, c0)``, ``agreement``
+        (per stage ``[size - 4 (s + 1), ...]`` in [-1, 1]), ``offsets`` (per stage, the tile pixel on which each
+        map's first position is centred: ``2 (s + 1)``), ``stage_names`` and, with a dictionary, ``atoms``
+        ``{"ms": [A, h, w], "pan": [A, h, w]}`` on the deep stage's grid.
+    """
+    h, w = scene.shape
+    if size < model.patch or size > min(h, w):
+        raise ValueError(f"size must be between the patch ({model.patch}) and the scene's side ({min(h, w)}), "
+                         f"got {size}")
+    r0 = int(np.clip(row - size // 2, 0, h - size))
+    c0 = int(np.clip(col - size // 2, 0, w - size))
+    r = scene.ratio
+    dev = select_device(device)
+    ms = torch.from_numpy(np.ascontiguousarray(scene.ms[:, r0:r0 + size, c0:c0 + size]))[None].float().to(dev)
+    pan = torch.from_numpy(np.ascontiguousarray(scene.pan[:, r * r0:r * (r0 + size), r * c0:r * (c0 + size)]))
+    pan = pan[None].float().to(dev)
+    model = model.to(dev)
+    out: dict[str, Any] = {"rgb": scene.rgb()[r0:r0 + size, c0:c0 + size], "origin": (r0, c0),
+                           "agreement": [m[0].cpu().numpy() for m in model.agreement_maps(ms, pan)],
+                           "offsets": [2 * (s + 1) for s in range(model.stages)], "stage_names": list(STAGE_NAMES)}
+    if model.dictionary is not None:
+        out["atoms"] = {m: a[0].cpu().numpy() for m, a in model.atom_maps(ms, pan).items()}
+    return out

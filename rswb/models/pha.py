@@ -315,6 +315,56 @@ class PHANet(nn.Module):
         logits = self.classify(flat)["logits"]
         return logits.reshape(b, h, w, -1).permute(0, 3, 1, 2)
 
+    # --- where the model looks --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def agreement_maps(self, ms: torch.Tensor, pan: torch.Tensor) -> list[torch.Tensor]:
+        """Where MS and PAN agree: per stage, the cosine of the two branches' features at every position.
+
+        The features go through the stage's alignment projection heads when the version aligns that stage (what its
+        InfoNCE compares; ``pha_v5``'s deep stage: the dictionary codes), else the raw stage features are compared.
+        Positions are the per-position features before a patch's window average, so a map shows agreement at the
+        stage's own resolution (on the MS grid, shrinking by 4 pixels per stage: unpadded convolutions).
+
+        Args:
+            ms: ``[B, bands, h, w]`` (a scene tile or patches).
+            pan: ``[B, 1, r h, r w]``, the matching PAN.
+
+        Returns:
+            ``[B, h - 4 (s + 1), w - 4 (s + 1)]`` per stage ``s``, values in [-1, 1].
+        """
+        if len(self.modalities) != 2:
+            raise ValueError("agreement maps need both modalities")
+        with eval_mode(self):
+            maps = self.stage_maps(ms, pan)
+            out = []
+            for s in range(self.stages):
+                b, c, h, w = maps["ms"][s].shape
+                v = {m: maps[m][s].permute(0, 2, 3, 1).reshape(b * h * w, c) for m in ("ms", "pan")}
+                if self.dictionary is not None and s == self.stages - 1:
+                    v = {m: F.relu(self.dictionary.encode[m](x)) for m, x in v.items()}
+                elif f"ms{s}" in self.proj:
+                    v = {m: self.proj[f"{m}{s}"](x) for m, x in v.items()}
+                out.append(F.cosine_similarity(v["ms"], v["pan"], dim=1, eps=1e-8).reshape(b, h, w))
+        return out
+
+    @torch.no_grad()
+    def atom_maps(self, ms: torch.Tensor, pan: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``pha_v5``: every dictionary atom's activation ``relu(E_m f_m)`` at every deep-stage position, per modality.
+
+        Returns:
+            ``{"ms": [B, atoms, h', w'], "pan": [B, atoms, h', w']}`` on the deep stage's grid.
+        """
+        if self.dictionary is None:
+            raise ValueError("atom maps need the modality-compensated dictionary (pha_v5)")
+        with eval_mode(self):
+            maps = self.stage_maps(ms, pan)
+            out = {}
+            for m in ("ms", "pan"):
+                f = maps[m][-1]
+                out[m] = F.relu(torch.einsum("bchw,ac->bahw", f, self.dictionary.encode[m].weight)
+                                + self.dictionary.encode[m].bias.view(1, -1, 1, 1))
+        return out
+
     def describe(self) -> dict[str, Any]:
         """What this configuration contains (for tables and the notebook)."""
         return {"modalities": "+".join(self.modalities), "align_stages": [STAGE_NAMES[s] for s in self.align_stages],

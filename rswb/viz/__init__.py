@@ -22,11 +22,14 @@ from rswb.viz.hashing import (
     plot_retrieval_gallery,
 )
 from rswb.viz.pha import (
+    plot_agreement_maps,
     plot_alignment_curves,
+    plot_atom_maps,
     plot_class_maps,
     plot_confusion,
     plot_dictionary_usage,
     plot_modality_embedding,
+    plot_pixel_cams,
     plot_scene_overview,
     plot_version_bars,
     plot_version_detail,
@@ -45,6 +48,9 @@ from rswb.viz.retrieval import (
 )
 
 __all__ = [
+    "plot_pixel_cams",
+    "plot_atom_maps",
+    "plot_agreement_maps",
     "band_statistics",
     "class_pixel_counts",
     "load_for_inspection",

@@ -38,11 +38,14 @@ __all__ = [
     "map_accuracy",
     "normalize_rows",
     "pair_cosines",
+    "plot_agreement_maps",
     "plot_alignment_curves",
+    "plot_atom_maps",
     "plot_class_maps",
     "plot_confusion",
     "plot_dictionary_usage",
     "plot_modality_embedding",
+    "plot_pixel_cams",
     "plot_scene_overview",
     "plot_version_bars",
     "plot_version_detail",
@@ -595,3 +598,88 @@ def version_picker(views: Mapping[str, Callable[[], Figure]], value: str | None 
     pick.observe(show, names="value")
     show()
     return widgets.VBox([pick, image])
+
+
+# ----------------------------------------------------------------------------------------- where the model looks
+
+
+def plot_agreement_maps(maps: Mapping[str, Any]) -> Figure:
+    """The tile's composite, then per stage where MS and PAN agree (cosine, blue = agree, red = disagree).
+
+    Args:
+        maps: the output of :func:`rswb.infer.pha_scene_maps` (``rgb``, ``agreement``, ``offsets``,
+            ``stage_names``); each stage's map is drawn on the tile pixels its positions are centred on.
+    """
+    rgb = np.asarray(maps["rgb"])
+    n = 1 + len(maps["agreement"])
+    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.4), squeeze=False, layout="constrained")
+    axes = axes[0]
+    axes[0].imshow(rgb, interpolation="nearest")
+    axes[0].set_title(f"MS composite, tile at {tuple(maps['origin'])}", fontsize=9)
+    im = None
+    for ax, m, off, name in zip(axes[1:], maps["agreement"], maps["offsets"], maps["stage_names"]):
+        m = np.asarray(m)
+        ax.imshow(rgb, interpolation="nearest", alpha=0.35)
+        im = ax.imshow(m, cmap="RdBu", vmin=-1, vmax=1, interpolation="nearest", alpha=0.85,
+                       extent=(off - 0.5, off + m.shape[1] - 0.5, off + m.shape[0] - 0.5, off - 0.5))
+        ax.set_xlim(-0.5, rgb.shape[1] - 0.5)
+        ax.set_ylim(rgb.shape[0] - 0.5, -0.5)
+        ax.set_title(f"{name}: mean cosine {m.mean():.2f}", fontsize=9)
+    for ax in axes:
+        ax.axis("off")
+    if im is not None:
+        fig.colorbar(im, ax=list(axes[1:]), shrink=0.8, label="MS-PAN cosine")
+    return fig
+
+
+def plot_atom_maps(maps: Mapping[str, Any], top: int = 6) -> Figure:
+    """``pha_v5``: where the most used dictionary atoms fire over the tile, for MS (top row) and PAN (bottom row).
+
+    Args:
+        maps: the output of :func:`rswb.infer.pha_scene_maps` with ``atoms``.
+        top: atoms shown, those with the largest mean activation over both modalities.
+    """
+    atoms = {m: np.asarray(a) for m, a in maps["atoms"].items()}
+    order = np.argsort(-(atoms["ms"].mean((1, 2)) + atoms["pan"].mean((1, 2))))[:top]
+    fig, axes = plt.subplots(2, len(order), figsize=(2.2 * len(order), 4.6), squeeze=False, layout="constrained")
+    vmax = max(float(atoms[m][order].max()) for m in atoms) or 1.0
+    for r, m in enumerate(("ms", "pan")):
+        for c, a in enumerate(order):
+            ax = axes[r, c]
+            ax.imshow(atoms[m][a], cmap="magma", vmin=0, vmax=vmax, interpolation="nearest")
+            ax.set_title(f"{m.upper()} atom {a}", fontsize=9)
+            ax.axis("off")
+    fig.suptitle("dictionary codes on the deep stage's grid (shared atoms: alike rows = shared content)", fontsize=10)
+    return fig
+
+
+def plot_pixel_cams(cams: Mapping[str, Any], labels: Sequence[int] | None = None,
+                    class_names: Sequence[str] | None = None, alpha: float = 0.5) -> Figure:
+    """Grad-CAM of the fused classifier for chosen pixels: MS patch, its map, PAN patch, its map (one row each).
+
+    Args:
+        cams: the output of :func:`rswb.infer.pha_grad_cam`.
+        labels: 0-based true class of each pixel (for the titles).
+        class_names: class names.
+        alpha: opacity of the heat maps.
+    """
+    ms, pan, pred = np.asarray(cams["ms"]), np.asarray(cams["pan"]), np.asarray(cams["pred"])
+    seen = [*pred.tolist(), *(list(labels) if labels is not None else [])]
+    names = _names(class_names, len(class_names) if class_names is not None else int(max(seen)) + 1)
+    n = len(pred)
+    fig, axes = plt.subplots(n, 4, figsize=(9, 2.3 * n), squeeze=False, layout="constrained")
+    for i in range(n):
+        msi = np.clip((ms[i] - ms[i].min()) / max(float(np.ptp(ms[i])), 1e-6), 0, 1)
+        p = np.clip((pan[i] - pan[i].min()) / max(float(np.ptp(pan[i])), 1e-6), 0, 1)
+        truth = f"{names[labels[i]]} -> " if labels is not None else ""
+        panels = [(msi, None, f"{truth}{names[pred[i]]}"), (msi, cams.get("cam_ms"), "MS Grad-CAM"),
+                  (p, None, "PAN"), (p, cams.get("cam_pan"), "PAN Grad-CAM")]
+        for ax, (img, cam, title) in zip(axes[i], panels):
+            ax.imshow(img, cmap="gray" if img.ndim == 2 else None, interpolation="nearest")
+            if cam is not None:
+                h, w = img.shape[:2]
+                ax.imshow(np.asarray(cam[i]), cmap="jet", alpha=alpha, vmin=0, vmax=1, interpolation="nearest",
+                          extent=(0, w, h, 0))
+            ax.set_title(title, fontsize=9)
+            ax.axis("off")
+    return fig

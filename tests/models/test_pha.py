@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -214,3 +215,64 @@ def test_pan_slightly_too_large_is_rejected():
     x = inputs(1, 16, 16)
     with pytest.raises(ValueError, match="PAN"):
         model({"ms": x["ms"], "pan": torch.rand(1, 1, 67, 67)})
+
+
+# ------------------------------------------------------------------------------------------ where the model looks
+
+
+def test_agreement_and_atom_maps_on_a_13_pixel_patch_are_what_forward_compares():
+    """A 13 x 13 MS patch (52 x 52 PAN) ends as a 1 x 1 deep map, whose average is itself: there the maps must equal
+    what forward() feeds the alignment loss (v2: cosine of the deep embeddings; v5: the dictionary codes)."""
+    torch.manual_seed(1)
+    ms, pan = torch.rand(3, 4, 13, 13), torch.rand(3, 1, 52, 52)
+    v2 = randomize(build("pha_v2", bands=4)).eval()
+    out = v2({"ms": ms, "pan": pan})
+    deep = v2.agreement_maps(ms, pan)[-1]
+    assert deep.shape == (3, 1, 1)
+    torch.testing.assert_close(deep[:, 0, 0], torch.nn.functional.cosine_similarity(*out["embed"][2], dim=1))
+    v5 = randomize(build("pha_v5", bands=4)).eval()
+    out = v5({"ms": ms, "pan": pan})
+    atoms = v5.atom_maps(ms, pan)
+    torch.testing.assert_close(atoms["ms"][:, :, 0, 0], out["codes_ms"])
+    torch.testing.assert_close(atoms["pan"][:, :, 0, 0], out["codes_pan"])
+    with pytest.raises(ValueError, match="dictionary"):
+        v2.atom_maps(ms, pan)
+
+
+def test_agreement_is_one_where_the_branches_see_the_same_thing():
+    """Make the PAN branch compute exactly the MS branch: one MS band, PAN = MS replicated over each 4 x 4 block, a
+    PAN stem that averages its block with the MS stem's weight, the same stages. Raw features (v1) then agree
+    everywhere (cosine 1); a random PAN does not."""
+    model = randomize(build("pha_v1", bands=1)).eval()
+    with torch.no_grad():
+        pan_stem, ms_stem = model.branches["pan"].stem[0], model.branches["ms"].stem[0]
+        pan_stem.weight.copy_(ms_stem.weight.expand_as(pan_stem.weight) / 16)
+        model.branches["pan"].stem[1].load_state_dict(model.branches["ms"].stem[1].state_dict())
+        model.branches["pan"].stages.load_state_dict(model.branches["ms"].stages.state_dict())
+    ms = torch.rand(2, 1, 20, 24)
+    pan = ms.repeat_interleave(4, 2).repeat_interleave(4, 3)
+    maps = model.agreement_maps(ms, pan)
+    assert [tuple(m.shape) for m in maps] == [(2, 16, 20), (2, 12, 16), (2, 8, 12)]
+    for m in maps:
+        torch.testing.assert_close(m, torch.ones_like(m))
+    other = model.agreement_maps(ms, torch.rand_like(pan))
+    # (An untrained network's features share a large positive offset, so "different" shows as below 1, not near 0.)
+    assert all(float(m.min()) >= -1 and float(m.max()) <= 1 for m in other) and float(other[0].min()) < 0.99
+
+
+def test_pha_grad_cam_places_each_branch_map_on_the_patch_centre():
+    from rswb.data.mspan import PatchSampler, load_mspan
+    from rswb.data.synthetic import ensure_embedded
+    from rswb.infer import pha_grad_cam
+
+    scene = load_mspan(ensure_embedded("mspan")).normalized()
+    model = randomize(build("pha_v3", bands=scene.bands)).eval()
+    out = pha_grad_cam(model, PatchSampler(scene, 16), [40, 100], [50, 120], device="cpu")
+    assert out["ms"].shape == (2, 16, 16, 3) and out["pan"].shape == (2, 64, 64)
+    for m in ("ms", "pan"):
+        cam = out[f"cam_{m}"]
+        assert cam.shape == (2, 16, 16) and float(cam.min()) >= 0 and float(cam.max()) <= 1
+        assert not cam[:, :6].any() and not cam[:, 10:].any() and not cam[:, :, :6].any()  # 4 x 4 centre only
+    with torch.no_grad():
+        batch = PatchSampler(scene, 16).gather(np.array([40, 100]), np.array([50, 120]))
+        assert out["pred"].tolist() == model(batch)["logits"].argmax(1).tolist()

@@ -326,3 +326,29 @@ def test_load_predictions_reproduces_the_recorded_test_scores(tmp_path):
     recorded = json.loads((tmp_path / "tiny" / "metrics.json").read_text())["test"]
     assert pred["metrics"] == pytest.approx({k: recorded[k] for k in ("OA", "AA", "kappa")})
     assert pred["pred_map"].ndim == 2 and len(pred["y_true"]) == pred["confusion"].sum() == 300
+
+
+def test_scene_maps_and_the_figures_of_where_the_model_looks():
+    import torch
+
+    from rswb.data.mspan import PatchSampler, load_mspan
+    from rswb.data.synthetic import ensure_embedded
+    from rswb.infer import pha_grad_cam, pha_scene_maps
+    from rswb.registry import create_model
+    from rswb.viz import plot_agreement_maps, plot_atom_maps, plot_pixel_cams
+
+    scene = load_mspan(ensure_embedded("mspan")).normalized()
+    torch.manual_seed(0)
+    model = create_model("pha_v5", num_classes=scene.num_classes, bands=scene.bands, widths=(4, 8, 8), atoms=10).eval()
+    maps = pha_scene_maps(model, scene, row=5, col=190, size=32, device="cpu")  # a corner: the tile moves inside
+    assert maps["origin"] == (0, scene.shape[1] - 32) and maps["rgb"].shape == (32, 32, 3)
+    assert [m.shape for m in maps["agreement"]] == [(28, 28), (24, 24), (20, 20)] and maps["offsets"] == [2, 4, 6]
+    assert maps["atoms"]["ms"].shape == (10, 20, 20)
+    fig = plot_agreement_maps(maps)
+    assert len(fig.axes) == 5  # composite, three stages, colour bar
+    assert len(plot_atom_maps(maps, top=4).axes) == 8
+    cams = pha_grad_cam(model, PatchSampler(scene, 16), [20, 60], [30, 90], device="cpu")
+    fig = plot_pixel_cams(cams, labels=[0, 1], class_names=scene.class_names)
+    assert len(fig.axes) == 8 and "MS Grad-CAM" in fig.axes[1].get_title()
+    with pytest.raises(ValueError, match="size"):
+        pha_scene_maps(model, scene, 0, 0, size=8)
