@@ -34,6 +34,7 @@ from rswb.utils import eval_mode
 __all__ = [
     "dictionary_codes", "encode_queries", "hash_grad_cam", "load_codes", "load_predictions", "modality_embeddings",
     "pha_grad_cam", "pha_scene_maps", "search_image", "search_text", "split_embeddings", "token_similarity",
+    "word_region_maps",
 ]
 
 
@@ -118,6 +119,75 @@ def token_similarity(task: RetrievalTask, split: RetrievalSplit, image: int, que
     tokens = F.normalize(model.pooled_projection()(fmap.flatten(1).t()), dim=1)  # [h*w, D]
     q = encode_queries(task, split, [query])[0].to(device)
     return (tokens @ q).reshape(fmap.shape[1:]).cpu().numpy()
+
+
+def _token_strings(encoder: Any, ids: torch.Tensor) -> list[str]:
+    """Readable tokens of one caption's ids (MiniLM word pieces, or the GRU vocabulary's words)."""
+    if getattr(encoder, "vocab", None) is not None:
+        return [encoder.vocab.words[int(i)] for i in ids]
+    return encoder.minilm.tokenizer.convert_ids_to_tokens([int(i) for i in ids])
+
+
+def word_region_maps(task: RetrievalTask, split: RetrievalSplit, image: int, caption: str,
+                     levels: Sequence[str] = ("low", "mid")) -> dict[str, Any]:
+    """Each word of a caption: its share of the image-caption score and where in the image it is found.
+
+    **Share** of token ``t``: the cosine score of the image and the caption minus the score of the caption with ``t``
+    left out (its attention-mask entry off), ``s - s_{-t} = <v, e - e_{-t}>`` with ``v`` the image embedding and
+    ``e`` the caption's; positive: the word pulls the pair together. **Where**: Grad-CAM
+    (:func:`rswb.models.explain.grad_cam`) of that share over the backbone's stride-8 (``low``) and stride-16
+    (``mid``) maps, the levels FISVL's local branch and KAMCL's aggregator read: 28 x 28 and 14 x 14 at 224 px,
+    finer than the stride-32 map of :func:`token_similarity`. The special tokens ([CLS], [SEP]) are skipped.
+
+    Args:
+        task: a trained retrieval task (its model; the split's backbone when the model keeps none).
+        split: the split whose images and caption pipeline are used.
+        image: image index in the split.
+        caption: any text.
+        levels: ``"low"`` (stride 8), ``"mid"`` (stride 16), ``"high"`` (stride 32), in any subset.
+
+    Returns:
+        ``tokens`` ``[T]``, ``share`` ``[T]`` (score points), ``score`` (the full caption's cosine), ``maps``
+        ``{level: [T, h, w]}`` in [0, 1], ``image`` ``[H, W, 3]`` uint8.
+    """
+    from rswb.models.explain import grad_cam
+    from rswb.models.retrieval import feature_levels, level_names
+
+    model = task.model
+    backbone = model.backbone if model.backbone is not None else split.backbone
+    if backbone is None or split.query_encoder is None:
+        raise ValueError("word maps need the split's backbone and caption pipeline (build it with prepare_data)")
+    device = next(task.parameters()).device
+    text = split.query_encoder([caption])
+    ids = text["tokens"]["input_ids"][0] if "tokens" in text else split.query_encoder.tokens([caption])["input_ids"][0]
+    mask_of = (lambda b: b["tokens"]["attention_mask"]) if "tokens" in text else (lambda b: b["mask"])
+    valid = mask_of(text)[0].bool()
+    strings = _token_strings(split.query_encoder, ids[: len(valid)])
+    keep = [t for t in range(int(valid.sum())) if strings[t] not in ("[CLS]", "[SEP]", "<pad>")]
+    variants = {k: (v.repeat(1 + len(keep), *[1] * (v.ndim - 1)) if torch.is_tensor(v) else
+                    {kk: vv.repeat(1 + len(keep), 1) for kk, vv in v.items()}) for k, v in text.items()}
+    m = mask_of(variants)
+    for row, t in enumerate(keep, 1):
+        m[row, t] = False if m.dtype == torch.bool else 0
+    with eval_mode(task), torch.no_grad():
+        e = model.encode_text(to_device(variants, device)).float()  # [1 + T, D]
+    diff = (e[:1] - e[1:]).detach()  # [T, D]
+    picture = load_image(split.image_paths[image], split.image_size)
+    x = image_to_tensor(picture)[None].to(device).repeat(len(keep), 1, 1, 1)
+    names = level_names(backbone)
+    pieces = {p.tap: p for p in backbone.pieces() if p.tap}
+
+    def share(images: torch.Tensor) -> torch.Tensor:
+        return (model.image_head(feature_levels(backbone, images))["image_emb"].float() * diff).sum(1)
+
+    maps = {}
+    with eval_mode(task), eval_mode(backbone):
+        for level in levels:
+            out = grad_cam(share, pieces[names[level]].modules[-1], x)
+            maps[level] = out["cam"].cpu().numpy()
+        shares = out["score"].cpu().numpy()
+        score = float((model.image_head(feature_levels(backbone, x[:1]))["image_emb"].float() @ e[0]).detach())
+    return {"tokens": [strings[t] for t in keep], "share": shares, "score": score, "maps": maps, "image": picture}
 
 
 # ------------------------------------------------------------------------------------------------------------ hashing

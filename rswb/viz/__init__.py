@@ -44,10 +44,12 @@ from rswb.viz.retrieval import (
     plot_similarity_matrix,
     plot_token_similarity,
     plot_training_curves,
+    plot_word_maps,
     search_widget,
 )
 
 __all__ = [
+    "plot_word_maps",
     "plot_pixel_cams",
     "plot_atom_maps",
     "plot_agreement_maps",

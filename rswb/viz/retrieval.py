@@ -17,7 +17,7 @@ from rswb.viz.data import plot_captioned_images
 
 __all__ = [
     "failure_cases", "plot_caption_examples", "plot_failure_cases", "plot_search_hits", "plot_similarity_matrix",
-    "plot_token_similarity", "plot_training_curves", "search_widget",
+    "plot_token_similarity", "plot_training_curves", "plot_word_maps", "search_widget",
 ]
 
 
@@ -199,3 +199,41 @@ def search_widget(text_search: Callable[[str, int], list[dict]], image_search: C
     pick.observe(show_image, names="value")
     show_text()
     return w.VBox([w.HBox([box, go]), pick, out])
+
+
+def plot_word_maps(words: Mapping[str, Any], top: int = 3, alpha: float = 0.5):
+    """Each word's share of the image-caption score (bars), and where the ``top`` words are found in the image.
+
+    Args:
+        words: the output of :func:`rswb.infer.word_region_maps`.
+        top: words shown with their maps, the largest shares first.
+        alpha: opacity of the heat maps.
+
+    Returns:
+        The figure: the bar chart on top, then one row per level (stride 8, stride 16), one column per word.
+    """
+    import matplotlib.pyplot as plt
+
+    tokens, share = list(words["tokens"]), np.asarray(words["share"])
+    order = np.argsort(-share)[:top]
+    levels = list(words["maps"])
+    image = np.asarray(words["image"])
+    h, w = image.shape[:2]
+    fig = plt.figure(figsize=(2.6 * max(top, 3), 2.2 + 2.6 * len(levels)), layout="constrained")
+    grid = fig.add_gridspec(1 + len(levels), len(order), height_ratios=[0.9] + [1] * len(levels))
+    bar = fig.add_subplot(grid[0, :])
+    bar.bar(range(len(tokens)), share, color=["#1a7f37" if v > 0 else "#cf222e" for v in share])
+    bar.set_xticks(range(len(tokens)), tokens, rotation=45, ha="right", fontsize=8)
+    bar.axhline(0, color="black", lw=0.6)
+    bar.set_ylabel("score - score without it")
+    bar.set_title(f"each word's share of the score {words['score']:.3f}", fontsize=10)
+    stride = {"low": 8, "mid": 16, "high": 32}
+    for r, level in enumerate(levels, 1):
+        for c, t in enumerate(order):
+            ax = fig.add_subplot(grid[r, c])
+            ax.imshow(image)
+            ax.imshow(np.asarray(words["maps"][level][t]), cmap="jet", alpha=alpha, vmin=0, vmax=1,
+                      interpolation="bilinear", extent=(0, w, h, 0))
+            ax.set_title(f"'{tokens[t]}' (stride {stride.get(level, level)})", fontsize=9)
+            ax.axis("off")
+    return fig

@@ -245,6 +245,23 @@ def test_search_and_where_the_model_looks(cache, tmp_path, capsys):
     assert all(split.caption_to_image[split.captions.index(c["caption"])] == 0 for c in own)
     heat = token_similarity(bundle.task, split, 0, query)
     assert heat.shape == (2, 2) and np.all(np.abs(heat) <= 1 + 1e-5)
+    # Each word's share of the score and its stride-8 / stride-16 maps.
+    from rswb.infer import word_region_maps
+
+    words = word_region_maps(bundle.task, split, hits[0]["image"], query)
+    assert words["score"] == pytest.approx(hits[0]["score"], abs=1e-4)
+    n = len(words["tokens"])
+    assert 0 < n <= len(query.split()) + 5 and "[CLS]" not in words["tokens"] and words["share"].shape == (n,)
+    assert words["maps"]["low"].shape == (n, 8, 8) and words["maps"]["mid"].shape == (n, 4, 4)
+    assert all(0 <= m.min() and m.max() <= 1 for m in words["maps"].values())
+    # The share of the first word is the score minus the score of the caption without it, encoded by hand.
+    text = split.query_encoder([query])
+    mask = text["mask"].clone()
+    mask[0, 1] = False  # position 0 is [CLS]; the first word is at position 1
+    with torch.no_grad():
+        without = bundle.task.model.encode_text({**text, "mask": mask})[0]
+    assert words["share"][0] == pytest.approx(hits[0]["score"] - float(emb["image"][hits[0]["image"]] @ without),
+                                              abs=1e-4)
     # rswb search prints the same ranking.
     from rswb.cli import main
 

@@ -16,3 +16,14 @@ def test_overlays_stretch_each_map_over_its_image():
     assert axes[0, 0].get_title() == "query" and [a.get_title() for a in axes[1, 1:]] == ["code", "cue"]
     heat = axes[1, 1].get_images()[1]
     assert heat.get_extent() == pytest.approx((0, 60, 40, 0)) and heat.get_array().shape == (2, 3)
+
+
+def test_word_maps_figure_has_the_bars_and_the_top_words_per_level():
+    from rswb.viz import plot_word_maps
+
+    words = {"tokens": ["many", "green", "trees"], "share": np.array([0.01, -0.02, 0.05]), "score": 0.4,
+             "maps": {"low": np.random.default_rng(0).random((3, 8, 8)), "mid": np.ones((3, 4, 4))},
+             "image": np.zeros((64, 64, 3), np.uint8)}
+    fig = plot_word_maps(words, top=2)
+    assert len(fig.axes) == 1 + 2 * 2
+    assert [a.get_title() for a in fig.axes[1:3]] == ["'trees' (stride 8)", "'many' (stride 8)"]
