@@ -184,8 +184,9 @@ def _thumbnails(report: Path, name: str, limit: int = _MAX_THUMBNAILS) -> list[s
 
 
 def _data_of(parameters: Mapping[str, Any]) -> str:
-    paths = [f"{k} = {v}" for k, v in parameters.items() if k.endswith("_ROOT") or k in ("DATA", "SCENE")]
-    return ", ".join(str(p) for p in paths if not p.endswith("= None")) or "embedded data"
+    """The data parameters a notebook ran with (``DATA_ROOT``, ``IMAGE_ROOT``, ...), or the embedded data."""
+    paths = [f"{k} = {v}" for k, v in parameters.items() if k.endswith("_ROOT") and v is not None]
+    return ", ".join(paths) or "embedded data"
 
 
 def write_index(report: Path, results: Sequence[NotebookResult], profile: str,

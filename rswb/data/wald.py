@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from rswb.data.scenes import SceneFolder, load_image
 
@@ -336,8 +337,6 @@ class ModalityImages(torch.utils.data.Dataset):
         return len(self.base)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        import torch.nn.functional as F
-
         s = self.base[index]
         x = s[self.modality]
         if self.modality == "pan":

@@ -249,7 +249,18 @@ def _scene_data(cfg: PHAConfig, path: Path) -> PHAData:
                    unlabelled=unlabelled, source=str(path))
 
 
-def _encoder_features(cfg: PHAConfig, folder, indices: np.ndarray, views: int, kw: dict) -> dict[str, torch.Tensor]:
+def _frozen_encoder(cfg: PHAConfig) -> torch.nn.Module:
+    """``cfg.encoder`` with its pretrained weights, frozen, checked to have every ``ENCODER_TAPS`` level."""
+    encoder = create_model(cfg.encoder).eval().requires_grad_(False)
+    missing = [t for t in ENCODER_TAPS if t not in encoder.feature_channels]
+    if missing:
+        raise ValueError(f"encoder {cfg.encoder} has no feature levels {missing} (it has "
+                         f"{', '.join(encoder.feature_channels)})")
+    return encoder
+
+
+def _encoder_features(cfg: PHAConfig, encoder: torch.nn.Module, folder, indices: np.ndarray, views: int,
+                      kw: dict) -> dict[str, torch.Tensor]:
     """Pooled ``ENCODER_TAPS`` features of MS and PAN of ``folder``'s images ``indices``: ``{m: [N, views, F]}``.
 
     Cached on disk (:mod:`rswb.data.features`) under a key over the encoder's weights, the image files, the Wald
@@ -259,11 +270,6 @@ def _encoder_features(cfg: PHAConfig, folder, indices: np.ndarray, views: int, k
     from rswb.data.wald import ModalityImages, WaldSceneDataset
     from rswb.engine.device import frozen_encoder_device
 
-    encoder = create_model(cfg.encoder).eval().requires_grad_(False)
-    missing = [t for t in ENCODER_TAPS if t not in encoder.feature_channels]
-    if missing:
-        raise ValueError(f"encoder {cfg.encoder} has no feature levels {missing} (it has "
-                         f"{', '.join(encoder.feature_channels)})")
     paths = [folder.records[i].path for i in indices]
     key = digest(("pha-encoder", cfg.encoder, ENCODER_TAPS, views, sorted(kw.items())), [encoder], paths)
     path = cache_root(cfg.cache_dir) / "pha_encoder" / f"{cfg.encoder}-{key}.pt"
@@ -291,9 +297,10 @@ def _encoded_scene_data(cfg: PHAConfig, folder, test_folder, split: FewShotSplit
     from rswb.data.features import PairedViews
 
     labels = np.asarray(folder.labels)
+    encoder = _frozen_encoder(cfg)
     # The whole training split, not just this draw's images: every seed and shot count then shares one extraction.
-    feats = _encoder_features(cfg, folder, np.arange(len(labels)), cfg.views, kw)
-    tfeats = _encoder_features(cfg, test_folder, keep, 1, kw)
+    feats = _encoder_features(cfg, encoder, folder, np.arange(len(labels)), cfg.views, kw)
+    tfeats = _encoder_features(cfg, encoder, test_folder, keep, 1, kw)
 
     def subset(idx: np.ndarray, **opts) -> PairedViews:
         return PairedViews({m: f[idx] for m, f in feats.items()}, labels[idx], ids=idx, **opts)
@@ -302,8 +309,7 @@ def _encoded_scene_data(cfg: PHAConfig, folder, test_folder, split: FewShotSplit
     val = subset(split.val)
     test = PairedViews(tfeats, np.asarray(test_folder.labels)[keep])
     unlabelled = subset(pool_idx, random_view=cfg.augment).draw if len(pool_idx) else None
-    enc = create_model(cfg.encoder, pretrained=False)
-    dims = tuple(enc.feature_channels[t] for t in ENCODER_TAPS)
+    dims = tuple(encoder.feature_channels[t] for t in ENCODER_TAPS)
     return PHAData("scene", train, val, test, split, len(folder.classes), 3, cfg.ratio, list(folder.classes),
                    unlabelled=unlabelled, source=str(folder.root), feature_dims=dims)
 
