@@ -1,13 +1,16 @@
 """Figures and widgets the notebooks use; every plotting function returns its matplotlib Figure."""
 
+from rswb.viz.common import figure_picker
 from rswb.viz.data import (
     band_statistics,
+    class_browser,
     class_pixel_counts,
     load_for_inspection,
     plot_band_histograms,
     plot_caption_statistics,
     plot_captioned_images,
     plot_class_balance,
+    plot_class_images,
     plot_registration,
     plot_scene_grid,
 )
@@ -49,6 +52,9 @@ from rswb.viz.retrieval import (
 )
 
 __all__ = [
+    "class_browser",
+    "figure_picker",
+    "plot_class_images",
     "plot_word_maps",
     "plot_pixel_cams",
     "plot_atom_maps",

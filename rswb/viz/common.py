@@ -1,10 +1,14 @@
-"""Small computations several figure modules share (no model is run here)."""
+"""Small computations and widgets several figure modules share (no model is run here)."""
 
 from __future__ import annotations
 
+import io
+from collections.abc import Callable, Mapping
+from typing import Any
+
 import numpy as np
 
-__all__ = ["pca_2d"]
+__all__ = ["figure_picker", "pca_2d"]
 
 
 def pca_2d(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -21,3 +25,52 @@ def pca_2d(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         y = np.pad(y, ((0, 0), (0, 2 - y.shape[1])))
         share = np.pad(share, (0, 2 - len(share)))
     return y, share
+
+
+def figure_picker(views: Mapping[str, Callable[[], Any]], value: str | None = None,
+                  description: str = "show") -> Any:
+    """A dropdown that switches which figure is shown.
+
+    Each view is drawn on first selection (then cached) and shown as a PNG in an ``ipywidgets.Image``: an image
+    widget's state is plain data, so the picker also builds and draws its first view headless (papermill, a plain
+    Python process) where an ``Output`` widget would need a frontend.
+
+    Args:
+        views: ``{name: callable () -> matplotlib Figure}``.
+        value: the view shown first (default: the first one).
+        description: the dropdown's label.
+
+    Returns:
+        An ``ipywidgets.VBox``: the ``Dropdown``, then the ``Image``.
+
+    Raises:
+        ImportError: ipywidgets is not installed (``pip install 'rswb[notebooks]'``).
+        ValueError: ``views`` is empty or ``value`` is not one of them.
+    """
+    try:
+        import ipywidgets as widgets
+    except ImportError as err:
+        raise ImportError("figure_picker needs ipywidgets (pip install 'rswb[notebooks]')") from err
+    import matplotlib.pyplot as plt
+
+    if not views:
+        raise ValueError("figure_picker needs at least one view")
+    first = next(iter(views)) if value is None else value
+    if first not in views:
+        raise ValueError(f"{first!r} is not one of the views: {', '.join(views)}")
+    pick = widgets.Dropdown(options=list(views), value=first, description=description)
+    image = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
+    cache: dict[str, bytes] = {}
+
+    def show(*_: Any) -> None:
+        if pick.value not in cache:
+            fig = views[pick.value]()
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", bbox_inches="tight")
+            plt.close(fig)  # shown through the widget only, not again by the inline backend
+            cache[pick.value] = buf.getvalue()
+        image.value = cache[pick.value]
+
+    pick.observe(show, names="value")
+    show()
+    return widgets.VBox([pick, image])

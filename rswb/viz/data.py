@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -18,6 +20,7 @@ from rswb.data.captions import STOPWORDS, CaptionSet, tokenize
 from rswb.data.check import registration_correlation
 from rswb.data.mspan import MSPANScene
 from rswb.data.scenes import SceneFolder, load_image
+from rswb.viz.common import figure_picker
 
 __all__ = [
     "band_statistics", "class_pixel_counts", "plot_band_histograms", "plot_captioned_images",
@@ -142,6 +145,34 @@ def plot_scene_grid(folder: SceneFolder, per_class: int = 4, max_classes: int | 
         row[0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
     fig.tight_layout(pad=0.3)
     return fig
+
+
+def plot_class_images(folder: SceneFolder, label: int, n: int = 8, size: int = 128):
+    """The first ``n`` images of class ``label`` of a scene folder in one row, titled with their file names.
+
+    Raises:
+        ValueError: ``label`` is not a class of the folder.
+    """
+    import matplotlib.pyplot as plt
+
+    if not 0 <= label < len(folder.classes):
+        raise ValueError(f"{folder.root}: no class {label} (it has {len(folder.classes)})")
+    paths = [Path(rec.path) for rec in folder.records if rec.label == label][:n]
+    fig, axes = plt.subplots(1, max(len(paths), 1), figsize=(1.6 * max(len(paths), 1), 2.0), squeeze=False)
+    for ax, path in zip(axes[0], paths):
+        ax.imshow(load_image(path, size))
+        ax.set_title(path.name, fontsize=7)
+    for ax in axes[0]:
+        ax.axis("off")
+    fig.suptitle(f"{list(folder.classes)[label]} ({sum(rec.label == label for rec in folder.records)} images)")
+    fig.tight_layout()
+    return fig
+
+
+def class_browser(folder: SceneFolder, n: int = 8, size: int = 128) -> Any:
+    """A dropdown of the folder's classes showing ``n`` images of the picked one (:func:`plot_class_images`)."""
+    views = {name: partial(plot_class_images, folder, k, n, size) for k, name in enumerate(folder.classes)}
+    return figure_picker(views, description="class")
 
 
 def plot_class_balance(folder: SceneFolder, splits: Sequence[str] = ("train", "query")):

@@ -13,7 +13,6 @@ and std over seeds), :func:`load_predictions` (a run's test predictions, confusi
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -31,7 +30,7 @@ from matplotlib.ticker import MaxNLocator
 from rswb.data.mspan import MSPANScene, label_colormap
 from rswb.metrics.classification import scores_from_confusion
 from rswb.models.pha import PHA_VERSIONS, STAGE_NAMES
-from rswb.viz.common import pca_2d
+from rswb.viz.common import figure_picker, pca_2d
 
 __all__ = [
     "class_mean_codes",
@@ -556,48 +555,16 @@ def plot_dictionary_usage(codes_ms: Any, codes_pan: Any, labels: Any, class_name
 
 
 def version_picker(views: Mapping[str, Callable[[], Figure]], value: str | None = None) -> Any:
-    """A dropdown that switches which version's figure is shown.
-
-    Each view is drawn on first selection (then cached) and shown as a PNG in an ``ipywidgets.Image``: an image
-    widget's state is plain data, so the picker also builds and draws its first view headless (papermill, a plain
-    Python process) where an ``Output`` widget would need a frontend.
+    """A dropdown that switches which version's figure is shown (:func:`rswb.viz.common.figure_picker`).
 
     Args:
         views: ``{version: callable () -> Figure}``, e.g. ``lambda: plot_version_detail(...)`` per version.
         value: the version shown first (default: the first one).
 
     Returns:
-        An ``ipywidgets.VBox``: the ``Dropdown``, then the ``Image``.
-
-    Raises:
-        ImportError: ipywidgets is not installed (``pip install 'rswb[notebooks]'``).
-        ValueError: ``views`` is empty or ``value`` is not one of them.
+        An ``ipywidgets.VBox``: the ``Dropdown`` (labelled "version"), then the ``Image``.
     """
-    try:
-        import ipywidgets as widgets
-    except ImportError as err:
-        raise ImportError("version_picker needs ipywidgets (pip install 'rswb[notebooks]')") from err
-    if not views:
-        raise ValueError("version_picker needs at least one view")
-    first = next(iter(views)) if value is None else value
-    if first not in views:
-        raise ValueError(f"{first!r} is not one of the views: {', '.join(views)}")
-    pick = widgets.Dropdown(options=list(views), value=first, description="version")
-    image = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
-    cache: dict[str, bytes] = {}
-
-    def show(*_: Any) -> None:
-        if pick.value not in cache:
-            fig = views[pick.value]()
-            buf = io.BytesIO()
-            fig.savefig(buf, format="png", bbox_inches="tight")
-            plt.close(fig)  # shown through the widget only, not again by the inline backend
-            cache[pick.value] = buf.getvalue()
-        image.value = cache[pick.value]
-
-    pick.observe(show, names="value")
-    show()
-    return widgets.VBox([pick, image])
+    return figure_picker(views, value, description="version")
 
 
 # ----------------------------------------------------------------------------------------- where the model looks

@@ -1,10 +1,14 @@
-"""A real browser check: JupyterLab headless on 127.0.0.1, notebook 01 run through its UI in headless Chromium.
+"""A real browser check: JupyterLab headless on 127.0.0.1, the four notebooks run through its UI in headless Chromium.
 
-The test starts ``jupyter lab`` on a free port in a temporary folder holding a copy of notebook 01, opens it in
-headless Chromium (selenium + chromedriver; ``.ci/run`` installs the Debian packages ``chromium`` and
-``chromium-driver`` when missing), runs every cell from the keyboard (Shift+Enter), waits until a
-rendered figure (an ``<img>`` in an output area) appears, and saves a screenshot to
-``reports/browser/01_data_inspection.png``. The server is stopped by its PID.
+One JupyterLab server (a free port, a token, a temporary folder) and one headless Chromium (selenium +
+chromedriver; ``.ci/run`` installs the Debian packages ``chromium`` and ``chromium-driver`` when missing) serve all
+four notebooks. Each notebook is copied there with the quick suite's parameters injected (the ``make demo`` runs),
+opened, and run from the keyboard (Shift+Enter through every cell), the way a student runs it. The test waits for
+its ``metrics.json`` (written by the last cell), then checks that a figure rendered (an ``<img>`` in an output
+area), that no cell shows a traceback, and drives the notebook's widget: it picks another entry of the widget's
+dropdown twice and waits until the picture the widget shows has changed each time. Screenshots of the figure and
+of the widget after the change are kept under ``reports/browser/`` (``NN_name.png``, ``NN_name_widget.png``).
+The server is stopped by its PID.
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ import pytest
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-NOTEBOOK = REPO / "notebooks" / "01_data_inspection.ipynb"
-SCREENSHOT = REPO / "reports" / "browser" / "01_data_inspection.png"
+SCREENSHOTS = REPO / "reports" / "browser"
+NOTEBOOKS = ("01_data_inspection", "02_pha_versions", "03_retrieval_training", "04_hash_evaluation")
+RUN_TIMEOUT_S = 420  # the slowest notebook (03) runs in about a minute on 2 cores
 
 
 def _chrome() -> tuple[str, str]:
@@ -58,27 +63,24 @@ def _wait_for_server(url: str, proc: subprocess.Popen, timeout: float = 90) -> N
     raise TimeoutError(f"jupyter lab did not answer {url} within {timeout} s")
 
 
-def test_notebook_01_renders_a_figure_in_jupyterlab(tmp_path):
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """A JupyterLab server on 127.0.0.1 and a headless Chromium: ``(driver, base_url, token, root)``."""
     webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.common.action_chains import ActionChains
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
-
     browser, driver_path = _chrome()
-    root = tmp_path / "lab"
+    tmp = tmp_path_factory.mktemp("browser")
+    root = tmp / "lab"
     root.mkdir()
-    shutil.copy(NOTEBOOK, root / NOTEBOOK.name)
     port, token = _free_port(), secrets.token_hex(16)
-    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path / "cfg"), "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt")}
+    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp / "cfg"), "JUPYTER_RUNTIME_DIR": str(tmp / "rt"),
+           "RSWB_CACHE_DIR": str(tmp / "cache")}
     env.pop("MPLBACKEND", None)  # the kernel keeps Jupyter's inline backend, so figures render as images
     cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
            f"--ServerApp.token={token}", f"--ServerApp.root_dir={root}", "--ServerApp.open_browser=False",
            "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
     if hasattr(os, "getuid") and os.getuid() == 0:
         cmd.append("--allow-root")
-    log = open(tmp_path / "lab.log", "w")
+    log = open(tmp / "lab.log", "w")
     proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
     drv = None
     try:
@@ -89,32 +91,7 @@ def test_notebook_01_renders_a_figure_in_jupyterlab(tmp_path):
                     "--window-size=1400,1000"):
             opts.add_argument(arg)
         drv = webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver_path), options=opts)
-        drv.get(f"http://127.0.0.1:{port}/lab/tree/{NOTEBOOK.name}?token={token}")
-        wait = WebDriverWait(drv, 120)
-        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, ".jp-Notebook .jp-Cell")))
-        # The kernel must be idle before "Run All": the status bar shows it.
-        wait.until(lambda d: "Idle" in d.find_element(By.CSS_SELECTOR, "#jp-main-statusbar").text)
-        # Run every cell the way a user does: select the first cell, then Shift+Enter through the notebook.
-        cells = drv.find_elements(By.CSS_SELECTOR, ".jp-Notebook .jp-Cell")
-        cells[0].click()
-        keys = ActionChains(drv).send_keys(Keys.ESCAPE)
-        for _ in cells:
-            keys = keys.key_down(Keys.SHIFT).send_keys(Keys.ENTER).key_up(Keys.SHIFT).pause(0.2)
-        keys.perform()
-        figure = WebDriverWait(drv, 180).until(
-            ec.presence_of_element_located((By.CSS_SELECTOR, ".jp-OutputArea-output img")))
-        drv.execute_script("arguments[0].scrollIntoView();", figure)
-        assert figure.size["width"] > 100 and figure.size["height"] > 100
-        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        drv.save_screenshot(str(SCREENSHOT))
-        assert SCREENSHOT.stat().st_size > 10_000
-        stderr = '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]'
-        assert not [e for e in drv.find_elements(By.CSS_SELECTOR, stderr) if "Traceback" in e.text]
-    except Exception:
-        if drv is not None:  # what the browser showed, for the failure report
-            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-            drv.save_screenshot(str(SCREENSHOT.with_name("failure.png")))
-        raise
+        yield drv, f"http://127.0.0.1:{port}", token, root
     finally:
         if drv is not None:
             drv.quit()
@@ -125,3 +102,82 @@ def test_notebook_01_renders_a_figure_in_jupyterlab(tmp_path):
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
         log.close()
+
+
+def _prepare(name: str, root: Path) -> Path:
+    """Copy notebook ``name`` into the lab folder with the quick suite's parameters injected; its OUTPUT_DIR."""
+    import nbformat
+    from papermill.iorw import load_notebook_node
+    from papermill.parameterize import parameterize_notebook
+
+    from rswb.notebooks import PROFILES
+
+    output_dir = root / "out" / name
+    nb = load_notebook_node(str(REPO / "notebooks" / f"{name}.ipynb"))  # papermill's reader adds the cells' tags
+    nb = parameterize_notebook(nb, {**PROFILES["quick"][name], "OUTPUT_DIR": str(output_dir)})
+    nbformat.write(nb, root / f"{name}.ipynb")
+    return output_dir
+
+
+def _pictures(drv, select) -> list[str]:
+    """The ``src`` of every image in the output that holds the widget of ``select`` (its picture)."""
+    from selenium.webdriver.common.by import By
+
+    area = select.find_element(By.XPATH, "./ancestor::div[contains(@class, 'jp-OutputArea-output')][1]")
+    return [img.get_attribute("src") for img in area.find_elements(By.TAG_NAME, "img")]
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_runs_renders_and_its_widget_redraws_in_jupyterlab(lab, name):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    drv, base, token, root = lab
+    output_dir = _prepare(name, root)
+    shot = SCREENSHOTS / f"{name}.png"
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    try:
+        # A workspace of its own per notebook: the page holds this notebook only (no tabs of the earlier ones).
+        drv.get(f"{base}/lab/workspaces/nb{name[:2]}/tree/{name}.ipynb?token={token}")
+        wait = WebDriverWait(drv, 120)
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, ".jp-Notebook .jp-Cell")))
+        # The kernel must be idle before the cells run: the status bar shows it.
+        wait.until(lambda d: "Idle" in d.find_element(By.CSS_SELECTOR, "#jp-main-statusbar").text)
+        # Run every cell the way a user does: select the first cell, then Shift+Enter through the notebook.
+        cells = drv.find_elements(By.CSS_SELECTOR, ".jp-Notebook .jp-Cell")
+        cells[0].click()
+        keys = ActionChains(drv).send_keys(Keys.ESCAPE)
+        for _ in cells:
+            keys = keys.key_down(Keys.SHIFT).send_keys(Keys.ENTER).key_up(Keys.SHIFT).pause(0.2)
+        keys.perform()
+        stderr = '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]'
+        tracebacks = lambda d: [e.text for e in d.find_elements(By.CSS_SELECTOR, stderr) if "Traceback" in e.text]  # noqa: E731
+        # Done when the last cell wrote metrics.json (a failing cell stops the queue: fail fast on its traceback).
+        WebDriverWait(drv, RUN_TIMEOUT_S, poll_frequency=2).until(
+            lambda d: (output_dir / "metrics.json").exists() or tracebacks(d))
+        assert tracebacks(drv) == [], f"{name}: a cell failed in the browser"
+        figure = drv.find_element(By.CSS_SELECTOR, ".jp-OutputArea-output img")
+        drv.execute_script("arguments[0].scrollIntoView();", figure)
+        assert figure.size["width"] > 100 and figure.size["height"] > 100
+        drv.save_screenshot(str(shot))
+        assert shot.stat().st_size > 10_000
+        # The widget: pick two other entries of its dropdown; the picture it controls must change each time.
+        select = WebDriverWait(drv, 60).until(ec.presence_of_element_located(
+            (By.CSS_SELECTOR, ".jp-OutputArea-output .widget-dropdown select")))
+        drv.execute_script("arguments[0].scrollIntoView();", select)
+        options = Select(select).options
+        assert len(options) >= 3, f"{name}: the widget's dropdown has {len(options)} entries"
+        seen = _pictures(drv, select)
+        current = Select(select).first_selected_option.get_attribute("index")
+        for index in [i for i in range(len(options)) if str(i) != current][:2]:
+            Select(select).select_by_index(index)
+            WebDriverWait(drv, 120).until(lambda d: _pictures(d, select) and _pictures(d, select) != seen)  # noqa: B023
+            seen = _pictures(drv, select)
+        drv.save_screenshot(str(SCREENSHOTS / f"{name}_widget.png"))
+        assert tracebacks(drv) == []
+    except Exception:
+        drv.save_screenshot(str(SCREENSHOTS / f"{name}_failure.png"))  # what the browser showed, for the report
+        raise
