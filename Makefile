@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.rswb-installed
 # JupyterLab refuses to run as root without --allow-root (containers, lab servers).
 LAB_FLAGS ?= --no-browser --ip=127.0.0.1 $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: setup demo test test-fast lint lab bench clean-data clean
+.PHONY: setup demo test test-fast real lint lab bench clean-data clean
 
 setup: $(STAMP)  ## create .venv and install rswb with every extra (idempotent: seconds when up to date)
 
@@ -26,6 +26,9 @@ test: $(STAMP) lint  ## lint, then the whole test suite (real-data tests skip wi
 
 test-fast: $(STAMP)  ## the suite without slow tests
 	$(BIN)/python -m pytest -m "not slow"
+
+real: $(STAMP)  ## the suite on ../shared/data (or $$RSWB_SHARED_DATA), failing on drift from notebooks/baselines/real.yaml
+	$(BIN)/rswb notebooks run --profile real --check
 
 lint: $(STAMP)
 	$(BIN)/ruff check rswb tests benchmarks notebooks

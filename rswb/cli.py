@@ -134,18 +134,30 @@ def _cmd_notebooks_run(args: argparse.Namespace) -> int:
             raise ValueError(f"--param {item!r}: expected KEY=VALUE")
         key, value = item.split("=", 1)
         params[key] = yaml.safe_load(value)
+    from rswb.notebooks import baselines_path, compare_to_baselines, load_baselines
+
+    path = baselines_path(args.profile)
+    if args.check and not path.exists():  # before any notebook runs
+        raise FileNotFoundError(f"--check: no baselines file {path} for profile {args.profile}")
     report, results = run_suite(args.profile, args.only, params, args.reports)
     print(f"report: {report / 'index.html'}")
     failed = [r for r in results if r.status != "ok"]
     for r in failed:
         print(f"rswb notebooks: {r.name} failed: {r.error}", file=sys.stderr)
-    return 1 if failed else 0
+    drifted = []
+    if args.check:
+        base = load_baselines(path)
+        drifted = [line for r in results if r.status == "ok" for line in compare_to_baselines(r.name, r.metrics, base)]
+        for line in drifted:
+            print(f"rswb notebooks: drift: {line}", file=sys.stderr)
+        print(f"check against {path}: " + (f"{len(drifted)} metric(s) drifted" if drifted else "no drift"))
+    return 1 if failed or drifted else 0
 
 
 def _cmd_notebooks_baseline(args: argparse.Namespace) -> int:
-    from rswb.notebooks import BASELINES, write_baselines
+    from rswb.notebooks import write_baselines
 
-    path = write_baselines(args.report, args.out or BASELINES)
+    path = write_baselines(args.reports, args.out, profile=args.profile, k=args.k)
     print(f"baselines written: {path}")
     return 0
 
@@ -250,15 +262,22 @@ def build_parser() -> argparse.ArgumentParser:
     nbs = sub.add_parser("notebooks", help="run the notebook suite headless into an HTML report")
     nbs_sub = nbs.add_subparsers(dest="notebooks_command", metavar="ACTION", required=True)
     nr = nbs_sub.add_parser("run", help="execute the notebooks with papermill into reports/<timestamp>/")
-    nr.add_argument("--profile", default="quick", help="quick (CI, embedded data) | full (the real schedules, GPU)")
+    nr.add_argument("--profile", default="quick",
+                    help="quick (make demo, embedded data) | real (../shared/data, CPU) | full (real schedules, GPU)")
+    nr.add_argument("--check", action="store_true",
+                    help="compare every notebook's metrics with notebooks/baselines/PROFILE.yaml; exit 1 on drift")
     nr.add_argument("--only", nargs="+", default=None, metavar="NB", help="notebooks to run, e.g. 02 04")
     nr.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                     help="override a parameter in every notebook that has it (YAML value; repeatable)")
     nr.add_argument("--reports", default="reports", help="parent folder of the report folders (default: reports)")
     nr.set_defaults(func=_cmd_notebooks_run)
-    nb_base = nbs_sub.add_parser("baseline", help="write notebooks/baselines/quick.yaml from a quick-profile report")
-    nb_base.add_argument("report", help="a report folder of `rswb notebooks run --profile quick`")
-    nb_base.add_argument("--out", default=None, help="baselines file (default: notebooks/baselines/quick.yaml)")
+    nb_base = nbs_sub.add_parser("baseline", help="write notebooks/baselines/PROFILE.yaml from report folders")
+    nb_base.add_argument("reports", nargs="+", metavar="REPORT",
+                         help="report folder(s) of `rswb notebooks run --profile PROFILE`; several (seed runs): "
+                              "tolerances from their spread")
+    nb_base.add_argument("--profile", default="quick", help="the profile the reports ran (default: quick)")
+    nb_base.add_argument("--k", type=float, default=3.0, help="standard deviations of the seed spread (default 3)")
+    nb_base.add_argument("--out", default=None, help="baselines file (default: notebooks/baselines/PROFILE.yaml)")
     nb_base.set_defaults(func=_cmd_notebooks_baseline)
 
     runs = sub.add_parser("runs", help="list and compare run folders")

@@ -6,15 +6,20 @@ one page to read at a glance: per notebook its verdict, profile, data, time, a t
 baseline and tolerance (pass / drift, coloured) and thumbnails of its first figures linking to the full export.
 A failing notebook does not stop the others; the command then fails with the failing cell's error.
 
-A **profile** only chooses parameter values (:data:`PROFILES`): ``quick`` is the CI suite on the embedded data
-(minutes on 2 CPU cores), ``full`` the real schedules (meant for a GPU). ``--param KEY=VALUE`` overrides a parameter
-in every notebook that declares it (values are YAML: ``--param "METHODS=[clip, fisvl]"``).
+A **profile** only chooses parameter values (:data:`PROFILES`): ``quick`` is ``make demo`` and the notebook tests on
+the embedded data (about 2 minutes on 2 CPU cores), ``real`` the regression suite on the real data of
+``../shared/data`` (``{shared}`` in a value is :func:`shared_data_root`; CPU profiles with cached features, run by
+``.ci/run``), ``full`` the real schedules (meant for a GPU). ``--param KEY=VALUE`` overrides a parameter in every
+notebook that declares it (values are YAML: ``--param "METHODS=[clip, fisvl]"``). Each profile has its baselines
+file, ``notebooks/baselines/<profile>.yaml``; ``rswb notebooks run --check`` fails on any drift from it.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import os
+import statistics
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,15 +30,36 @@ from typing import Any
 from rswb.engine.experiments import SUITE
 from rswb.io import atomic_write_text
 
-__all__ = ["BASELINES", "NOTEBOOKS", "PROFILES", "NotebookResult", "baselines_path", "compare_to_baselines",
-           "error_outputs", "flatten_metrics", "load_baselines", "make_baselines", "metric_rows", "notebook_parameters",
-           "run_suite",
-           "tolerance", "write_index"]
+__all__ = ["BASELINES", "NOTEBOOKS", "PROFILES", "PROFILE_NOTES", "NotebookResult", "baselines_path",
+           "compare_to_baselines", "error_outputs", "flatten_metrics", "load_baselines", "make_baselines",
+           "metric_rows", "notebook_parameters", "resolve_parameters", "run_suite", "shared_data_root",
+           "spread_baselines", "tolerance", "write_index"]
 
 NOTEBOOKS = ("01_data_inspection", "02_pha_versions", "03_retrieval_training", "04_hash_evaluation")
 
 PROFILES = SUITE
 """The suite profiles (:data:`rswb.engine.experiments.SUITE`): parameter values of each notebook per profile."""
+
+
+PROFILE_NOTES = {
+    "quick": (
+        "The quick profile (what make demo runs) on the embedded synthetic data. 02: PHA trained from scratch on 10 "
+        "labelled pixels per class for 8 epochs, scored on 3,000 sampled test pixels. 03 and 04: the frozen ImageNet "
+        "EfficientNet-Lite0 on 128-px images (and the frozen MiniLM for captions), features cached once, only the "
+        "methods' heads train (8 epochs for 03, 40 for 04). What the longer profiles reach: PHA's full profile "
+        "(30 epochs, every test pixel, 5 seeds) scores 92.5 (pha_v1) to 95.9 % (pha_v2) OA on this scene "
+        "(benchmarks/results/pha_embedded.md). On the real UC Merced data DHCL reaches mAP@20 93.1 at 32 bits with "
+        "the cpu profile and 93.8 with finetune, 94.5 at 64 bits with full (one GPU run); on UCM-Captions the best "
+        "retrieval mR is 50.6 (FISVL, cpu) and 53.6 (KAMCL, finetune), under the published evaluation "
+        "(benchmarks/results/dhcl_ucmd*.md, retrieval_ucm*.md, gpu_h200.md)."),
+    "real": (
+        "The real profile: the notebooks on ../shared/data (the WorldView-2 pair, UC Merced, UCM-Captions) with the "
+        "CPU profiles and cached features: 02 in scene mode on Wald-simulated UC Merced (frozen EfficientNet-Lite0 "
+        "under both branches, 10 images per class), 03 on UCM-Captions (frozen encoders, 4 epochs per method), 04 "
+        "on UC Merced (frozen encoder, every dihedral view). Tolerances come from a measured seed spread "
+        "(notebooks/baselines/real.yaml)."),
+}
+"""A paragraph per suite profile for the report page: what the profile runs and what the longer profiles reach."""
 
 
 @dataclass
@@ -64,6 +90,31 @@ def error_outputs(nb) -> list[str]:
     """``"cell N: Name: message"`` of every error output of an executed notebook (an ``nbformat`` node)."""
     return [f"cell {i}: {o.get('ename')}: {o.get('evalue')}" for i, c in enumerate(nb.cells)
             if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
+
+
+def shared_data_root() -> Path:
+    """The real-data folder: ``$RSWB_SHARED_DATA`` if set, else ``../shared/data`` beside this checkout."""
+    env = os.environ.get("RSWB_SHARED_DATA")
+    return Path(env).expanduser() if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def resolve_parameters(values: Mapping[str, Any], where: str = "parameters") -> dict[str, Any]:
+    """``values`` with ``{shared}`` in string values replaced by :func:`shared_data_root`.
+
+    Raises:
+        FileNotFoundError: a value named a path under the real-data folder that does not exist (the message names
+            the parameter, the path and how to point ``RSWB_SHARED_DATA`` elsewhere); raised before anything runs.
+    """
+    root = shared_data_root()
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, str) and "{shared}" in value:
+            value = value.replace("{shared}", str(root))
+            if not Path(value).exists():
+                raise FileNotFoundError(f"{where}: {key} = {value} does not exist; the real data is looked for in "
+                                        f"$RSWB_SHARED_DATA or ../shared/data beside the checkout ({root})")
+        out[key] = value
+    return out
 
 
 def _cell_error(path: Path) -> str:
@@ -111,6 +162,7 @@ def run_suite(profile: str = "quick", only: Sequence[str] | None = None, params:
 
     Raises:
         KeyError: an unknown profile or notebook.
+        FileNotFoundError: a ``{shared}`` data path of the profile is missing (before any notebook runs).
     """
     import papermill
 
@@ -119,13 +171,17 @@ def run_suite(profile: str = "quick", only: Sequence[str] | None = None, params:
     names = [n for n in NOTEBOOKS if not only or any(n == o or n.startswith(f"{o}_") or n[:2] == o for o in only)]
     if only and not names:
         raise KeyError(f"no notebook matches {list(only)}; notebooks: {', '.join(NOTEBOOKS)}")
-    report = Path(reports_root) / datetime.now().strftime("%Y%m%d-%H%M%S")
-    report.mkdir(parents=True, exist_ok=False)
     src = notebooks_dir()
-    results: list[NotebookResult] = []
-    for i, name in enumerate(names, 1):
+    plan = {}  # every notebook's parameters, resolved (and their data checked) before anything runs
+    for name in names:
         declared = notebook_parameters(src / f"{name}.ipynb")
         values = {**PROFILES[profile].get(name, {}), **{k: v for k, v in (params or {}).items() if k in declared}}
+        plan[name] = resolve_parameters(values, where=f"profile {profile}, {name}")
+    report = Path(reports_root) / datetime.now().strftime("%Y%m%d-%H%M%S")
+    report.mkdir(parents=True, exist_ok=False)
+    results: list[NotebookResult] = []
+    for i, name in enumerate(names, 1):
+        values = plan[name]
         values["OUTPUT_DIR"] = str((report / name).resolve())
         out = report / f"{name}.ipynb"
         if progress:
@@ -232,6 +288,7 @@ def write_index(report: Path, results: Sequence[NotebookResult], profile: str,
                         f"<p>profile <b>{html.escape(profile)}</b> · data: {html.escape(_data_of(r.parameters))} · "
                         f"{r.seconds:.0f} s · {links}</p>{error}<div class='thumbs'>{thumbs}</div>{table}")
     ok = sum(r.status == "ok" for r in results)
+    note = f"<p>{html.escape(PROFILE_NOTES[profile])}</p>" if profile in PROFILE_NOTES else ""
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>rswb notebooks: {report.name}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;margin:0.5em 0 1.5em}}
@@ -243,6 +300,7 @@ td,th{{border:1px solid #ccc;padding:4px 10px;vertical-align:top;text-align:left
 without error, in {sum(r.seconds for r in results):.0f} s. Metrics are compared with the profile's baselines
 (<code>notebooks/baselines/{html.escape(profile)}.yaml</code>): <b>drift</b> is outside the tolerance,
 <b>new</b> has no baseline.</p>
+{note}
 <table><tr><th>notebook</th><th>verdict</th><th>metrics</th><th>time</th></tr>
 {chr(10).join(summary)}
 </table>
@@ -306,6 +364,42 @@ def make_baselines(metrics: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[s
     return out
 
 
+def spread_baselines(runs: Sequence[Mapping[str, Mapping[str, Any]]],
+                     k: float = 3.0) -> dict[str, dict[str, dict[str, float]]]:
+    """Baselines from suite runs that differ only in their seed: the first run's values, the spread's tolerances.
+
+    Args:
+        runs: ``{notebook: metrics.json}`` of each run; the first is the reference (the seed CI runs).
+        k: how many sample standard deviations (over the runs, ``ddof=1``) a value may move.
+
+    Returns:
+        ``{notebook: {metric: {"value", "tol", "sd"}}}`` for every metric :func:`tolerance` compares. A trained score
+        gets ``max(k * sd, floor)`` with the floor a tenth of its :func:`tolerance` band (1 point for percentages,
+        0.01 for fractions), so a score no seed moved still allows the last digits to differ between machines; a
+        data fact or an echoed setting keeps its :func:`tolerance` (near-exact), however it varies.
+
+    Raises:
+        ValueError: fewer than two runs (no spread to measure).
+    """
+    if len(runs) < 2:
+        raise ValueError(f"a seed spread needs at least two runs, got {len(runs)}")
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for name in runs[0]:
+        flats = [flatten_metrics(r.get(name) or {}) for r in runs]
+        entries = {}
+        for key, value in flats[0].items():
+            tol = tolerance(key, value)
+            if tol is None:
+                continue
+            seen = [f[key] for f in flats if key in f]
+            sd = statistics.stdev(seen) if len(seen) > 1 else 0.0
+            if tol >= 1e-2:  # a trained score (tolerance gives data facts and settings near-exact bands)
+                tol = max(k * sd, 0.1 * tol)
+            entries[key] = {"value": round(value, 6), "tol": float(f"{tol:.3g}"), "sd": float(f"{sd:.3g}")}
+        out[name] = entries
+    return out
+
+
 def load_baselines(path: str | Path = BASELINES) -> dict[str, dict[str, dict[str, float]]]:
     """The baselines file (empty when it does not exist)."""
     import yaml
@@ -348,7 +442,7 @@ def compare_to_baselines(name: str, metrics: Mapping[str, Any],
     """
     base = baselines if baselines is not None else load_baselines()
     if name not in base:
-        return [f"{name}: no baselines (run `rswb notebooks baseline REPORT` after a quick-profile run)"]
+        return [f"{name}: no baselines (write them with `rswb notebooks baseline --profile PROFILE REPORT`)"]
     rows = {row["metric"]: row for row in metric_rows(name, metrics, base)}
     problems = []
     for row in (rows[key] for key in base[name]):  # in the baselines' order
@@ -361,24 +455,45 @@ def compare_to_baselines(name: str, metrics: Mapping[str, Any],
     return problems
 
 
-def write_baselines(report: str | Path, path: str | Path = BASELINES) -> Path:
-    """Write the baselines file from a finished quick-profile report folder (every notebook must have passed)."""
+def write_baselines(reports: str | Path | Sequence[str | Path], path: str | Path | None = None,
+                    profile: str = "quick", k: float = 3.0) -> Path:
+    """Write a profile's baselines file from finished report folders (every notebook must have written metrics).
+
+    One report: tolerances from :func:`tolerance`. Several reports of the same profile that differ only in the seed
+    (``--param SEED=1 --param "SEEDS=[1]"``): the first report's values with tolerances from their spread
+    (:func:`spread_baselines`), the way ``notebooks/baselines/real.yaml`` is made.
+
+    Args:
+        reports: a report folder, or several.
+        path: the baselines file; default :func:`baselines_path` of ``profile``.
+        profile: the suite profile the reports ran (named in the file's header).
+        k: standard deviations of the spread a value may move (several reports only).
+    """
     import yaml
 
-    report = Path(report)
-    metrics = {}
-    for name in NOTEBOOKS:
-        f = report / name / "metrics.json"
-        if not f.exists():
-            raise FileNotFoundError(f"{f}: missing; run `rswb notebooks run --profile quick` and pass its folder")
-        metrics[name] = json.loads(f.read_text())
-    header = ("# Quick-profile metrics of the notebooks on the embedded data, with tolerances\n"
-              "# (rswb.notebooks.tolerance). The notebook tests compare their runs against these values.\n"
+    folders = [Path(reports)] if isinstance(reports, (str, Path)) else [Path(r) for r in reports]
+    runs = []
+    for report in folders:
+        metrics = {}
+        for name in NOTEBOOKS:
+            f = report / name / "metrics.json"
+            if not f.exists():
+                raise FileNotFoundError(f"{f}: missing; run `rswb notebooks run --profile {profile}` and pass its "
+                                        "folder")
+            metrics[name] = json.loads(f.read_text())
+        runs.append(metrics)
+    how = (f"tolerance = max({k:g} x the sample sd over the {len(runs)} seed runs, a floor); sd is that spread"
+           if len(runs) > 1 else "tolerances from rswb.notebooks.tolerance")
+    header = (f"# {profile.capitalize()}-profile metrics of the notebooks, with tolerances ({how}).\n"
+              "# `rswb notebooks run --profile PROFILE --check` and the quick notebook tests compare with them.\n"
               "# Update deliberately, after checking the new numbers, with:\n"
-              "#   rswb notebooks run --profile quick && rswb notebooks baseline reports/<timestamp>\n"
-              f"# Written from {report.name}.\n")
-    atomic_write_text(header + yaml.safe_dump(make_baselines(metrics), sort_keys=False), Path(path))
-    return Path(path)
+              f"#   rswb notebooks run --profile {profile} && rswb notebooks baseline --profile {profile} "
+              "reports/<timestamp> [more seed reports]\n"
+              f"# Written from {', '.join(r.name for r in folders)}.\n")
+    table = spread_baselines(runs, k) if len(runs) > 1 else make_baselines(runs[0])
+    path = Path(path) if path is not None else baselines_path(profile)
+    atomic_write_text(header + yaml.safe_dump(table, sort_keys=False), path)
+    return path
 
 
 __all__ += ["write_baselines"]

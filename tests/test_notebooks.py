@@ -139,8 +139,105 @@ def test_index_shows_each_metric_beside_its_baseline_with_pass_or_drift(tmp_path
     assert "1 pass, 1 drift, 1 missing, 1 new" in page and ">drift</span>" in page
     assert "<td class='m'>bits.32.mAP@20</td><td>0.5</td><td>0.8</td><td>0.1</td><td style='color:#cf222e" in page
     assert "data: DATA_ROOT = /data/UCM" in page and "12 s" in page
+    assert "what make demo runs" in page and "What the longer profiles reach" in page  # the profile's paragraph
     figures = sorted((tmp_path / "04_hash_evaluation" / "figures").iterdir())
     assert len(figures) == 4 and figures[0].read_bytes().startswith(b"\x89PNG")  # the first four, decoded
     # Without baselines every metric is new and the verdict says so.
     page = write_index(tmp_path, [result], "quick", baselines={}).read_text()
     assert "no baseline" in page and "0 pass, 0 drift, 0 missing, 3 new" in page
+
+
+def _slow_spread(values: list[float]) -> float:
+    """The sample standard deviation, written out (the reference for spread_baselines)."""
+    mean = sum(values) / len(values)
+    return (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+
+
+def test_spread_baselines_take_the_first_run_and_k_sample_sds_on_seeded_random_runs():
+    import random
+
+    from rswb.notebooks import spread_baselines, tolerance
+
+    rng = random.Random(0)
+    runs = [{"03_retrieval_training": {"seed": s, "images": 420, "methods": {"clip": {
+        "mR": 50 + rng.gauss(0, 2), "i2t_R@1": 14 + rng.gauss(0, 0.01), "best_epoch": rng.randint(1, 9)}}}}
+        for s in range(3)]
+    base = spread_baselines(runs, k=3)["03_retrieval_training"]
+    assert set(base) == {"seed", "images", "methods.clip.mR", "methods.clip.i2t_R@1"}  # best_epoch: not compared
+    for key in ("methods.clip.mR", "methods.clip.i2t_R@1"):
+        clip = [r["03_retrieval_training"]["methods"]["clip"][key.rsplit(".", 1)[1]] for r in runs]
+        assert base[key]["value"] == pytest.approx(clip[0], abs=1e-6)
+        assert base[key]["sd"] == pytest.approx(_slow_spread(clip), rel=1e-2)
+        assert base[key]["tol"] == pytest.approx(max(3 * _slow_spread(clip), 0.1 * tolerance(key, clip[0])), rel=1e-2)
+    assert base["methods.clip.mR"]["tol"] > 1.0  # the seeds moved it: 3 sd
+    assert base["methods.clip.i2t_R@1"]["tol"] == pytest.approx(1.0)  # they did not: the floor
+    # The echoed seed varies by design and the data fact does not: both keep their near-exact band.
+    assert base["seed"] == {"value": 0, "tol": 1e-6, "sd": 1.0} and base["images"]["tol"] < 1e-3
+    with pytest.raises(ValueError, match="at least two runs"):
+        spread_baselines(runs[:1])
+
+
+def test_baseline_command_writes_a_profile_file_from_seed_reports_and_check_fails_on_drift(tmp_path, capsys):
+    from rswb.notebooks import load_baselines
+
+    reports = []
+    for seed, oa in enumerate((0.90, 0.92, 0.88)):
+        report = tmp_path / f"r{seed}"
+        for name in NOTEBOOKS:
+            (report / name).mkdir(parents=True)
+            (report / name / "metrics.json").write_text(json.dumps({"versions": {"pha_v1": {"OA": oa}}}))
+        reports.append(str(report))
+    out = tmp_path / "real.yaml"
+    assert main(["notebooks", "baseline", "--profile", "real", "--out", str(out), *reports]) == 0
+    base = load_baselines(out)
+    assert set(base) == set(NOTEBOOKS) and "real-profile" in out.read_text().lower()
+    assert base["02_pha_versions"]["versions.pha_v1.OA"] == {"value": 0.9, "tol": 0.06, "sd": 0.02}
+    (tmp_path / "r0" / NOTEBOOKS[0] / "metrics.json").unlink()
+    assert main(["notebooks", "baseline", "--profile", "real", "--out", str(out), reports[0]]) == 2
+    assert "01_data_inspection/metrics.json: missing" in capsys.readouterr().err
+
+
+def test_run_check_exits_1_with_the_diff_when_a_metric_drifted(tmp_path, monkeypatch, capsys):
+    import rswb.notebooks as nbs
+
+    monkeypatch.delenv("MPLBACKEND", raising=False)
+    base = tmp_path / "baselines"
+    base.mkdir()
+    monkeypatch.setattr(nbs, "baselines_path", lambda profile="quick": base / f"{profile}.yaml")
+    assert main(["notebooks", "run", "--only", "01", "--reports", str(tmp_path / "a"), "--check"]) == 2
+    assert "no baselines file" in capsys.readouterr().err and not (tmp_path / "a").exists()  # before running
+    good = nbs.load_baselines(nbs.BASELINES)["01_data_inspection"]
+    import yaml
+
+    (base / "quick.yaml").write_text(yaml.safe_dump({"01_data_inspection": good}))
+    assert main(["notebooks", "run", "--only", "01", "--reports", str(tmp_path / "b"), "--check"]) == 0
+    assert "no drift" in capsys.readouterr().out
+    bad = {**good, "scenes.images": {"value": 999.0, "tol": 0.001}}
+    (base / "quick.yaml").write_text(yaml.safe_dump({"01_data_inspection": bad}))
+    assert main(["notebooks", "run", "--only", "01", "--reports", str(tmp_path / "c"), "--check"]) == 1
+    err = capsys.readouterr().err
+    assert "drift: 01_data_inspection: scenes.images = 1000, baseline 999" in err
+
+
+def test_real_profile_paths_come_from_the_shared_data_root_and_a_missing_one_fails_first(tmp_path, monkeypatch):
+    from rswb.notebooks import resolve_parameters, shared_data_root
+
+    (tmp_path / "UCMerced_LandUse").mkdir()
+    monkeypatch.setenv("RSWB_SHARED_DATA", str(tmp_path))
+    assert shared_data_root() == tmp_path
+    values = resolve_parameters({"DATA_ROOT": "{shared}/UCMerced_LandUse", "EPOCHS": 3, "PROFILE": "cpu"})
+    assert values == {"DATA_ROOT": f"{tmp_path}/UCMerced_LandUse", "EPOCHS": 3, "PROFILE": "cpu"}
+    with pytest.raises(FileNotFoundError, match="CAPTIONS_ROOT = .*ucm_captions does not exist"):
+        resolve_parameters({"CAPTIONS_ROOT": "{shared}/ucm_captions"})
+    reports = tmp_path / "reports"
+    with pytest.raises(FileNotFoundError, match="profile real, 01_data_inspection"):
+        run_suite("real", reports_root=reports, progress=False)
+    assert not reports.exists()  # checked before anything ran or was written
+
+
+def test_the_real_profile_names_the_shared_data_of_every_notebook():
+    real = PROFILES["real"]
+    assert real["02_pha_versions"]["PROFILE"] == "cpu" and "UCMerced" in real["02_pha_versions"]["DATA_ROOT"]
+    assert "ucm_captions" in real["03_retrieval_training"]["DATA_ROOT"]
+    assert "worldview2" in real["01_data_inspection"]["MSPAN_ROOT"]
+    assert all(v.startswith("{shared}/") for nb in real.values() for k, v in nb.items() if k.endswith("_ROOT"))

@@ -1,9 +1,11 @@
 """The experiments API that notebooks and the suite runner call: profiles, train-or-reuse, load a run, save metrics.
 
-* :data:`PROFILES`: per task, the option overrides of each named recipe (``quick``: seconds on a 2-core CPU, for the
-  papermill tests; ``cpu``: the frozen-encoder profile with cached features; ``finetune``: partial fine-tuning from a
-  cached cut point, the CPU's way to fine-tune; ``full``: every weight trains, a GPU recipe). :data:`SUITE`: the
-  parameter values each notebook gets in each profile of ``rswb notebooks run``.
+* :data:`PROFILES`: per task, the option overrides of each named recipe (``quick``: seconds on a 2-core CPU, what
+  ``make demo`` and the papermill tests run; ``cpu``: the frozen-encoder profile with cached features;
+  ``finetune``: partial fine-tuning from a cached cut point, the CPU's way to fine-tune; ``full``: every weight
+  trains, a GPU recipe). :data:`SUITE`: the
+  parameter values each notebook gets in each profile of ``rswb notebooks run`` (``quick``: the demo on the embedded
+  data; ``real``: ``../shared/data``, the CI regression suite; ``full``: the GPU schedules).
 * :func:`train_or_reuse`: the one reuse rule. A run folder is reused when it holds a finished run of the same task
   whose saved options include every option asked for; otherwise it is trained again (replacing it).
 * :func:`profile_run`: a task's profile plus the caller's options, through that rule.
@@ -39,13 +41,18 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "pha": {
         # Seconds per version on 2 CPU cores: fewer epochs and passes, a seeded subsample of the test pixels.
         "quick": {"epochs": 8, "repeats": 8, "max_test": 3000},
+        # Scene mode on a CPU: both branches stand on the frozen ImageNet EfficientNet-Lite0, its pooled stride-8 /
+        # stride-16 / head features cached once per image (one view), so each run trains adapters in seconds
+        # (benchmarks/results/pha.md, "Pretrained branches").
+        "cpu": {"encoder": "efficientnet_lite0", "image_size": 224, "widths": "64,128,256", "views": 1,
+                "val_shots": 5},
         "full": {},
     },
     "retrieval": {
-        # Seconds per run: a small random CNN on 64-px images and the frozen MiniLM's cached token states, a 32-word
-        # tag vocabulary and a short queue.
-        "quick": {"backbone": "small_cnn", "pretrained": False, "image_size": 64, "num_tags": 32, "queue_size": 512,
-                  "batch_size": 64},
+        # Seconds per run on 2 CPU cores: the frozen ImageNet EfficientNet-Lite0 on 128-px images and the frozen
+        # MiniLM, both cached once, so each epoch only trains the method's heads (a random CNN learned nothing in the
+        # few epochs a demo has); a 32-word tag vocabulary and a short queue for the small embedded caption set.
+        "quick": {"image_size": 128, "num_tags": 32, "queue_size": 512, "batch_size": 64},
         # Frozen ImageNet EfficientNet-Lite0 and MiniLM with cached features (the task's defaults): minutes.
         "cpu": {},
         # Partial fine-tuning on a CPU: the backbone's last stage and head and MiniLM's last two layers train, on
@@ -56,11 +63,10 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "full": {"freeze_backbone": False, "freeze_text": False},
     },
     "hash": {
-        # Seconds per run: a small random CNN on 64-px images, 30 images per class. Its frozen pooled features are
-        # tiny (std ~0.006), so the hash layer needs a large lr to leave its initial, nearly constant codes within a
-        # few epochs (at the default 1e-3 every image gets about the same code).
-        "quick": {"backbone": "small_cnn", "pretrained": False, "image_size": 64, "views": 1, "per_class": 30,
-                  "lr": 0.1, "batch_size": 32},
+        # Seconds per run on 2 CPU cores: the frozen ImageNet EfficientNet-Lite0 on 128-px images, features cached
+        # once (one view, 30 images per class), so an epoch is a fraction of a second and a few dozen of them train
+        # the hash layer and the classifier well (lr 3e-3: the default 1e-3 needs about three times the epochs).
+        "quick": {"image_size": 128, "views": 1, "per_class": 30, "lr": 3e-3},
         # The frozen ImageNet EfficientNet-Lite0 with cached features (the task's defaults).
         "cpu": {},
         # Partial fine-tuning on a CPU: the backbone's last 1x1 convolution (320 -> 1280) trains with the hash layer
@@ -75,9 +81,24 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
 SUITE: dict[str, dict[str, dict[str, Any]]] = {
     "quick": {
         "01_data_inspection": {},
-        "02_pha_versions": {"PROFILE": "quick", "VERSIONS": ["pan_only", "pha_v1", "pha_v5"], "EPOCHS": 2},
-        "03_retrieval_training": {"PROFILE": "quick", "METHODS": ["vsepp", "clip", "fisvl", "kamcl"], "EPOCHS": 2},
-        "04_hash_evaluation": {"PROFILE": "quick", "BITS": [16, 32], "EPOCHS": 3, "TOP_K": 4},
+        # `make demo`: about 3 minutes on 2 CPU cores, every model clearly trained (the profiles' epochs, cached
+        # frozen features for 03 and 04).
+        "02_pha_versions": {"PROFILE": "quick", "VERSIONS": ["pan_only", "pha_v1", "pha_v5"]},
+        "03_retrieval_training": {"PROFILE": "quick", "METHODS": ["vsepp", "clip", "fisvl", "kamcl"], "EPOCHS": 8},
+        "04_hash_evaluation": {"PROFILE": "quick", "BITS": [16, 32], "EPOCHS": 40, "TOP_K": 4},
+    },
+    # The real data of ../shared/data (or $RSWB_SHARED_DATA): "{shared}" in a value is that folder. Run by .ci/run
+    # when the data is there and compared with notebooks/baselines/real.yaml (tolerances from a seed spread).
+    "real": {
+        "01_data_inspection": {"MSPAN_ROOT": "{shared}/mspan_pairs/worldview2.mat",
+                               "SCENES_ROOT": "{shared}/UCMerced_LandUse", "CAPTIONS_ROOT": "{shared}/ucm_captions",
+                               "IMAGE_ROOT": "{shared}/UCMerced_LandUse"},
+        "02_pha_versions": {"PROFILE": "cpu", "DATA_ROOT": "{shared}/UCMerced_LandUse", "EPOCHS": 30,
+                            "VERSIONS": ["pan_only", "pha_v1", "pha_v5"]},
+        "03_retrieval_training": {"PROFILE": "cpu", "DATA_ROOT": "{shared}/ucm_captions",
+                                  "IMAGE_ROOT": "{shared}/UCMerced_LandUse", "EPOCHS": 4},
+        "04_hash_evaluation": {"PROFILE": "cpu", "DATA_ROOT": "{shared}/UCMerced_LandUse", "BITS": [16, 32, 64],
+                               "EPOCHS": 30, "TOP_K": 8},
     },
     "full": {
         "01_data_inspection": {},

@@ -40,13 +40,13 @@ def test_notebook_02_runs_on_the_embedded_scene(tmp_path, monkeypatch):
     output_dir = tmp_path / "runs"
     quick = PROFILES["quick"]["02_pha_versions"]  # the suite's quick profile: its metrics are the baselines
     versions = quick["VERSIONS"]
-    assert quick["EPOCHS"] == 2 and versions[0] == "pan_only"  # the pre-trained run below matches them
+    assert "EPOCHS" not in quick and versions[0] == "pan_only"  # the pre-trained run below matches them
     # One run finished beforehand (the quick profile's options): the notebook must reuse it, not train it again.
     import rswb.tasks  # noqa: F401  (registers the "pha" task)
     from rswb.engine.launch import train_task
 
     reused = output_dir / "quick-10shot-pan_only-s0" / "metrics.json"
-    train_task("pha", {"version": "pan_only", "epochs": 2, "repeats": 8, "max_test": 3000, "progress": False},
+    train_task("pha", {"version": "pan_only", "epochs": 8, "repeats": 8, "max_test": 3000, "progress": False},
                run_name=reused.parent.name, runs_root=output_dir)
     stamp = reused.stat().st_mtime_ns
     params = {**quick, "OUTPUT_DIR": str(output_dir)}
@@ -54,10 +54,12 @@ def test_notebook_02_runs_on_the_embedded_scene(tmp_path, monkeypatch):
     assert error_outputs(nb) == []
     assert_matches_baselines("02_pha_versions", output_dir / "metrics.json")
     metrics = json.loads((output_dir / "metrics.json").read_text())
-    assert metrics["profile"] == "quick" and metrics["epochs"] == 2 and metrics["data"] == "embedded"
+    assert metrics["profile"] == "quick" and metrics["epochs"] is None and metrics["data"] == "embedded"
     assert list(metrics["versions"]) == versions
     for scores in metrics["versions"].values():
         assert 0.0 <= scores["OA"] <= 1.0 and 0.0 <= scores["AA"] <= 1.0 and -1.0 <= scores["kappa"] <= 1.0
+    # The demo shows a trained ladder (issue 17): best fused version >= 85 % OA (measured 92.9; seeds 1, 2: 92.2, 90.6).
+    assert max(s["OA"] for v, s in metrics["versions"].items() if v.startswith("pha_")) >= 0.85
     for v in versions:  # the table reports what each run recorded
         run = json.loads((output_dir / f"quick-10shot-{v}-s0" / "metrics.json").read_text())
         assert metrics["versions"][v]["OA"] == pytest.approx(run["test"]["OA"])
