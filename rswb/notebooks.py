@@ -205,7 +205,8 @@ def run_suite(profile: str = "quick", only: Sequence[str] | None = None, params:
     return report, results
 
 
-_STATUS_COLOURS = {"pass": "#1a7f37", "drift": "#cf222e", "missing": "#cf222e", "new": "#57606a"}
+_STATUS_COLOURS = {"pass": "#1a7f37", "drift": "#cf222e", "missing": "#cf222e", "new": "#57606a",
+                   "not compared": "#8c959f"}
 _MAX_THUMBNAILS = 4
 
 
@@ -413,8 +414,9 @@ def metric_rows(name: str, metrics: Mapping[str, Any],
     """Every metric of a notebook beside its baseline: ``metric, value, baseline, tol, status``.
 
     ``status`` is ``"pass"`` (within the tolerance), ``"drift"`` (outside it), ``"missing"`` (a baseline metric the
-    run did not produce) or ``"new"`` (no baseline). Drifted and missing rows come first, then the rest in the
-    notebook's order.
+    run did not produce), ``"new"`` (no baseline yet) or ``"not compared"`` (no baseline by design: the selected
+    epoch, timings; see :func:`tolerance`). Drifted and missing rows come first, then the rest in the notebook's
+    order.
     """
     base = baselines.get(name) or {}
     flat = flatten_metrics(metrics)
@@ -422,14 +424,15 @@ def metric_rows(name: str, metrics: Mapping[str, Any],
     for key, value in flat.items():
         ref = base.get(key)
         if ref is None:
-            rows.append({"metric": key, "value": value, "baseline": None, "tol": None, "status": "new"})
+            status = "new" if tolerance(key, value) is not None else "not compared"
+            rows.append({"metric": key, "value": value, "baseline": None, "tol": None, "status": status})
         else:
             ok = abs(value - ref["value"]) <= ref["tol"]
             rows.append({"metric": key, "value": value, "baseline": ref["value"], "tol": ref["tol"],
                          "status": "pass" if ok else "drift"})
     rows += [{"metric": key, "value": None, "baseline": ref["value"], "tol": ref["tol"], "status": "missing"}
              for key, ref in base.items() if key not in flat]
-    order = {"drift": 0, "missing": 0, "pass": 1, "new": 1}
+    order = {"drift": 0, "missing": 0, "pass": 1, "new": 1, "not compared": 1}
     return sorted(rows, key=lambda row: order[row["status"]])  # stable: the notebook's order within a group
 
 

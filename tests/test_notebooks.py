@@ -129,10 +129,11 @@ def test_index_shows_each_metric_beside_its_baseline_with_pass_or_drift(tmp_path
     nb.cells = [cell]
     nbformat.write(nb, tmp_path / "04_hash_evaluation.ipynb")
     base = make_baselines({"04_hash_evaluation": {"bits": {"32": {"mAP@20": 0.8, "class_acc": 0.9}}, "n": 5}})
-    metrics = {"bits": {"32": {"mAP@20": 0.5, "class_acc": 0.88}}, "extra": 1.0}  # mAP drifts, n missing
+    metrics = {"bits": {"32": {"mAP@20": 0.5, "class_acc": 0.88, "best_epoch": 7}}, "extra": 1.0}  # n: missing
     rows = metric_rows("04_hash_evaluation", metrics, base)
     assert [(r["metric"], r["status"]) for r in rows] == [
-        ("bits.32.mAP@20", "drift"), ("n", "missing"), ("bits.32.class_acc", "pass"), ("extra", "new")]
+        ("bits.32.mAP@20", "drift"), ("n", "missing"), ("bits.32.class_acc", "pass"),
+        ("bits.32.best_epoch", "not compared"), ("extra", "new")]  # the selected epoch never has a baseline
     result = NotebookResult("04_hash_evaluation", "ok", 12.0, {"DATA_ROOT": "/data/UCM", "PROFILE": "quick"},
                             metrics)
     page = write_index(tmp_path, [result], "quick", baselines=base).read_text()
