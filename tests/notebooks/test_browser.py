@@ -120,11 +120,20 @@ def _prepare(name: str, root: Path) -> Path:
 
 
 def _pictures(drv, select) -> list[str]:
-    """The ``src`` of every image in the output that holds the widget of ``select`` (its picture)."""
-    from selenium.webdriver.common.by import By
+    """The ``src`` of every image in the output that holds the widget of ``select`` (its picture).
 
-    area = select.find_element(By.XPATH, "./ancestor::div[contains(@class, 'jp-OutputArea-output')][1]")
-    return [img.get_attribute("src") for img in area.find_elements(By.TAG_NAME, "img")]
+    Read in one script, not element by element: a redraw replaces the images while they are read, and a Python-side
+    loop over elements then meets stale references.
+    """
+    return drv.execute_script("return Array.from(arguments[0].closest('.jp-OutputArea-output')"
+                              ".querySelectorAll('img'), img => img.src);", select)
+
+
+def _tracebacks(drv) -> list[str]:
+    """The text of every stderr output showing a traceback, read in one script (outputs redraw as they are read)."""
+    stderr = '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]'
+    texts = drv.execute_script(f"return Array.from(document.querySelectorAll('{stderr}'), e => e.innerText);")
+    return [t for t in texts if "Traceback" in t]
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
@@ -153,12 +162,10 @@ def test_notebook_runs_renders_and_its_widget_redraws_in_jupyterlab(lab, name):
         for _ in cells:
             keys = keys.key_down(Keys.SHIFT).send_keys(Keys.ENTER).key_up(Keys.SHIFT).pause(0.2)
         keys.perform()
-        stderr = '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]'
-        tracebacks = lambda d: [e.text for e in d.find_elements(By.CSS_SELECTOR, stderr) if "Traceback" in e.text]  # noqa: E731
         # Done when the last cell wrote metrics.json (a failing cell stops the queue: fail fast on its traceback).
         WebDriverWait(drv, RUN_TIMEOUT_S, poll_frequency=2).until(
-            lambda d: (output_dir / "metrics.json").exists() or tracebacks(d))
-        assert tracebacks(drv) == [], f"{name}: a cell failed in the browser"
+            lambda d: (output_dir / "metrics.json").exists() or _tracebacks(d))
+        assert _tracebacks(drv) == [], f"{name}: a cell failed in the browser"
         figure = drv.find_element(By.CSS_SELECTOR, ".jp-OutputArea-output img")
         drv.execute_script("arguments[0].scrollIntoView();", figure)
         assert figure.size["width"] > 100 and figure.size["height"] > 100
@@ -177,7 +184,7 @@ def test_notebook_runs_renders_and_its_widget_redraws_in_jupyterlab(lab, name):
             WebDriverWait(drv, 120).until(lambda d: _pictures(d, select) and _pictures(d, select) != seen)  # noqa: B023
             seen = _pictures(drv, select)
         drv.save_screenshot(str(SCREENSHOTS / f"{name}_widget.png"))
-        assert tracebacks(drv) == []
+        assert _tracebacks(drv) == []
     except Exception:
         drv.save_screenshot(str(SCREENSHOTS / f"{name}_failure.png"))  # what the browser showed, for the report
         raise
