@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import matplotlib
 import pytest
 
+from rswb.notebooks import shared_data_root  # the one rule: $RSWB_SHARED_DATA, else <repo>/../shared/data
+
 matplotlib.use("Agg")  # headless: plot() tests must never open a window
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def shared_data_root() -> Path:
-    """The real-data root: ``$RSWB_SHARED_DATA`` if set, else ``<repo>/../shared/data``."""
-    env = os.environ.get("RSWB_SHARED_DATA")
-    return Path(env).expanduser() if env else (REPO.parent / "shared" / "data").resolve()
 
 
 def require_shared(*parts: str) -> Path:
