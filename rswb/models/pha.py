@@ -359,10 +359,9 @@ class PHANet(nn.Module):
         with eval_mode(self):
             maps = self.stage_maps(ms, pan)
             out = {}
-            for m in ("ms", "pan"):
-                f = maps[m][-1]
-                out[m] = F.relu(torch.einsum("bchw,ac->bahw", f, self.dictionary.encode[m].weight)
-                                + self.dictionary.encode[m].bias.view(1, -1, 1, 1))
+            for m in ("ms", "pan"):  # the dictionary's own encoder, applied at every position (channels last)
+                codes = F.relu(self.dictionary.encode[m](maps[m][-1].permute(0, 2, 3, 1)))
+                out[m] = codes.permute(0, 3, 1, 2)
         return out
 
     def describe(self) -> dict[str, Any]:

@@ -157,14 +157,15 @@ def plot_class_images(folder: SceneFolder, label: int, n: int = 8, size: int = 1
 
     if not 0 <= label < len(folder.classes):
         raise ValueError(f"{folder.root}: no class {label} (it has {len(folder.classes)})")
-    paths = [Path(rec.path) for rec in folder.records if rec.label == label][:n]
+    members = [Path(rec.path) for rec in folder.records if rec.label == label]
+    paths = members[:n]
     fig, axes = plt.subplots(1, max(len(paths), 1), figsize=(1.6 * max(len(paths), 1), 2.0), squeeze=False)
     for ax, path in zip(axes[0], paths):
         ax.imshow(load_image(path, size))
         ax.set_title(path.name, fontsize=7)
     for ax in axes[0]:
         ax.axis("off")
-    fig.suptitle(f"{list(folder.classes)[label]} ({sum(rec.label == label for rec in folder.records)} images)")
+    fig.suptitle(f"{list(folder.classes)[label]} ({len(members)} images)")
     fig.tight_layout()
     return fig
 

@@ -8,7 +8,17 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-__all__ = ["plot_cam_overlays"]
+__all__ = ["overlay_heat", "plot_cam_overlays"]
+
+
+def overlay_heat(ax: Any, heat: Any, height: int, width: int, alpha: float = 0.5,
+                 interpolation: str = "bilinear") -> Any:
+    """Stretch a map in [0, 1] (any grid) over the ``height x width`` image already on ``ax`` as a ``jet`` heat map.
+
+    Every attention figure of :mod:`rswb.viz` draws its maps this way. Returns the ``AxesImage``.
+    """
+    return ax.imshow(np.asarray(heat), cmap="jet", alpha=alpha, vmin=0, vmax=1, interpolation=interpolation,
+                     extent=(0, width, height, 0))
 
 
 def plot_cam_overlays(images: Any, maps: Mapping[str, Any], titles: Sequence[str] | None = None,
@@ -34,8 +44,7 @@ def plot_cam_overlays(images: Any, maps: Mapping[str, Any], titles: Sequence[str
         for c, (name, m) in enumerate(maps.items(), 1):
             ax = axes[r, c]
             ax.imshow(images[r])
-            ax.imshow(np.asarray(m[r]), cmap="jet", alpha=alpha, vmin=0, vmax=1, interpolation="bilinear",
-                      extent=(0, w, h, 0))
+            overlay_heat(ax, m[r], h, w, alpha)
             ax.set_title(name, fontsize=9)
         for ax in axes[r]:
             ax.axis("off")

@@ -31,6 +31,7 @@ from rswb.data.mspan import MSPANScene, label_colormap
 from rswb.metrics.classification import scores_from_confusion
 from rswb.models.pha import PHA_VERSIONS, STAGE_NAMES
 from rswb.viz.common import figure_picker, pca_2d
+from rswb.viz.explain import overlay_heat
 
 __all__ = [
     "class_mean_codes",
@@ -644,9 +645,7 @@ def plot_pixel_cams(cams: Mapping[str, Any], labels: Sequence[int] | None = None
         for ax, (img, cam, title) in zip(axes[i], panels):
             ax.imshow(img, cmap="gray" if img.ndim == 2 else None, interpolation="nearest")
             if cam is not None:
-                h, w = img.shape[:2]
-                ax.imshow(np.asarray(cam[i]), cmap="jet", alpha=alpha, vmin=0, vmax=1, interpolation="nearest",
-                          extent=(0, w, h, 0))
+                overlay_heat(ax, cam[i], *img.shape[:2], alpha, interpolation="nearest")
             ax.set_title(title, fontsize=9)
             ax.axis("off")
     return fig

@@ -14,6 +14,7 @@ import torch
 from rswb.data.scenes import load_image
 from rswb.metrics.retrieval import retrieval_ranks_from_embeddings
 from rswb.viz.data import plot_captioned_images
+from rswb.viz.explain import overlay_heat
 
 __all__ = [
     "failure_cases", "plot_caption_examples", "plot_failure_cases", "plot_search_hits", "plot_similarity_matrix",
@@ -232,8 +233,7 @@ def plot_word_maps(words: Mapping[str, Any], top: int = 3, alpha: float = 0.5):
         for c, t in enumerate(order):
             ax = fig.add_subplot(grid[r, c])
             ax.imshow(image)
-            ax.imshow(np.asarray(words["maps"][level][t]), cmap="jet", alpha=alpha, vmin=0, vmax=1,
-                      interpolation="bilinear", extent=(0, w, h, 0))
+            overlay_heat(ax, words["maps"][level][t], h, w, alpha)
             ax.set_title(f"'{tokens[t]}' (stride {stride.get(level, level)})", fontsize=9)
             ax.axis("off")
     return fig
