@@ -300,7 +300,7 @@ td,th{{border:1px solid #ccc;padding:4px 10px;vertical-align:top;text-align:left
 <p>Profile <b>{html.escape(profile)}</b>, report {html.escape(report.name)}: {ok} of {len(results)} notebooks ran
 without error, in {sum(r.seconds for r in results):.0f} s. Metrics are compared with the profile's baselines
 (<code>notebooks/baselines/{html.escape(profile)}.yaml</code>): <b>drift</b> is outside the tolerance,
-<b>new</b> has no baseline.</p>
+<b>new</b> has no baseline yet, <b>not compared</b> never has one (the selected epoch, timings).</p>
 {note}
 <table><tr><th>notebook</th><th>verdict</th><th>metrics</th><th>time</th></tr>
 {chr(10).join(summary)}
