@@ -19,6 +19,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import re
 import statistics
 import time
 from collections.abc import Mapping, Sequence
@@ -31,8 +32,8 @@ from rswb.engine.experiments import SUITE
 from rswb.io import atomic_write_text
 
 __all__ = ["BASELINES", "NOTEBOOKS", "PROFILES", "PROFILE_NOTES", "NotebookResult", "baselines_path",
-           "compare_to_baselines", "error_outputs", "flatten_metrics", "load_baselines", "make_baselines",
-           "metric_rows", "notebook_parameters", "resolve_parameters", "run_suite", "shared_data_root",
+           "UNIT_BANDS", "compare_to_baselines", "error_outputs", "flatten_metrics", "load_baselines", "make_baselines",
+           "metric_rows", "metric_unit", "notebook_parameters", "resolve_parameters", "run_suite", "shared_data_root",
            "spread_baselines", "tolerance", "write_index"]
 
 NOTEBOOKS = ("01_data_inspection", "02_pha_versions", "03_retrieval_training", "04_hash_evaluation")
@@ -325,27 +326,52 @@ BASELINES = baselines_path("quick")
 
 _IGNORED = ("best_epoch", "time", "seconds")
 
+# What a trained score may move by, per unit: wide enough for seeds, thread counts and floating-point details, far
+# narrower than the drop of a broken model (chance level on the embedded data is 10 % OA, an mR of about 5, a mAP@20
+# of about 0.1). A spread measured over seeds (spread_baselines) is clipped into [floor, band].
+UNIT_BANDS: dict[str, tuple[float, float]] = {
+    "percent": (0.5, 5.0),  # R@K and mR: 0-100
+    "fraction": (0.005, 0.05),  # OA, AA, kappa, mAP, P@K, R@r (Hamming-radius recall), accuracies: 0-1
+    "rank": (0.5, 5.0),  # median and mean rank
+}
+"""``unit: (floor, band)`` of trained scores: :func:`tolerance` gives the band, :func:`spread_baselines` clips."""
+
+_PERCENT = re.compile(r"(^|_)(R@\d+|mR)$")  # i2t_R@1, published_t2i_R@10, mR, optimistic_mR
+_FRACTION = re.compile(r"(^|_)(OA|AA|kappa)(_std)?$|mAP@|MAP@|(^|_)P@|(^|_)R@r|acc")
+
+
+def metric_unit(key: str) -> str | None:
+    """The unit of a trained score (``"percent"``, ``"fraction"``, ``"rank"``), ``None`` for anything else.
+
+    The rules are tried in this order, so that the Hamming-radius recall ``R@r2`` (a fraction) is never read as a
+    retrieval recall ``R@10`` (a percentage).
+    """
+    leaf = key.rsplit(".", 1)[-1]
+    if "medr" in leaf or "meanr" in leaf:
+        return "rank"
+    if _PERCENT.search(leaf):
+        return "percent"
+    if _FRACTION.search(leaf):
+        return "fraction"
+    return None
+
 
 def tolerance(key: str, value: float) -> float | None:
     """The default absolute tolerance of a metric in the baselines (``None``: not compared).
 
-    Data facts (counts, sizes, the registration correlation) and echoed settings must match exactly (1e-6, or 1e-3
-    for the correlation). Trained scores move with the platform's floating-point details and thread counts, so they
-    get a band that still catches a broken pipeline: 10 points for percentages (``R@K``, ``mR``), 0.1 for fractions
-    (OA, AA, kappa, mAP, precision, recall, accuracy), half the value for rank statistics. Timings and the selected
-    epoch are not compared.
+    Trained scores get their unit's band (:data:`UNIT_BANDS`: 5 points for percentages, 0.05 for fractions, 5 ranks),
+    the widest a seed may move them and narrower than any broken model. Data facts (counts, sizes, rates) and echoed
+    settings must match (1e-6 relative, 1e-3 for the registration correlation). Timings and the selected epoch are
+    not compared.
     """
     leaf = key.rsplit(".", 1)[-1]
     if any(s in leaf for s in _IGNORED):
         return None
     if "correlation" in leaf:
         return 1e-3
-    if "R@" in leaf or leaf == "mR" or leaf.endswith("_mR"):  # mR under any tie rule (optimistic_mR, ...)
-        return 10.0
-    if "medr" in leaf or "meanr" in leaf:
-        return max(1.0, 0.5 * abs(value))
-    if any(s in leaf for s in ("OA", "AA", "kappa", "mAP", "MAP", "P@", "R@r", "acc", "duplicate_rate")):
-        return 0.1 if "duplicate_rate" not in leaf else 1e-6
+    unit = metric_unit(key)
+    if unit is not None:
+        return UNIT_BANDS[unit][1]
     return 1e-6 * max(1.0, abs(value))
 
 
@@ -375,9 +401,9 @@ def spread_baselines(runs: Sequence[Mapping[str, Mapping[str, Any]]],
 
     Returns:
         ``{notebook: {metric: {"value", "tol", "sd"}}}`` for every metric :func:`tolerance` compares. A trained score
-        gets ``max(k * sd, floor)`` with the floor a tenth of its :func:`tolerance` band (1 point for percentages,
-        0.01 for fractions), so a score no seed moved still allows the last digits to differ between machines; a
-        data fact or an echoed setting keeps its :func:`tolerance` (near-exact), however it varies.
+        gets ``k * sd`` clipped into its unit's ``[floor, band]`` (:data:`UNIT_BANDS`): a score no seed moved still
+        allows the last digits to differ between machines, and a noisy one never gets a band a broken model would
+        stay inside; a data fact or an echoed setting keeps its :func:`tolerance` (near-exact), however it varies.
 
     Raises:
         ValueError: fewer than two runs (no spread to measure).
@@ -394,8 +420,10 @@ def spread_baselines(runs: Sequence[Mapping[str, Mapping[str, Any]]],
                 continue
             seen = [f[key] for f in flats if key in f]
             sd = statistics.stdev(seen) if len(seen) > 1 else 0.0
-            if tol >= 1e-2:  # a trained score (tolerance gives data facts and settings near-exact bands)
-                tol = max(k * sd, 0.1 * tol)
+            unit = metric_unit(key)
+            if unit is not None:  # a trained score: its seed spread, clipped into the unit's [floor, band]
+                floor, band = UNIT_BANDS[unit]
+                tol = min(max(k * sd, floor), band)
             entries[key] = {"value": round(value, 6), "tol": float(f"{tol:.3g}"), "sd": float(f"{sd:.3g}")}
         out[name] = entries
     return out
@@ -485,7 +513,8 @@ def write_baselines(reports: str | Path | Sequence[str | Path], path: str | Path
                                         "folder")
             metrics[name] = json.loads(f.read_text())
         runs.append(metrics)
-    how = (f"tolerance = max({k:g} x the sample sd over the {len(runs)} seed runs, a floor); sd is that spread"
+    how = (f"tolerance = {k:g} x the sample sd over the {len(runs)} seed runs, clipped into the unit's [floor, band] "
+           "of rswb.notebooks.UNIT_BANDS; sd is that spread"
            if len(runs) > 1 else "tolerances from rswb.notebooks.tolerance")
     header = (f"# {profile.capitalize()}-profile metrics of the notebooks, with tolerances ({how}).\n"
               "# `rswb notebooks run --profile PROFILE --check` and the quick notebook tests compare with them.\n"

@@ -30,7 +30,12 @@ def test_trained_scores_get_a_band_under_every_tie_rule():
 
     for key in ("methods.clip.mR", "methods.clip.optimistic_mR", "methods.fisvl.published_mR",
                 "methods.kamcl.pessimistic_i2t_R@1"):
-        assert tolerance(key, 52.7) == 10.0, key
+        assert tolerance(key, 52.7) == 5.0, key
+    # The Hamming-radius recall R@r2 is a fraction (it once caught the percentage rule of R@K: a band of 10).
+    for key in ("bits.16.R@r2", "bits.16.R@r2_nocue", "bits.16.P@r2", "bits.32.mAP@20", "bits.32.class_acc",
+                "versions.pha_v1.OA", "versions.pha_v1.kappa_std"):
+        assert tolerance(key, 0.9) == 0.05, key
+    assert tolerance("methods.clip.i2t_medr", 3.0) == 5.0
     assert tolerance("captions.n_test", 150) == pytest.approx(1.5e-4)  # data facts must match
 
 
@@ -73,7 +78,7 @@ def test_a_drifted_metric_fails_with_a_readable_diff():
     drifted = {"methods": {"clip": {"mR": 12.0}}, "seed": 1}  # a broken pipeline: mR collapsed, medr missing
     problems = compare_to_baselines("03_retrieval_training", drifted, base)
     assert len(problems) == 3
-    assert "methods.clip.mR = 12, baseline 41.5 (difference -29.5, tolerance 10)" in problems[0]
+    assert "methods.clip.mR = 12, baseline 41.5 (difference -29.5, tolerance 5)" in problems[0]
     assert "methods.clip.i2t_medr missing" in problems[1] and "seed = 1, baseline 0" in problems[2]
     assert "no baselines" in compare_to_baselines("99_new", metrics, base)[0]
 
@@ -138,7 +143,7 @@ def test_index_shows_each_metric_beside_its_baseline_with_pass_or_drift(tmp_path
                             metrics)
     page = write_index(tmp_path, [result], "quick", baselines=base).read_text()
     assert "1 pass, 1 drift, 1 missing, 1 new" in page and ">drift</span>" in page
-    assert "<td class='m'>bits.32.mAP@20</td><td>0.5</td><td>0.8</td><td>0.1</td><td style='color:#cf222e" in page
+    assert "<td class='m'>bits.32.mAP@20</td><td>0.5</td><td>0.8</td><td>0.05</td><td style='color:#cf222e" in page
     assert "data: DATA_ROOT = /data/UCM" in page and "12 s" in page
     assert "what make demo runs" in page and "What the longer profiles reach" in page  # the profile's paragraph
     figures = sorted((tmp_path / "04_hash_evaluation" / "figures").iterdir())
@@ -157,7 +162,7 @@ def _slow_spread(values: list[float]) -> float:
 def test_spread_baselines_take_the_first_run_and_k_sample_sds_on_seeded_random_runs():
     import random
 
-    from rswb.notebooks import spread_baselines, tolerance
+    from rswb.notebooks import UNIT_BANDS, metric_unit, spread_baselines
 
     rng = random.Random(0)
     runs = [{"03_retrieval_training": {"seed": s, "images": 420, "methods": {"clip": {
@@ -169,9 +174,10 @@ def test_spread_baselines_take_the_first_run_and_k_sample_sds_on_seeded_random_r
         clip = [r["03_retrieval_training"]["methods"]["clip"][key.rsplit(".", 1)[1]] for r in runs]
         assert base[key]["value"] == pytest.approx(clip[0], abs=1e-6)
         assert base[key]["sd"] == pytest.approx(_slow_spread(clip), rel=1e-2)
-        assert base[key]["tol"] == pytest.approx(max(3 * _slow_spread(clip), 0.1 * tolerance(key, clip[0])), rel=1e-2)
-    assert base["methods.clip.mR"]["tol"] > 1.0  # the seeds moved it: 3 sd
-    assert base["methods.clip.i2t_R@1"]["tol"] == pytest.approx(1.0)  # they did not: the floor
+        floor, band = UNIT_BANDS[metric_unit(key)]
+        assert base[key]["tol"] == pytest.approx(min(max(3 * _slow_spread(clip), floor), band), rel=1e-2)
+    assert 1.0 < base["methods.clip.mR"]["tol"] <= 5.0  # the seeds moved it: 3 sd, never past the band
+    assert base["methods.clip.i2t_R@1"]["tol"] == pytest.approx(0.5)  # they did not: the floor
     # The echoed seed varies by design and the data fact does not: both keep their near-exact band.
     assert base["seed"] == {"value": 0, "tol": 1e-6, "sd": 1.0} and base["images"]["tol"] < 1e-3
     with pytest.raises(ValueError, match="at least two runs"):
@@ -192,7 +198,8 @@ def test_baseline_command_writes_a_profile_file_from_seed_reports_and_check_fail
     assert main(["notebooks", "baseline", "--profile", "real", "--out", str(out), *reports]) == 0
     base = load_baselines(out)
     assert set(base) == set(NOTEBOOKS) and "real-profile" in out.read_text().lower()
-    assert base["02_pha_versions"]["versions.pha_v1.OA"] == {"value": 0.9, "tol": 0.06, "sd": 0.02}
+    # 3 sd = 0.06 is wider than a fraction's band: the band (0.05) holds.
+    assert base["02_pha_versions"]["versions.pha_v1.OA"] == {"value": 0.9, "tol": 0.05, "sd": 0.02}
     (tmp_path / "r0" / NOTEBOOKS[0] / "metrics.json").unlink()
     assert main(["notebooks", "baseline", "--profile", "real", "--out", str(out), reports[0]]) == 2
     assert "01_data_inspection/metrics.json: missing" in capsys.readouterr().err
@@ -242,3 +249,36 @@ def test_the_real_profile_names_the_shared_data_of_every_notebook():
     assert "ucm_captions" in real["03_retrieval_training"]["DATA_ROOT"]
     assert "worldview2" in real["01_data_inspection"]["MSPAN_ROOT"]
     assert all(v.startswith("{shared}/") for nb in real.values() for k, v in nb.items() if k.endswith("_ROOT"))
+
+
+@pytest.mark.parametrize("profile", ["quick", "real"])
+def test_committed_tolerances_can_fail(profile):
+    """Every trained score's committed band is inside its unit's band, and a move past it is reported as drift."""
+    from rswb.notebooks import UNIT_BANDS, baselines_path, compare_to_baselines, load_baselines, metric_unit
+
+    base = load_baselines(baselines_path(profile))
+    seen = set()
+    for name, entries in base.items():
+        values = {key: e["value"] for key, e in entries.items()}
+        for key, entry in entries.items():
+            unit = metric_unit(key)
+            if unit is not None:
+                assert entry["tol"] <= UNIT_BANDS[unit][1], (profile, name, key, entry)
+                seen.add(unit)
+            # One metric moved 1.5 tolerances (at least one unit of its last digit), every other one as recorded.
+            moved = dict(values, **{key: entry["value"] + max(1.5 * entry["tol"], 1e-5)})
+            problems = compare_to_baselines(name, _unflatten(moved), base)
+            assert len(problems) == 1 and problems[0].startswith(f"{name}: {key} = "), (profile, key, problems)
+        assert compare_to_baselines(name, _unflatten(values), base) == []
+    assert seen == set(UNIT_BANDS)  # percentages, fractions and ranks are all under test
+
+
+def _unflatten(flat: dict[str, float]) -> dict:
+    out: dict = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
