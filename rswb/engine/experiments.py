@@ -8,7 +8,8 @@
   data; ``real``: ``../shared/data``, the CI regression suite; ``full``: the GPU schedules).
 * :func:`train_or_reuse`: the one reuse rule. A run folder is reused when it holds a finished run of the same task
   whose saved options include every option asked for; otherwise it is trained again (replacing it).
-* :func:`profile_run`: a task's profile plus the caller's options, through that rule.
+* :func:`profile_run`: a task's profile plus the caller's options, through that rule; :func:`notebook_run` names
+  the folder after the options (:func:`run_name`), so runs with other settings never replace each other.
 * :func:`load_run`: a finished run rebuilt: its task with the selected weights, its splits, config and metrics.
 * :func:`save_metrics`: a notebook's ``metrics.json``, written atomically; :func:`run_history`: a run's epoch records.
 * :func:`tie_table`: retrieval runs' headline numbers next to every other tie rule; :func:`compare`: runs side by
@@ -34,8 +35,8 @@ from rswb.engine.task import Task
 from rswb.io import atomic_write_json
 from rswb.registry import get
 
-__all__ = ["PROFILES", "SUITE", "LoadedRun", "compare", "finished_with", "load_run", "profile_options", "profile_run",
-           "run_history", "save_metrics", "task_config", "tie_table", "train_or_reuse"]
+__all__ = ["PROFILES", "SUITE", "LoadedRun", "compare", "finished_with", "load_run", "notebook_run", "profile_options",
+           "profile_run", "run_history", "run_name", "save_metrics", "task_config", "tie_table", "train_or_reuse"]
 
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "pha": {
@@ -52,7 +53,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         # Seconds per run on 2 CPU cores: the frozen ImageNet EfficientNet-Lite0 on 128-px images and the frozen
         # MiniLM, both cached once, so each epoch only trains the method's heads (a random CNN learned nothing in the
         # few epochs a demo has); a 32-word tag vocabulary and a short queue for the small embedded caption set.
-        "quick": {"image_size": 128, "num_tags": 32, "queue_size": 512, "batch_size": 64},
+        "quick": {"image_size": 128, "num_tags": 32, "queue_size": 512, "batch_size": 64, "epochs": 8},
         # Frozen ImageNet EfficientNet-Lite0 and MiniLM with cached features (the task's defaults): minutes.
         "cpu": {},
         # Partial fine-tuning on a CPU: the backbone's last stage and head and MiniLM's last two layers train, on
@@ -66,7 +67,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         # Seconds per run on 2 CPU cores: the frozen ImageNet EfficientNet-Lite0 on 128-px images, features cached
         # once (one view, 30 images per class), so an epoch is a fraction of a second and a few dozen of them train
         # the hash layer and the classifier well (lr 3e-3: the default 1e-3 needs about three times the epochs).
-        "quick": {"image_size": 128, "views": 1, "per_class": 30, "lr": 3e-3},
+        "quick": {"image_size": 128, "views": 1, "per_class": 30, "lr": 3e-3, "epochs": 40},
         # The frozen ImageNet EfficientNet-Lite0 with cached features (the task's defaults).
         "cpu": {},
         # Partial fine-tuning on a CPU: the backbone's last 1x1 convolution (320 -> 1280) trains with the hash layer
@@ -80,12 +81,12 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
 
 SUITE: dict[str, dict[str, dict[str, Any]]] = {
     "quick": {
+        # `make demo` passes nothing: each notebook's own defaults are the demo, so Run All in JupyterLab gives what
+        # the demo gives (the quick task profiles: their epochs, cached frozen features for 03 and 04).
         "01_data_inspection": {},
-        # `make demo`: about 3 minutes on 2 CPU cores, every model clearly trained (the profiles' epochs, cached
-        # frozen features for 03 and 04).
-        "02_pha_versions": {"PROFILE": "quick", "VERSIONS": ["pan_only", "pha_v1", "pha_v5"]},
-        "03_retrieval_training": {"PROFILE": "quick", "METHODS": ["vsepp", "clip", "fisvl", "kamcl"], "EPOCHS": 8},
-        "04_hash_evaluation": {"PROFILE": "quick", "BITS": [16, 32], "EPOCHS": 40, "TOP_K": 4},
+        "02_pha_versions": {},
+        "03_retrieval_training": {},
+        "04_hash_evaluation": {},
     },
     # The real data of ../shared/data (or $RSWB_SHARED_DATA): "{shared}" in a value is that folder. Run by .ci/run
     # when the data is there and compared with notebooks/baselines/real.yaml (tolerances from a seed spread).
@@ -171,11 +172,41 @@ def profile_run(task: str, profile: str, run_dir: str | Path, *, device: str | N
     Returns:
         The run folder.
     """
+    return train_or_reuse(task, _profile_options_resolved(task, profile, options), run_dir, device=device,
+                          progress=progress)
+
+
+def _profile_options_resolved(task: str, profile: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """``profile``'s options plus ``options``, with path options made absolute."""
     opts = {**profile_options(task, profile), **options}
     for key in _PATH_OPTIONS:
         if opts.get(key) is not None:
             opts[key] = str(Path(opts[key]).expanduser().resolve())
-    return train_or_reuse(task, opts, run_dir, device=device, progress=progress)
+    return opts
+
+
+def run_name(label: str, options: Mapping[str, Any]) -> str:
+    """``label`` and a short digest of ``options``: runs with different settings get different folder names.
+
+    The digest is the first 6 hex digits of the SHA-256 of the options as sorted JSON, so the same settings always
+    name the same folder (and a notebook re-run reuses it) while any other setting names another one.
+    """
+    import hashlib
+
+    blob = json.dumps(dict(options), sort_keys=True, default=str).encode()
+    return f"{label}-{hashlib.sha256(blob).hexdigest()[:6]}"
+
+
+def notebook_run(task: str, profile: str, output_dir: str | Path, label: str, *, device: str | None = None,
+                 progress: bool = True, **options: Any) -> Path:
+    """:func:`profile_run` in ``output_dir/<label>-<digest of the options>`` (:func:`run_name`).
+
+    What notebooks call: a run with other settings (epochs, data, seed, ...) lands in a folder of its own instead of
+    replacing the earlier one, and the same settings reuse the finished run.
+    """
+    opts = _profile_options_resolved(task, profile, options)
+    return train_or_reuse(task, opts, Path(output_dir, run_name(f"{profile}-{label}", {"task": task, **opts})),
+                          device=device, progress=progress)
 
 
 @dataclass

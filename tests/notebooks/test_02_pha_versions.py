@@ -38,18 +38,17 @@ def test_notebook_02_runs_on_the_embedded_scene(tmp_path, monkeypatch):
     # CI exports MPLBACKEND=Agg for the test process; the kernel must keep Jupyter's inline backend to show figures.
     monkeypatch.delenv("MPLBACKEND", raising=False)
     output_dir = tmp_path / "runs"
-    quick = PROFILES["quick"]["02_pha_versions"]  # the suite's quick profile: its metrics are the baselines
-    versions = quick["VERSIONS"]
-    assert "EPOCHS" not in quick and versions[0] == "pan_only"  # the pre-trained run below matches them
-    # One run finished beforehand (the quick profile's options): the notebook must reuse it, not train it again.
+    # Run All is the demo (issue 29): the quick suite passes nothing, the notebook's own defaults are what runs.
+    assert PROFILES["quick"]["02_pha_versions"] == {}
+    versions = ["ms_only", "pan_only", "pha_v1", "pha_v2", "pha_v3", "pha_v4", "pha_v5"]
+    # One run finished beforehand with the notebook's options: the notebook must reuse it, not train it again.
     import rswb.tasks  # noqa: F401  (registers the "pha" task)
-    from rswb.engine.launch import train_task
+    from rswb.engine.experiments import notebook_run
 
-    reused = output_dir / "quick-10shot-pan_only-s0" / "metrics.json"
-    train_task("pha", {"version": "pan_only", "epochs": 8, "repeats": 8, "max_test": 3000, "progress": False},
-               run_name=reused.parent.name, runs_root=output_dir)
+    reused = notebook_run("pha", "quick", output_dir, "10shot-pan_only-s0", progress=False, data=None, shots=10,
+                          version="pan_only", seed=0) / "metrics.json"
     stamp = reused.stat().st_mtime_ns
-    params = {**quick, "OUTPUT_DIR": str(output_dir)}
+    params = {"OUTPUT_DIR": str(output_dir)}
     nb = run_notebook(NOTEBOOK, tmp_path / "02_out.ipynb", tmp_path, **params)
     assert error_outputs(nb) == []
     assert_matches_baselines("02_pha_versions", output_dir / "metrics.json")
@@ -61,7 +60,8 @@ def test_notebook_02_runs_on_the_embedded_scene(tmp_path, monkeypatch):
     # The demo shows a trained ladder (issue 17): best fused version >= 85 % OA (measured 92.9; seeds 1, 2: 92.2, 90.6).
     assert max(s["OA"] for v, s in metrics["versions"].items() if v.startswith("pha_")) >= 0.85
     for v in versions:  # the table reports what each run recorded
-        run = json.loads((output_dir / f"quick-10shot-{v}-s0" / "metrics.json").read_text())
+        run_dir, = output_dir.glob(f"quick-10shot-{v}-s0-*")  # named by its options: one folder per version
+        run = json.loads((run_dir / "metrics.json").read_text())
         assert metrics["versions"][v]["OA"] == pytest.approx(run["test"]["OA"])
     # Figures: scene, bars, confusion matrices (one when pha_v1 is the best), maps, alignment, embedding, dictionary.
     images = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
