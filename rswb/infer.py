@@ -28,6 +28,7 @@ from rswb.engine.device import select_device, to_device
 from rswb.engine.retrieval import RetrievalTask
 from rswb.engine.task import EvalContext
 from rswb.metrics.classification import classification_report, scores_from_confusion
+from rswb.models.hashing import cue_bits
 from rswb.models.pha import STAGE_NAMES
 from rswb.utils import eval_mode
 
@@ -204,8 +205,10 @@ def load_codes(run_dir: str | Path, device: str | None = None) -> dict[str, Any]
         device: where to run the model (None: the best available).
 
     Returns:
-        ``code`` ``[N, K + cue bits]`` and ``bits`` ``[N, K]`` (int8, ``{-1, +1}``; with and without the semantic
-        cue), ``pred`` and ``label`` ``[N]`` (int64), ``paths`` (the image file of each item), ``class_names`` and
+        ``code`` ``[N, K + c * repeats]`` (the ranking code: hash bits and the semantic cue, each of its c class bits
+        repeated so that the class ranks first) and ``bits`` ``[N, K]`` (int8, ``{-1, +1}``, without the cue);
+        ``hash_bits`` (K), ``cue_bits`` (c, 0 without the cue) and ``code_bits`` (K + c: what a code stores),
+        ``pred`` and ``label`` ``[N]`` (int64), ``paths`` (the image file of each item), ``class_names`` and
         ``metrics`` (the run's recorded test metrics), in the order of the query set (= database).
 
     Raises:
@@ -218,7 +221,10 @@ def load_codes(run_dir: str | Path, device: str | None = None) -> dict[str, Any]
     labels = out["label"].numpy().astype(np.int64)
     if len(query) != len(labels) or not np.array_equal(query.labels, labels):
         raise RuntimeError(f"{run.path}: the query folder under {query.root} no longer matches the run's test split")
+    model = task.model
+    cue = cue_bits(model.num_classes) if model.cue else 0
     return {"code": out["code"].numpy().astype(np.int8), "bits": out["bits"].numpy().astype(np.int8),
+            "hash_bits": int(model.bits), "cue_bits": cue, "code_bits": int(model.bits) + cue,
             "pred": out["pred"].numpy().astype(np.int64), "label": labels,
             "paths": [str(r.path) for r in query.records], "class_names": list(query.classes),
             "metrics": (run.read_final() or {}).get("test", {})}

@@ -168,14 +168,28 @@ class MSPANScene:
         return fig
 
 
-def label_colormap(num_classes: int):
-    """A fixed colour table for label maps: black for 0 (unlabelled), then tab20 colours for 1..C."""
+def class_colors(num_classes: int) -> list[tuple[float, ...]]:
+    """``num_classes`` distinct colours, one per class.
+
+    tab10 up to 10 classes, tab20 up to 20, then tab20b and tab20c (60 in all), then evenly spaced hues: no two
+    classes ever share a colour (UC Merced's 21 classes once wrapped round tab20).
+    """
     from matplotlib import colormaps
+
+    n = max(int(num_classes), 1)
+    if n <= 10:
+        return list(colormaps["tab10"].colors[:n])
+    table = [*colormaps["tab20"].colors, *colormaps["tab20b"].colors, *colormaps["tab20c"].colors]
+    if n <= len(table):
+        return list(table[:n])
+    return [tuple(colormaps["hsv"](i / n)) for i in range(n)]
+
+
+def label_colormap(num_classes: int):
+    """A fixed colour table for label maps: black for 0 (unlabelled), then :func:`class_colors` for 1..C."""
     from matplotlib.colors import ListedColormap
 
-    base = colormaps["tab20"].colors
-    colors = [(0.0, 0.0, 0.0)] + [base[i % len(base)] for i in range(max(num_classes, 1))]
-    return ListedColormap(colors)
+    return ListedColormap([(0.0, 0.0, 0.0), *class_colors(num_classes)])
 
 
 # ----------------------------------------------------------------------------------------------------------- reading

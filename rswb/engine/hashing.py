@@ -17,6 +17,7 @@ from torch import nn
 from rswb.engine.task import Task
 from rswb.metrics.hashing import hash_metrics
 from rswb.metrics.legacy import dhcl_map_at_k
+from rswb.models.hashing import cue_bits
 
 __all__ = ["HashTask"]
 
@@ -58,7 +59,11 @@ class HashTask(Task):
         return {"code": enc["code"], "bits": enc["bits"], "pred": enc["pred"], "label": batch["label"]}
 
     def metrics(self, outputs: dict[str, torch.Tensor]) -> dict[str, float]:
-        """mAP@K, P@K, mAP@all, P@r2, R@r2 of the codes, the same without cue, DHCL's MAP@K, class accuracy."""
+        """mAP@K, P@K, mAP@all, P@r2, R@r2 of the codes, the same without cue, DHCL's MAP@K, class accuracy.
+
+        Also the code length as stored: ``hash_bits`` (K), ``cue_bits`` (c = ceil(log2 C), 0 without the cue) and
+        ``code_bits`` (K + c): a "32-bit" DHCL code on 21 classes is 32 + 5 bits.
+        """
         labels = outputs["label"].numpy()
         k = self.topk
         main = outputs["code"] if self.model.cue else outputs["bits"]
@@ -68,4 +73,9 @@ class HashTask(Task):
         res.update({f"{key}_nocue": v for key, v in nocue.items()})
         res[f"dhcl_MAP@{k}"] = dhcl_map_at_k(main, labels, k)
         res["class_acc"] = float((outputs["pred"].numpy() == labels).mean())
+        # What a code stores: K hash bits plus, with the cue, ceil(log2 C) class bits. The ranking code repeats each
+        # class bit K + 1 times (class first, then Hamming) but holds no more information than K + c bits.
+        res["hash_bits"] = self.model.bits
+        res["cue_bits"] = cue_bits(self.model.num_classes) if self.model.cue else 0
+        res["code_bits"] = res["hash_bits"] + res["cue_bits"]
         return res

@@ -2,10 +2,12 @@
 
 ``backbone -> global pooling -> linear hash layer (K bits, tanh relaxation) -> classification head on the code``.
 At evaluation the code is ``sign(h)`` and the **semantic cue** is appended: the predicted class index written in
-binary (``ceil(log2 C)`` bits as +-1), each cue bit repeated ``cue_repeats`` times. With ``cue_repeats = K + 1`` (the
-default) one differing cue bit outweighs every hash bit, so Hamming ranking first separates predicted classes and
-then orders within them, which is what the paper describes; ``cue_repeats = 1`` is the literal append (the cue only
-breaks ties); ``cue=False`` is the ablation without it.
+binary (``c = ceil(log2 C)`` bits as +-1). A code therefore stores **K + c bits** (32 + 5 on UC Merced's 21 classes),
+and that is the length every table reports. To rank class first and then by Hamming distance, as the paper
+describes, the ranking code repeats each cue bit ``cue_repeats`` times: with ``cue_repeats = K + 1`` (the default) one
+differing class bit outweighs every hash bit. The repeats are an implementation detail of the ranking (a weighted
+Hamming distance on the K + c stored bits), not extra information; ``cue_repeats = 1`` is the literal append (the cue
+only breaks ties); ``cue=False`` is the ablation without it.
 
 The backbone is any registered backbone with ``forward_features(x)["pooled"]`` and ``num_features``. With
 ``frozen_backbone=True`` the model also accepts precomputed backbone features (``batch["features"]``), which is how
@@ -141,7 +143,10 @@ class DHCL(nn.Module):
 
     @torch.no_grad()
     def encode(self, batch: dict[str, Any], cue: bool | None = None) -> dict[str, torch.Tensor]:
-        """Evaluation codes: ``{"bits": sign(h) [B, K], "pred": [B], "code": bits (+ cue) [B, K (+ cue)]}``."""
+        """Evaluation codes: ``{"bits": sign(h) [B, K], "pred": [B], "code": bits (+ cue) [B, K (+ c * repeats)]}``.
+
+        ``code`` is the ranking code (each of the c cue bits repeated ``cue_repeats`` times); it stores K + c bits.
+        """
         out = self.forward(batch)
         bits = torch.where(out["code"] >= 0, 1.0, -1.0)
         pred = out["logits"].argmax(1)

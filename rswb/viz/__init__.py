@@ -16,6 +16,8 @@ from rswb.viz.data import (
 )
 from rswb.viz.explain import plot_cam_overlays
 from rswb.viz.hashing import (
+    cue_gain,
+    describe_cue,
     gallery_widget,
     hamming_ranking,
     plot_code_embedding,
@@ -76,6 +78,8 @@ __all__ = [
     "plot_token_similarity",
     "plot_training_curves",
     "search_widget",
+    "cue_gain",
+    "describe_cue",
     "gallery_widget",
     "hamming_ranking",
     "plot_alignment_curves",

@@ -21,11 +21,14 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from rswb.data.mspan import class_colors
 from rswb.data.scenes import load_image
 from rswb.metrics.hashing import binarize, hamming_distance, pack_codes
 from rswb.viz.common import pca_2d
 
 __all__ = [
+    "cue_gain",
+    "describe_cue",
     "gallery_widget",
     "hamming_ranking",
     "plot_code_embedding",
@@ -62,34 +65,67 @@ def _pairwise_distances(codes: np.ndarray) -> np.ndarray:
 def plot_map_vs_bits(df: pd.DataFrame, metric: str = "mAP@20", ax: Axes | None = None) -> Figure:
     """mAP@K against the code length, with the semantic cue and without it.
 
+    With the cue a code stores K hash bits and c class bits: when the table has a ``cue_bits`` column the ticks read
+    ``K + c`` and the legend says so, so a "32-bit" code with the cue is not mistaken for 32 bits.
+
     Args:
         df: one row per code length, with the code length in a ``bits`` column (or as the index) and the columns
-            ``metric`` (with cue) and, when present, ``metric + "_nocue"`` (e.g. the table of
+            ``metric`` (with cue) and, when present, ``metric + "_nocue"`` and ``cue_bits`` (e.g. the table of
             :func:`rswb.engine.runs.compare` over the runs, plus a ``bits`` column).
         metric: the metric to plot.
         ax: axes to draw on (default: a new figure).
 
     Returns:
-        The figure: one line with cue, one without (when the column exists), the code lengths as x ticks.
+        The figure: one line with cue, one without (when the column exists), the code lengths as x ticks; the
+        title gives the mean gain of the cue computed from the two lines (:func:`cue_gain`).
     """
     bits = np.asarray(df["bits"] if "bits" in df.columns else df.index, dtype=float)
     if metric not in df.columns:
         raise KeyError(f"no column {metric!r} in the table; columns: {', '.join(map(str, df.columns))}")
     order = np.argsort(bits, kind="stable")
+    cue = np.asarray(df["cue_bits"], dtype=float)[order] if "cue_bits" in df.columns else None
     ax = _axes(ax, (5, 3.5))
-    ax.plot(bits[order], np.asarray(df[metric], dtype=float)[order], marker="o", label="with cue")
+    with_label = "with cue (K + c bits)" if cue is not None else "with cue"
+    ax.plot(bits[order], np.asarray(df[metric], dtype=float)[order], marker="o", label=with_label)
+    title = f"{metric} vs code length"
     if f"{metric}_nocue" in df.columns:
         ax.plot(bits[order], np.asarray(df[f"{metric}_nocue"], dtype=float)[order], marker="s", linestyle="--",
-                label="without cue")
+                label="without cue (K bits)")
+        gain = cue_gain(df, metric)
+        title += f"\nthe cue {'adds' if gain >= 0 else 'costs'} {abs(gain):.3f} on average"
     ax.set_xticks(bits[order])
-    ax.set_xticklabels([f"{b:g}" for b in bits[order]])
-    ax.set_xlabel("code length (bits)")
+    ax.set_xticklabels([f"{b:g}" if cue is None else f"{b:g} + {c:g}" for b, c in
+                        zip(bits[order], cue if cue is not None else bits[order])])
+    ax.set_xlabel("code length: K hash bits" + (" + c class bits (with cue)" if cue is not None else ""))
     ax.set_ylabel(metric)
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend()
-    ax.set_title(f"{metric} vs code length")
+    ax.set_title(title)
     return ax.figure
+
+
+def cue_gain(df: pd.DataFrame, metric: str = "mAP@20") -> float:
+    """The mean over code lengths of ``metric`` with the cue minus without it (negative: the cue costs)."""
+    return float(np.mean(np.asarray(df[metric], dtype=float) - np.asarray(df[f"{metric}_nocue"], dtype=float)))
+
+
+def describe_cue(df: pd.DataFrame, metric: str = "mAP@20") -> str:
+    """One sentence on what the cue did, computed from the table :func:`plot_map_vs_bits` draws.
+
+    Names each code length as ``K + c bits`` (when the table has ``cue_bits``), the value with and without the cue
+    and the difference, and says "adds" or "costs" from the sign of the mean difference.
+    """
+    bits = np.asarray(df["bits"] if "bits" in df.columns else df.index, dtype=float)
+    cue = np.asarray(df["cue_bits"], dtype=float) if "cue_bits" in df.columns else None
+    parts = []
+    for i, b in enumerate(bits):
+        name = f"{b:g} + {cue[i]:g} bits" if cue is not None else f"{b:g} bits"
+        w, wo = float(df[metric].iloc[i]), float(df[f"{metric}_nocue"].iloc[i])
+        parts.append(f"{name}: {w:.3f} with the cue, {wo:.3f} without ({w - wo:+.3f})")
+    gain = cue_gain(df, metric)
+    verdict = ("the cue adds" if gain > 0 else "the cue costs" if gain < 0 else "the cue changes nothing,")
+    return f"{metric}: " + "; ".join(parts) + f". On average {verdict} {abs(gain):.3f}."
 
 
 def plot_pr_curves(curves: Mapping[str, Mapping[str, np.ndarray]], ax: Axes | None = None) -> Figure:
@@ -198,11 +234,11 @@ def plot_code_embedding(codes: Any, labels: Any, class_names: Sequence[str] | No
         raise ValueError(f"method must be 'pca' or 'tsne', got {method!r}")
     ax = _axes(ax, (6, 4.5))
     classes = np.unique(y)
-    cmap = plt.get_cmap("tab20" if len(classes) > 10 else "tab10")
+    colours = class_colors(len(classes))  # one colour per class, never wrapped round a palette
     for n, c in enumerate(classes):
         m = y == c
         name = class_names[int(c)] if class_names is not None else str(c)
-        ax.scatter(xy[m, 0], xy[m, 1], s=12, alpha=0.75, color=cmap(n % cmap.N), label=name)
+        ax.scatter(xy[m, 0], xy[m, 1], s=12, alpha=0.75, color=colours[n], label=name)
     ax.set_xlabel(axis_labels[0])
     ax.set_ylabel(axis_labels[1])
     ax.legend(fontsize="x-small", markerscale=1.5, loc="center left", bbox_to_anchor=(1.0, 0.5))
