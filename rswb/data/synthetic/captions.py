@@ -115,7 +115,8 @@ def _sample_caption_scene(rng: np.random.Generator) -> tuple[str, list[dict]]:
 
 def _draw_caption_image(
     rng: np.random.Generator, background: str, objects: list[dict], size: int
-) -> np.ndarray:
+) -> tuple[np.ndarray, list[dict]]:
+    """The image and, per object, its colour, shape and pixel box ``[x0, y0, x1, y1]`` (the ground truth)."""
     img = _caption_background(rng, background, size)
     cell = size / 3
     shapes = []
@@ -138,7 +139,10 @@ def _draw_caption_image(
 
     img = _draw(img, paint)
     img = img + rng.normal(0, 2.5, img.shape).astype(np.float32)
-    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+    boxes = [{"colour": obj["colour"], "shape": obj["shape"], "box": [round(x0, 2), round(y0, 2), round(x0 + e, 2),
+                                                                       round(y0 + e, 2)]}
+             for obj, (_, x0, y0, e, _) in zip(objects, shapes)]
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8), boxes
 
 
 def _np(count: int, colour: str | None, noun: str) -> str:
@@ -249,6 +253,8 @@ def synth_captions(
           the lower-case words.
         - ``{split}_caps.txt`` for train / val / test: one caption per line, an image's captions consecutive,
           images in ``imgid`` order.
+        - ``objects.json``: ``{"size": size, "images": {filename: [{"colour", "shape", "box": [x0, y0, x1, y1]}]}}``,
+          every object's pixel box: the ground truth that word-region maps are scored against.
         - ``{split}_filename.txt``: train and val have ONE line per image; test has ONE line per caption (the
           file name repeated ``captions_per_image`` times), as in the real datasets, which mix both styles.
 
@@ -277,12 +283,14 @@ def synth_captions(
     digits = max(5, len(str(n_images - 1)))
     splits = _assign_splits(seed, n_images)
     images = []
+    boxes: dict[str, list[dict]] = {}
     per_split: dict[str, tuple[list[str], list[str]]] = {s: ([], []) for s, _ in _SPLIT_SHARES}
     for imgid in range(n_images):
         rng = _rng(seed, "captions", 1, imgid)
         background, objects = _sample_caption_scene(rng)
         filename = f"img_{imgid:0{digits}d}.png"
-        _write_png(out / "images" / filename, _draw_caption_image(rng, background, objects, size))
+        img, boxes[filename] = _draw_caption_image(rng, background, objects, size)
+        _write_png(out / "images" / filename, img)
         raws = _pick_captions(rng, background, objects, captions_per_image)
         sentids = [imgid * captions_per_image + j for j in range(captions_per_image)]
         images.append(
@@ -306,6 +314,9 @@ def synth_captions(
 
     with open(out / "dataset.json", "w", encoding="utf-8", newline="\n") as fh:
         json.dump({"dataset": "rswb-synthetic", "images": images}, fh, ensure_ascii=True)
+        fh.write("\n")
+    with open(out / "objects.json", "w", encoding="utf-8", newline="\n") as fh:
+        json.dump({"size": size, "images": boxes}, fh, ensure_ascii=True)
         fh.write("\n")
     for split, (caps, names) in per_split.items():
         _write_text(out / f"{split}_caps.txt", caps)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +65,23 @@ _PAN_NOISE = 0.004
 _BOUNDARY_MARGIN = 2  # MS pixels closer than this to another class stay unlabelled
 _SPLIT_BLOCK = 10  # train/test are assigned per 10 x 10 block so that the two maps are spatially disjoint
 _MIN_PIXELS_PER_CLASS = 50
+
+
+def mspan_design() -> dict:
+    """What tells the embedded MS+PAN classes apart, as written to ``design.json``.
+
+    Returns:
+        ``{"classes": [{"label": k + 1, "name", "spectrum", "texture"}], "pan_twins": [[a, b], ...],
+        "ms_twins": [[a, b], ...]}`` with labels 1..8: a PAN twin pair shares its spectrum and differs only in PAN
+        texture (only PAN can tell the two apart), an MS twin pair shares its texture and differs only in spectrum
+        (only MS can).
+    """
+    classes = [{"label": k + 1, "name": MSPAN_CLASS_NAMES[k], "spectrum": MSPAN_SPECTRA[s],
+                "texture": MSPAN_TEXTURES[t]} for k, (s, t) in enumerate(MSPAN_CLASS_DESIGN)]
+    pairs = [(a, b) for a in range(len(classes)) for b in range(a + 1, len(classes))]
+    pan = [[a + 1, b + 1] for a, b in pairs if MSPAN_CLASS_DESIGN[a][0] == MSPAN_CLASS_DESIGN[b][0]]
+    ms = [[a + 1, b + 1] for a, b in pairs if MSPAN_CLASS_DESIGN[a][1] == MSPAN_CLASS_DESIGN[b][1]]
+    return {"classes": classes, "pan_twins": pan, "ms_twins": ms}
 
 
 def mspan_spectra() -> np.ndarray:
@@ -206,6 +224,9 @@ def synth_mspan_scene(out: Path, height: int = 200, width: int = 200, ratio: int
           2 MS pixels of a class boundary are 0 in both; the two maps never label the same pixel (10 x 10
           block split).
         - ``classes.txt``: 8 lines, line k = name of label k+1.
+        - ``design.json``: the ground truth of what tells the classes apart (:func:`mspan_design`): each class's
+          spectrum and texture, and its twins, the class that differs from it only in PAN texture and the class
+          that differs only in spectrum (``benchmarks/explain`` scores modality attributions against it).
         - ``README.txt``: how the scene was made.
 
     Args:
@@ -262,6 +283,7 @@ def synth_mspan_scene(out: Path, height: int = 200, width: int = 200, ratio: int
     np.save(out / "train.npy", train)
     np.save(out / "test.npy", test)
     _write_text(out / "classes.txt", MSPAN_CLASS_NAMES)
+    _write_text(out / "design.json", [json.dumps(mspan_design(), sort_keys=True)])
     _write_text(out / "README.txt", _mspan_readme(height, width, ratio, seed, n_cells, train, test))
     return out
 

@@ -63,6 +63,13 @@ def _draw(img: np.ndarray, painter: Callable[[ImageDraw.ImageDraw], None]) -> np
     return np.asarray(pil, dtype=np.float32)
 
 
+def _mask(size: int, painter: Callable[[ImageDraw.ImageDraw], None]) -> np.ndarray:
+    """A boolean ``[size, size]`` mask of what ``painter`` fills (with 255) on a black canvas."""
+    pil = Image.new("L", (size, size), 0)
+    painter(ImageDraw.Draw(pil))
+    return np.asarray(pil) > 127
+
+
 def _rect_polygon(
     cx: float, cy: float, half_w: float, half_h: float, theta: float
 ) -> list[tuple[float, float]]:
@@ -130,7 +137,11 @@ def _scene_circles(rng: np.random.Generator, size: int) -> np.ndarray:
             d.ellipse((x - r + 2, y - r + 2, x + r + 2, y + r + 2), fill=(70, 70, 70))
             d.ellipse((x - r, y - r, x + r, y + r), fill=_rgb(fill), outline=(170, 170, 165))
 
-    return _draw(img, paint)
+    def objects(d: ImageDraw.ImageDraw) -> None:  # the tanks themselves (not their shadows)
+        for y, x, r in zip(ys, xs, radii):
+            d.ellipse((x - r, y - r, x + r, y + r), fill=255)
+
+    return _draw(img, paint), _mask(size, objects)
 
 
 def _field_colours(rng: np.random.Generator, k: int) -> np.ndarray:
@@ -164,7 +175,7 @@ def _scene_river(rng: np.random.Generator, size: int) -> np.ndarray:
     mask = np.abs(v - centre * size / 64) < half
     water = _jit(rng, _WATER) + 6 * _smooth_field(rng, size, size, 6)[..., None]
     img[mask] = water[mask]
-    return img
+    return img, mask
 
 
 def _scene_road(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -176,7 +187,7 @@ def _scene_road(rng: np.random.Generator, size: int) -> np.ndarray:
     dash = rng.uniform(3, 6)
     line = (np.abs(v) < 0.6) & (np.floor(u / dash).astype(np.int64) % 2 == 0)
     img[line] = (230, 230, 225)
-    return img
+    return img, road
 
 
 def _scene_buildings(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -201,7 +212,11 @@ def _scene_buildings(rng: np.random.Generator, size: int) -> np.ndarray:
             d.polygon(_rect_polygon(x + 2, y + 2, hw, hh, th), fill=(60, 58, 55))  # shadow
             d.polygon(_rect_polygon(x, y, hw, hh, th), fill=_rgb(colour))
 
-    return _draw(img, paint)
+    def objects(d: ImageDraw.ImageDraw) -> None:  # the roofs (not their shadows)
+        for x, y, hw, hh, th, _ in specs:
+            d.polygon(_rect_polygon(x, y, hw, hh, th), fill=255)
+
+    return _draw(img, paint), _mask(size, objects)
 
 
 def _scene_beach(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -241,6 +256,10 @@ def _scene_parking(rng: np.random.Generator, size: int) -> np.ndarray:
     return _draw(img, paint)
 
 
+OBJECT_CLASSES: tuple[str, ...] = ("circles", "river", "road", "buildings")
+"""The object-based scene classes: their recipes return ``(image, object mask)``; the others draw a texture that
+fills the image and return the image alone. The masks are the ground truth of ``benchmarks/explain``."""
+
 # Order matters: synth_scene_folder(n_classes=k) uses the first k recipes.
 SCENE_RECIPES: dict[str, Callable[[np.random.Generator, int], np.ndarray]] = {
     "checkerboard": _scene_checkerboard,
@@ -256,7 +275,8 @@ SCENE_RECIPES: dict[str, Callable[[np.random.Generator, int], np.ndarray]] = {
     "beach": _scene_beach,
     "parking": _scene_parking,
 }
-"""Scene classes (folder names) and their generators ``(rng, size) -> float [size, size, 3]``, in order."""
+"""Scene classes (folder names) and their generators ``(rng, size) -> float [size, size, 3]`` (for
+:data:`OBJECT_CLASSES`, ``(image, bool mask [size, size])``), in order."""
 
 
 def _finish_scene(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
@@ -275,7 +295,10 @@ def synth_scene_folder(
     Files: ``out/Images/<class>/<class>NN.png`` (RGB uint8, ``size x size``), ``NN`` zero-padded to two digits
     (more when ``per_class > 100``), numbered from 00. Classes are the first ``n_classes`` names of
     :data:`SCENE_RECIPES` (``checkerboard, stripes, circles, water, forest, meadow, desert, river, road,
-    buildings`` by default, then ``beach, parking``). Some recipes share colours but differ in shape
+    buildings`` by default, then ``beach, parking``). Images of the object-based classes (:data:`OBJECT_CLASSES`)
+    get their object mask beside them: ``out/objects/<class>/<class>NN.png`` (uint8, 255 on the objects: tanks,
+    river, road, roofs), the ground truth that attention maps are scored against. Some recipes share colours but
+    differ in shape
     (checkerboard / stripes, water / river / beach) and others share a shape but differ in colour (forest /
     circles, water / desert, river / road), with random position, scale, rotation, colour jitter and noise per
     image.
@@ -304,7 +327,13 @@ def synth_scene_folder(
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
             rng = _rng(seed, "scenes", class_idx, i)
-            _write_png(folder / f"{name}{i:0{digits}d}.png", _finish_scene(rng, recipe(rng, size)))
+            drawn = recipe(rng, size)
+            img, mask = drawn if isinstance(drawn, tuple) else (drawn, None)
+            _write_png(folder / f"{name}{i:0{digits}d}.png", _finish_scene(rng, img))
+            if mask is not None:
+                objects = out / "objects" / name
+                objects.mkdir(parents=True, exist_ok=True)
+                _write_png(objects / f"{name}{i:0{digits}d}.png", np.repeat(mask[..., None] * np.uint8(255), 3, 2))
     return out
 
 
