@@ -176,7 +176,8 @@ def _cmd_runs_list(args: argparse.Namespace) -> int:
 def _cmd_runs_compare(args: argparse.Namespace) -> int:
     from rswb.engine.runs import compare, format_table
 
-    metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else None
+    choice = args.metrics.strip()
+    metrics = None if choice == "all" else choice if choice == "headline" else [m.strip() for m in choice.split(",")]
     print(format_table(compare(args.runs, root=args.root, metrics=metrics, split=args.split)))
     return 0
 
@@ -291,7 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("runs", nargs="+", help="run names (under --root) or run folders")
     rc.add_argument("--runs-root", "--root", dest="root", default="runs",
                     help="folder of runs (default: runs; --root is the old spelling)")
-    rc.add_argument("--metrics", help="comma-separated metric names (default: all)")
+    rc.add_argument("--metrics", default="headline",
+                    help="comma-separated metric names, 'headline' (default: the numbers each task is judged by, "
+                         "e.g. OA / AA / kappa for pha) or 'all'")
     rc.add_argument("--split", default="test", choices=["test", "val"], help="which metrics to show")
     rc.set_defaults(func=_cmd_runs_compare)
 

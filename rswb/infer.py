@@ -12,7 +12,7 @@ Training never calls these; notebooks, ``rswb search`` and ``rswb eval`` do. Eve
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from rswb.utils import eval_mode
 
 __all__ = [
     "dictionary_codes", "encode_queries", "hash_grad_cam", "load_codes", "load_predictions", "modality_embeddings",
-    "pha_grad_cam", "pha_scene_maps", "search_image", "search_text", "split_embeddings", "token_similarity",
+    "pha_attributions", "pha_scene_maps", "search_image", "search_text", "split_embeddings", "token_similarity",
     "word_region_maps",
 ]
 
@@ -130,15 +130,17 @@ def _token_strings(encoder: Any, ids: torch.Tensor) -> list[str]:
 
 
 def word_region_maps(task: RetrievalTask, split: RetrievalSplit, image: int, caption: str,
-                     levels: Sequence[str] = ("low", "mid")) -> dict[str, Any]:
+                     levels: Sequence[str] = ("low", "mid"), method: str = "layercam") -> dict[str, Any]:
     """Each word of a caption: its share of the image-caption score and where in the image it is found.
 
     **Share** of token ``t``: the cosine score of the image and the caption minus the score of the caption with ``t``
     left out (its attention-mask entry off), ``s - s_{-t} = <v, e - e_{-t}>`` with ``v`` the image embedding and
-    ``e`` the caption's; positive: the word pulls the pair together. **Where**: Grad-CAM
-    (:func:`rswb.models.explain.grad_cam`) of that share over the backbone's stride-8 (``low``) and stride-16
-    (``mid``) maps, the levels FISVL's local branch and KAMCL's aggregator read: 28 x 28 and 14 x 14 at 224 px,
-    finer than the stride-32 map of :func:`token_similarity`. The special tokens ([CLS], [SEP]) are skipped.
+    ``e`` the caption's; positive: the word pulls the pair together. **Where**: the map of that share over the
+    backbone's stride-8 (``low``) and stride-16 (``mid``) maps, the levels FISVL's local branch and KAMCL's aggregator
+    read (28 x 28 and 14 x 14 at 224 px), finer than the stride-32 map of :func:`token_similarity`, combined into one
+    map at the image's size (:func:`rswb.models.explain.multi_layer_cam`; LayerCAM by default, the method that
+    ``benchmarks/explain`` found to point at the named objects, ``benchmarks/results/explain.md``). The special tokens
+    ([CLS], [SEP]) are skipped.
 
     Args:
         task: a trained retrieval task (its model; the split's backbone when the model keeps none).
@@ -146,12 +148,15 @@ def word_region_maps(task: RetrievalTask, split: RetrievalSplit, image: int, cap
         image: image index in the split.
         caption: any text.
         levels: ``"low"`` (stride 8), ``"mid"`` (stride 16), ``"high"`` (stride 32), in any subset.
+        method: how ``cam`` is made from the levels: ``"layercam"`` or ``"gradcam"``.
 
     Returns:
         ``tokens`` ``[T]``, ``share`` ``[T]`` (score points), ``score`` (the full caption's cosine), ``maps``
-        ``{level: [T, h, w]}`` in [0, 1], ``image`` ``[H, W, 3]`` uint8.
+        ``{level: [T, h, w]}`` in [0, 1] (each level's map), ``cam`` ``[T, H, W]`` in [0, 1] (the levels combined),
+        ``caption_cam`` ``[H, W]`` (the same map of the whole caption's score: where the image matches the
+        caption), ``levels``, ``method``, ``image`` ``[H, W, 3]`` uint8.
     """
-    from rswb.models.explain import grad_cam
+    from rswb.models.explain import multi_layer_cam
     from rswb.models.retrieval import feature_levels, level_names
 
     model = task.model
@@ -172,23 +177,23 @@ def word_region_maps(task: RetrievalTask, split: RetrievalSplit, image: int, cap
         m[row, t] = False if m.dtype == torch.bool else 0
     with eval_mode(task), torch.no_grad():
         e = model.encode_text(to_device(variants, device)).float()  # [1 + T, D]
-    diff = (e[:1] - e[1:]).detach()  # [T, D]
+    # Row 0 scores the whole caption, row 1 + t the share of token t: one batch gives every map.
+    directions = torch.cat([e[:1], e[:1] - e[1:]]).detach()  # [1 + T, D]
     picture = load_image(split.image_paths[image], split.image_size)
-    x = image_to_tensor(picture)[None].to(device).repeat(len(keep), 1, 1, 1)
+    x = image_to_tensor(picture)[None].to(device).repeat(len(directions), 1, 1, 1)
     names = level_names(backbone)
     pieces = {p.tap: p for p in backbone.pieces() if p.tap}
 
-    def share(images: torch.Tensor) -> torch.Tensor:
-        return (model.image_head(feature_levels(backbone, images))["image_emb"].float() * diff).sum(1)
+    def scores(images: torch.Tensor) -> torch.Tensor:
+        return (model.image_head(feature_levels(backbone, images))["image_emb"].float() * directions).sum(1)
 
-    maps = {}
     with eval_mode(task), eval_mode(backbone):
-        for level in levels:
-            out = grad_cam(share, pieces[names[level]].modules[-1], x)
-            maps[level] = out["cam"].cpu().numpy()
-        shares = out["score"].cpu().numpy()
-        score = float((model.image_head(feature_levels(backbone, x[:1]))["image_emb"].float() @ e[0]).detach())
-    return {"tokens": [strings[t] for t in keep], "share": shares, "score": score, "maps": maps, "image": picture}
+        out = multi_layer_cam(scores, {level: pieces[names[level]].modules[-1] for level in levels}, x, method=method)
+        values = scores(x).detach().cpu().numpy()
+    cam = out["cam"].cpu().numpy()
+    return {"tokens": [strings[t] for t in keep], "share": values[1:], "score": float(values[0]),
+            "maps": {level: m[1:].cpu().numpy() for level, m in out["layers"].items()}, "cam": cam[1:],
+            "caption_cam": cam[0], "levels": list(levels), "method": method, "image": picture}
 
 
 # ------------------------------------------------------------------------------------------------------------ hashing
@@ -246,17 +251,25 @@ def _hash_query(run_dir: str | Path):
     return run, cfg, task, test, query
 
 
-def hash_grad_cam(run_dir: str | Path, indices: Sequence[int], device: str | None = None) -> dict[str, Any]:
-    """Grad-CAM of a hash run's code and of its class cue on query images (:meth:`rswb.models.hashing.DHCL.grad_cam`).
+def hash_grad_cam(run_dir: str | Path, indices: Sequence[int], device: str | None = None,
+                  method: str = "layercam", strides: tuple[int, ...] | None = (8, 16)) -> dict[str, Any]:
+    """Where a hash run's code and its class cue come from, on query images (:meth:`rswb.models.hashing.DHCL.grad_cam`).
+
+    The default, LayerCAM over the stride-8 and stride-16 maps, is the method ``benchmarks/explain`` found to point
+    at the objects of the embedded scenes (``benchmarks/results/explain.md``); ``method="gradcam", strides=None`` is
+    the plain stride-32 Grad-CAM (a 4 x 4 grid at 128 px), which points no better than the image centre there.
 
     Args:
         run_dir: a finished ``rswb train hash`` run.
         indices: positions in the query split (the order of :func:`load_codes`).
         device: where to run the model (None: the best available).
+        method: ``"layercam"`` or ``"gradcam"``.
+        strides: the backbone maps combined (``None``: the last map alone, Grad-CAM only).
 
     Returns:
-        ``images`` ``[B, H, W, 3]`` uint8 (at the run's image size), ``code`` and ``cue`` ``[B, h, w]`` maps in
-        [0, 1] (the backbone's stride-32 grid), ``pred`` and ``label`` ``[B]``, ``class_names``.
+        ``images`` ``[B, H, W, 3]`` uint8 (at the run's image size), ``code`` and ``cue`` maps ``[B, h, w]`` in
+        [0, 1], ``pred`` and ``label`` ``[B]``, ``class_names``, ``paths`` (the image files) and ``method`` (a
+        short description of the maps).
     """
     _, cfg, task, _, query = _hash_query(run_dir)
     idx = [int(i) for i in indices]
@@ -264,10 +277,12 @@ def hash_grad_cam(run_dir: str | Path, indices: Sequence[int], device: str | Non
     x = torch.stack([image_to_tensor(im) for im in images])
     dev = select_device(device)
     model = task.model.to(dev)
-    maps = {target: model.grad_cam(x.to(dev), target) for target in ("code", "cue")}
+    maps = {target: model.grad_cam(x.to(dev), target, method=method, strides=strides) for target in ("code", "cue")}
+    where = "stride 32" if strides is None else "strides " + "/".join(map(str, strides))
     return {"images": images, "code": maps["code"]["cam"].cpu().numpy(), "cue": maps["cue"]["cam"].cpu().numpy(),
             "pred": maps["cue"]["pred"].cpu().numpy(), "label": np.array([query.records[i].label for i in idx]),
-            "class_names": list(query.classes)}
+            "class_names": list(query.classes), "paths": [str(query.records[i].path) for i in idx],
+            "method": f"{'LayerCAM' if method == 'layercam' else 'Grad-CAM'}, {where}"}
 
 
 # ------------------------------------------------------------------------------------------------- PHA outputs
@@ -385,52 +400,76 @@ def dictionary_codes(model: torch.nn.Module, dataset: Dataset, n: int | None = 1
     return _outputs(model, dataset, n, seed, batch_size, lambda o: {"ms": o["codes_ms"], "pan": o["codes_pan"]})
 
 
-def pha_grad_cam(model: torch.nn.Module, sampler: Any, rows: Sequence[int], cols: Sequence[int],
-                 device: str | None = None) -> dict[str, Any]:
-    """Grad-CAM of a PHA version's fused classifier on chosen pixels' MS and PAN patches.
+def pha_attributions(model: torch.nn.Module, sampler: Any, rows: Sequence[int], cols: Sequence[int],
+                     baseline: Mapping[str, torch.Tensor] | None = None, twin: Sequence[int] | None = None,
+                     steps: int = 32, device: str | None = None) -> dict[str, Any]:
+    """Which MS and which PAN pixels make a PHA version's decision, at the patches' own resolution.
 
-    The score is the logit of the predicted class; each branch's deepest stage is explained
-    (:func:`rswb.models.explain.grad_cam`). The deep map covers the centre of the patch (``window x window`` MS pixels,
-    ``(patch - window) / 2`` from each edge: the unpadded convolutions), so each map is placed there on the patch's MS
-    grid, zero outside, and can be stretched over the MS patch or its PAN footprint alike.
+    Integrated gradients (captum's ``IntegratedGradients``, ``steps`` points on the straight path) of the score
+    from a baseline to each pixel's MS and PAN patches: the attributions of every MS and PAN pixel sum, over both
+    modalities, to ``score(x) - score(baseline)`` (completeness), so ``pan_share`` = the PAN sum over both sums is
+    the part of the decision PAN carries. The score is the predicted class's logit, or with ``twin`` the margin
+    ``logit(pred) - logit(twin)`` against another class (e.g. the class that differs only in PAN texture). The
+    baseline is each band's mean (over the scene by default): a flat patch with no spectrum or texture to read.
+    ``benchmarks/explain`` checks this kind of per-modality reading against the embedded scene's design.
 
     Args:
-        model: a trained :class:`~rswb.models.pha.PHANet` (convolutional branches).
+        model: a trained :class:`~rswb.models.pha.PHANet` with convolutional branches.
         sampler: the scene's :class:`~rswb.data.mspan.PatchSampler`.
         rows: the pixels' rows (MS grid).
         cols: their columns.
+        baseline: ``{"ms": [bands], "pan": [1]}`` per-band baseline values (default: the scene's band means).
+        twin: one 0-based class per pixel for the margin score (default: the logit alone).
+        steps: integration steps.
         device: where to run the model (None: the best available).
 
     Returns:
         ``ms`` ``[B, patch, patch, 3]`` (the first three bands, for display), ``pan`` ``[B, r patch, r patch]``,
-        ``cam_ms`` / ``cam_pan`` ``[B, patch, patch]`` in [0, 1] (for the modalities the model has), ``pred`` ``[B]``.
+        ``attr_ms`` ``[B, patch, patch]`` and ``attr_pan`` ``[B, r patch, r patch]`` (signed, summed over bands:
+        positive raises the score), ``pan_share`` ``[B]`` (NaN where both sums are 0), ``delta`` ``[B]`` (the
+        score's change from the baseline, what the attributions sum to), ``pred`` ``[B]``.
     """
-    from rswb.models.explain import grad_cam
+    from captum.attr import IntegratedGradients
+
     from rswb.models.pha import PHANet
 
     if not isinstance(model, PHANet) or model.feature_dims is not None:
-        raise ValueError("pha_grad_cam needs a PHANet with convolutional branches (images, not encoder features)")
+        raise ValueError("pha_attributions needs a PHANet with convolutional branches (images, not encoder features)")
+    if set(model.modalities) != {"ms", "pan"}:
+        raise ValueError(f"pha_attributions needs both modalities; the model has {list(model.modalities)}")
     dev = select_device(device)
     batch = sampler.gather(np.asarray(rows), np.asarray(cols))
-    x = {k: batch[k].to(dev) for k in ("ms", "pan")}
-    seen: dict[str, torch.Tensor] = {}
+    ms, pan = batch["ms"].to(dev), batch["pan"].to(dev)
+    if baseline is None:
+        scene = sampler.scene
+        baseline = {"ms": torch.as_tensor(scene.ms.reshape(scene.bands, -1).mean(1)),
+                    "pan": torch.as_tensor(scene.pan.reshape(1, -1).mean(1))}
+    base = (baseline["ms"].float().to(dev).view(1, -1, 1, 1).expand_as(ms),
+            baseline["pan"].float().to(dev).view(1, -1, 1, 1).expand_as(pan))
+    model = model.to(dev)
+    with eval_mode(model), torch.no_grad():
+        pred = model({"ms": ms, "pan": pan})["logits"].argmax(1)
+    other = None if twin is None else torch.as_tensor(np.asarray(twin), device=dev)
 
-    def score(inp: dict[str, torch.Tensor]) -> torch.Tensor:
-        logits = model(inp)["logits"]
-        seen["pred"] = logits.argmax(1).detach()
-        return logits.gather(1, seen["pred"][:, None])[:, 0]
+    def score(ms_in: torch.Tensor, pan_in: torch.Tensor) -> torch.Tensor:
+        logits = model({"ms": ms_in, "pan": pan_in})["logits"]
+        n = len(ms_in) // len(pred)  # captum stacks the path's points along the batch
+        out = logits.gather(1, pred.repeat(n)[:, None])[:, 0]
+        return out if other is None else out - logits.gather(1, other.repeat(n)[:, None])[:, 0]
 
-    off = (model.patch - model.window) // 2
-    out: dict[str, Any] = {"ms": batch["ms"][:, :3].permute(0, 2, 3, 1).cpu().numpy(),
-                           "pan": batch["pan"][:, 0].cpu().numpy()}
-    with eval_mode(model.to(dev)):
-        for m in model.modalities:
-            cam = grad_cam(score, model.branches[m].stages[-1], x)["cam"].cpu()
-            full = torch.zeros(len(cam), model.patch, model.patch)
-            full[:, off:off + model.window, off:off + model.window] = cam
-            out[f"cam_{m}"] = full.numpy()
-    out["pred"] = seen["pred"].cpu().numpy()
-    return out
+    with eval_mode(model):
+        a_ms, a_pan = IntegratedGradients(score).attribute((ms, pan), baselines=base, n_steps=steps,
+                                                           internal_batch_size=len(ms) * 8)
+        with torch.no_grad():
+            delta = score(ms, pan) - score(*base)
+    attr_ms, attr_pan = a_ms.sum(1).detach().cpu().numpy(), a_pan.sum(1).detach().cpu().numpy()
+    s_ms, s_pan = attr_ms.reshape(len(ms), -1).sum(1), attr_pan.reshape(len(ms), -1).sum(1)
+    total = s_ms + s_pan
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.where(total != 0, s_pan / np.where(total != 0, total, 1.0), np.nan)
+    return {"ms": batch["ms"][:, :3].permute(0, 2, 3, 1).cpu().numpy(), "pan": batch["pan"][:, 0].cpu().numpy(),
+            "attr_ms": attr_ms, "attr_pan": attr_pan, "pan_share": share, "delta": delta.cpu().numpy(),
+            "pred": pred.cpu().numpy()}
 
 
 def pha_scene_maps(model: torch.nn.Module, scene: Any, row: int, col: int, size: int = 64,

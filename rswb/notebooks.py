@@ -126,10 +126,17 @@ def _cell_error(path: Path) -> str:
 
 
 def _export_html(ipynb: Path) -> None:
+    """The HTML page of an executed notebook, readable offline.
+
+    The widgets' saved state is left out, so each widget shows the static picture it carries
+    (:func:`rswb.viz.common.picture_box`) instead of an empty box waiting for the widget library from a CDN.
+    """
     import nbformat
     from nbconvert import HTMLExporter
 
-    body, _ = HTMLExporter().from_notebook_node(nbformat.read(ipynb, as_version=4))
+    nb = nbformat.read(ipynb, as_version=4)
+    nb.metadata.pop("widgets", None)
+    body, _ = HTMLExporter().from_notebook_node(nb)
     atomic_write_text(body, ipynb.with_suffix(".html"))
 
 

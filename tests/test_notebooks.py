@@ -282,3 +282,28 @@ def _unflatten(flat: dict[str, float]) -> dict:
             node = node.setdefault(part, {})
         node[leaf] = value
     return out
+
+
+def test_html_export_shows_a_widgets_picture_offline(tmp_path):
+    """The report's HTML pages drop the widget state, so nbconvert renders the PNG each widget carries."""
+    import base64
+
+    import nbformat
+
+    from rswb.notebooks import _export_html
+
+    png = base64.b64encode(b"\x89PNG\r\n\x1a\n widget picture").decode()
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("picker")
+    cell.outputs = [nbformat.v4.new_output("display_data", data={
+        "application/vnd.jupyter.widget-view+json": {"model_id": "abc", "version_major": 2, "version_minor": 0},
+        "image/png": png, "text/plain": "PictureBox(...)"})]
+    nb.cells = [cell]
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {"abc": {}}, "version_major": 2,
+                                                                            "version_minor": 0}}
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(nb, path)
+    _export_html(path)
+    page = (tmp_path / "nb.html").read_text()
+    assert f"data:image/png;base64,{png}" in page
+    assert 'type="application/vnd.jupyter.widget-view+json"' not in page

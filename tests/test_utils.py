@@ -13,3 +13,14 @@ def test_eval_mode_restores_the_previous_mode_even_after_an_error(training):
     with pytest.raises(RuntimeError), eval_mode(m):
         raise RuntimeError("boom")
     assert m.training == training
+
+
+def test_progress_bars_block_turns_every_bar_off_and_nests():
+    from rswb.utils import progress_bars, show_progress
+
+    assert show_progress() and not show_progress(False)
+    with progress_bars(False):
+        assert not show_progress(True)
+        with progress_bars(True):  # an inner block cannot turn bars back on
+            assert not show_progress(True)
+    assert show_progress(True)

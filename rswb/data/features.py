@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from rswb.data.transforms import dihedral
 from rswb.io import atomic_save, load_checkpoint
-from rswb.utils import eval_mode
+from rswb.utils import eval_mode, show_progress
 
 __all__ = ["CachedViews", "FeatureSet", "PairedViews", "cache_root", "cached", "digest", "extract_images",
            "extract_text_states", "nbytes"]
@@ -121,7 +121,7 @@ def extract_images(encoder: nn.Module, dataset: Dataset, fn: Callable[[nn.Module
     with _own_random_state(device), eval_mode(encoder):
         encoder.to(device)
         try:
-            for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
+            for batch in tqdm(loader, desc=desc, leave=False, disable=not show_progress(progress)):
                 img = batch["image"].to(device)
                 if views is None:
                     outs = [fn(encoder, img)]
@@ -157,7 +157,8 @@ def extract_text_states(encoder: nn.Module, captions: Sequence[str], *, device: 
     with _own_random_state(device), eval_mode(encoder):
         encoder.to(device)
         try:
-            for start in tqdm(range(0, len(captions), batch_size), desc=desc, leave=False, disable=not progress):
+            for start in tqdm(range(0, len(captions), batch_size), desc=desc, leave=False,
+                              disable=not show_progress(progress)):
                 sl = slice(start, start + batch_size)
                 am = toks["attention_mask"][sl]
                 w = int(am.sum(1).max())

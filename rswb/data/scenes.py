@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from rswb.data.errors import CorruptImageError, DataFormatError, DatasetNotFoundError, require_exists
+from rswb.utils import show_progress
 
 IMAGE_EXTS = (".tif", ".tiff", ".jpg", ".jpeg", ".png")
 SPLITS = ("all", "train", "query", "database", "test")
@@ -137,7 +138,8 @@ def check_images(paths: Sequence[str | Path], cache_dir: str | Path | None = Non
     if todo:
         n_workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
         with ThreadPoolExecutor(n_workers, thread_name_prefix="rswb-imgcheck") as pool:
-            bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress, leave=False, delay=1.0)
+            bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not show_progress(progress), leave=False,
+                       delay=1.0)
             try:
                 for p, _ in zip(todo, pool.map(check_image, todo)):
                     passed[str(p.resolve())] = stamps[str(p.resolve())]
@@ -296,7 +298,7 @@ class SceneFolder(torch.utils.data.Dataset):
         from tqdm.auto import tqdm
 
         sizes: Counter = Counter()
-        for rec in tqdm(self.records, desc="decoding images", disable=not progress):
+        for rec in tqdm(self.records, desc="decoding images", disable=not show_progress(progress)):
             # A full decode, not a header read: a truncated JPEG only fails here.
             sizes[load_image(rec.path).shape[:2]] += 1
         return sizes

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from rswb.data.scenes import SceneFolder, load_image
+from rswb.utils import show_progress
 
 
 def _check_ratio(ratio: int) -> int:
@@ -215,7 +216,7 @@ class WaldSceneDataset(torch.utils.data.Dataset):
         self._ms = torch.empty((len(self.records), 3, m, m), dtype=torch.float16)
         self._pan = torch.empty((len(self.records), 1, size, size), dtype=torch.float16)
         for k, rec in enumerate(tqdm(self.records, desc=f"Wald-simulating {len(self.records)} images",
-                                     disable=not progress)):
+                                     disable=not show_progress(progress))):
             rgb = load_image(rec.path, size).transpose(2, 0, 1).astype(np.float32) / np.float32(255.0)
             pair = wald_simulate(rgb, r, gain_at_nyquist)
             self._ms[k] = torch.from_numpy(pair["ms"])

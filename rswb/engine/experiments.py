@@ -19,7 +19,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +35,7 @@ from rswb.config import from_dict, validate
 from rswb.engine.launch import load_trained, split_options, task_config_class, train_task
 from rswb.engine.runs import RunFolder, compare
 from rswb.engine.task import Task
-from rswb.io import atomic_write_json
+from rswb.io import atomic_write_json, atomic_write_text
 from rswb.registry import get
 
 __all__ = ["PROFILES", "SUITE", "LoadedRun", "compare", "finished_with", "load_run", "notebook_run", "profile_options",
@@ -198,15 +201,28 @@ def run_name(label: str, options: Mapping[str, Any]) -> str:
 
 
 def notebook_run(task: str, profile: str, output_dir: str | Path, label: str, *, device: str | None = None,
-                 progress: bool = True, **options: Any) -> Path:
+                 progress: bool = True, quiet: bool = True, **options: Any) -> Path:
     """:func:`profile_run` in ``output_dir/<label>-<digest of the options>`` (:func:`run_name`).
 
     What notebooks call: a run with other settings (epochs, data, seed, ...) lands in a folder of its own instead of
-    replacing the earlier one, and the same settings reuse the finished run.
+    replacing the earlier one, and the same settings reuse the finished run. With ``quiet`` what training prints
+    (the cache lines, the final table) goes to the run's ``train.log`` instead of the notebook, which shows one short
+    table of all its runs; if training fails, the captured lines are printed before the error.
     """
     opts = _profile_options_resolved(task, profile, options)
-    return train_or_reuse(task, opts, Path(output_dir, run_name(f"{profile}-{label}", {"task": task, **opts})),
-                          device=device, progress=progress)
+    folder = Path(output_dir, run_name(f"{profile}-{label}", {"task": task, **opts}))
+    if not quiet:
+        return train_or_reuse(task, opts, folder, device=device, progress=progress)
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf):
+            path = train_or_reuse(task, opts, folder, device=device, progress=progress)
+    except BaseException:
+        sys.stdout.write(buf.getvalue())
+        raise
+    if buf.getvalue():  # a reused run printed nothing and keeps its log
+        atomic_write_text(buf.getvalue(), path / "train.log")
+    return path
 
 
 @dataclass

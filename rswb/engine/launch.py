@@ -26,6 +26,7 @@ from rswb.engine.seed import seed_everything
 from rswb.engine.task import TaskBundle
 from rswb.io import load_checkpoint, load_yaml
 from rswb.registry import get
+from rswb.utils import progress_bars
 
 __all__ = ["describe_task", "load_trained", "split_options", "task_config_class", "train_task"]
 
@@ -183,7 +184,8 @@ def train_task(name: str, options: Mapping[str, Any] | None = None, *, config_fi
                         source=f"task {name} options") if task_cls else None
     dist = init_distributed()
     seed_everything(seed.seed, seed.deterministic)  # before the builder, so initial weights are reproducible
-    with encoder_device(seed.device):  # frozen encoders fill their caches on the run's device
+    # Frozen encoders fill their caches on the run's device; --progress false silences the data layer's bars too.
+    with encoder_device(seed.device), progress_bars(seed.progress):
         bundle = builder(task_cfg) if task_cls else builder()
     train_cfg = validate(from_dict(TrainConfig, {**bundle.train_defaults, **train_opts}, source="training options"),
                          source="training options")

@@ -23,7 +23,7 @@ import pandas as pd
 
 from rswb.io import atomic_write_text, load_yaml, save_yaml
 
-__all__ = ["RunFolder", "compare", "format_table", "list_runs", "resolve_run", "run_summary"]
+__all__ = ["HEADLINE_METRICS", "RunFolder", "compare", "format_table", "list_runs", "resolve_run", "run_summary"]
 
 
 class RunFolder:
@@ -95,6 +95,7 @@ def run_summary(path: str | Path) -> dict[str, Any]:
     task = cfg.get("task", {}) or {}
     row: dict[str, Any] = {
         "run": run.path.name,
+        "task": cfg.get("task_name", ""),
         "status": "finished" if final else ("running/stopped" if history else "started"),
         "method": task.get("method", ""),
         "version": task.get("version", ""),
@@ -121,14 +122,24 @@ def list_runs(root: str | Path = "runs") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def compare(runs: Sequence[str | Path], root: str | Path = "runs", metrics: Sequence[str] | None = None,
+HEADLINE_METRICS: dict[str, tuple[str, ...]] = {
+    "pha": ("OA", "AA", "kappa"),
+    "retrieval": ("mR", "i2t_R@1", "t2i_R@1"),
+    "hash": ("code_bits", "mAP@20", "mAP@20_nocue", "class_acc"),
+    "classification": ("OA", "AA", "kappa"),
+}
+"""The numbers a task is judged by: what ``rswb runs compare`` shows unless asked for others."""
+
+
+def compare(runs: Sequence[str | Path], root: str | Path = "runs", metrics: Sequence[str] | str | None = None,
             split: str = "test") -> pd.DataFrame:
-    """A table of runs side by side, indexed by run name: method, version, data, metrics, time.
+    """A table of runs side by side, indexed by run name: method, version, data, metrics, epochs, time.
 
     Args:
         runs: run names (folders under ``root``) or paths.
         root: where names are looked up.
-        metrics: metric names without prefix (e.g. ``["OA", "AA", "kappa"]``); default: all of ``split``.
+        metrics: metric names without prefix (e.g. ``["OA", "AA", "kappa"]``); ``"headline"``: the
+            :data:`HEADLINE_METRICS` of the runs' tasks (those any run has); default: all of ``split``.
         split: ``"test"`` or ``"val"``: which metrics of each run to show.
     """
     rows = [run_summary(resolve_run(r, root)) for r in runs]
@@ -137,14 +148,17 @@ def compare(runs: Sequence[str | Path], root: str | Path = "runs", metrics: Sequ
         return df
     prefix = f"{split}_"
     metric_cols = [c for c in df.columns if c.startswith(prefix)]
-    if metrics is not None:
+    if metrics == "headline":
+        names = dict.fromkeys(m for t in df["task"] for m in HEADLINE_METRICS.get(t, ()))
+        metric_cols = [prefix + m for m in names if prefix + m in df.columns] or metric_cols
+    elif metrics is not None:
         wanted = [prefix + m for m in metrics]
         missing = [w for w in wanted if w not in df.columns]
         if missing:
             raise KeyError(f"no run has {', '.join(missing)}; available: {', '.join(metric_cols) or '(none)'}")
         metric_cols = wanted
     protocol = [c for c in ("ties",) if c in df.columns]  # evaluation choices recorded by the runs
-    cols = ["method", "version", "data", "status", *protocol, *metric_cols, "best_epoch", "time_s"]
+    cols = ["method", "version", "data", "status", *protocol, *metric_cols, "epochs", "best_epoch", "time_s"]
     out = df[cols].rename(columns={c: c[len(prefix):] for c in metric_cols})
     return out
 

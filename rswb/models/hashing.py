@@ -111,19 +111,24 @@ class DHCL(nn.Module):
         code = torch.tanh(self.hash(pooled))
         return {"code": code, "logits": self.classifier(code)}
 
-    def grad_cam(self, images: torch.Tensor, target: str = "code") -> dict[str, torch.Tensor]:
-        """Grad-CAM (:func:`rswb.models.explain.grad_cam`) of the backbone's last convolutional map for images.
+    def grad_cam(self, images: torch.Tensor, target: str = "code", method: str = "gradcam",
+                 strides: tuple[int, ...] | None = None) -> dict[str, torch.Tensor]:
+        """Where in the image the code or the cue comes from (:mod:`rswb.models.explain`).
 
         Args:
             images: ``[B, 3, H, W]`` in [0, 1].
             target: ``"code"``: the score is ``sum_k sign(h_k) tanh(h_k)``, how firmly the image holds its own hash
                 code (where the bits come from); ``"cue"``: the logit of the predicted class, the class the semantic
                 cue writes into the code.
+            method: ``"gradcam"`` or ``"layercam"`` (see :func:`rswb.models.explain.multi_layer_cam`).
+            strides: ``None``: Grad-CAM of the backbone's last convolutional map alone (its stride-32 grid; only
+                with ``method="gradcam"``); else the backbone maps at these strides, combined at the image's size.
 
         Returns:
-            ``{"cam": [B, h, w] in [0, 1], "score": [B], "pred": [B]}`` (``h, w`` the backbone's stride-32 grid).
+            ``{"cam": [B, h, w] in [0, 1], "score": [B], "pred": [B]}`` (``h, w``: the stride-32 grid, or the
+            images' size with ``strides``).
         """
-        from rswb.models.explain import grad_cam
+        from rswb.models.explain import grad_cam, multi_layer_cam
         from rswb.utils import eval_mode
 
         if target not in ("code", "cue"):
@@ -138,7 +143,13 @@ class DHCL(nn.Module):
             return out["logits"].gather(1, seen["pred"][:, None])[:, 0]
 
         with eval_mode(self):
-            out = grad_cam(score, self.backbone.cam_layer(), images)
+            if strides is None:
+                if method != "gradcam":
+                    raise ValueError(f"the single stride-32 map is Grad-CAM's; give strides for {method!r}")
+                out = grad_cam(score, self.backbone.cam_layer(), images)
+            else:
+                out = multi_layer_cam(score, self.backbone.stride_layers(strides), images, method=method)
+                out = {"cam": out["cam"], "score": score(images).detach()}
         return {**out, "pred": seen["pred"]}
 
     @torch.no_grad()

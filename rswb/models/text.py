@@ -9,7 +9,8 @@ embedding. Nothing is downloaded: MiniLM is read from the installed package's fo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -17,6 +18,7 @@ from torch import nn
 
 from rswb.data.tags import Vocabulary  # noqa: F401  (re-exported: the GRU encoder's vocabulary)
 from rswb.registry import register_model
+from rswb.utils import show_progress
 
 __all__ = ["GRUTextEncoder", "MiniLMTextEncoder", "Vocabulary", "gru_text", "masked_mean", "minilm", "minilm_path"]
 
@@ -92,7 +94,8 @@ class MiniLMTextEncoder(nn.Module):
 
         folder = str(path or minilm_path())
         self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        self.transformer = AutoModel.from_pretrained(folder, local_files_only=True)
+        with _hf_bars(show_progress()):  # transformers draws a "Loading weights" bar of its own
+            self.transformer = AutoModel.from_pretrained(folder, local_files_only=True)
         self.max_length, self.freeze = int(max_length), bool(freeze)
         if self.freeze:
             self.transformer.requires_grad_(False)
@@ -183,3 +186,16 @@ def gru_text(vocab_size: int, embed_dim: int = 300, hidden: int = 512, out_dim: 
 def minilm(out_dim: int | None = None, freeze: bool = True, max_length: int = 64) -> MiniLMTextEncoder:
     """The offline pretrained MiniLM sentence encoder (optionally with a projection, frozen or fine-tuned)."""
     return MiniLMTextEncoder(out_dim, freeze, max_length)
+
+
+@contextlib.contextmanager
+def _hf_bars(enabled: bool) -> Iterator[None]:
+    """Transformers' own progress bars on or off for the block (restored after it)."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
+    try:
+        yield
+    finally:
+        (hf_logging.enable_progress_bar if was else hf_logging.disable_progress_bar)()

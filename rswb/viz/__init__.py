@@ -27,6 +27,8 @@ from rswb.viz.hashing import (
     plot_retrieval_gallery,
 )
 from rswb.viz.pha import (
+    describe_alignment,
+    describe_dictionary,
     plot_agreement_maps,
     plot_alignment_curves,
     plot_atom_maps,
@@ -34,7 +36,7 @@ from rswb.viz.pha import (
     plot_confusion,
     plot_dictionary_usage,
     plot_modality_embedding,
-    plot_pixel_cams,
+    plot_pixel_attributions,
     plot_scene_overview,
     plot_version_bars,
     plot_version_detail,
@@ -42,6 +44,7 @@ from rswb.viz.pha import (
     version_picker,
 )
 from rswb.viz.retrieval import (
+    describe_ties,
     failure_cases,
     plot_caption_examples,
     plot_failure_cases,
@@ -55,10 +58,13 @@ from rswb.viz.retrieval import (
 
 __all__ = [
     "class_browser",
+    "describe_alignment",
+    "describe_dictionary",
+    "describe_ties",
     "figure_picker",
     "plot_class_images",
     "plot_word_maps",
-    "plot_pixel_cams",
+    "plot_pixel_attributions",
     "plot_atom_maps",
     "plot_agreement_maps",
     "band_statistics",

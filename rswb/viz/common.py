@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["figure_picker", "pca_2d"]
+__all__ = ["figure_picker", "fig_png", "pca_2d", "picture_box"]
 
 
 def pca_2d(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -41,7 +41,7 @@ def figure_picker(views: Mapping[str, Callable[[], Any]], value: str | None = No
         description: the dropdown's label.
 
     Returns:
-        An ``ipywidgets.VBox``: the ``Dropdown``, then the ``Image``.
+        A :func:`picture_box`: the ``Dropdown``, then the ``Image`` (its picture is also the static fallback).
 
     Raises:
         ImportError: ipywidgets is not installed (``pip install 'rswb[notebooks]'``).
@@ -73,4 +73,47 @@ def figure_picker(views: Mapping[str, Callable[[], Any]], value: str | None = No
 
     pick.observe(show, names="value")
     show()
-    return widgets.VBox([pick, image])
+    return picture_box([pick, image], lambda: image.value)
+
+
+def fig_png(fig: Any) -> bytes:
+    """A matplotlib figure as PNG bytes (tight bounding box)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    return buf.getvalue()
+
+
+_PICTURE_BOX: type | None = None
+
+
+def picture_box(children: list[Any], fallback: Callable[[], bytes | None]) -> Any:
+    """An ``ipywidgets.VBox`` whose display also carries a PNG of its current picture.
+
+    JupyterLab renders the live widget (its mime type ranks first); an HTML export without the widget's state or
+    without a network to load the widget library from (``rswb notebooks run`` drops the state, so the pages work
+    offline) shows the PNG instead of an empty box.
+
+    Args:
+        children: the box's widgets.
+        fallback: ``() -> PNG bytes`` of what the widget shows now (``None``: no picture yet).
+    """
+    global _PICTURE_BOX
+    import ipywidgets as widgets
+
+    if _PICTURE_BOX is None:
+        class PictureBox(widgets.VBox):
+            """A VBox with a static PNG beside its widget view (see :func:`picture_box`)."""
+
+            def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+                import base64
+
+                data = dict(super()._repr_mimebundle_(**kwargs) or {})
+                png = self._rswb_fallback()
+                if png:
+                    data["image/png"] = base64.b64encode(png).decode("ascii")
+                return data
+
+        _PICTURE_BOX = PictureBox
+    box = _PICTURE_BOX(children)
+    box._rswb_fallback = fallback
+    return box

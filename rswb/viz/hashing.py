@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 from rswb.data.mspan import class_colors
 from rswb.data.scenes import load_image
 from rswb.metrics.hashing import binarize, hamming_distance, pack_codes
-from rswb.viz.common import pca_2d
+from rswb.viz.common import pca_2d, picture_box
 
 __all__ = [
     "cue_gain",
@@ -371,4 +371,4 @@ def gallery_widget(codes: Any, labels: Any, paths: Sequence[Any], class_names: S
     query.observe(redraw, names="value")
     top.observe(redraw, names="value")
     redraw()
-    return widgets.VBox([widgets.HBox([query, top]), image])
+    return picture_box([widgets.HBox([query, top]), image], lambda: image.value)

@@ -31,10 +31,11 @@ from rswb.data.mspan import MSPANScene, label_colormap
 from rswb.metrics.classification import scores_from_confusion
 from rswb.models.pha import PHA_VERSIONS, STAGE_NAMES
 from rswb.viz.common import figure_picker, pca_2d
-from rswb.viz.explain import overlay_heat
 
 __all__ = [
     "class_mean_codes",
+    "describe_alignment",
+    "describe_dictionary",
     "map_accuracy",
     "normalize_rows",
     "pair_cosines",
@@ -45,7 +46,7 @@ __all__ = [
     "plot_confusion",
     "plot_dictionary_usage",
     "plot_modality_embedding",
-    "plot_pixel_cams",
+    "plot_pixel_attributions",
     "plot_scene_overview",
     "plot_version_bars",
     "plot_version_detail",
@@ -492,6 +493,27 @@ def plot_modality_embedding(before: Mapping[str, Any], after: Mapping[str, Any],
     return fig
 
 
+def describe_alignment(before: Mapping[str, Any], after: Mapping[str, Any]) -> str:
+    """One sentence on what training did to the MS-PAN pairs, computed from the numbers the embedding figure shows.
+
+    Compares :func:`pair_cosines` before and after: the cosine of an item's own MS-PAN pair and of other items'
+    pairs, and their gap (how much closer an item's MS embedding is to its own PAN embedding than to others). The
+    verb (raised, lowered, left unchanged: within 0.01) follows the sign of the change.
+    """
+    (p0, n0), (p1, n1) = pair_cosines(before["ms"], before["pan"]), pair_cosines(after["ms"], after["pan"])
+
+    def verb(a: float, b: float) -> str:
+        return "left unchanged" if abs(b - a) < 0.01 else ("raised" if b > a else "lowered")
+
+    g0, g1 = p0 - n0, p1 - n1
+    return (f"Training {verb(p0, p1)} the cosine of an item's own MS-PAN pair ({p0:.2f} -> {p1:.2f}) and "
+            f"{verb(n0, n1)} that of other items' pairs ({n0:.2f} -> {n1:.2f}): the gap between them went from "
+            f"{g0:.2f} to {g1:.2f}, so an item's two embeddings are "
+            + ("more" if g1 > g0 + 0.01 else "less" if g1 < g0 - 0.01 else "no more")
+            + " distinguishable from other items' after training" + (" than before." if abs(g1 - g0) >= 0.01
+                                                                       else " than before it."))
+
+
 # ---------------------------------------------------------------------------------------------------- dictionary
 
 
@@ -552,6 +574,34 @@ def plot_dictionary_usage(codes_ms: Any, codes_pan: Any, labels: Any, class_name
     return fig
 
 
+def describe_dictionary(codes_ms: Any, codes_pan: Any, labels: Any, class_names: Sequence[str]) -> str:
+    """One sentence on whether MS and PAN describe each class with the same atoms, from the figure's class means.
+
+    For each class the Pearson correlation of its MS and PAN mean codes (the two heatmaps' rows) is compared with the
+    correlation of MS and PAN rows of different classes: "same atoms" only when same-class rows correlate clearly
+    more (by 0.1) than different-class rows do.
+    """
+    y = _array(labels).reshape(-1).astype(np.int64)
+    c = len(class_names)
+    ms = class_mean_codes(_array(codes_ms), y, c)
+    pan = class_mean_codes(_array(codes_pan), y, c)
+    present = [k for k in range(c) if (y == k).any()]
+
+    def corr(a: np.ndarray, b: np.ndarray) -> float:
+        a, b = a - a.mean(), b - b.mean()
+        d = np.sqrt((a**2).sum() * (b**2).sum())
+        return float((a * b).sum() / d) if d > 0 else 0.0
+
+    same = [corr(ms[k], pan[k]) for k in present]
+    other = [corr(ms[k], pan[j]) for k in present for j in present if j != k]
+    s, o = float(np.mean(same)), float(np.mean(other)) if other else float("nan")
+    verdict = ("MS and PAN describe a class with largely the same atoms" if s > o + 0.1 else
+               "MS and PAN use mostly different atoms for the same class (the rows differ)")
+    low = present[int(np.argmin(same))]
+    return (f"Same-class MS and PAN rows correlate {s:.2f} on average (lowest: {class_names[low]}, "
+            f"{min(same):.2f}); rows of different classes {o:.2f}: {verdict}.")
+
+
 # ---------------------------------------------------------------------------------------------------- widget
 
 
@@ -574,6 +624,9 @@ def version_picker(views: Mapping[str, Callable[[], Figure]], value: str | None 
 def plot_agreement_maps(maps: Mapping[str, Any]) -> Figure:
     """The tile's composite, then per stage where MS and PAN agree (cosine, blue = agree, red = disagree).
 
+    Each stage's map covers the tile minus the border its unpadded convolutions cannot reach; that border is grey
+    (no value), and the axis is left visible so the border is not mistaken for the scale's white (cosine 0).
+
     Args:
         maps: the output of :func:`rswb.infer.pha_scene_maps` (``rgb``, ``agreement``, ``offsets``,
             ``stage_names``); each stage's map is drawn on the tile pixels its positions are centred on.
@@ -587,16 +640,20 @@ def plot_agreement_maps(maps: Mapping[str, Any]) -> Figure:
     im = None
     for ax, m, off, name in zip(axes[1:], maps["agreement"], maps["offsets"], maps["stage_names"]):
         m = np.asarray(m)
-        ax.imshow(rgb, interpolation="nearest", alpha=0.35)
-        im = ax.imshow(m, cmap="RdBu", vmin=-1, vmax=1, interpolation="nearest", alpha=0.85,
+        # Outside a stage's map (the border its unpadded convolutions do not reach) there is no value: grey, not a
+        # tinted composite that would read as a colour of the scale.
+        ax.set_facecolor("#d0d0d0")
+        im = ax.imshow(m, cmap="RdBu", vmin=-1, vmax=1, interpolation="nearest",
                        extent=(off - 0.5, off + m.shape[1] - 0.5, off + m.shape[0] - 0.5, off - 0.5))
         ax.set_xlim(-0.5, rgb.shape[1] - 0.5)
         ax.set_ylim(rgb.shape[0] - 0.5, -0.5)
         ax.set_title(f"{name}: mean cosine {m.mean():.2f}", fontsize=9)
-    for ax in axes:
-        ax.axis("off")
+    axes[0].axis("off")
+    for ax in axes[1:]:
+        ax.set_xticks([])
+        ax.set_yticks([])
     if im is not None:
-        fig.colorbar(im, ax=list(axes[1:]), shrink=0.8, label="MS-PAN cosine")
+        fig.colorbar(im, ax=list(axes[1:]), shrink=0.8, label="MS-PAN cosine (grey: outside the stage's map)")
     return fig
 
 
@@ -617,35 +674,47 @@ def plot_atom_maps(maps: Mapping[str, Any], top: int = 6) -> Figure:
             ax.imshow(atoms[m][a], cmap="magma", vmin=0, vmax=vmax, interpolation="nearest")
             ax.set_title(f"{m.upper()} atom {a}", fontsize=9)
             ax.axis("off")
-    fig.suptitle("dictionary codes on the deep stage's grid (shared atoms: alike rows = shared content)", fontsize=10)
+    fig.suptitle("dictionary codes on the deep stage's grid, per atom: MS (top) and PAN (bottom)", fontsize=10)
     return fig
 
 
-def plot_pixel_cams(cams: Mapping[str, Any], labels: Sequence[int] | None = None,
-                    class_names: Sequence[str] | None = None, alpha: float = 0.5) -> Figure:
-    """Grad-CAM of the fused classifier for chosen pixels: MS patch, its map, PAN patch, its map (one row each).
+def plot_pixel_attributions(attr: Mapping[str, Any], labels: Sequence[int] | None = None,
+                            class_names: Sequence[str] | None = None) -> Figure:
+    """Which MS and PAN pixels make the decision of chosen test pixels: patch, attribution, patch, attribution.
+
+    The maps are the signed integrated gradients of :func:`rswb.infer.pha_attributions`, summed over bands, on a
+    diverging colour map centred at 0 (red raises the score, blue lowers it) with one symmetric scale per row, so
+    the MS and PAN maps of a pixel compare. Each row's title gives the share of the score PAN carries, computed from
+    the two maps' sums.
 
     Args:
-        cams: the output of :func:`rswb.infer.pha_grad_cam`.
+        attr: the output of :func:`rswb.infer.pha_attributions`.
         labels: 0-based true class of each pixel (for the titles).
         class_names: class names.
-        alpha: opacity of the heat maps.
     """
-    ms, pan, pred = np.asarray(cams["ms"]), np.asarray(cams["pan"]), np.asarray(cams["pred"])
+    ms, pan, pred = np.asarray(attr["ms"]), np.asarray(attr["pan"]), np.asarray(attr["pred"])
     seen = [*pred.tolist(), *(list(labels) if labels is not None else [])]
     names = _names(class_names, len(class_names) if class_names is not None else int(max(seen)) + 1)
     n = len(pred)
-    fig, axes = plt.subplots(n, 4, figsize=(9, 2.3 * n), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(n, 4, figsize=(9.6, 2.4 * n), squeeze=False, layout="constrained")
+    im = None
     for i in range(n):
         msi = np.clip((ms[i] - ms[i].min()) / max(float(np.ptp(ms[i])), 1e-6), 0, 1)
         p = np.clip((pan[i] - pan[i].min()) / max(float(np.ptp(pan[i])), 1e-6), 0, 1)
+        a_ms, a_pan = np.asarray(attr["attr_ms"][i]), np.asarray(attr["attr_pan"][i])
+        lim = max(float(np.abs(a_ms).max()), float(np.abs(a_pan).max()), 1e-12)
         truth = f"{names[labels[i]]} -> " if labels is not None else ""
-        panels = [(msi, None, f"{truth}{names[pred[i]]}"), (msi, cams.get("cam_ms"), "MS Grad-CAM"),
-                  (p, None, "PAN"), (p, cams.get("cam_pan"), "PAN Grad-CAM")]
-        for ax, (img, cam, title) in zip(axes[i], panels):
-            ax.imshow(img, cmap="gray" if img.ndim == 2 else None, interpolation="nearest")
-            if cam is not None:
-                overlay_heat(ax, cam[i], *img.shape[:2], alpha, interpolation="nearest")
-            ax.set_title(title, fontsize=9)
+        share = float(attr["pan_share"][i])
+        axes[i, 0].imshow(msi, interpolation="nearest")
+        axes[i, 0].set_title(f"{truth}{names[pred[i]]}", fontsize=9)
+        axes[i, 2].imshow(p, cmap="gray", interpolation="nearest")
+        axes[i, 2].set_title("PAN", fontsize=9)
+        for ax, a, what in ((axes[i, 1], a_ms, "MS"), (axes[i, 3], a_pan, "PAN")):
+            im = ax.imshow(a, cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
+            ax.set_title(f"{what}: {a.sum():+.2f} of the score" + (f" ({100 * share:.0f} %)" if what == "PAN"
+                                                                    and np.isfinite(share) else ""), fontsize=9)
+        for ax in axes[i]:
             ax.axis("off")
+    if im is not None:
+        fig.colorbar(im, ax=list(axes[:, 3]), shrink=0.6, label="attribution (per row's scale)")
     return fig

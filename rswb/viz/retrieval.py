@@ -9,16 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from rswb.data.scenes import load_image
 from rswb.metrics.retrieval import retrieval_ranks_from_embeddings
+from rswb.viz.common import fig_png, picture_box
 from rswb.viz.data import plot_captioned_images
 from rswb.viz.explain import overlay_heat
 
 __all__ = [
     "failure_cases", "plot_caption_examples", "plot_failure_cases", "plot_search_hits", "plot_similarity_matrix",
-    "plot_token_similarity", "plot_training_curves", "plot_word_maps", "search_widget",
+    "plot_token_similarity", "plot_training_curves", "plot_word_maps", "search_widget", "describe_ties",
 ]
 
 
@@ -120,6 +122,31 @@ def plot_token_similarity(image_path: str | Path, heat: np.ndarray, query: str, 
     return fig
 
 
+def describe_ties(table: pd.DataFrame, keys: Sequence[str] = ("mR", "i2t_R@1", "t2i_R@1")) -> str:
+    """How much the tie rule moves each number of :func:`rswb.engine.experiments.tie_table`, in one sentence.
+
+    For each key: the widest range between the pessimistic and the optimistic rule over the runs (rows), with that
+    run's headline and published values; when no run moves by 0.05 points or more, the sentence says the rules
+    agree on this data.
+    """
+    parts = []
+    for key in keys:
+        lo, hi = table[f"{key} pessimistic"].astype(float), table[f"{key} optimistic"].astype(float)
+        spread = hi - lo
+        run = spread.idxmax()
+        if spread[run] < 0.05:
+            parts.append(f"{key}: every rule gives the same value for every run (largest spread {spread[run]:.2f})")
+            continue
+        rule = table.loc[run, "ties"]
+        head = f", {rule} {table.loc[run, f'{key} {rule}']:.1f}" if rule not in ("pessimistic", "optimistic") else ""
+        pub = f", published {table.loc[run, f'{key} published']:.1f}" if rule != "published" else ""
+        parts.append(f"{key} of {run} spans {lo[run]:.1f} (pessimistic) to {hi[run]:.1f} (optimistic){head}{pub}")
+    moved = any("spans" in p for p in parts)
+    end = ("; where the range is wide, that number depends on how ties are counted, not on the model" if moved
+           else ": no tied scores change a ranking here")
+    return "; ".join(parts) + end + "."
+
+
 def failure_cases(embeddings: Mapping[str, torch.Tensor], split, n: int = 4) -> list[dict[str, Any]]:
     """The ``n`` captions whose own image ranks worst in text-to-image search (ties: the first captions).
 
@@ -174,13 +201,16 @@ def search_widget(text_search: Callable[[str, int], list[dict]], image_search: C
     pick = w.Dropdown(options=[(f"{i}: {Path(p).name}", i) for i, p in enumerate(image_paths)],
                       description="image:")
     out = w.Output()
+    shown: dict[str, bytes] = {}  # the last picture, the static fallback of the HTML export
 
     def show_text(_=None):
         with out:
             out.clear_output(wait=True)
             if box.value.strip():
                 hits = text_search(box.value, k)
-                display(plot_search_hits(hits, box.value))
+                fig = plot_search_hits(hits, box.value)
+                shown["png"] = fig_png(fig)
+                display(fig)
                 plt.close("all")
 
     def show_image(change=None):
@@ -190,6 +220,7 @@ def search_widget(text_search: Callable[[str, int], list[dict]], image_search: C
             fig, ax = plt.subplots(figsize=(3, 3))
             ax.imshow(load_image(image_paths[i], 200))
             ax.axis("off")
+            shown["png"] = fig_png(fig)
             display(fig)
             plt.close(fig)
             for c in image_search(i, k):
@@ -199,7 +230,7 @@ def search_widget(text_search: Callable[[str, int], list[dict]], image_search: C
     box.observe(show_text, names="value")  # Enter (or leaving the box) searches, as the button does
     pick.observe(show_image, names="value")
     show_text()
-    return w.VBox([w.HBox([box, go]), pick, out])
+    return picture_box([w.HBox([box, go]), pick, out], lambda: shown.get("png"))
 
 
 def plot_word_maps(words: Mapping[str, Any], top: int = 3, alpha: float = 0.5):
@@ -211,29 +242,30 @@ def plot_word_maps(words: Mapping[str, Any], top: int = 3, alpha: float = 0.5):
         alpha: opacity of the heat maps.
 
     Returns:
-        The figure: the bar chart on top, then one row per level (stride 8, stride 16), one column per word.
+        The figure: the bar chart on top, then one map per word (the levels combined, ``words["cam"]``), titled with
+        the word, its share and the method and strides the map was made with.
     """
     import matplotlib.pyplot as plt
 
     tokens, share = list(words["tokens"]), np.asarray(words["share"])
     order = np.argsort(-share)[:top]
-    levels = list(words["maps"])
     image = np.asarray(words["image"])
     h, w = image.shape[:2]
-    fig = plt.figure(figsize=(2.6 * max(top, 3), 2.2 + 2.6 * len(levels)), layout="constrained")
-    grid = fig.add_gridspec(1 + len(levels), len(order), height_ratios=[0.9] + [1] * len(levels))
+    stride = {"low": 8, "mid": 16, "high": 32}
+    how = (f"{'LayerCAM' if words.get('method') == 'layercam' else 'Grad-CAM'}, stride "
+           + "+".join(str(stride.get(lv, lv)) for lv in words.get("levels", words["maps"])))
+    fig = plt.figure(figsize=(2.6 * max(top, 3), 5.0), layout="constrained")
+    grid = fig.add_gridspec(2, max(len(order), 1), height_ratios=[0.9, 1])
     bar = fig.add_subplot(grid[0, :])
     bar.bar(range(len(tokens)), share, color=["#1a7f37" if v > 0 else "#cf222e" for v in share])
     bar.set_xticks(range(len(tokens)), tokens, rotation=45, ha="right", fontsize=8)
     bar.axhline(0, color="black", lw=0.6)
     bar.set_ylabel("score - score without it")
     bar.set_title(f"each word's share of the score {words['score']:.3f}", fontsize=10)
-    stride = {"low": 8, "mid": 16, "high": 32}
-    for r, level in enumerate(levels, 1):
-        for c, t in enumerate(order):
-            ax = fig.add_subplot(grid[r, c])
-            ax.imshow(image)
-            overlay_heat(ax, words["maps"][level][t], h, w, alpha)
-            ax.set_title(f"'{tokens[t]}' (stride {stride.get(level, level)})", fontsize=9)
-            ax.axis("off")
+    for c, t in enumerate(order):
+        ax = fig.add_subplot(grid[1, c])
+        ax.imshow(image)
+        overlay_heat(ax, words["cam"][t], h, w, alpha)
+        ax.set_title(f"'{tokens[t]}' ({share[t]:+.3f})\n{how}", fontsize=9)
+        ax.axis("off")
     return fig

@@ -53,7 +53,7 @@ def test_list_runs(runs_root):
 def test_compare_returns_the_metrics_of_each_run(runs_root):
     df = compare(["small", "large"], root=runs_root, metrics=["OA", "kappa"])
     assert isinstance(df, pd.DataFrame) and list(df.index) == ["small", "large"]
-    assert list(df.columns) == ["method", "version", "data", "status", "OA", "kappa", "best_epoch", "time_s"]
+    assert list(df.columns) == ["method", "version", "data", "status", "OA", "kappa", "epochs", "best_epoch", "time_s"]
     for name in ("small", "large"):
         final = json.loads((runs_root / name / "metrics.json").read_text())
         assert df.loc[name, "OA"] == final["test"]["OA"] and df.loc[name, "kappa"] == final["test"]["kappa"]
@@ -80,9 +80,21 @@ def test_runs_cli(runs_root, capsys):
     assert "small" in out and "large" in out and "test_OA" in out and "finished" in out
     assert main(["runs", "compare", "small", "large", "--root", str(runs_root), "--metrics", "OA,AA"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split() == ["method", "version", "data", "status", "OA", "AA", "best_epoch", "time_s"]
+    assert out[0].split() == ["method", "version", "data", "status", "OA", "AA", "epochs", "best_epoch", "time_s"]
     assert main(["runs", "compare", "nope", "--root", str(runs_root)]) == 2
     assert "not a run folder" in capsys.readouterr().err
+
+
+def test_runs_compare_shows_each_tasks_headline_metrics_by_default(runs_root, capsys, monkeypatch):
+    from rswb.engine import runs as runs_mod
+
+    monkeypatch.setitem(runs_mod.HEADLINE_METRICS, TASK, ("kappa", "OA"))
+    assert main(["runs", "compare", "small", "large", "--root", str(runs_root)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["method", "version", "data", "status", "kappa", "OA", "epochs", "best_epoch", "time_s"]
+    assert max(map(len, out)) < 120  # fits a terminal
+    assert main(["runs", "compare", "small", "--root", str(runs_root), "--metrics", "all"]) == 0
+    assert "AA" in capsys.readouterr().out.splitlines()[0].split()
 
 
 def test_train_cli_errors_are_one_line(tmp_path, capsys):

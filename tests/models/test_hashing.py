@@ -89,3 +89,16 @@ def test_grad_cam_reads_efficientnet_stage7_output():
     model = dhcl("efficientnet_lite0", bits=16, num_classes=5, pretrained=False).eval()
     out = model.grad_cam(torch.rand(1, 3, 96, 96), "cue")
     assert out["cam"].shape == (1, 3, 3)
+
+
+def test_multi_layer_maps_of_the_code_and_the_cue_are_at_the_image_size():
+    torch.manual_seed(0)
+    model = dhcl("small_cnn", bits=16, num_classes=5).eval()
+    images = torch.rand(2, 3, 64, 64)
+    single = model.grad_cam(images, "cue")
+    for method in ("gradcam", "layercam"):
+        out = model.grad_cam(images, "cue", method=method, strides=(8, 16))
+        assert out["cam"].shape == (2, 64, 64) and float(out["cam"].max()) == pytest.approx(1.0)
+        assert torch.equal(out["pred"], single["pred"]) and torch.allclose(out["score"], single["score"])
+    with pytest.raises(ValueError, match="strides"):
+        model.grad_cam(images, "cue", method="layercam")

@@ -260,19 +260,36 @@ def test_agreement_is_one_where_the_branches_see_the_same_thing():
     assert all(float(m.min()) >= -1 and float(m.max()) <= 1 for m in other) and float(other[0].min()) < 0.99
 
 
-def test_pha_grad_cam_places_each_branch_map_on_the_patch_centre():
+def test_pha_attributions_sum_to_the_score_change_and_read_the_modality_that_decides():
     from rswb.data.mspan import PatchSampler, load_mspan
     from rswb.data.synthetic import ensure_embedded
-    from rswb.infer import pha_grad_cam
+    from rswb.infer import pha_attributions
 
     scene = load_mspan(ensure_embedded("mspan")).normalized()
     model = randomize(build("pha_v3", bands=scene.bands)).eval()
-    out = pha_grad_cam(model, PatchSampler(scene, 16), [40, 100], [50, 120], device="cpu")
+    sampler = PatchSampler(scene, 16)
+    out = pha_attributions(model, sampler, [40, 100], [50, 120], steps=64, device="cpu")
     assert out["ms"].shape == (2, 16, 16, 3) and out["pan"].shape == (2, 64, 64)
-    for m in ("ms", "pan"):
-        cam = out[f"cam_{m}"]
-        assert cam.shape == (2, 16, 16) and float(cam.min()) >= 0 and float(cam.max()) <= 1
-        assert not cam[:, :6].any() and not cam[:, 10:].any() and not cam[:, :, :6].any()  # 4 x 4 centre only
+    assert out["attr_ms"].shape == (2, 16, 16) and out["attr_pan"].shape == (2, 64, 64)
+    total = out["attr_ms"].sum((1, 2)) + out["attr_pan"].sum((1, 2))
+    np.testing.assert_allclose(total, out["delta"], rtol=0.05, atol=1e-3)  # completeness of integrated gradients
     with torch.no_grad():
-        batch = PatchSampler(scene, 16).gather(np.array([40, 100]), np.array([50, 120]))
+        batch = sampler.gather(np.array([40, 100]), np.array([50, 120]))
         assert out["pred"].tolist() == model(batch)["logits"].argmax(1).tolist()
+    # A model that reads PAN only: every attribution is PAN's, its share is 1.
+    class PanOnly(torch.nn.Module):
+        modalities, feature_dims = ("ms", "pan"), None
+
+        def forward(self, batch):
+            v = batch["pan"].mean((1, 2, 3)) + 0.0 * batch["ms"].mean((1, 2, 3))  # MS in the graph, not in the score
+            return {"logits": torch.stack([v, -v], 1)}
+
+    import rswb.models.pha as pha
+
+    pan_only = PanOnly()
+    pha_cls, pha.PHANet = pha.PHANet, PanOnly  # the isinstance check
+    try:
+        out = pha_attributions(pan_only, sampler, [40], [50], device="cpu")
+    finally:
+        pha.PHANet = pha_cls
+    assert not out["attr_ms"].any() and out["pan_share"][0] == pytest.approx(1.0)

@@ -51,7 +51,8 @@ def test_notebook_04_runs_on_embedded_scenes(tmp_path, monkeypatch):
     assert metrics["profile"] == "quick" and set(metrics["bits"]) == {"16", "32", "48", "64"}
     for per_bits in metrics["bits"].values():
         assert {"mAP@20", "mAP@20_nocue", "P@20", "P@r2", "R@r2", "class_acc"} <= set(per_bits)
-        assert all(0.0 <= v <= 1.0 for v in per_bits.values())
+        assert all(0.0 <= v <= 1.0 for k, v in per_bits.items() if not k.endswith("_bits"))
+        assert per_bits["code_bits"] == per_bits["hash_bits"] + per_bits["cue_bits"] and per_bits["cue_bits"] == 4
     assert len(list(output_dir.glob("quick-16bit-s0-*/metrics.json"))) == 1
     # The demo's codes have learned (issues 17, 29): class accuracy and mAP@20 >= 0.8 at every code length.
     for per_bits in metrics["bits"].values():

@@ -45,8 +45,11 @@ def test_train_hash_cli_on_embedded_scenes(tmp_path):
     final = json.loads((tmp_path / "h" / "metrics.json").read_text())
     keys = {"mAP@20", "P@20", "P@r2", "R@r2", "mAP@20_nocue", "dhcl_MAP@20", "class_acc"}
     assert keys <= set(final["test"]) and final["monitor"] == "mAP@20"
-    for v in final["test"].values():
-        assert 0.0 <= v <= 1.0
+    lengths = {"hash_bits", "cue_bits", "code_bits"}
+    for key, v in final["test"].items():
+        assert key in lengths or 0.0 <= v <= 1.0
+    # The code's length as stored: 16 hash bits plus ceil(log2 10) = 4 class bits (not 16 + 4 x 17 repeats).
+    assert (final["test"]["hash_bits"], final["test"]["cue_bits"], final["test"]["code_bits"]) == (16, 4, 20)
 
 
 def test_fine_tuning_profile_trains_the_backbone_with_frozen_bn(tmp_path):
@@ -125,6 +128,30 @@ def test_profile_run_reuses_a_finished_run_with_the_same_options(tmp_path, monke
     assert loaded.metrics["test"] == codes["metrics"] and len(loaded.history) == 2 and loaded.test is not None
 
 
+def test_notebook_runs_are_named_by_their_options_log_to_the_run_and_show_no_bars(tmp_path, monkeypatch, capfd):
+    from rswb.engine import experiments
+
+    monkeypatch.setenv("RSWB_CACHE_DIR", str(tmp_path / "cache"))
+    tiny = {**experiments.PROFILES["hash"]["quick"], "image_size": 32, "per_class": 10}
+    monkeypatch.setitem(experiments.PROFILES["hash"], "tiny", tiny)
+    out = tmp_path / "runs"
+
+    def run(epochs):
+        return experiments.notebook_run("hash", "tiny", out, "8bit-s0", progress=False, bits=8, data=None,
+                                        epochs=epochs, seed=0)
+
+    one = run(1)
+    printed = capfd.readouterr()
+    assert printed.out == ""  # the final table and cache lines went to the run's log
+    assert "%|" not in printed.err  # --progress false: no bar, feature extraction included
+    log = (one / "train.log").read_text()
+    assert "best epoch 1 by val mAP@20" in log
+    assert one.name.startswith("tiny-8bit-s0-") and run(1) == one  # same options: same folder, reused
+    two = run(2)
+    assert two != one and (one / "metrics.json").exists() and (two / "metrics.json").exists()  # both kept
+    assert experiments.run_name("x", {"a": 1, "b": 2}) == experiments.run_name("x", {"b": 2, "a": 1})
+
+
 def test_a_truncated_query_image_fails_in_seconds_before_the_training_features(tmp_path, monkeypatch, capsys):
     import rswb.tasks.hashing as hashing
     from tests.data.fakes import make_aid, truncate_file
@@ -179,8 +206,11 @@ def test_load_codes_builds_only_the_test_split(tmp_path, monkeypatch):
     # Grad-CAM runs the same trained model on the images themselves: its predicted class is the one in the codes.
     from rswb.infer import hash_grad_cam
 
-    cams = hash_grad_cam(tmp_path / "h", [0, 57, 99])
-    assert cams["images"].shape == (3, 32, 32, 3) and cams["code"].shape == cams["cue"].shape == (3, 1, 1)
+    cams = hash_grad_cam(tmp_path / "h", [0, 57, 99])  # LayerCAM over strides 8 and 16, at the image's size
+    assert cams["images"].shape == (3, 32, 32, 3) and cams["code"].shape == cams["cue"].shape == (3, 32, 32)
+    assert cams["method"] == "LayerCAM, strides 8/16" and len(cams["paths"]) == 3
+    coarse = hash_grad_cam(tmp_path / "h", [0, 57, 99], method="gradcam", strides=None)
+    assert coarse["cue"].shape == (3, 1, 1) and coarse["method"] == "Grad-CAM, stride 32"
     assert cams["pred"].tolist() == out["pred"][[0, 57, 99]].tolist()
     assert cams["label"].tolist() == out["label"][[0, 57, 99]].tolist()
 

@@ -43,3 +43,28 @@ def test_class_browser_switches_the_picture_with_the_dropdown(folder):
     assert bytes(image.value) != first and bytes(image.value).startswith(b"\x89PNG")
     with pytest.raises(ValueError, match="at least one view"):
         figure_picker({})
+
+
+def test_widgets_carry_their_picture_for_pages_without_the_widget_library():
+    """An HTML export without widget state (or offline) shows the PNG the widget carries, not an empty box."""
+    import base64
+
+    import matplotlib.pyplot as plt
+
+    from rswb.viz import figure_picker
+
+    def view(colour):
+        def draw():
+            fig, ax = plt.subplots(figsize=(1, 1))
+            ax.set_facecolor(colour)
+            return fig
+        return draw
+
+    picker = figure_picker({"red": view("red"), "blue": view("blue")})
+    bundle = picker._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle  # JupyterLab still renders the live widget
+    image = picker.children[1]
+    assert base64.b64decode(bundle["image/png"]) == image.value
+    picker.children[0].value = "blue"  # the fallback follows what the widget shows now
+    assert base64.b64decode(picker._repr_mimebundle_()["image/png"]) == image.value != base64.b64decode(
+        bundle["image/png"])

@@ -18,12 +18,16 @@ def test_overlays_stretch_each_map_over_its_image():
     assert heat.get_extent() == pytest.approx((0, 60, 40, 0)) and heat.get_array().shape == (2, 3)
 
 
-def test_word_maps_figure_has_the_bars_and_the_top_words_per_level():
+def test_word_maps_figure_has_the_bars_and_the_combined_map_of_each_top_word():
     from rswb.viz import plot_word_maps
 
     words = {"tokens": ["many", "green", "trees"], "share": np.array([0.01, -0.02, 0.05]), "score": 0.4,
              "maps": {"low": np.random.default_rng(0).random((3, 8, 8)), "mid": np.ones((3, 4, 4))},
+             "cam": np.random.default_rng(1).random((3, 64, 64)), "levels": ["low", "mid"], "method": "layercam",
              "image": np.zeros((64, 64, 3), np.uint8)}
     fig = plot_word_maps(words, top=2)
-    assert len(fig.axes) == 1 + 2 * 2
-    assert [a.get_title() for a in fig.axes[1:3]] == ["'trees' (stride 8)", "'many' (stride 8)"]
+    assert len(fig.axes) == 1 + 2
+    assert [a.get_title() for a in fig.axes[1:3]] == ["'trees' (+0.050)\nLayerCAM, stride 8+16",
+                                                     "'many' (+0.010)\nLayerCAM, stride 8+16"]
+    heat = fig.axes[1].get_images()[1]
+    np.testing.assert_array_equal(heat.get_array(), words["cam"][2])  # the word's own map, as computed

@@ -333,9 +333,9 @@ def test_scene_maps_and_the_figures_of_where_the_model_looks():
 
     from rswb.data.mspan import PatchSampler, load_mspan
     from rswb.data.synthetic import ensure_embedded
-    from rswb.infer import pha_grad_cam, pha_scene_maps
+    from rswb.infer import pha_attributions, pha_scene_maps
     from rswb.registry import create_model
-    from rswb.viz import plot_agreement_maps, plot_atom_maps, plot_pixel_cams
+    from rswb.viz import plot_agreement_maps, plot_atom_maps, plot_pixel_attributions
 
     scene = load_mspan(ensure_embedded("mspan")).normalized()
     torch.manual_seed(0)
@@ -347,8 +347,13 @@ def test_scene_maps_and_the_figures_of_where_the_model_looks():
     fig = plot_agreement_maps(maps)
     assert len(fig.axes) == 5  # composite, three stages, colour bar
     assert len(plot_atom_maps(maps, top=4).axes) == 8
-    cams = pha_grad_cam(model, PatchSampler(scene, 16), [20, 60], [30, 90], device="cpu")
-    fig = plot_pixel_cams(cams, labels=[0, 1], class_names=scene.class_names)
-    assert len(fig.axes) == 8 and "MS Grad-CAM" in fig.axes[1].get_title()
+    attr = pha_attributions(model, PatchSampler(scene, 16), [20, 60], [30, 90], steps=8, device="cpu")
+    fig = plot_pixel_attributions(attr, labels=[0, 1], class_names=scene.class_names)
+    assert len(fig.axes) == 9  # 2 rows of 4 panels and the colour bar
+    ms_sum, pan_sum = attr["attr_ms"][0].sum(), attr["attr_pan"][0].sum()
+    assert fig.axes[1].get_title() == f"MS: {ms_sum:+.2f} of the score"  # the title is the map's own sum
+    assert fig.axes[3].get_title().startswith(f"PAN: {pan_sum:+.2f} of the score")
+    lo, hi = fig.axes[1].get_images()[0].get_clim()
+    assert lo == -hi  # a diverging scale centred at 0
     with pytest.raises(ValueError, match="size"):
         pha_scene_maps(model, scene, 0, 0, size=8)

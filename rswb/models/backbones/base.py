@@ -174,6 +174,25 @@ class Backbone(nn.Module):
                 return piece.modules[-1]
         raise RuntimeError(f"{type(self).__name__} has no convolutional piece")
 
+    def stride_layers(self, strides: Sequence[int] = (8, 16, 32)) -> dict[str, nn.Module]:
+        """``{"s8": module, ...}``: for each stride, the last module of the last piece whose map has that stride.
+
+        These are the layers a multi-layer attribution map explains (:func:`rswb.models.explain.multi_layer_cam`);
+        a 1x1 ``head`` is skipped for the reason :meth:`cam_layer` gives.
+
+        Raises:
+            ValueError: the backbone has no map at one of the strides.
+        """
+        by_stride = {f.name: f.stride for f in self.feature_info}
+        found: dict[int, nn.Module] = {}
+        for piece in self.pieces():
+            if piece.tap is not None and piece.name != "head" and by_stride.get(piece.tap) in strides:
+                found[by_stride[piece.tap]] = piece.modules[-1]
+        missing = [s for s in strides if s not in found]
+        if missing:
+            raise ValueError(f"{type(self).__name__} has no feature map at stride(s) {missing}")
+        return {f"s{s}": found[s] for s in strides}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Globally pooled features ``[B, num_features]`` of images ``[B, 3, H, W]`` in [0, 1]."""
         return self.forward_features(x)["pooled"]
