@@ -98,6 +98,18 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    import rswb.tasks  # noqa: F401  (registers the tasks)
+    from rswb.engine.runs import resolve_run
+    from rswb.report import run_report
+
+    if args.items < 1:
+        raise ValueError(f"--items must be at least 1, got {args.items}")
+    path = run_report(resolve_run(args.run, args.root), args.out, device=args.device, items=args.items)
+    print(f"report written: {path}")
+    return 0
+
+
 def _cmd_search(args: argparse.Namespace) -> int:
     import rswb.tasks  # noqa: F401
     from rswb.data.image_text import RetrievalSplit
@@ -260,6 +272,15 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--json", action="store_true", help="print the hits as JSON")
     se.set_defaults(func=_cmd_search)
 
+    rp = sub.add_parser("report", help="one HTML page for a finished run: metrics with class names, training "
+                                       "curves, confusion matrix, attention maps")
+    rp.add_argument("run", help="run name (under --runs-root) or run folder")
+    rp.add_argument("--out", default=None, help="the page (default: RUN/report.html)")
+    rp.add_argument("--items", type=int, default=4, help="test items shown with their attention maps (default 4)")
+    rp.add_argument("--runs-root", "--root", dest="root", default="runs", help="folder of runs (default: runs)")
+    rp.add_argument("--device", default=None, help="cuda | mps | cpu (default: the best available)")
+    rp.set_defaults(func=_cmd_report)
+
     nbs = sub.add_parser("notebooks", help="run the notebook suite headless into an HTML report")
     nbs_sub = nbs.add_subparsers(dest="notebooks_command", metavar="ACTION", required=True)
     nr = nbs_sub.add_parser("run", help="execute the notebooks with papermill into reports/<timestamp>/")
@@ -342,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         _report_error("data error", err, as_json, path=err.path)
         return 2
     except (KeyError, ValueError, FileNotFoundError, FileExistsError) as err:
-        if args.command not in ("train", "runs", "eval", "search", "notebooks"):
+        if args.command not in ("train", "runs", "eval", "search", "notebooks", "report"):
             raise
         # Bad options, unknown tasks or runs, an existing run folder: one clear line, not a traceback.
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err

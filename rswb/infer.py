@@ -28,6 +28,7 @@ from rswb.engine.device import select_device, to_device
 from rswb.engine.retrieval import RetrievalTask
 from rswb.engine.task import EvalContext
 from rswb.metrics.classification import classification_report, scores_from_confusion
+from rswb.metrics.explain import modality_shares
 from rswb.models.hashing import cue_bits
 from rswb.models.pha import STAGE_NAMES
 from rswb.utils import eval_mode
@@ -408,7 +409,8 @@ def pha_attributions(model: torch.nn.Module, sampler: Any, rows: Sequence[int], 
     Integrated gradients (captum's ``IntegratedGradients``, ``steps`` points on the straight path) of the score
     from a baseline to each pixel's MS and PAN patches: the attributions of every MS and PAN pixel sum, over both
     modalities, to ``score(x) - score(baseline)`` (completeness), so ``pan_share`` = the PAN sum over both sums is
-    the part of the decision PAN carries. The score is the predicted class's logit, or with ``twin`` the margin
+    the part of the decision PAN carries (:func:`rswb.metrics.explain.modality_shares`: a modality whose sum is
+    negative counts 0). The score is the predicted class's logit, or with ``twin`` the margin
     ``logit(pred) - logit(twin)`` against another class (e.g. the class that differs only in PAN texture). The
     baseline is each band's mean (over the scene by default): a flat patch with no spectrum or texture to read.
     ``benchmarks/explain`` checks this kind of per-modality reading against the embedded scene's design.
@@ -426,8 +428,8 @@ def pha_attributions(model: torch.nn.Module, sampler: Any, rows: Sequence[int], 
     Returns:
         ``ms`` ``[B, patch, patch, 3]`` (the first three bands, for display), ``pan`` ``[B, r patch, r patch]``,
         ``attr_ms`` ``[B, patch, patch]`` and ``attr_pan`` ``[B, r patch, r patch]`` (signed, summed over bands:
-        positive raises the score), ``pan_share`` ``[B]`` (NaN where both sums are 0), ``delta`` ``[B]`` (the
-        score's change from the baseline, what the attributions sum to), ``pred`` ``[B]``.
+        positive raises the score), ``pan_share`` ``[B]`` in [0, 1] (NaN where neither sum is positive),
+        ``delta`` ``[B]`` (the score's change from the baseline, what the attributions sum to), ``pred`` ``[B]``.
     """
     from captum.attr import IntegratedGradients
 
@@ -464,9 +466,7 @@ def pha_attributions(model: torch.nn.Module, sampler: Any, rows: Sequence[int], 
             delta = score(ms, pan) - score(*base)
     attr_ms, attr_pan = a_ms.sum(1).detach().cpu().numpy(), a_pan.sum(1).detach().cpu().numpy()
     s_ms, s_pan = attr_ms.reshape(len(ms), -1).sum(1), attr_pan.reshape(len(ms), -1).sum(1)
-    total = s_ms + s_pan
-    with np.errstate(invalid="ignore", divide="ignore"):
-        share = np.where(total != 0, s_pan / np.where(total != 0, total, 1.0), np.nan)
+    share = modality_shares(s_pan, s_ms)  # a modality that lowers the score supports none of it
     return {"ms": batch["ms"][:, :3].permute(0, 2, 3, 1).cpu().numpy(), "pan": batch["pan"][:, 0].cpu().numpy(),
             "attr_ms": attr_ms, "attr_pan": attr_pan, "pan_share": share, "delta": delta.cpu().numpy(),
             "pred": pred.cpu().numpy()}

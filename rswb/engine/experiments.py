@@ -227,7 +227,12 @@ def notebook_run(task: str, profile: str, output_dir: str | Path, label: str, *,
 
 @dataclass
 class LoadedRun:
-    """A finished run, rebuilt: its task (selected weights loaded, eval mode), splits, config and metrics."""
+    """A finished run, rebuilt: its task (selected weights loaded, eval mode), splits, config and metrics.
+
+    ``config`` is the saved ``config.yaml`` (a dict); ``task_config`` the task's config dataclass built from it, which
+    the task's own functions take (``rswb.tasks.pha.prepare_data(run.task_config)``); ``class_names`` names the
+    classes of a classifying task (PHA, hashing) for tables and figures.
+    """
 
     path: Path
     task: Task
@@ -237,6 +242,8 @@ class LoadedRun:
     config: dict[str, Any]
     metrics: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)
+    task_config: Any = None  # the task's validated config dataclass (what rswb.tasks.<task>.prepare_data takes)
+    class_names: list[str] | None = None  # name of each 0-based class (None: the task does not classify)
 
 
 def load_run(run_dir: str | Path, weights: str = "best", overrides: Mapping[str, Any] | None = None) -> LoadedRun:
@@ -250,7 +257,7 @@ def load_run(run_dir: str | Path, weights: str = "best", overrides: Mapping[str,
     bundle = load_trained(run_dir, weights, overrides)
     run = RunFolder(run_dir)
     return LoadedRun(Path(run_dir), bundle.task, bundle.train, bundle.val, bundle.test, run.read_config(),
-                     run.read_final() or {}, run.read_history())
+                     run.read_final() or {}, run.read_history(), bundle.config, bundle.class_names)
 
 
 def run_history(run_dir: str | Path) -> list[dict[str, Any]]:

@@ -114,7 +114,9 @@ def _build(builder: Any, task_opts: Mapping[str, Any], source: str) -> tuple[Tas
     """Call a task builder with its config dataclass built from ``task_opts``: ``(bundle, task config or None)``."""
     task_cls = task_config_class(builder)
     task_cfg = validate(from_dict(task_cls, task_opts, source=source), source=source) if task_cls else None
-    return (builder(task_cfg) if task_cls else builder()), task_cfg
+    bundle = builder(task_cfg) if task_cls else builder()
+    bundle.config = task_cfg
+    return bundle, task_cfg
 
 
 def _check_effective(task_cls: type | None, train: TrainConfig, given: Mapping[str, Any]) -> None:
@@ -191,7 +193,8 @@ def train_task(name: str, options: Mapping[str, Any] | None = None, *, config_fi
                          source="training options")
     return fit(bundle.task, bundle.train, val=bundle.val, test=bundle.test, config=train_cfg, name=run_name,
                runs_root=runs_root, resume=resume, overwrite=overwrite,
-               task_config=to_dict(task_cfg) if task_cfg is not None else {}, task_name=name, dist=dist)
+               task_config=to_dict(task_cfg) if task_cfg is not None else {}, task_name=name, dist=dist,
+               class_names=bundle.class_names)
 
 
 def load_trained(run_dir: str | Path, weights: str = "best", overrides: Mapping[str, Any] | None = None) -> TaskBundle:

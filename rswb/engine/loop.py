@@ -152,6 +152,7 @@ def fit(
     task_name: str | None = None,
     callbacks: Sequence[Callable[[dict[str, Any]], None]] = (),
     dist: DistContext | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> FitResult:
     """Train ``task`` on ``train``, select the best epoch on validation, evaluate ``test`` once, write a run folder.
 
@@ -172,6 +173,7 @@ def fit(
         task_name: the registered task name (saved, so that ``rswb eval`` can rebuild the run).
         callbacks: functions called on rank 0 with each epoch's record (the ``metrics.jsonl`` line).
         dist: process context (default: the initialised ``torch.distributed`` group, else one process).
+        class_names: name of each 0-based class, saved in ``metrics.json`` and shown beside ``acc_k`` in the table.
 
     Returns:
         A :class:`FitResult` with the history, the selected epoch, its validation metrics and the test metrics.
@@ -234,7 +236,7 @@ def fit(
             st.stopped_early = True
             break
     epochs_bar.close()
-    return _finish(st, val_set, test, eval_ctx)
+    return _finish(st, val_set, test, eval_ctx, class_names)
 
 
 @dataclass
@@ -400,7 +402,8 @@ def _save_epoch(st: _Training, epoch: int, improved: bool, record: dict[str, Any
         cb(record)
 
 
-def _finish(st: _Training, val_set: Dataset | None, test: Dataset | None, eval_ctx: EvalContext) -> FitResult:
+def _finish(st: _Training, val_set: Dataset | None, test: Dataset | None, eval_ctx: EvalContext,
+            class_names: Sequence[str] | None = None) -> FitResult:
     """Load the selected weights, score the test split once, write ``metrics.json`` and print the summary."""
     task, run, dist = st.task, st.run, st.dist
     if val_set is None:
@@ -421,6 +424,8 @@ def _finish(st: _Training, val_set: Dataset | None, test: Dataset | None, eval_c
         "time_s": total_time, "stopped_early": st.stopped_early, "device": str(st.device), "precision": st.precision,
         "world_size": dist.world_size, "finished": _dt.datetime.now().isoformat(timespec="seconds"),
     }
+    if class_names is not None:
+        final["class_names"] = list(class_names)  # acc_k is the accuracy of class_names[k - 1]
     if dist.is_main:
         run.write_final(final)
         # The table is the run's result, not progress: --progress false hides the bars, never the numbers.
@@ -449,14 +454,25 @@ def _restore_best(run: RunFolder, ckpt: Mapping[str, Any], best: Mapping[str, An
                        f"{run.checkpoint}; the run folder was modified by hand")
 
 
+def metric_label(key: str, class_names: Sequence[str] | None) -> str:
+    """A metric key for people: ``acc_3`` becomes ``acc_3 (forest)`` when the class names are known."""
+    if class_names and key.startswith("acc_") and key[4:].isdigit() and 0 < int(key[4:]) <= len(class_names):
+        return f"{key} ({class_names[int(key[4:]) - 1]})"
+    return key
+
+
 def _summary(final: Mapping[str, Any]) -> str:
-    """The short table printed at the end of a run."""
+    """The short table printed at the end of a run (per-class accuracies named by their class)."""
     lines = [f"run {final['name']}: {final['epochs_run']} epochs in {final['time_s']:.1f} s, "
              f"best epoch {final['best_epoch']} by val {final['monitor']}"]
     keys = sorted(set(final["val"]) | set(final["test"]))
+    names = final.get("class_names")
     if keys:
-        lines.append(f"  {'metric':<12} {'val':>10} {'test':>10}")
+        labels = {k: metric_label(k, names) for k in keys}
+        width = max(12, *map(len, labels.values()))
+        lines.append(f"  {'metric':<{width}} {'val':>10} {'test':>10}")
         for k in keys:
             v, t = final["val"].get(k), final["test"].get(k)
-            lines.append(f"  {k:<12} {'' if v is None else f'{v:.4g}':>10} {'' if t is None else f'{t:.4g}':>10}")
+            lines.append(f"  {labels[k]:<{width}} {'' if v is None else f'{v:.4g}':>10} "
+                         f"{'' if t is None else f'{t:.4g}':>10}")
     return "\n".join(lines)

@@ -66,6 +66,8 @@ class TaskBundle:
     val: Dataset | None = None
     test: Dataset | None = None
     train_defaults: dict[str, Any] = field(default_factory=dict)  # TrainConfig values this method prefers
+    class_names: list[str] | None = None  # name of each 0-based class, for tables and figures (None: not a classifier)
+    config: Any = None  # the validated task config dataclass the bundle was built from (set by the launcher)
 
 
 class Task(nn.Module):

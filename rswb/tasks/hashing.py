@@ -199,7 +199,8 @@ def hash_task(cfg: HashConfig) -> TaskBundle:
         test = _test_split(cfg, model, query)
         defaults = {"epochs": 30, "batch_size": 90, "lr": 1e-4, "weight_decay": 1e-4, "schedule": "step",
                     "step_epochs": 10, "step_gamma": 0.5, "val_fraction": 0.0}
-    return TaskBundle(task, train, val=val if len(va_idx) else None, test=test, train_defaults=defaults)
+    return TaskBundle(task, train, val=val if len(va_idx) else None, test=test, train_defaults=defaults,
+                      class_names=list(query.classes))
 
 
 def query_task(cfg: HashConfig, weights: dict | None = None) -> tuple[HashTask, Dataset, SceneFolder]:

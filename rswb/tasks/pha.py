@@ -374,5 +374,6 @@ def pha_task(cfg: PHAConfig) -> TaskBundle:
                    loss_weights=weights, info=info)
     defaults = {"epochs": 30, "batch_size": 64, "optimizer": "adamw", "lr": 2e-3, "weight_decay": 1e-4,
                 "warmup_epochs": 1, "schedule": "cosine"}
-    return TaskBundle(task, data.train, data.val, data.test, train_defaults=defaults)
+    names = data.class_names or [f"class {c + 1}" for c in range(data.num_classes)]
+    return TaskBundle(task, data.train, data.val, data.test, train_defaults=defaults, class_names=list(names))
 

@@ -683,9 +683,9 @@ def plot_pixel_attributions(attr: Mapping[str, Any], labels: Sequence[int] | Non
     """Which MS and PAN pixels make the decision of chosen test pixels: patch, attribution, patch, attribution.
 
     The maps are the signed integrated gradients of :func:`rswb.infer.pha_attributions`, summed over bands, on a
-    diverging colour map centred at 0 (red raises the score, blue lowers it) with one symmetric scale per row, so
-    the MS and PAN maps of a pixel compare. Each row's title gives the share of the score PAN carries, computed from
-    the two maps' sums.
+    diverging colour map centred at 0 (red raises the score, blue lowers it), each on its own symmetric scale: a PAN
+    pixel covers a sixteenth of an MS pixel, so per-pixel values of the two do not compare, their sums do. The
+    titles give each map's sum and PAN's share of the score, computed from those sums.
 
     Args:
         attr: the output of :func:`rswb.infer.pha_attributions`.
@@ -697,12 +697,10 @@ def plot_pixel_attributions(attr: Mapping[str, Any], labels: Sequence[int] | Non
     names = _names(class_names, len(class_names) if class_names is not None else int(max(seen)) + 1)
     n = len(pred)
     fig, axes = plt.subplots(n, 4, figsize=(9.6, 2.4 * n), squeeze=False, layout="constrained")
-    im = None
     for i in range(n):
         msi = np.clip((ms[i] - ms[i].min()) / max(float(np.ptp(ms[i])), 1e-6), 0, 1)
         p = np.clip((pan[i] - pan[i].min()) / max(float(np.ptp(pan[i])), 1e-6), 0, 1)
         a_ms, a_pan = np.asarray(attr["attr_ms"][i]), np.asarray(attr["attr_pan"][i])
-        lim = max(float(np.abs(a_ms).max()), float(np.abs(a_pan).max()), 1e-12)
         truth = f"{names[labels[i]]} -> " if labels is not None else ""
         share = float(attr["pan_share"][i])
         axes[i, 0].imshow(msi, interpolation="nearest")
@@ -710,11 +708,11 @@ def plot_pixel_attributions(attr: Mapping[str, Any], labels: Sequence[int] | Non
         axes[i, 2].imshow(p, cmap="gray", interpolation="nearest")
         axes[i, 2].set_title("PAN", fontsize=9)
         for ax, a, what in ((axes[i, 1], a_ms, "MS"), (axes[i, 3], a_pan, "PAN")):
-            im = ax.imshow(a, cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
+            lim = max(float(np.abs(a).max()), 1e-12)
+            ax.imshow(a, cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
             ax.set_title(f"{what}: {a.sum():+.2f} of the score" + (f" ({100 * share:.0f} %)" if what == "PAN"
                                                                     and np.isfinite(share) else ""), fontsize=9)
         for ax in axes[i]:
             ax.axis("off")
-    if im is not None:
-        fig.colorbar(im, ax=list(axes[:, 3]), shrink=0.6, label="attribution (per row's scale)")
+    fig.suptitle("red raises the score, blue lowers it (each map on its own scale, centred at 0)", fontsize=9)
     return fig

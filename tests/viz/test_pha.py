@@ -349,7 +349,7 @@ def test_scene_maps_and_the_figures_of_where_the_model_looks():
     assert len(plot_atom_maps(maps, top=4).axes) == 8
     attr = pha_attributions(model, PatchSampler(scene, 16), [20, 60], [30, 90], steps=8, device="cpu")
     fig = plot_pixel_attributions(attr, labels=[0, 1], class_names=scene.class_names)
-    assert len(fig.axes) == 9  # 2 rows of 4 panels and the colour bar
+    assert len(fig.axes) == 8  # 2 rows of 4 panels
     ms_sum, pan_sum = attr["attr_ms"][0].sum(), attr["attr_pan"][0].sum()
     assert fig.axes[1].get_title() == f"MS: {ms_sum:+.2f} of the score"  # the title is the map's own sum
     assert fig.axes[3].get_title().startswith(f"PAN: {pan_sum:+.2f} of the score")
