@@ -16,8 +16,9 @@ reuses) the quick-profile runs of ``make demo`` in ``--runs-root`` and scores th
   same model with every weight re-initialised (Adebayo et al. 2018); near 1: the map does not depend on the model.
 * ``pha_pan_share_on_pan_pairs`` / ``pha_ms_share_on_ms_pairs``: on test pixels of a class whose twin differs from
   it only in PAN texture (only in spectrum), the share of the margin ``logit(true) - logit(twin)`` that PAN (MS)
-  accounts for, by occlusion per modality (captum's ``FeatureAblation``, each modality one feature group, replaced
-  by its mean over the scene's training pixels).
+  accounts for, by integrated gradients of that margin summed per modality (:func:`rswb.infer.pha_attributions`,
+  what notebook 02 draws), with occlusion of one modality at a time (captum's ``FeatureAblation``) as a cross-check;
+  both from each band's mean over the scene.
 
 Goals: pointing >= 0.8 (words >= 0.7) and >= 0.2 above the centre; randomisation correlation <= 0.5; modality shares
 >= 0.7. Writes ``benchmarks/results/explain.json`` and ``explain.md``. With ``--real RUN`` the randomisation check
@@ -49,7 +50,7 @@ GOALS = {"hash_cam_pointing": 0.8, "word_map_pointing": 0.7, "above_center": 0.2
          "pha_pan_share_on_pan_pairs": 0.7, "pha_ms_share_on_ms_pairs": 0.7}
 HASH_METHODS = {"gradcam_s32": ("gradcam", None), "gradcam_s8-32": ("gradcam", (8, 16, 32)),
                 "layercam_s8-32": ("layercam", (8, 16, 32)), "layercam_s8-16": ("layercam", (8, 16))}
-CHOSEN = {"hash": "layercam_s8-16", "words": "layercam_s8+16"}
+CHOSEN = {"hash": "layercam_s8-16", "words": "gradcam_s8+16+32"}
 """The map methods the notebooks show (``rswb.infer`` defaults), whose numbers fill the headline keys."""
 COLOURS = ("red", "green", "blue", "yellow", "white")
 SHAPES = {"circle": "circle", "circles": "circle", "square": "square", "squares": "square", "triangle": "triangle",
@@ -134,9 +135,10 @@ def _object_words(caption: str) -> list[tuple[str, str]]:
 
 
 def _box_mask(boxes: list[dict], attribute: str, side: int, scale: float) -> np.ndarray:
+    """The pixels of the objects with ``attribute`` as colour or shape (``"any"``: every object)."""
     mask = np.zeros((side, side), bool)
     for b in boxes:
-        if attribute in (b["colour"], b["shape"]):
+        if attribute == "any" or attribute in (b["colour"], b["shape"]):
             x0, y0, x1, y1 = (v * scale for v in b["box"])
             mask[int(np.floor(y0)):int(np.ceil(y1)), int(np.floor(x0)):int(np.ceil(x1))] = True
     return mask
@@ -146,7 +148,7 @@ def word_maps(runs_root: Path, seed: int, method: str) -> dict:
     """Pointing of the word-region maps of a quick retrieval run on the test captions' colour and shape words.
 
     Every variant is scored on the same pairs: Grad-CAM and LayerCAM at each of strides 8, 16, 32 and combined over
-    8+16 (what :func:`rswb.infer.word_region_maps` shows) and 8+16+32.
+    8+16 and 8+16+32 (Grad-CAM over 8+16+32 is what :func:`rswb.infer.word_region_maps` draws).
     """
     from rswb.data.synthetic import default_data_dir
     from rswb.engine.experiments import load_run, notebook_run
@@ -161,7 +163,8 @@ def word_maps(runs_root: Path, seed: int, method: str) -> dict:
     gt = json.loads((default_data_dir() / "captions" / "objects.json").read_text())
     side = int(gt["size"])
     cams: dict[str, list] = {}
-    masks, words = [], []
+    captions: dict[str, list] = {}
+    masks, words, caption_masks = [], [], []
     stride = {"low": 8, "mid": 16, "high": 32}
     for c, caption in enumerate(test.captions):
         img = int(test.caption_to_image[c])
@@ -171,6 +174,12 @@ def word_maps(runs_root: Path, seed: int, method: str) -> dict:
             continue
         outs = {m: word_region_maps(bundle.task, test, img, caption, levels=("low", "mid", "high"), method=m)
                 for m in ("gradcam", "layercam")}
+        for m, out in outs.items():  # the whole caption's map against all of the image's objects
+            size = out["cam"].shape[1:]
+            pair = combine_maps([torch.as_tensor(out["caption_maps"][lv][None]) for lv in ("low", "mid")], size)
+            captions.setdefault(f"{m}_s8+16", []).append(pair[0].numpy())
+            captions.setdefault(f"{m}_s8+16+32", []).append(out["caption_cam"])
+        caption_masks.append(_box_mask(boxes, "any", side, 1.0))
         tokens = [t.lstrip("#") for t in outs["layercam"]["tokens"]]
         for word, attribute in pairs:
             if word not in tokens:
@@ -193,18 +202,28 @@ def word_maps(runs_root: Path, seed: int, method: str) -> dict:
         res["maps"][key] = {"pointing": float(hits.mean()),
                             "by_word": {w: float(hits[[i for i, x in enumerate(words) if x == w]].mean())
                                         for w in sorted(set(words))}}
-    print(f"words ({method}): " + ", ".join(f"{k} {v['pointing']:.3f}" for k, v in res["maps"].items()), flush=True)
+    res["captions"] = {"pairs": len(caption_masks), "center": float(center_hits(caption_masks, tol).mean()),
+                       "maps": {k: float(pointing_hits(v, caption_masks, tol).mean()) for k, v in captions.items()}}
+    print(f"words ({method}): " + ", ".join(f"{k} {v['pointing']:.3f}" for k, v in res["maps"].items())
+          + "; captions: " + ", ".join(f"{k} {v:.3f}" for k, v in res["captions"]["maps"].items()), flush=True)
     return res
 
 
 # ------------------------------------------------------------------------------------------------------------ PHA
 
-def pha_shares(runs_root: Path, seed: int, version: str = "pha_v5") -> dict:
-    """Occlusion shares of MS and PAN in the margin against each test pixel's PAN-only and MS-only twin class."""
+def pha_shares(runs_root: Path, seed: int, version: str = "pha_v5", n_ig: int = 400) -> dict:
+    """Shares of MS and PAN in the margin against each test pixel's PAN-only and MS-only twin class.
+
+    Two readings, both against the same flat baseline (each band's mean over the scene, what
+    :func:`rswb.infer.pha_attributions` uses): integrated gradients (the notebooks' method; the headline, on
+    ``n_ig`` pixels of each kind) and occlusion of one modality at a time (captum's ``FeatureAblation``, every
+    sampled pixel), a cross-check that needs no gradient.
+    """
     from captum.attr import FeatureAblation
 
     from rswb.data.synthetic import default_data_dir
     from rswb.engine.experiments import load_run, notebook_run
+    from rswb.infer import pha_attributions
     from rswb.metrics.explain import modality_shares
 
     run = notebook_run("pha", "quick", runs_root, f"10shot-{version}-s{seed}", data=None, shots=10, version=version,
@@ -216,15 +235,15 @@ def pha_shares(runs_root: Path, seed: int, version: str = "pha_v5") -> dict:
     for kind in twins:
         for a, b in design[f"{kind}_twins"]:
             twins[kind][a - 1], twins[kind][b - 1] = b - 1, a - 1
-    sample = bundle.train.__getitems__(list(range(len(bundle.train))))
-    base_ms = sample["ms"].mean((0, 2, 3), keepdim=True)[0]  # per band: the mean over the training pixels
-    base_pan = sample["pan"].mean((0, 2, 3), keepdim=True)[0]
     test = bundle.test
+    scene = test.sampler.scene
+    base = {"ms": torch.as_tensor(scene.ms.reshape(scene.bands, -1).mean(1)).float(),
+            "pan": torch.as_tensor(scene.pan.reshape(1, -1).mean(1)).float()}
     rng = np.random.default_rng(seed)
     idx = rng.permutation(len(test))[:1500]
     batch = test.__getitems__(idx.tolist())
     labels = batch["label"].numpy()
-    out: dict = {"run": str(run), "version": version, "baseline": "mean of each band over the training pixels"}
+    out: dict = {"run": str(run), "version": version, "baseline": "each band's mean over the scene"}
     for kind in ("pan", "ms"):
         rows = np.array([i for i in range(len(idx)) if int(labels[i]) in twins[kind]])
         twin = torch.as_tensor([twins[kind][int(labels[i])] for i in rows])
@@ -240,13 +259,22 @@ def pha_shares(runs_root: Path, seed: int, version: str = "pha_v5") -> dict:
         masks = (torch.zeros_like(ms[:1], dtype=torch.long), torch.ones_like(pan[:1], dtype=torch.long))
         with torch.no_grad():
             attr = FeatureAblation(margin).attribute(
-                (ms, pan), baselines=(base_ms[None].expand_as(ms[:1]), base_pan[None].expand_as(pan[:1])),
+                (ms, pan), baselines=(base["ms"].view(1, -1, 1, 1).expand_as(ms[:1]),
+                                      base["pan"].view(1, -1, 1, 1).expand_as(pan[:1])),
                 feature_mask=masks, perturbations_per_eval=1)
             full = margin(ms, pan)
         d_ms, d_pan = attr[0][:, 0, 0, 0].numpy(), attr[1][:, 0, 0, 0].numpy()
-        share = modality_shares(d_pan if kind == "pan" else d_ms, d_ms if kind == "pan" else d_pan)
-        out[f"{kind}_pairs"] = {"pixels": len(rows), "share": float(np.nanmean(share)),
+        occlusion = modality_shares(d_pan if kind == "pan" else d_ms, d_ms if kind == "pan" else d_pan)
+        # Integrated gradients of the same margin (the notebooks' pha_attributions), on the first n_ig pixels.
+        sub = idx[rows[:n_ig]]
+        ig = pha_attributions(model, test.sampler, test.rows[sub], test.cols[sub], baseline=base,
+                              twin=twin[:n_ig].numpy(), device="cpu")
+        s_ms, s_pan = ig["attr_ms"].sum((1, 2)), ig["attr_pan"].sum((1, 2))
+        share = modality_shares(s_pan if kind == "pan" else s_ms, s_ms if kind == "pan" else s_pan)
+        out[f"{kind}_pairs"] = {"pixels": len(rows), "ig_pixels": len(sub), "share": float(np.nanmean(share)),
                                 "undefined": int(np.isnan(share).sum()),
+                                "occlusion_share": float(np.nanmean(occlusion)),
+                                "occlusion_undefined": int(np.isnan(occlusion).sum()),
                                 "margin_mean": float(full.mean()), "correct_vs_twin": float((full > 0).float().mean()),
                                 "delta_ms_mean": float(d_ms.mean()), "delta_pan_mean": float(d_pan.mean())}
         print(f"pha {kind} pairs: {out[f'{kind}_pairs']}", flush=True)
@@ -337,9 +365,11 @@ def markdown(result: dict, command: str) -> str:
                      f"{'' if met is None else ('yes' if met else '**no**')} |")
     lines += ["", f"Chosen map methods (what `rswb.infer` draws by default and the notebooks show): hash "
               f"`{CHOSEN['hash']}` (LayerCAM of the predicted class's logit over the stride-8 and 16 maps), words "
-              f"`{CHOSEN['words']}`. Modality shares: occlusion of each modality by its mean over the training "
-              "pixels (captum `FeatureAblation`), share = drop of the margin for that modality / sum of the drops "
-              "(negative drops count 0; pixels where neither removal lowers the margin have no share).", "",
+              f"`{CHOSEN['words']}` (Grad-CAM of each word's share over the stride-8, 16 and 32 maps). Modality "
+              "shares: integrated gradients of the margin against the twin class "
+              "(`rswb.infer.pha_attributions`, what notebook 02 draws) summed per modality, share = that modality's "
+              "sum / the sum of both (a negative sum counts 0; pixels where neither is positive have no share); "
+              "occlusion (each modality replaced by its band means, captum `FeatureAblation`) as a cross-check.", "",
               "## Hash maps by method (seed means)", "",
               "| method | cue pointing | code pointing | cue randomisation rho | code randomisation rho | s / 80 maps"
               " |",
@@ -359,13 +389,23 @@ def markdown(result: dict, command: str) -> str:
         lines.append(f"| `{key}` | " + " | ".join(f"{v:.3f}" for v in vals) + " |")
     vals = [np.mean([r["words"][m]["center"] for r in result["per_seed"]]) for m in first]
     lines.append("| image centre | " + " | ".join(f"{v:.3f}" for v in vals) + " |")
+    lines += ["", "The whole caption's map (`caption_cam`, drawn by notebook 03 and `rswb report`) against all of "
+              "the image's objects, every test caption:", "",
+              "| map | " + " | ".join(RETRIEVAL_METHODS) + " |", "|---|" + "---|" * len(RETRIEVAL_METHODS)]
+    for key in next(iter(first.values()))["captions"]["maps"]:
+        vals = [np.mean([r["words"][m]["captions"]["maps"][key] for r in result["per_seed"]]) for m in first]
+        lines.append(f"| `{key}` | " + " | ".join(f"{v:.3f}" for v in vals) + " |")
+    vals = [np.mean([r["words"][m]["captions"]["center"] for r in result["per_seed"]]) for m in first]
+    lines.append("| image centre | " + " | ".join(f"{v:.3f}" for v in vals) + " |")
     lines += ["", "## PHA modality shares (seed means)", "",
-              "| pairs | pixels | share of the right modality | undefined | twin margin | drop without MS | "
-              "drop without PAN |", "|---|---|---|---|---|---|---|"]
+              "| pairs | share of the right modality, integrated gradients (pixels; undefined) | same, occlusion "
+              "(pixels; undefined) | twin margin | margin drop without MS | without PAN |",
+              "|---|---|---|---|---|---|"]
     for kind in ("pan", "ms"):
         rows = [r["pha"][f"{kind}_pairs"] for r in result["per_seed"]]
         m = {k: np.mean([r[k] for r in rows]) for k in rows[0]}
-        lines.append(f"| {kind.upper()}-only twins | {m['pixels']:.0f} | {m['share']:.3f} | {m['undefined']:.0f} | "
+        lines.append(f"| {kind.upper()}-only twins | {m['share']:.3f} ({m['ig_pixels']:.0f}; {m['undefined']:.0f}) | "
+                     f"{m['occlusion_share']:.3f} ({m['pixels']:.0f}; {m['occlusion_undefined']:.0f}) | "
                      f"{m['margin_mean']:.2f} | {m['delta_ms_mean']:.2f} | {m['delta_pan_mean']:.2f} |")
     if "real" in result:
         r = result["real"]

@@ -131,17 +131,17 @@ def _token_strings(encoder: Any, ids: torch.Tensor) -> list[str]:
 
 
 def word_region_maps(task: RetrievalTask, split: RetrievalSplit, image: int, caption: str,
-                     levels: Sequence[str] = ("low", "mid"), method: str = "layercam") -> dict[str, Any]:
+                     levels: Sequence[str] = ("low", "mid", "high"), method: str = "gradcam") -> dict[str, Any]:
     """Each word of a caption: its share of the image-caption score and where in the image it is found.
 
     **Share** of token ``t``: the cosine score of the image and the caption minus the score of the caption with ``t``
     left out (its attention-mask entry off), ``s - s_{-t} = <v, e - e_{-t}>`` with ``v`` the image embedding and
     ``e`` the caption's; positive: the word pulls the pair together. **Where**: the map of that share over the
-    backbone's stride-8 (``low``) and stride-16 (``mid``) maps, the levels FISVL's local branch and KAMCL's aggregator
-    read (28 x 28 and 14 x 14 at 224 px), finer than the stride-32 map of :func:`token_similarity`, combined into one
-    map at the image's size (:func:`rswb.models.explain.multi_layer_cam`; LayerCAM by default, the method that
-    ``benchmarks/explain`` found to point at the named objects, ``benchmarks/results/explain.md``). The special tokens
-    ([CLS], [SEP]) are skipped.
+    backbone's stride-8 (``low``), stride-16 (``mid``) and stride-32 (``high``) maps, the levels FISVL's local branch
+    and KAMCL's aggregator read (28 x 28, 14 x 14 and 7 x 7 at 224 px), combined into one map at the image's size
+    (:func:`rswb.models.explain.multi_layer_cam`; Grad-CAM over the three levels by default, the variant that
+    ``benchmarks/explain`` found to point at the named objects most often, ``benchmarks/results/explain.md``). The
+    special tokens ([CLS], [SEP]) are skipped.
 
     Args:
         task: a trained retrieval task (its model; the split's backbone when the model keeps none).
@@ -149,13 +149,13 @@ def word_region_maps(task: RetrievalTask, split: RetrievalSplit, image: int, cap
         image: image index in the split.
         caption: any text.
         levels: ``"low"`` (stride 8), ``"mid"`` (stride 16), ``"high"`` (stride 32), in any subset.
-        method: how ``cam`` is made from the levels: ``"layercam"`` or ``"gradcam"``.
+        method: how each level's map is made: ``"gradcam"`` or ``"layercam"``.
 
     Returns:
         ``tokens`` ``[T]``, ``share`` ``[T]`` (score points), ``score`` (the full caption's cosine), ``maps``
         ``{level: [T, h, w]}`` in [0, 1] (each level's map), ``cam`` ``[T, H, W]`` in [0, 1] (the levels combined),
         ``caption_cam`` ``[H, W]`` (the same map of the whole caption's score: where the image matches the
-        caption), ``levels``, ``method``, ``image`` ``[H, W, 3]`` uint8.
+        caption) and ``caption_maps`` ``{level: [h, w]}``, ``levels``, ``method``, ``image`` ``[H, W, 3]`` uint8.
     """
     from rswb.models.explain import multi_layer_cam
     from rswb.models.retrieval import feature_levels, level_names
@@ -194,7 +194,8 @@ def word_region_maps(task: RetrievalTask, split: RetrievalSplit, image: int, cap
     cam = out["cam"].cpu().numpy()
     return {"tokens": [strings[t] for t in keep], "share": values[1:], "score": float(values[0]),
             "maps": {level: m[1:].cpu().numpy() for level, m in out["layers"].items()}, "cam": cam[1:],
-            "caption_cam": cam[0], "levels": list(levels), "method": method, "image": picture}
+            "caption_cam": cam[0], "caption_maps": {level: m[0].cpu().numpy() for level, m in out["layers"].items()},
+            "levels": list(levels), "method": method, "image": picture}
 
 
 # ------------------------------------------------------------------------------------------------------------ hashing

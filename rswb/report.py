@@ -162,8 +162,8 @@ def _maps(run: LoadedRun, dev: Any, items: int, pred: dict[str, Any] | None) -> 
             images.append(words["image"])
             maps.append(words["caption_cam"])
             titles.append(textwrap.fill(test.captions[cap], 34))
-        fig = plot_cam_overlays(np.stack(images), {"LayerCAM of the image-caption score": np.stack(maps)},
-                                titles=titles)
+        how = f"{'LayerCAM' if words['method'] == 'layercam' else 'Grad-CAM'} of the image-caption score"
+        fig = plot_cam_overlays(np.stack(images), {how: np.stack(maps)}, titles=titles)
         return _png(fig)
     if task_name == "pha":
         from rswb.infer import pha_attributions

@@ -23,3 +23,29 @@ def test_tie_orders_match_the_naive_ranking_of_each_permuted_database():
         assert got["mAP@5"][i] == pytest.approx(ref["AP_retrieved@5"], abs=1e-12)
         assert got["mAP@all"][i] == pytest.approx(ref["AP_all"], abs=1e-12)
     assert len(set(got["mAP@5"])) > 1  # the orders really differ where distances tie
+
+
+def test_explain_benchmark_reads_object_words_boxes_and_judges_the_goals():
+    import torch
+
+    from benchmarks.explain import GOALS, _box_mask, _object_words, reinitialised, verdicts
+
+    assert _object_words("Two white squares and a red circle on a sandy beach .") == [
+        ("white", "white"), ("squares", "square"), ("red", "red"), ("circle", "circle")]
+    boxes = [{"colour": "white", "shape": "square", "box": [1.0, 2.0, 3.5, 4.2]},
+             {"colour": "red", "shape": "circle", "box": [5, 5, 7, 7]}]
+    white = _box_mask(boxes, "white", 8, 1.0)
+    assert white.sum() == 3 * 3 and white[2:5, 1:4].all()  # floor / ceil of the box, rows = y
+    assert _box_mask(boxes, "any", 8, 1.0).sum() == 9 + 4 and not _box_mask(boxes, "blue", 8, 1.0).any()
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(2, 2))
+    model[1].running_mean.fill_(3.0)
+    fresh = reinitialised(model)
+    assert all(not torch.equal(a, b) for a, b in zip(model[0].parameters(), fresh[0].parameters()))
+    assert float(fresh[1].running_mean.abs().max()) == 0.0  # batch-norm statistics reset too
+    good = {"hash_cam_pointing": 0.9, "hash_cam_pointing_center": 0.5, "word_map_pointing": 0.8,
+            "word_map_pointing_center": 0.3, "cam_randomization_spearman": 0.1, "pha_pan_share_on_pan_pairs": 0.8,
+            "pha_ms_share_on_ms_pairs": 0.9}
+    assert all(verdicts(good).values())
+    near_centre = verdicts({**good, "hash_cam_pointing_center": 0.75})  # 0.9 is not 0.2 above the centre's 0.75
+    assert not near_centre["hash_cam_pointing"] and GOALS["above_center"] == 0.2
+    assert not verdicts({**good, "cam_randomization_spearman": 0.6})["cam_randomization_spearman"]

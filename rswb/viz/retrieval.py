@@ -252,7 +252,7 @@ def plot_word_maps(words: Mapping[str, Any], top: int = 3, alpha: float = 0.5):
     image = np.asarray(words["image"])
     h, w = image.shape[:2]
     stride = {"low": 8, "mid": 16, "high": 32}
-    how = (f"{'LayerCAM' if words.get('method') == 'layercam' else 'Grad-CAM'}, stride "
+    how = (f"{'LayerCAM' if words.get('method') == 'layercam' else 'Grad-CAM'}, strides "
            + "+".join(str(stride.get(lv, lv)) for lv in words.get("levels", words["maps"])))
     fig = plt.figure(figsize=(2.6 * max(top, 3), 5.0), layout="constrained")
     grid = fig.add_gridspec(2, max(len(order), 1), height_ratios=[0.9, 1])

@@ -56,3 +56,9 @@ def assert_matches_baselines(name: str, metrics_file: Path) -> None:
     if problems:
         pytest.fail("metrics drifted from notebooks/baselines/quick.yaml (update it deliberately with "
                     "`rswb notebooks baseline REPORT`):\n  " + "\n  ".join(problems), pytrace=False)
+
+
+def printed(nb: nbformat.NotebookNode) -> str:
+    """Everything the executed notebook's cells printed (stream outputs), joined."""
+    return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+                   if o.get("output_type") == "stream")

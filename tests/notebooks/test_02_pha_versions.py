@@ -12,7 +12,7 @@ papermill = pytest.importorskip("papermill")
 pytest.importorskip("ipykernel")
 
 from rswb.notebooks import PROFILES  # noqa: E402
-from tests.notebooks.helpers import assert_matches_baselines, error_outputs, run_notebook  # noqa: E402
+from tests.notebooks.helpers import assert_matches_baselines, error_outputs, printed, run_notebook  # noqa: E402
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "02_pha_versions.ipynb"
 
@@ -63,6 +63,17 @@ def test_notebook_02_runs_on_the_embedded_scene(tmp_path, monkeypatch):
         run_dir, = output_dir.glob(f"quick-10shot-{v}-s0-*")  # named by its options: one folder per version
         run = json.loads((run_dir / "metrics.json").read_text())
         assert metrics["versions"][v]["OA"] == pytest.approx(run["test"]["OA"])
+    # The sentences under the embedding and dictionary figures say what their own numbers say.
+    import re
+
+    text = printed(nb)
+    m = re.search(r"Training (raised|lowered|left unchanged) the cosine of an item's own MS-PAN pair "
+                  r"\((-?[\d.]+) -> (-?[\d.]+)\)", text)
+    assert m, text
+    before, after = float(m.group(2)), float(m.group(3))
+    want = "left unchanged" if abs(after - before) < 0.015 else "raised" if after > before else "lowered"
+    assert m.group(1) == want or abs(after - before) < 0.015
+    assert "Same-class MS and PAN rows correlate" in text
     # Figures: scene, bars, confusion matrices (one when pha_v1 is the best), maps, alignment, embedding, dictionary.
     images = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert images >= 7

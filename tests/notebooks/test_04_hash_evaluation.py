@@ -17,6 +17,7 @@ from tests.notebooks.helpers import (  # noqa: E402
     assert_matches_baselines,
     check_committed,
     error_outputs,
+    printed,
     run_notebook,
 )
 
@@ -57,6 +58,13 @@ def test_notebook_04_runs_on_embedded_scenes(tmp_path, monkeypatch):
     # The demo's codes have learned (issues 17, 29): class accuracy and mAP@20 >= 0.8 at every code length.
     for per_bits in metrics["bits"].values():
         assert per_bits["class_acc"] >= 0.8 and per_bits["mAP@20"] >= 0.8
+    # The sentence under the mAP plot is computed from the numbers in the table: its verb follows their sign.
+    gain = sum(b["mAP@20"] - b["mAP@20_nocue"] for b in metrics["bits"].values()) / len(metrics["bits"])
+    sentence = next(line for line in printed(nb).splitlines() if line.startswith("mAP@20: "))
+    verdict = "adds" if gain > 0 else "costs" if gain < 0 else "changes nothing"
+    assert f"On average the cue {verdict} {abs(gain):.3f}" in sentence
+    for bits, b in metrics["bits"].items():
+        assert f"{bits} + 4 bits: {b['mAP@20']:.3f} with the cue, {b['mAP@20_nocue']:.3f} without" in sentence
     # Figures were drawn: at least the mAP plot, PR curves, histograms, embedding and gallery.
     images = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert images >= 5

@@ -254,7 +254,8 @@ def test_search_and_where_the_model_looks(cache, tmp_path, capsys):
     assert 0 < n <= len(query.split()) + 5 and "[CLS]" not in words["tokens"] and words["share"].shape == (n,)
     assert words["maps"]["low"].shape == (n, 8, 8) and words["maps"]["mid"].shape == (n, 4, 4)
     assert all(0 <= m.min() and m.max() <= 1 for m in words["maps"].values())
-    assert words["cam"].shape == (n, *words["image"].shape[:2]) and words["method"] == "layercam"
+    assert words["maps"]["high"].shape == (n, 2, 2)
+    assert words["cam"].shape == (n, *words["image"].shape[:2]) and words["method"] == "gradcam"
     # The share of the first word is the score minus the score of the caption without it, encoded by hand.
     text = split.query_encoder([query])
     mask = text["mask"].clone()

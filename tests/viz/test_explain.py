@@ -27,7 +27,22 @@ def test_word_maps_figure_has_the_bars_and_the_combined_map_of_each_top_word():
              "image": np.zeros((64, 64, 3), np.uint8)}
     fig = plot_word_maps(words, top=2)
     assert len(fig.axes) == 1 + 2
-    assert [a.get_title() for a in fig.axes[1:3]] == ["'trees' (+0.050)\nLayerCAM, stride 8+16",
-                                                     "'many' (+0.010)\nLayerCAM, stride 8+16"]
+    assert [a.get_title() for a in fig.axes[1:3]] == ["'trees' (+0.050)\nLayerCAM, strides 8+16",
+                                                     "'many' (+0.010)\nLayerCAM, strides 8+16"]
     heat = fig.axes[1].get_images()[1]
     np.testing.assert_array_equal(heat.get_array(), words["cam"][2])  # the word's own map, as computed
+
+
+def test_the_tie_sentence_follows_the_tie_table():
+    import pandas as pd
+
+    from rswb.viz import describe_ties
+
+    same = pd.DataFrame({"ties": ["expected"], "mR expected": [50.0], "mR published": [50.0],
+                         "mR pessimistic": [50.0], "mR optimistic": [50.0]}, index=["clip"])
+    assert describe_ties(same, keys=["mR"]).startswith("mR: every rule gives the same value for every run")
+    wide = pd.DataFrame({"ties": ["expected", "expected"], "mR expected": [50.0, 52.0], "mR published": [49.0, 51.0],
+                         "mR pessimistic": [44.0, 51.5], "mR optimistic": [60.0, 52.5]}, index=["fisvl", "kamcl"])
+    sentence = describe_ties(wide, keys=["mR"])
+    assert sentence.startswith("mR of fisvl spans 44.0 (pessimistic) to 60.0 (optimistic), expected 50.0, "
+                               "published 49.0") and "depends on how ties are counted" in sentence

@@ -165,3 +165,21 @@ def test_gallery_widget_redraws_on_change(monkeypatch):
     top.value = 4
     assert calls == [(0, 8), (7, 8), (7, 4)]
     assert bytes(image.value).startswith(b"\x89PNG") and bytes(image.value) != first
+
+
+def test_the_cue_sentence_and_the_plot_title_follow_the_table():
+    import pandas as pd
+
+    from rswb.viz import describe_cue, plot_map_vs_bits
+
+    table = pd.DataFrame({"bits": [16, 32], "cue_bits": [5, 5], "mAP@20": [0.90, 0.95], "mAP@20_nocue": [0.80, 0.97]})
+    sentence = describe_cue(table)
+    assert "16 + 5 bits: 0.900 with the cue, 0.800 without (+0.100)" in sentence
+    assert "32 + 5 bits: 0.950 with the cue, 0.970 without (-0.020)" in sentence
+    assert sentence.endswith("On average the cue adds 0.040.")
+    fig = plot_map_vs_bits(table)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["16 + 5", "32 + 5"]
+    assert ax.get_title().endswith("the cue adds 0.040 on average")
+    worse = table.assign(**{"mAP@20_nocue": [0.95, 0.99]})
+    assert describe_cue(worse).endswith("On average the cue costs 0.045.")

@@ -357,3 +357,25 @@ def test_scene_maps_and_the_figures_of_where_the_model_looks():
     assert lo == -hi  # a diverging scale centred at 0
     with pytest.raises(ValueError, match="size"):
         pha_scene_maps(model, scene, 0, 0, size=8)
+
+
+def test_alignment_and_dictionary_sentences_follow_their_numbers():
+    from rswb.viz import describe_alignment, describe_dictionary
+    from rswb.viz.pha import pair_cosines
+
+    rng = np.random.default_rng(0)
+    ms = rng.normal(size=(50, 8))
+    apart = {"ms": ms, "pan": rng.normal(size=(50, 8)), "labels": np.zeros(50)}
+    together = {"ms": ms, "pan": ms + 0.1 * rng.normal(size=(50, 8)), "labels": np.zeros(50)}
+    up = describe_alignment(apart, together)
+    p0, p1 = pair_cosines(apart["ms"], apart["pan"])[0], pair_cosines(together["ms"], together["pan"])[0]
+    assert up.startswith(f"Training raised the cosine of an item's own MS-PAN pair ({p0:.2f} -> {p1:.2f})")
+    assert "more distinguishable" in up
+    down = describe_alignment(together, apart)  # the sentence turns with the numbers
+    assert down.startswith("Training lowered") and "less distinguishable" in down
+    labels = np.repeat(np.arange(4), 30)
+    codes = np.eye(4)[labels] + 0.05 * rng.random((120, 4))
+    names = ["a", "b", "c", "d"]
+    assert "largely the same atoms" in describe_dictionary(codes, codes, labels, names)
+    shuffled = np.eye(4)[(labels + 1) % 4] + 0.05 * rng.random((120, 4))  # PAN uses another class's atoms
+    assert "mostly different atoms" in describe_dictionary(codes, shuffled, labels, names)
