@@ -26,8 +26,8 @@ from benchmarks import machine_info
 
 PUBLISHED = {16: 98.97, 32: 99.34, 48: 99.54, 64: 99.60}
 COLUMNS = (("mAP@20", "mAP@20 (cue)"), ("mAP@20_nocue", "mAP@20 (no cue: K bits)"), ("mAP@all", "mAP@all (cue)"),
-           ("mAP@all_nocue", "mAP@all (no cue: K bits)"), ("dhcl_MAP@20", "DHCL's MAP@20 (cue)"), ("P@20", "P@20 (cue)"),
-           ("class_acc", "class accuracy"))
+           ("mAP@all_nocue", "mAP@all (no cue: K bits)"), ("dhcl_MAP@20", "DHCL's MAP@20 (cue)"),
+           ("P@20", "P@20 (cue)"), ("class_acc", "class accuracy"))
 
 
 def tie_orders(codes: np.ndarray, labels: np.ndarray, k: int, n_orders: int, seed: int = 0) -> dict[str, list[float]]:
