@@ -307,3 +307,16 @@ def test_html_export_shows_a_widgets_picture_offline(tmp_path):
     page = (tmp_path / "nb.html").read_text()
     assert f"data:image/png;base64,{png}" in page
     assert 'type="application/vnd.jupyter.widget-view+json"' not in page
+
+
+def test_index_folds_all_but_the_headline_and_drifted_metrics(tmp_path):
+    from rswb.notebooks import NotebookResult, make_baselines, write_index
+
+    metrics = {"methods": {"clip": {"mR": 50.0, "i2t_R@1": 20.0, **{f"published_t2i_R@{k}": 30.0 for k in range(40)}}}}
+    base = make_baselines({"03_retrieval_training": metrics})
+    drifted = {"methods": {"clip": {**metrics["methods"]["clip"], "published_t2i_R@7": 90.0}}}
+    page = write_index(tmp_path, [NotebookResult("03_retrieval_training", "ok", 1.0, {}, drifted)], "quick",
+                       baselines=base).read_text()
+    shown, folded = page.split("<details>")
+    assert "<td class='m'>methods.clip.mR</td>" in shown and "methods.clip.published_t2i_R@7</td>" in shown
+    assert "methods.clip.published_t2i_R@8</td>" in folded and "39 more metrics" in folded
