@@ -578,8 +578,9 @@ def describe_dictionary(codes_ms: Any, codes_pan: Any, labels: Any, class_names:
     """One sentence on whether MS and PAN describe each class with the same atoms, from the figure's class means.
 
     For each class the Pearson correlation of its MS and PAN mean codes (the two heatmaps' rows) is compared with the
-    correlation of MS and PAN rows of different classes: "same atoms" only when same-class rows correlate clearly
-    more (by 0.1) than different-class rows do.
+    correlation of MS and PAN rows of different classes: "largely the same atoms" only when same-class rows
+    correlate at least 0.5 and clearly more (by 0.1) than different-class rows do; "more alike than others" when
+    only the second holds; else "mostly different atoms".
     """
     y = _array(labels).reshape(-1).astype(np.int64)
     c = len(class_names)
@@ -595,8 +596,12 @@ def describe_dictionary(codes_ms: Any, codes_pan: Any, labels: Any, class_names:
     same = [corr(ms[k], pan[k]) for k in present]
     other = [corr(ms[k], pan[j]) for k in present for j in present if j != k]
     s, o = float(np.mean(same)), float(np.mean(other)) if other else float("nan")
-    verdict = ("MS and PAN describe a class with largely the same atoms" if s > o + 0.1 else
-               "MS and PAN use mostly different atoms for the same class (the rows differ)")
+    if s > o + 0.1:
+        verdict = ("MS and PAN describe a class with largely the same atoms" if s >= 0.5 else
+                   "same-class rows are more alike than others, but the two modalities still use mostly different "
+                   "atoms")
+    else:
+        verdict = "MS and PAN use mostly different atoms for the same class (the rows differ)"
     low = present[int(np.argmin(same))]
     return (f"Same-class MS and PAN rows correlate {s:.2f} on average (lowest: {class_names[low]}, "
             f"{min(same):.2f}); rows of different classes {o:.2f}: {verdict}.")
