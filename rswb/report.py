@@ -27,6 +27,7 @@ from rswb.engine.loop import metric_label
 from rswb.engine.task import EvalContext
 from rswb.io import atomic_write_text
 from rswb.metrics.classification import classification_report
+from rswb.utils import progress_bars
 
 __all__ = ["run_report"]
 
@@ -193,7 +194,8 @@ def run_report(run_dir: str | Path, out: str | Path | None = None, device: str |
     Raises:
         FileNotFoundError: not a run folder, or the run has no selected weights (unfinished).
     """
-    run = load_run(run_dir)
+    with progress_bars(False):  # rebuilding a run is not the work the user asked about: no loading bars
+        run = load_run(run_dir)
     if not run.metrics:
         raise FileNotFoundError(f"{run_dir}: the run has not finished (no metrics.json)")
     dev = select_device(device)
