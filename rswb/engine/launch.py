@@ -9,6 +9,7 @@ that lists both. Resuming (``--resume``) starts from the options saved in the ru
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import typing
@@ -20,8 +21,8 @@ from typing import Any
 from rswb.config import TrainConfig, field_help, from_dict, to_dict, validate
 from rswb.engine.device import encoder_device
 from rswb.engine.distributed import init_distributed
-from rswb.engine.loop import FitResult, fit
-from rswb.engine.runs import RunFolder
+from rswb.engine.loop import FitResult, RunExistsError, fit
+from rswb.engine.runs import RunFolder, run_lock
 from rswb.engine.seed import seed_everything
 from rswb.engine.task import TaskBundle
 from rswb.io import load_checkpoint, load_yaml
@@ -185,16 +186,24 @@ def train_task(name: str, options: Mapping[str, Any] | None = None, *, config_fi
     task_cfg = validate(from_dict(task_cls, task_opts, source=f"task {name} options"),
                         source=f"task {name} options") if task_cls else None
     dist = init_distributed()
-    seed_everything(seed.seed, seed.deterministic)  # before the builder, so initial weights are reproducible
-    # Frozen encoders fill their caches on the run's device; --progress false silences the data layer's bars too.
-    with encoder_device(seed.device), progress_bars(seed.progress):
-        bundle = builder(task_cfg) if task_cls else builder()
-    train_cfg = validate(from_dict(TrainConfig, {**bundle.train_defaults, **train_opts}, source="training options"),
-                         source="training options")
-    return fit(bundle.task, bundle.train, val=bundle.val, test=bundle.test, config=train_cfg, name=run_name,
-               runs_root=runs_root, resume=resume, overwrite=overwrite,
-               task_config=to_dict(task_cfg) if task_cfg is not None else {}, task_name=name, dist=dist,
-               class_names=bundle.class_names)
+    with contextlib.ExitStack() as stack:
+        if run_name is not None and dist.is_main:
+            # The folder's writer's lock and the "run exists" check come before any data is loaded: a second writer
+            # (or --overwrite of a run another process trains) is refused in seconds, not after feature extraction.
+            folder = stack.enter_context(run_lock(Path(runs_root) / run_name))
+            if RunFolder(folder).exists() and not (resume or overwrite):
+                raise RunExistsError(f"{folder}: a run already exists here; resume it (--resume), pass --overwrite, "
+                                     "or choose another --name")
+        seed_everything(seed.seed, seed.deterministic)  # before the builder, so initial weights are reproducible
+        # Frozen encoders fill their caches on the run's device; --progress false silences the data layer's bars.
+        with encoder_device(seed.device), progress_bars(seed.progress):
+            bundle = builder(task_cfg) if task_cls else builder()
+        train_cfg = validate(from_dict(TrainConfig, {**bundle.train_defaults, **train_opts},
+                                       source="training options"), source="training options")
+        return fit(bundle.task, bundle.train, val=bundle.val, test=bundle.test, config=train_cfg, name=run_name,
+                   runs_root=runs_root, resume=resume, overwrite=overwrite,
+                   task_config=to_dict(task_cfg) if task_cfg is not None else {}, task_name=name, dist=dist,
+                   class_names=bundle.class_names)
 
 
 def load_trained(run_dir: str | Path, weights: str = "best", overrides: Mapping[str, Any] | None = None) -> TaskBundle:

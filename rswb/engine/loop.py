@@ -13,6 +13,7 @@ uninterrupted run did (bit for bit in deterministic mode on CPU).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime as _dt
 import math
@@ -32,7 +33,7 @@ from rswb.config import TrainConfig, from_dict, to_dict, validate
 from rswb.data.splits import carve_validation
 from rswb.engine.device import autocast, make_grad_scaler, resolve_precision, select_device, to_device
 from rswb.engine.distributed import DistContext, EpochBatchSampler, current_context
-from rswb.engine.runs import RunFolder
+from rswb.engine.runs import RunFolder, run_lock
 from rswb.engine.schedule import build_optimizer, build_scheduler
 from rswb.engine.seed import get_rng_state, seed_everything, set_rng_state
 from rswb.engine.task import EvalContext, Task
@@ -181,6 +182,7 @@ def fit(
     Raises:
         NonFiniteLossError: the loss became NaN/inf (names the epoch, step and terms).
         RunExistsError: the folder holds a run and neither ``resume`` nor ``overwrite`` is set.
+        RunLockedError: another process is writing the folder (:func:`rswb.engine.runs.run_lock`).
         ValueError: ``resume`` with a changed training config, or a training split smaller than one batch.
     """
     cfg = _resolve_config(config)
@@ -191,52 +193,55 @@ def fit(
         device = torch.device("cuda", dist.local_rank)
     precision = resolve_precision(cfg.precision, device)
     show = cfg.progress and dist.is_main
-    run = _prepare_folder(RunFolder(Path(run_dir) if run_dir is not None else
-                                    Path(runs_root) / (name or _default_name(task))), resume, overwrite, dist)
+    folder = Path(run_dir) if run_dir is not None else Path(runs_root) / (name or _default_name(task))
+    # One writer per run folder: rank 0 holds the folder's lock from before anything is cleared or swept until the
+    # final metrics are written (re-entrant: rswb train already took it before loading data).
+    with run_lock(folder) if dist.is_main else contextlib.nullcontext():
+        run = _prepare_folder(RunFolder(folder), resume, overwrite, dist)
 
-    task.to(device)
-    train_set, val_set = (train, val) if val is not None else carve_validation(train, cfg.val_fraction, cfg.seed)
-    sampler, loader = _training_loader(task, train_set, cfg, device, dist)
-    trainer = task
-    if dist.enabled:
-        ids = [device.index] if device.type == "cuda" else None
-        trainer = DistributedDataParallel(task, device_ids=ids,
-                                          find_unused_parameters=getattr(task, "ddp_find_unused_parameters", False))
-    st = _Training(trainer, task, loader, sampler, build_optimizer(task.param_groups(), cfg), cfg, device,
-                   precision, dist, run, show)
-    st.scheduler = build_scheduler(st.optimizer, cfg, len(sampler))
-    st.scaler = make_grad_scaler(device, precision)
-    st.monitor = cfg.monitor or task.monitor
-    st.mode = task.monitor_mode if cfg.monitor is None else ("min" if _lower_is_better(st.monitor) else "max")
-    if resume and run.checkpoint.exists():
-        _resume(st)
-    if dist.is_main:
-        _write_config(st, task_name, task_config, len(train_set), val_set, test)
-        run.write_history(st.history)
-
-    eval_ctx = EvalContext(device, precision, cfg.eval_batch_size or 2 * cfg.batch_size, dist, cfg.num_workers,
-                           progress=show)
-    epochs_bar = tqdm(range(st.start_epoch, cfg.epochs), initial=st.start_epoch, total=cfg.epochs,
-                      desc=run.path.name, disable=not show, unit="epoch")
-    for epoch in epochs_bar:
-        t0 = time.perf_counter()
-        record = _train_epoch(st, epoch)
-        improved = _validate(st, epoch, val_set, eval_ctx, record)
-        record["time_s"] = time.perf_counter() - t0
-        st.history.append(record)
+        task.to(device)
+        train_set, val_set = (train, val) if val is not None else carve_validation(train, cfg.val_fraction, cfg.seed)
+        sampler, loader = _training_loader(task, train_set, cfg, device, dist)
+        trainer = task
+        if dist.enabled:
+            ids = [device.index] if device.type == "cuda" else None
+            trainer = DistributedDataParallel(task, device_ids=ids,
+                                              find_unused_parameters=getattr(task, "ddp_find_unused_parameters", False))
+        st = _Training(trainer, task, loader, sampler, build_optimizer(task.param_groups(), cfg), cfg, device,
+                       precision, dist, run, show)
+        st.scheduler = build_scheduler(st.optimizer, cfg, len(sampler))
+        st.scaler = make_grad_scaler(device, precision)
+        st.monitor = cfg.monitor or task.monitor
+        st.mode = task.monitor_mode if cfg.monitor is None else ("min" if _lower_is_better(st.monitor) else "max")
+        if resume and run.checkpoint.exists():
+            _resume(st)
         if dist.is_main:
-            _save_epoch(st, epoch, improved, record, callbacks)
-        dist.barrier()
-        if show:
-            shown = {"loss": f"{record['train_loss']:.4f}"}
-            if st.best["value"] is not None:
-                shown[f"best {st.monitor}"] = f"{st.best['value']:.4g}"
-            epochs_bar.set_postfix(shown)
-        if cfg.early_stop_patience is not None and st.bad_evals >= cfg.early_stop_patience:
-            st.stopped_early = True
-            break
-    epochs_bar.close()
-    return _finish(st, val_set, test, eval_ctx, class_names)
+            _write_config(st, task_name, task_config, len(train_set), val_set, test)
+            run.write_history(st.history)
+
+        eval_ctx = EvalContext(device, precision, cfg.eval_batch_size or 2 * cfg.batch_size, dist, cfg.num_workers,
+                               progress=show)
+        epochs_bar = tqdm(range(st.start_epoch, cfg.epochs), initial=st.start_epoch, total=cfg.epochs,
+                          desc=run.path.name, disable=not show, unit="epoch")
+        for epoch in epochs_bar:
+            t0 = time.perf_counter()
+            record = _train_epoch(st, epoch)
+            improved = _validate(st, epoch, val_set, eval_ctx, record)
+            record["time_s"] = time.perf_counter() - t0
+            st.history.append(record)
+            if dist.is_main:
+                _save_epoch(st, epoch, improved, record, callbacks)
+            dist.barrier()
+            if show:
+                shown = {"loss": f"{record['train_loss']:.4f}"}
+                if st.best["value"] is not None:
+                    shown[f"best {st.monitor}"] = f"{st.best['value']:.4g}"
+                epochs_bar.set_postfix(shown)
+            if cfg.early_stop_patience is not None and st.bad_evals >= cfg.early_stop_patience:
+                st.stopped_early = True
+                break
+        epochs_bar.close()
+        return _finish(st, val_set, test, eval_ctx, class_names)
 
 
 @dataclass

@@ -10,20 +10,103 @@ A run is a folder ``runs/<name>/``:
 * ``checkpoint.pt``: the last epoch's full training state (for ``--resume``); ``best.pt``: the selected weights.
 
 Every file is replaced atomically. :func:`list_runs` and :func:`compare` read the folders back as pandas tables.
+
+**One writer per run folder**: :func:`run_lock` takes an exclusive ``fcntl.flock`` on ``.lock`` in the folder for as
+long as a run writes there (``rswb train`` takes it before any data is loaded); the kernel releases it when the
+process ends, killed or not, so a crash never leaves a stale lock. A second writer, ``--overwrite`` included, gets a
+one-line :class:`RunLockedError` naming the holder's pid, host and start time. Only the holder sweeps the folder's
+temp files. (Without ``fcntl``, on Windows, runs are not locked.)
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime as _dt
 import json
-from collections.abc import Iterable, Sequence
+import os
+import socket
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows has no flock
+    fcntl = None
 
 import pandas as pd
 
 from rswb.io import atomic_write_text, load_yaml, save_yaml
 
-__all__ = ["HEADLINE_METRICS", "RunFolder", "compare", "format_table", "list_runs", "resolve_run", "run_summary"]
+__all__ = ["HEADLINE_METRICS", "LOCK_NAME", "RunFolder", "RunLockedError", "compare", "format_table", "list_runs",
+           "resolve_run", "run_lock", "run_summary"]
+
+LOCK_NAME = ".lock"
+"""The lock file in a run folder (its content names the holder; the lock itself is the kernel's flock)."""
+
+
+class RunLockedError(FileExistsError):
+    """Another process is writing this run folder (it holds the folder's lock)."""
+
+
+_HELD: dict[str, list[int]] = {}  # run folder -> [fd, depth]: flock conflicts between two fds of one process too
+
+
+@contextlib.contextmanager
+def run_lock(path: str | Path) -> Iterator[Path]:
+    """Hold the exclusive writer's lock of run folder ``path`` (created if missing) for the ``with`` block.
+
+    Re-entrant within a process (``rswb train`` locks before loading data, :func:`rswb.engine.fit` again).
+
+    Raises:
+        RunLockedError: another process holds it (the message names its pid, host and start time).
+    """
+    folder = Path(path).resolve()
+    key = str(folder)
+    if key in _HELD:
+        _HELD[key][1] += 1
+        try:
+            yield folder
+        finally:
+            _HELD[key][1] -= 1
+        return
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:  # pragma: no cover
+        yield folder
+        return
+    lock = folder / LOCK_NAME
+    while True:
+        folder.mkdir(parents=True, exist_ok=True)  # again after a retry: a releasing holder may have removed it
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "a process that has not said who it is"
+            os.close(fd)
+            raise RunLockedError(f"{folder}: another process is writing this run ({holder}); wait for it to finish "
+                                 "or choose another name") from None
+        try:  # the file locked must still be the folder's lock file (a releasing holder may have just removed it)
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    started = _dt.datetime.now().isoformat(timespec="seconds")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n".encode(), 0)
+    _HELD[key] = [fd, 1]
+    try:
+        yield folder
+    finally:
+        del _HELD[key]
+        # A folder this lock created and nothing else wrote into (the run was refused or failed before it started)
+        # is removed, so a failed start leaves nothing behind.
+        if created and [p.name for p in folder.iterdir()] == [LOCK_NAME]:
+            lock.unlink()
+            folder.rmdir()
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 class RunFolder:

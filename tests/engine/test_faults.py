@@ -1,0 +1,109 @@
+"""Fault battery (issue 30), first part: one writer per run folder.
+
+Another process holds a run folder's lock the way a live `rswb train` does (a subprocess that takes
+:func:`rswb.engine.runs.run_lock` and waits); every attempt to write the same folder must be refused in seconds,
+before any data is loaded, with a one-line error that names the holder, and must leave the holder's files alone.
+When the holder is killed with SIGKILL the kernel frees the lock and the folder can be trained again.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rswb.cli import main
+from rswb.engine.launch import train_task
+from rswb.engine.runs import LOCK_NAME, RunLockedError, run_lock
+
+REPO = Path(__file__).resolve().parents[2]
+TASK = "tests.engine.fixtures:blobs"
+QUICK = ["--epochs", "1", "--no-progress", "--deterministic"]
+
+pytestmark = pytest.mark.skipif(os.name != "posix", reason="needs flock and POSIX signals")
+
+_HOLDER = """
+import sys, time
+from rswb.engine.runs import run_lock
+with run_lock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+@pytest.fixture
+def holder(tmp_path):
+    """A live process holding the lock of ``tmp_path/runs/r``, with a temp file of its own in the folder."""
+    folder = tmp_path / "runs" / "r"
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(folder)], stdout=subprocess.PIPE, text=True,
+                            cwd=REPO)
+    assert proc.stdout.readline().strip() == "locked"
+    (folder / ".config.yaml.abc123.tmp").write_text("being written")
+    yield folder, proc
+    proc.kill()
+    proc.wait()
+
+
+def _never_build(monkeypatch) -> None:
+    """Make building the task (which loads its data) fail the test: what is refused must be refused before it."""
+    import rswb.engine.launch as launch
+
+    def no_build(*_a, **_k):
+        raise AssertionError("the task was built (data loaded) before the run folder was checked")
+
+    real_get = launch.get
+    monkeypatch.setattr(launch, "get", lambda kind, name: no_build if kind == "task" and name == TASK
+                        else real_get(kind, name))
+    monkeypatch.setattr(launch, "task_config_class", lambda builder: None)
+
+
+def test_a_second_writer_is_refused_before_any_data_is_loaded(holder, capsys, monkeypatch):
+    folder, proc = holder
+    _never_build(monkeypatch)
+    t0 = time.perf_counter()
+    code = main(["train", TASK, "--name", "r", "--runs-root", str(folder.parent), *QUICK])
+    err = capsys.readouterr().err
+    assert code == 2 and time.perf_counter() - t0 < 10
+    assert f"pid {proc.pid}" in err and "another process is writing this run" in err and len(err.splitlines()) == 1
+    # --overwrite of a run that another process trains is refused the same way: the first run is not lost.
+    assert main(["train", TASK, "--name", "r", "--runs-root", str(folder.parent), "--overwrite", *QUICK]) == 2
+    assert "another process is writing this run" in capsys.readouterr().err
+    # Only the lock holder sweeps the folder's temp files: the live writer's file is still there.
+    assert (folder / ".config.yaml.abc123.tmp").read_text() == "being written"
+    assert not (folder / "config.yaml").exists()
+
+
+def test_the_lock_dies_with_its_holder_and_is_reentrant_within_a_process(holder, tmp_path):
+    folder, proc = holder
+    with pytest.raises(RunLockedError, match=f"pid {proc.pid}"):
+        with run_lock(folder):
+            pass
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with run_lock(folder) as locked:  # the kernel released the killed process's lock
+        with run_lock(folder):  # rswb train locks before loading data, fit() again: one process, one lock
+            assert (locked / LOCK_NAME).read_text().startswith(f"pid {os.getpid()} ")
+    res = train_task(TASK, {"epochs": 1, "progress": False}, run_name="r", runs_root=folder.parent, overwrite=True)
+    assert (res.run_dir / "metrics.json").exists()
+    assert not (folder / ".config.yaml.abc123.tmp").exists()  # the new holder swept the dead writer's temp file
+
+
+def test_an_existing_run_is_refused_before_the_task_is_built(tmp_path, monkeypatch, capsys):
+    args = ["train", TASK, "--name", "r", "--runs-root", str(tmp_path), *QUICK]
+    assert main(args) == 0
+    _never_build(monkeypatch)
+    assert main(args) == 2
+    assert "a run already exists here" in capsys.readouterr().err
+
+
+def test_a_run_that_fails_before_it_starts_leaves_no_folder(tmp_path, capsys):
+    missing = tmp_path / "no_such_scene"
+    code = main(["train", "pha", "--data", str(missing), "--epochs", "1", "--name", "x", "--runs-root",
+                 str(tmp_path / "runs")])
+    assert code == 2 and str(missing) in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "x").exists()  # the lock's folder went with the failed start
