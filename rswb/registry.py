@@ -11,8 +11,6 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import importlib
-import os
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -94,18 +92,31 @@ def register_task(name: str | Callable[..., Any] | None = None) -> Any:
     return lambda builder: deco(checked(builder))
 
 
-def get(kind: str, name: str) -> Callable[..., Any]:
-    """The builder registered as ``name``; ``"module:name"`` imports ``module`` first.
+def get(kind: str, name: str, allow_import: bool = True) -> Callable[..., Any]:
+    """The builder registered as ``name``; ``"module:name"`` imports ``module`` first (when ``allow_import``).
+
+    The module is looked up on the interpreter's own path (installed packages, or what ``python -m`` put there): the
+    working directory is never added, so a ``.py`` file that happens to sit beside a run folder is never imported.
+
+    Args:
+        kind: ``"model"``, ``"task"``, ...
+        name: a registered name, or ``"module:name"``.
+        allow_import: ``False`` for names read from files (a run's ``config.yaml``): ``"module:name"`` then resolves
+            only when ``name`` is already registered (the user imported its module), and nothing is imported.
 
     Raises:
-        KeyError: unknown name (the message lists close matches and all names).
+        KeyError: unknown name (the message lists close matches and all names), or a ``"module:name"`` that would
+            need an import where none is allowed.
     """
     registry = _check_kind(kind)
     if ":" in name:
         module, _, name = name.partition(":")
-        # Like `python -m`, look for the user's own modules in the working directory (console scripts do not).
-        if os.getcwd() not in sys.path:
-            sys.path.insert(0, os.getcwd())
+        if not allow_import:
+            if name in registry:
+                return registry[name]
+            raise KeyError(f"{kind} {module}:{name} names a module to import, and names read from a file never make "
+                           f"rswb import code: import {module!r} yourself (or install it as a package) so that "
+                           f"{name!r} is registered, then try again")
         try:
             importlib.import_module(module)
         except ImportError as err:

@@ -191,8 +191,9 @@ def test_module_colon_name_missing_name_or_module(tmp_path, monkeypatch, uid):
     monkeypatch.delitem(sys.modules, module)
 
 
-def test_module_colon_name_uses_working_directory(tmp_path, monkeypatch, uid):
-    """Like ``python -m``: a module in the current folder is found even when that folder is not on sys.path."""
+def test_module_colon_name_never_searches_the_working_directory(tmp_path, monkeypatch, uid):
+    """Issue 30: a module that only sits in the current folder is not importable through rswb (it used to be put on
+    sys.path, so a .py file beside a received run folder ran on `rswb eval`)."""
     name = f"rswb_cwd_plugin_{uid}"
     (tmp_path / f"{name}.py").write_text(
         f"from rswb.registry import register_dataset\n\n@register_dataset\ndef cwd_{uid}():\n    return 'cwd'\n"
@@ -200,8 +201,9 @@ def test_module_colon_name_uses_working_directory(tmp_path, monkeypatch, uid):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
     monkeypatch.delitem(sys.modules, name, raising=False)
-    assert create("dataset", f"{name}:cwd_{uid}") == "cwd"
-    monkeypatch.delitem(sys.modules, name)
+    with pytest.raises(KeyError, match=f"cannot import '{name}'"):
+        create("dataset", f"{name}:cwd_{uid}")
+    assert name not in sys.modules and str(tmp_path) not in sys.path
 
 
 def test_every_retrieval_method_has_a_model_and_a_loss():

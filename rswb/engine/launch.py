@@ -227,7 +227,7 @@ def load_trained(run_dir: str | Path, weights: str = "best", overrides: Mapping[
     name = saved.get("task_name")
     if not name:
         raise ValueError(f"{run.config}: no task_name; only runs started from a registered task can be rebuilt")
-    builder = get("task", name)
+    builder = get("task", name, allow_import=False)  # a run folder is data: it never makes rswb import code
     seed_everything(saved.get("train", {}).get("seed", 0))
     task_opts = {**renamed(task_config_class(builder), saved.get("task_config", {})), **dict(overrides or {})}
     source = f"{run.config} + {dict(overrides)}" if overrides else str(run.config)

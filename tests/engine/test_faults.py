@@ -107,3 +107,25 @@ def test_a_run_that_fails_before_it_starts_leaves_no_folder(tmp_path, capsys):
                  str(tmp_path / "runs")])
     assert code == 2 and str(missing) in capsys.readouterr().err
     assert not (tmp_path / "runs" / "x").exists()  # the lock's folder went with the failed start
+
+
+def test_a_run_folder_never_makes_rswb_import_code(tmp_path, monkeypatch, capsys):
+    """A run received from someone names `planted:blobs` as its task and ships planted.py: nothing is imported."""
+    import yaml
+
+    assert main(["train", TASK, "--name", "r", "--runs-root", str(tmp_path), *QUICK]) == 0
+    marker = tmp_path / "ran"
+    (tmp_path / "planted.py").write_text(f"open({str(marker)!r}, 'w').write('code from a run folder ran')\n")
+    config = tmp_path / "r" / "config.yaml"
+    saved = yaml.safe_load(config.read_text())
+    saved["task_name"] = "planted:not_registered"
+    config.write_text(yaml.safe_dump(saved))
+    monkeypatch.chdir(tmp_path)  # the working directory holds planted.py
+    for args in (["eval", "r", "--runs-root", str(tmp_path)], ["report", "r", "--runs-root", str(tmp_path)]):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert "never make rswb import code" in err and len(err.strip().splitlines()) == 1
+    assert not marker.exists()
+    import sys
+
+    assert "planted" not in sys.modules and str(tmp_path) not in sys.path
