@@ -6,6 +6,11 @@ costs it four comparison passes over the similarity matrix; the C kernel makes a
 built with (``$CC``, else ``cc`` / ``gcc`` / ``clang``) into ``$RSWB_CACHE_DIR/native`` (default
 ``~/.cache/rswb/native``), keyed by a digest of the source, the compiler, its flags and the CPU, written atomically.
 
+A library is loaded only if it and its folder belong to the current user and nobody else can write them (the folder
+is created 0700), and its bytes match the SHA-256 recorded beside it when rswb built it: a library planted in a shared
+or writable cache folder is never loaded (rswb builds a private copy in a fresh 0700 temporary folder instead, with
+a warning). On systems without POSIX ownership (Windows) only the digest is checked.
+
 Where no compiler works (or ``RSWB_NATIVE=0`` is set), :func:`rank_counts_kernel` returns ``None`` and the metrics
 use their numpy kernels: the same counts, slower. :func:`native_status` says which and why. ctypes releases the GIL
 for the call, so several Python threads count row blocks in parallel.
@@ -23,6 +28,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -65,13 +71,54 @@ def _cpu_signature() -> str:
     return sig + "|" + "\n".join(sorted(set(lines)))
 
 
-def _build(compiler: str, flags: tuple[str, ...], source: bytes) -> Path:
+def _untrusted(path: Path) -> str | None:
+    """Why ``path`` (a file or folder) must not be trusted with code (another owner, or writable by others), or None."""
+    if os.name != "posix":
+        return None
+    st = path.stat()
+    if st.st_uid != os.getuid():
+        return f"{path} belongs to uid {st.st_uid}, not to this user"
+    if st.st_mode & 0o022:
+        return f"{path} can be written by others (mode {st.st_mode & 0o777:o})"
+    return None
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _private_folder(folder: Path) -> Path:
+    """``folder``, created 0700 when missing; a fresh private temporary folder if it cannot be trusted."""
+    if not folder.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        os.chmod(folder, 0o700)
+    why = _untrusted(folder)
+    if why is None:
+        return folder
+    fresh = Path(tempfile.mkdtemp(prefix="rswb-native-"))  # 0700, owned by this user
+    warnings.warn(f"rswb: not using the native kernel cache: {why}; building a private copy in {fresh}",
+                  stacklevel=3)
+    return fresh
+
+
+def _build(compiler: str, flags: tuple[str, ...], source: bytes, folder: Path | None = None) -> Path:
     key = hashlib.sha256(b"\0".join([source, compiler.encode(), " ".join(flags).encode(),
                                      _cpu_signature().encode()])).hexdigest()[:20]
-    target = _cache_dir() / f"rank_counts-{key}{sysconfig.get_config_var('SHLIB_SUFFIX') or '.so'}"
+    folder = folder or _private_folder(_cache_dir())
+    target = folder / f"rank_counts-{key}{sysconfig.get_config_var('SHLIB_SUFFIX') or '.so'}"
+    sidecar = target.with_name(target.name + ".sha256")
     if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+        why = _untrusted(target)
+        if why is None and sidecar.exists() and sidecar.read_text().strip() == _digest(target):
+            return target
+        if why is not None:  # not ours to replace: build elsewhere
+            fresh = Path(tempfile.mkdtemp(prefix="rswb-native-"))
+            warnings.warn(f"rswb: not loading {target}: {why}; building a private copy in {fresh}", stacklevel=3)
+            return _build(compiler, flags, source, fresh)
+        if sidecar.exists():  # a digest that does not match: someone changed the library
+            warnings.warn(f"rswb: not loading {target}: it does not match the digest rswb recorded when it built it; "
+                          "building it again", stacklevel=3)
+        # (no digest at all: a build from before digests were recorded, rebuilt in place without a word)
     # Compile to a temporary name in the same folder, then rename: a concurrent process never loads half a file.
     fd, tmp = tempfile.mkstemp(prefix=".rank_counts-", suffix=".tmp", dir=target.parent)
     os.close(fd)
@@ -80,6 +127,12 @@ def _build(compiler: str, flags: tuple[str, ...], source: bytes) -> Path:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         if done.returncode != 0:
             raise OSError(f"{' '.join(cmd)} failed: {done.stderr.strip()[:400]}")
+        os.chmod(tmp, 0o700)
+        # The digest first, then the library: a library never stands without the digest that vouches for it.
+        fd2, tmp_digest = tempfile.mkstemp(prefix=".rank_counts-", suffix=".tmp", dir=target.parent)
+        with os.fdopen(fd2, "w") as fh:
+            fh.write(_digest(Path(tmp)) + "\n")
+        os.replace(tmp_digest, sidecar)
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):

@@ -116,11 +116,46 @@ def test_build_is_cached_once_and_can_be_disabled(tmp_path):
     code = "from rswb.metrics._native import native_status; print(native_status())"
     first = run_python(code, {"RSWB_CACHE_DIR": str(tmp_path)})
     assert first.startswith("compiled:")
-    built = sorted((tmp_path / "native").iterdir())
-    assert len(built) == 1 and built[0].name.startswith("rank_counts-")
-    mtime = built[0].stat().st_mtime_ns
+    built = sorted((tmp_path / "native").iterdir())  # the library and the digest that vouches for it
+    assert len(built) == 2 and built[0].name.startswith("rank_counts-") and built[1].name == built[0].name + ".sha256"
+    assert (tmp_path / "native").stat().st_mode & 0o777 == 0o700  # a private folder
+    mtime = [p.stat().st_mtime_ns for p in built]
     assert run_python(code, {"RSWB_CACHE_DIR": str(tmp_path)}) == first
-    assert [p.stat().st_mtime_ns for p in (tmp_path / "native").iterdir()] == [mtime]  # reused, not rebuilt
+    assert [p.stat().st_mtime_ns for p in sorted((tmp_path / "native").iterdir())] == mtime  # reused, not rebuilt
     off = run_python(code, {"RSWB_CACHE_DIR": str(tmp_path / "off"), "RSWB_NATIVE": "0"})
     assert off.startswith("disabled by RSWB_NATIVE=0")
     assert not Path(tmp_path / "off").exists()
+
+
+@pytest.mark.slow
+def test_a_planted_library_is_never_loaded(tmp_path):
+    """A library someone put in the cache folder (right name, other bytes; or a folder others can write) never runs:
+    rswb builds a private copy instead, and the numbers stay the kernel's own."""
+    import shutil
+
+    if not shutil.which("cc"):
+        pytest.skip("no C compiler")
+    code = "from rswb.metrics._native import native_status; print(native_status())"
+    env = {"RSWB_CACHE_DIR": str(tmp_path)}
+    assert run_python(code, env).startswith("compiled:")
+    target = next(p for p in (tmp_path / "native").iterdir() if not p.name.endswith(".sha256"))
+    marker = tmp_path / "planted-ran"
+    src = tmp_path / "planted.c"
+    src.write_text('#include <stdio.h>\n__attribute__((constructor)) static void run(void) '
+                   f'{{ FILE *f = fopen("{marker}", "w"); if (f) {{ fputs("ran", f); fclose(f); }} }}\n'
+                   "int rswb_rank_counts_abi(void) { return 1; }\n")
+    subprocess.run(["cc", "-shared", "-fPIC", str(src), "-o", str(target)], check=True)  # same name, other bytes
+    probe = ("import warnings, numpy as np\nfrom rswb.metrics._native import native_status, rank_counts_kernel\n"
+             "with warnings.catch_warnings(record=True) as w:\n    warnings.simplefilter('always')\n"
+             "    print(native_status(), rank_counts_kernel(np.float32) is not None)\n"
+             "    print([str(x.message) for x in w])")
+    out = run_python(probe, env)
+    assert out.splitlines()[0].startswith("compiled:") and out.splitlines()[0].endswith("True")
+    assert "does not match the digest" in out and not marker.exists()
+    import hashlib  # rebuilt in place: rswb's own library again, vouched for by its digest
+
+    assert hashlib.sha256(target.read_bytes()).hexdigest() == Path(f"{target}.sha256").read_text().strip()
+    assert run_python(probe, env).splitlines()[1] == "[]"  # and trusted again, without a warning
+    (tmp_path / "native").chmod(0o777)  # a folder others can write: nothing in it is trusted
+    out = run_python(probe, env)
+    assert "can be written by others" in out and not marker.exists()
