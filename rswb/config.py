@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import re
 import types
 import typing
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -78,13 +80,21 @@ def validate(cfg: Any, *, source: str = "options") -> Any:
     """
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
+        flag = "--" + f.name.replace("_", "-")
+        # NaN compares False both ways, so a range check alone lets it through (and inf through an open top).
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{source}: {flag} must be a finite number, got {value!r}")
         rule = allowed(f)
         if value is None or not rule:
             continue
-        m, flag = f.metadata, "--" + f.name.replace("_", "-")
+        m = f.metadata
         ok = value in m["choices"] if m.get("choices") else _in_range(value, m)
         if not ok:
             raise ValueError(f"{source}: {flag} must be {rule}, got {value!r}")
+    lr = getattr(cfg, "lr", None)
+    if isinstance(lr, float) and lr > 1.0:
+        warnings.warn(f"{source}: --lr {lr:g} is far above the usual 1e-5 .. 1e-1; training will most likely diverge "
+                      "or stay at chance", stacklevel=2)
     check = getattr(cfg, "check", None)
     if callable(check):
         check()

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 __all__ = [
+    "DeviceError",
     "autocast", "encoder_device", "frozen_encoder_device", "make_grad_scaler", "resolve_precision", "select_device",
     "to_device",
 ]
@@ -17,20 +18,31 @@ __all__ = [
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
+class DeviceError(RuntimeError, ValueError):
+    """A requested device that does not exist here or that torch does not know.
+
+    A bad option value (one line, exit 2 on the command line), and still a ``RuntimeError`` for code that caught that.
+    """
+
+
 def select_device(preference: str | torch.device | None = None) -> torch.device:
     """The training device: ``preference`` when given (checked), else the best available, cuda > mps > cpu.
 
     Raises:
-        RuntimeError: the requested device type is not available on this machine.
+        DeviceError: the requested device is not a device torch knows, or not available on this machine.
     """
     if preference is not None and str(preference) != "auto":
-        device = torch.device(preference)
+        try:
+            device = torch.device(preference)
+        except (RuntimeError, TypeError):
+            raise DeviceError(f"device {preference!r} is not a device torch knows (use cpu, cuda, cuda:1 or mps)") \
+                from None
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError(f"device {device} was requested but CUDA is not available here (use device=cpu)")
+            raise DeviceError(f"device {device} was requested but CUDA is not available here (use device=cpu)")
         if device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-            raise RuntimeError(f"device {device} was requested but MPS is not available here (use device=cpu)")
+            raise DeviceError(f"device {device} was requested but MPS is not available here (use device=cpu)")
         if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-            raise RuntimeError(f"device {device} was requested but only {torch.cuda.device_count()} GPU(s) exist")
+            raise DeviceError(f"device {device} was requested but only {torch.cuda.device_count()} GPU(s) exist")
         return device
     if torch.cuda.is_available():
         return torch.device("cuda", torch.cuda.current_device())

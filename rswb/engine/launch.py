@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from rswb.config import TrainConfig, field_help, from_dict, to_dict, validate
-from rswb.engine.device import encoder_device
+from rswb.engine.device import encoder_device, select_device
 from rswb.engine.distributed import init_distributed
 from rswb.engine.loop import FitResult, RunExistsError, fit
-from rswb.engine.runs import RunFolder, run_lock
+from rswb.engine.runs import RunFolder, check_run_name, run_lock
 from rswb.engine.seed import seed_everything
 from rswb.engine.task import TaskBundle
 from rswb.io import load_checkpoint, load_yaml
@@ -185,6 +185,9 @@ def train_task(name: str, options: Mapping[str, Any] | None = None, *, config_fi
     _check_effective(task_cls, seed, given)
     task_cfg = validate(from_dict(task_cls, task_opts, source=f"task {name} options"),
                         source=f"task {name} options") if task_cls else None
+    if run_name is not None:
+        check_run_name(run_name)
+    select_device(seed.device)  # a device that does not exist is refused here, not after the data is loaded
     dist = init_distributed()
     with contextlib.ExitStack() as stack:
         if run_name is not None and dist.is_main:

@@ -38,11 +38,22 @@ import pandas as pd
 
 from rswb.io import atomic_write_text, load_yaml, save_yaml
 
-__all__ = ["HEADLINE_METRICS", "LOCK_NAME", "RunFolder", "RunLockedError", "compare", "format_table", "list_runs",
-           "resolve_run", "run_lock", "run_summary"]
+__all__ = ["HEADLINE_METRICS", "LOCK_NAME", "RunFolder", "RunLockedError", "check_run_name", "compare", "format_table",
+           "list_runs", "resolve_run", "run_lock", "run_summary"]
 
 LOCK_NAME = ".lock"
 """The lock file in a run folder (its content names the holder; the lock itself is the kernel's flock)."""
+
+
+def check_run_name(name: str) -> str:
+    """``name`` if it is one folder name (what ``--name`` takes); else a ``ValueError`` saying why.
+
+    ``../../x`` would write outside the runs root and ``a/b`` would make a run that ``rswb runs list`` never shows.
+    """
+    text = str(name)
+    if not text or text in (".", "..") or "/" in text or "\\" in text or text != text.strip() or "\0" in text:
+        raise ValueError(f"--name must be one folder name (no '/', '\\', '..' or surrounding spaces), got {text!r}")
+    return text
 
 
 class RunLockedError(FileExistsError):

@@ -129,3 +129,44 @@ def test_a_run_folder_never_makes_rswb_import_code(tmp_path, monkeypatch, capsys
     import sys
 
     assert "planted" not in sys.modules and str(tmp_path) not in sys.path
+
+
+@pytest.mark.parametrize("option, value", [("--lr", "nan"), ("--lr", "inf"), ("--weight-decay", "nan"),
+                                           ("--warmup-epochs", "inf"), ("--delay", "nan")])
+def test_non_finite_options_are_refused_naming_the_option(option, value, tmp_path, capsys, monkeypatch):
+    """Training options and a task's own float options alike (NaN used to pass every range check)."""
+    if option != "--delay":  # a task option: the patched builder would not know its config
+        _never_build(monkeypatch)
+    code = main(["train", TASK, "--name", "r", "--runs-root", str(tmp_path), *QUICK, option, value])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert option in err and ("finite" in err or "must be" in err)
+    assert not (tmp_path / "r").exists()  # nothing started
+
+
+def test_a_learning_rate_far_outside_sane_bounds_is_warned(tmp_path):
+    from rswb.config import TrainConfig, validate
+
+    with pytest.warns(UserWarning, match="--lr 1e\\+30 is far above"):
+        validate(TrainConfig(lr=1e30))
+
+
+@pytest.mark.parametrize("name", ["../../x", "a/b", ".."])
+def test_a_run_name_is_one_folder_name(name, tmp_path, capsys, monkeypatch):
+    _never_build(monkeypatch)
+    root = tmp_path / "deep" / "runs"
+    assert main(["train", TASK, "--name", name, "--runs-root", str(root), *QUICK]) == 2
+    assert "--name must be one folder name" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not root.exists()
+
+
+@pytest.mark.parametrize("device", ["foo", "cuda:7"])
+def test_a_device_that_is_not_here_is_refused_in_one_line(device, tmp_path, capsys, monkeypatch):
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has that GPU")
+    _never_build(monkeypatch)
+    assert main(["train", TASK, "--name", "r", "--runs-root", str(tmp_path), *QUICK, "--device", device]) == 2
+    err = capsys.readouterr().err
+    assert "device" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
