@@ -154,18 +154,52 @@ class RunFolder:
             f.write(json.dumps(record) + "\n")
 
     def read_history(self) -> list[dict[str, Any]]:
-        """The epoch records of ``metrics.jsonl`` (empty when absent)."""
+        """The epoch records of ``metrics.jsonl`` (empty when absent).
+
+        A last line without its newline is an append cut short by a killed process: it is left out (that epoch is
+        redone on ``--resume``). Any other unreadable line is damage.
+
+        Raises:
+            ValueError: a line that is not a JSON record (the message names the file and the line).
+        """
         if not self.history.exists():
             return []
-        return [json.loads(line) for line in self.history.read_text().splitlines() if line.strip()]
+        text = self.history.read_text(encoding="utf-8", errors="replace")
+        lines = text.split("\n")
+        complete, cut = lines[:-1], lines[-1]  # cut: "" when the file ends with a newline
+        records = []
+        for n, line in enumerate(complete, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                raise ValueError(f"{self.history}: line {n} is not a JSON record") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{self.history}: line {n} is not a JSON record")
+            records.append(record)
+        del cut  # an unfinished last line
+        return records
 
     def write_final(self, data: dict[str, Any]) -> None:
         """Write ``metrics.json``."""
         atomic_write_text(json.dumps(data, indent=2) + "\n", self.final)
 
     def read_final(self) -> dict[str, Any] | None:
-        """``metrics.json`` or None while the run is unfinished."""
-        return json.loads(self.final.read_text()) if self.final.exists() else None
+        """``metrics.json`` or None while the run is unfinished.
+
+        Raises:
+            ValueError: the file is not a JSON object (the message names it).
+        """
+        if not self.final.exists():
+            return None
+        try:
+            data = json.loads(self.final.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            raise ValueError(f"{self.final}: not valid JSON") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{self.final}: expected a JSON object, got {type(data).__name__}")
+        return data
 
 
 def resolve_run(run: str | Path, root: str | Path = "runs") -> Path:
@@ -208,11 +242,23 @@ def run_summary(path: str | Path) -> dict[str, Any]:
     return row
 
 
+def _summary_or_damage(path: Path) -> dict[str, Any]:
+    """:func:`run_summary`, or a row that says the run is damaged, which file and why (the other runs stay listed)."""
+    try:
+        return run_summary(path)
+    except (ValueError, OSError) as err:
+        return {"run": path.name, "status": f"damaged: {err}", "path": str(path)}
+
+
 def list_runs(root: str | Path = "runs") -> pd.DataFrame:
-    """All runs under ``root`` (one row each, newest folder last); an empty frame when there are none."""
+    """All runs under ``root`` (one row each, newest folder last); an empty frame when there are none.
+
+    A run whose files cannot be read (a damaged ``config.yaml`` or ``metrics.json``) is listed with the status
+    ``damaged: FILE: why``, not dropped, and does not stop the others from being listed.
+    """
     root = Path(root)
     folders = sorted((p for p in root.glob("*") if (p / "config.yaml").exists()), key=lambda p: p.stat().st_mtime)
-    rows = [run_summary(p) for p in folders]
+    rows = [_summary_or_damage(p) for p in folders]
     return pd.DataFrame(rows)
 
 
@@ -236,7 +282,12 @@ def compare(runs: Sequence[str | Path], root: str | Path = "runs", metrics: Sequ
             :data:`HEADLINE_METRICS` of the runs' tasks (those any run has); default: all of ``split``.
         split: ``"test"`` or ``"val"``: which metrics of each run to show.
     """
-    rows = [run_summary(resolve_run(r, root)) for r in runs]
+    rows = []
+    for r in runs:
+        path = resolve_run(r, root)
+        if not (path / "config.yaml").exists():
+            raise FileNotFoundError(f"{path}: not a run folder (no config.yaml)")
+        rows.append(_summary_or_damage(path))
     df = pd.DataFrame(rows).set_index("run") if rows else pd.DataFrame()
     if df.empty:
         return df
@@ -252,7 +303,8 @@ def compare(runs: Sequence[str | Path], root: str | Path = "runs", metrics: Sequ
             raise KeyError(f"no run has {', '.join(missing)}; available: {', '.join(metric_cols) or '(none)'}")
         metric_cols = wanted
     protocol = [c for c in ("ties",) if c in df.columns]  # evaluation choices recorded by the runs
-    cols = ["method", "version", "data", "status", *protocol, *metric_cols, "epochs", "best_epoch", "time_s"]
+    cols = [c for c in ("method", "version", "data", "status", *protocol, *metric_cols, "epochs", "best_epoch",
+                        "time_s") if c in df.columns]  # a table of damaged runs alone has only run, status, path
     out = df[cols].rename(columns={c: c[len(prefix):] for c in metric_cols})
     return out
 

@@ -170,3 +170,23 @@ def test_a_device_that_is_not_here_is_refused_in_one_line(device, tmp_path, caps
     assert main(["train", TASK, "--name", "r", "--runs-root", str(tmp_path), *QUICK, "--device", device]) == 2
     err = capsys.readouterr().err
     assert "device" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_one_damaged_run_does_not_hide_the_others(tmp_path, capsys):
+    for name in ("good", "bad_final", "bad_config", "cut_history"):
+        assert main(["train", TASK, "--name", name, "--runs-root", str(tmp_path), *QUICK]) == 0
+    (tmp_path / "bad_final" / "metrics.json").write_text('{"test": {"OA": 0.9')  # cut short
+    (tmp_path / "bad_config" / "config.yaml").write_text("train: [unclosed\n")
+    with open(tmp_path / "cut_history" / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 2, "train_lo')  # an append cut short by a killed process: no newline
+    capsys.readouterr()
+    assert main(["runs", "list", "--runs-root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "good" in out and "cut_history" in out and "finished" in out
+    assert "damaged:" in out and "metrics.json: not valid JSON" in out and "config.yaml: not valid YAML" in out
+    assert main(["runs", "compare", "good", "bad_final", "cut_history", "--runs-root", str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    assert "damaged: " in table and table.count("finished") == 2
+    from rswb.engine.runs import RunFolder
+
+    assert len(RunFolder(tmp_path / "cut_history").read_history()) == 1  # the cut line is left out
