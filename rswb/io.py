@@ -9,6 +9,8 @@ a file from elsewhere cannot run code.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io
 import json
 import os
 import tempfile
@@ -129,26 +131,58 @@ def new_file_mode() -> int:
     return 0o666 & ~umask
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint file is missing or unreadable; the message names the file."""
+class CheckpointError(RuntimeError, ValueError):
+    """A checkpoint file is missing, unreadable or not the bytes that were written; the message names the file.
+
+    Also a ``ValueError``: on the command line it is one line and exit code 2, not a traceback.
+    """
+
+
+def digest_file(path: Path) -> Path:
+    """The SHA-256 sidecar of a file written by :func:`atomic_save`: ``NAME.sha256``."""
+    return path.with_name(path.name + ".sha256")
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save(obj)`` to ``path`` atomically, folder entry synced too; returns the path."""
-    return atomic_write(path, lambda f: torch.save(obj, f), sync_dir=True)
+    """``torch.save(obj)`` to ``path`` atomically, folder entry synced too, with its SHA-256 beside it; the path.
+
+    The digest file is written first listing both the new and the previous digest, then the checkpoint, then the
+    digest file again with the new one only: a process killed at any moment leaves a checkpoint that one of the
+    recorded digests vouches for, and :func:`load_checkpoint` refuses a file whose bytes changed afterwards.
+    """
+    path = Path(path)
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    data = buf.getvalue()
+    digest = hashlib.sha256(data).hexdigest()
+    side = digest_file(path)
+    previous = side.read_text().split()[:1] if side.exists() and path.exists() else []
+    atomic_write_text("".join(f"{d}\n" for d in [digest, *previous]), side)
+    atomic_write(path, lambda f: f.write(data), sync_dir=True)
+    atomic_write_text(f"{digest}\n", side)
+    return path
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device | None = "cpu") -> dict[str, Any]:
-    """Load a checkpoint dict with ``torch.load(..., weights_only=True)``.
+    """Load a checkpoint dict with ``torch.load(..., weights_only=True)``, verified against its SHA-256.
+
+    A file written by :func:`atomic_save` has its digest beside it (``NAME.sha256``); a file without one (written
+    before digests were recorded) is loaded unverified.
 
     Raises:
-        CheckpointError: the file is missing, truncated or holds something other than tensors and plain values.
+        CheckpointError: the file is missing, truncated, changed since it was written (its digest does not match),
+            or holds something other than tensors and plain values.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
+    data = path.read_bytes()
+    side = digest_file(path)
+    if side.exists() and hashlib.sha256(data).hexdigest() not in side.read_text().split():
+        raise CheckpointError(f"{path}: its bytes do not match the SHA-256 recorded when it was written "
+                              f"({side.name}): the file is damaged or was changed")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        obj = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several types for truncated or foreign files
         raise CheckpointError(f"{path}: cannot load checkpoint ({type(err).__name__}: {err})") from None
     if not isinstance(obj, dict):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -68,8 +69,8 @@ def cached(path: str | Path, compute: Callable[[], dict[str, Any]]) -> dict[str,
     if path.exists():
         try:
             return load_checkpoint(path)
-        except Exception:  # noqa: BLE001 - an unreadable cache entry is recomputed, never trusted
-            pass
+        except Exception as err:  # noqa: BLE001 - an unreadable cache entry is recomputed, never trusted
+            warnings.warn(f"rswb: recomputing a cache entry: {err}", stacklevel=2)
     value = compute()
     atomic_save(value, path)
     return value

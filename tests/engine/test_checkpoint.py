@@ -62,12 +62,12 @@ def test_round_trip(tmp_path):
     back = load_checkpoint(path)
     _assert_same(state, back)
     assert back["model"]["w"].device.type == "cpu"
-    assert _listing(tmp_path / "deep") == ["last.pt"]
+    assert _listing(tmp_path / "deep") == ["last.pt", "last.pt.sha256"]  # with the digest that vouches for it
     assert stat.S_IMODE(path.stat().st_mode) == new_file_mode()  # not mkstemp's 0600
     # str paths work as well, and overwriting replaces the file.
     atomic_save(_state(1), str(path))
     _assert_same(load_checkpoint(str(path)), _state(1))
-    assert _listing(tmp_path / "deep") == ["last.pt"]
+    assert _listing(tmp_path / "deep") == ["last.pt", "last.pt.sha256"]
 
 
 def test_missing_file(tmp_path):
@@ -135,7 +135,22 @@ def test_failed_write_keeps_old_file_and_no_temp(tmp_path, monkeypatch):
         atomic_save(_state(1), target)
     assert target.read_bytes() == old_bytes
     _assert_same(load_checkpoint(target), _state(0))
-    assert _listing(tmp_path) == ["last.pt"]
+    assert _listing(tmp_path) == ["last.pt", "last.pt.sha256"]
+    # The disk fills while the file itself is written: the old file, still vouched for, and no temporary file.
+    monkeypatch.setattr(ckpt_mod.torch, "save", real_save)
+    real_write = ckpt_mod.atomic_write
+
+    def full_disk(path, write, sync_dir=False):
+        def half(f):
+            f.write(b"half")
+            raise OSError("No space left on device")
+        return real_write(path, half, sync_dir)
+
+    monkeypatch.setattr(ckpt_mod, "atomic_write", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        atomic_save(_state(1), target)
+    _assert_same(load_checkpoint(target), _state(0))
+    assert _listing(tmp_path) == ["last.pt", "last.pt.sha256"]
 
 
 def test_interrupt_during_write_cleans_up(tmp_path, monkeypatch):
@@ -156,14 +171,18 @@ def test_failed_rename_keeps_old_file(tmp_path, monkeypatch):
     target = tmp_path / "last.pt"
     atomic_save({"v": torch.tensor(1)}, target)
 
+    real_replace = os.replace
+
     def broken_replace(src, dst):
-        raise OSError("rename failed")
+        if str(dst).endswith(".pt"):  # the digest file is renamed first; the checkpoint's own rename fails
+            raise OSError("rename failed")
+        real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", broken_replace)
     with pytest.raises(OSError, match="rename failed"):
         atomic_save({"v": torch.tensor(2)}, target)
-    assert load_checkpoint(target)["v"].item() == 1
-    assert _listing(tmp_path) == ["last.pt"]
+    assert load_checkpoint(target)["v"].item() == 1  # the digest file lists the old digest too: still accepted
+    assert _listing(tmp_path) == ["last.pt", "last.pt.sha256"]
 
 
 def test_target_holds_old_bytes_until_rename(tmp_path, monkeypatch):
@@ -173,7 +192,8 @@ def test_target_holds_old_bytes_until_rename(tmp_path, monkeypatch):
     real_replace = os.replace
 
     def spy(src, dst):
-        seen.append((load_checkpoint(dst)["v"].item(), load_checkpoint(src)["v"].item()))
+        if str(dst).endswith(".pt"):  # the checkpoint's rename (the digest file is renamed before and after it)
+            seen.append((load_checkpoint(dst)["v"].item(), torch.load(src, weights_only=True)["v"].item()))
         real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", spy)
@@ -186,3 +206,25 @@ def test_map_location(tmp_path):
     path = atomic_save({"w": torch.ones(2)}, tmp_path / "m.pt")
     assert load_checkpoint(path, map_location=torch.device("cpu"))["w"].device.type == "cpu"
     assert load_checkpoint(path, map_location=None)["w"].device.type == "cpu"
+
+
+def test_bytes_changed_after_writing_are_refused_naming_the_file(tmp_path):
+    """256 flipped bytes inside a checkpoint whose zip stays valid loaded silently before (issue 30)."""
+    import hashlib
+
+    path = atomic_save({"w": torch.arange(10000, dtype=torch.float32)}, tmp_path / "best.pt")
+    data = bytearray(path.read_bytes())
+    start = data.find(bytes(torch.arange(10000, dtype=torch.float32).numpy().tobytes()[:64]))
+    assert start > 0
+    for i in range(start + 400, start + 656):  # inside the tensor's bytes: torch.load still succeeds
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert torch.load(path, weights_only=True)["w"].shape == (10000,)  # the damage is silent to torch itself
+    with pytest.raises(CheckpointError, match=r"best\.pt: its bytes do not match the SHA-256"):
+        load_checkpoint(path)
+    # A kill between writing the digest and the checkpoint leaves the old checkpoint, which the digest still accepts.
+    old = atomic_save({"w": torch.ones(3)}, tmp_path / "c.pt")
+    side = tmp_path / "c.pt.sha256"
+    new_digest = hashlib.sha256(b"the next checkpoint").hexdigest()
+    side.write_text(f"{new_digest}\n{side.read_text().split()[0]}\n")  # as atomic_save writes it first
+    assert torch.equal(load_checkpoint(old)["w"], torch.ones(3))

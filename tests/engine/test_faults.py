@@ -190,3 +190,27 @@ def test_one_damaged_run_does_not_hide_the_others(tmp_path, capsys):
     from rswb.engine.runs import RunFolder
 
     assert len(RunFolder(tmp_path / "cut_history").read_history()) == 1  # the cut line is left out
+
+
+def test_damaged_weights_and_cache_entries_are_never_used_silently(tmp_path, capsys):
+    assert main(["train", TASK, "--name", "r", "--runs-root", str(tmp_path), *QUICK]) == 0
+    best = tmp_path / "r" / "best.pt"
+    data = bytearray(best.read_bytes())
+    for i in range(len(data) // 2, len(data) // 2 + 256):
+        data[i] ^= 0xFF
+    best.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main(["eval", "r", "--runs-root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "best.pt: its bytes do not match the SHA-256" in err and len(err.strip().splitlines()) == 1
+    # A damaged feature-cache entry is recomputed, with a warning, never used.
+    from rswb.data.features import cached
+
+    entry = tmp_path / "cache" / "entry.pt"
+    first = cached(entry, lambda: {"x": __import__("torch").arange(1000.0)})
+    raw = bytearray(entry.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    entry.write_bytes(bytes(raw))
+    with pytest.warns(UserWarning, match="recomputing a cache entry: .*entry.pt: its bytes do not match"):
+        again = cached(entry, lambda: {"x": __import__("torch").arange(1000.0)})
+    assert again["x"].equal(first["x"])

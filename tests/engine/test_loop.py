@@ -40,6 +40,7 @@ def test_run_folder_contents(tmp_path):
     res = run(tmp_path)
     d = res.run_dir
     assert {p.name for p in d.iterdir()} == {"config.yaml", "metrics.jsonl", "metrics.json", "checkpoint.pt", "best.pt",
+                                             "checkpoint.pt.sha256", "best.pt.sha256",  # their digests
                                              ".lock"}  # the writer's lock file (free once the run ended)
     cfg = yaml.safe_load((d / "config.yaml").read_text())
     assert cfg["train"]["epochs"] == 3 and cfg["task"] == {"method": "mlp", "version": "v0", "data": "blobs"}
