@@ -73,11 +73,17 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     import rswb.tasks  # noqa: F401
     from rswb.engine import EvalContext, select_device
     from rswb.engine.launch import load_trained
-    from rswb.engine.runs import resolve_run
+    from rswb.engine.runs import RunFolder, resolve_run
 
     run = resolve_run(args.run, args.root)
-    bundle = load_trained(run, weights=args.weights, overrides={"ties": args.ties} if args.ties else None)
     device = select_device(args.device)
+    folder = RunFolder(run)
+    unfinished = folder.config.exists() and not folder.final.exists()
+    if unfinished:  # its best.pt is the best epoch so far, not the run's selected weights
+        history = folder.read_history()
+        print(f"note: {run} has not finished ({len(history)} epoch(s) recorded, no metrics.json): these are the "
+              f"{args.weights} weights so far", file=sys.stderr)
+    bundle = load_trained(run, weights=args.weights, overrides={"ties": args.ties} if args.ties else None)
     bundle.task.to(device)
     splits = {"test": bundle.test, "val": bundle.val}
     results = {}
@@ -87,7 +93,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         ctx = EvalContext(device, batch_size=args.batch_size, progress=not args.json, desc=split)
         results[split] = bundle.task.evaluate(splits[split], ctx)
     if args.json:
-        print(json.dumps({**results, **bundle.task.protocol()}, indent=2))
+        print(json.dumps({**results, **bundle.task.protocol(), "finished": not unfinished}, indent=2))
     else:
         keys = sorted({k for r in results.values() for k in r})
         rules = ", ".join(f"{k} {v}" for k, v in bundle.task.protocol().items())

@@ -182,9 +182,15 @@ def run_suite(profile: str = "quick", only: Sequence[str] | None = None, params:
     if only and not names:
         raise KeyError(f"no notebook matches {list(only)}; notebooks: {', '.join(NOTEBOOKS)}")
     src = notebooks_dir()
+    declared_by = {name: notebook_parameters(src / f"{name}.ipynb") for name in names}
+    known = set().union(*declared_by.values())
+    unknown = sorted(set(params or {}) - known)
+    if unknown:  # a typo such as PER_CLAS=2 would otherwise be ignored and the suite would pass
+        raise KeyError(f"--param {', '.join(unknown)}: no notebook of this run has such a parameter; they have "
+                       f"{', '.join(sorted(known))}")
     plan = {}  # every notebook's parameters, resolved (and their data checked) before anything runs
     for name in names:
-        declared = notebook_parameters(src / f"{name}.ipynb")
+        declared = declared_by[name]
         values = {**PROFILES[profile].get(name, {}), **{k: v for k, v in (params or {}).items() if k in declared}}
         plan[name] = resolve_parameters(values, where=f"profile {profile}, {name}")
     report = Path(reports_root) / datetime.now().strftime("%Y%m%d-%H%M%S")

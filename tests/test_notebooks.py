@@ -320,3 +320,10 @@ def test_index_folds_all_but_the_headline_and_drifted_metrics(tmp_path):
     shown, folded = page.split("<details>")
     assert "<td class='m'>methods.clip.mR</td>" in shown and "methods.clip.published_t2i_R@7</td>" in shown
     assert "methods.clip.published_t2i_R@8</td>" in folded and "39 more metrics" in folded
+
+
+def test_an_unknown_param_is_refused_with_the_notebooks_parameters(tmp_path, capsys):
+    code = main(["notebooks", "run", "--only", "01", "--reports", str(tmp_path), "--param", "PER_CLAS=2"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--param PER_CLAS: no notebook of this run has such a parameter" in err
+    assert "PER_CLASS" in err and not list(tmp_path.iterdir())  # refused before anything ran

@@ -23,6 +23,7 @@ import contextlib
 import io
 import json
 import sys
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,8 +207,9 @@ def notebook_run(task: str, profile: str, output_dir: str | Path, label: str, *,
 
     What notebooks call: a run with other settings (epochs, data, seed, ...) lands in a folder of its own instead of
     replacing the earlier one, and the same settings reuse the finished run. With ``quiet`` what training prints
-    (the cache lines, the final table) goes to the run's ``train.log`` instead of the notebook, which shows one short
-    table of all its runs; if training fails, the captured lines are printed before the error.
+    (the cache lines, the final table) and warns (e.g. a validation split too small to select on, also in the run's
+    ``metrics.json``) goes to the run's ``train.log`` instead of the notebook, which shows one short table of all its
+    runs; if training fails, the captured lines are printed before the error.
     """
     opts = _profile_options_resolved(task, profile, options)
     folder = Path(output_dir, run_name(f"{profile}-{label}", {"task": task, **opts}))
@@ -215,13 +217,15 @@ def notebook_run(task: str, profile: str, output_dir: str | Path, label: str, *,
         return train_or_reuse(task, opts, folder, device=device, progress=progress)
     buf = io.StringIO()
     try:
-        with contextlib.redirect_stdout(buf):
+        with contextlib.redirect_stdout(buf), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             path = train_or_reuse(task, opts, folder, device=device, progress=progress)
     except BaseException:
         sys.stdout.write(buf.getvalue())
         raise
-    if buf.getvalue():  # a reused run printed nothing and keeps its log
-        atomic_write_text(buf.getvalue(), path / "train.log")
+    text = buf.getvalue() + "".join(f"warning: {w.message}\n" for w in caught)
+    if text:  # a reused run printed nothing and keeps its log
+        atomic_write_text(text, path / "train.log")
     return path
 
 

@@ -19,11 +19,13 @@ import datetime as _dt
 import math
 import platform
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
@@ -431,6 +433,11 @@ def _finish(st: _Training, val_set: Dataset | None, test: Dataset | None, eval_c
     }
     if class_names is not None:
         final["class_names"] = list(class_names)  # acc_k is the accuracy of class_names[k - 1]
+    notes = selection_warnings(val_set, st.history, st.monitor)
+    if notes:
+        final["warnings"] = notes  # in metrics.json and in the table printed below
+        for note in notes:
+            warnings.warn(f"{run.path.name}: {note}", stacklevel=2)
     if dist.is_main:
         run.write_final(final)
         # The table is the run's result, not progress: --progress false hides the bars, never the numbers.
@@ -459,6 +466,26 @@ def _restore_best(run: RunFolder, ckpt: Mapping[str, Any], best: Mapping[str, An
                        f"{run.checkpoint}; the run folder was modified by hand")
 
 
+def selection_warnings(val_set: Dataset | None, history: Sequence[Mapping[str, Any]], monitor: str) -> list[str]:
+    """Why the validation split could not really select an epoch: too few items per class, or a flat monitor.
+
+    A class with fewer than 2 validation items makes the selected epoch a coin toss for it; a monitored metric that
+    has the same value at every epoch selects the first epoch whatever the training did.
+    """
+    notes = []
+    labels = getattr(val_set, "labels", None)
+    if labels is not None and len(labels):
+        counts = np.bincount(np.asarray(labels, dtype=np.int64))
+        present = counts[counts > 0]
+        if present.min() < 2 or len(present) < len(counts):
+            notes.append(f"the validation split has {int(counts.min())} item(s) of its smallest class "
+                         f"({len(labels)} items in all): too few to select an epoch on")
+    values = [r.get(f"val_{monitor}") for r in history if r.get(f"val_{monitor}") is not None]
+    if len(values) > 1 and len(set(values)) == 1:
+        notes.append(f"validation {monitor} was {values[0]:.4g} at every epoch: it could not select an epoch")
+    return notes
+
+
 def metric_label(key: str, class_names: Sequence[str] | None) -> str:
     """A metric key for people: ``acc_3`` becomes ``acc_3 (forest)`` when the class names are known."""
     if class_names and key.startswith("acc_") and key[4:].isdigit() and 0 < int(key[4:]) <= len(class_names):
@@ -480,4 +507,5 @@ def _summary(final: Mapping[str, Any]) -> str:
             v, t = final["val"].get(k), final["test"].get(k)
             lines.append(f"  {labels[k]:<{width}} {'' if v is None else f'{v:.4g}':>10} "
                          f"{'' if t is None else f'{t:.4g}':>10}")
+    lines += [f"  warning: {note}" for note in final.get("warnings", [])]
     return "\n".join(lines)

@@ -214,3 +214,16 @@ def test_damaged_weights_and_cache_entries_are_never_used_silently(tmp_path, cap
     with pytest.warns(UserWarning, match="recomputing a cache entry: .*entry.pt: its bytes do not match"):
         again = cached(entry, lambda: {"x": __import__("torch").arange(1000.0)})
     assert again["x"].equal(first["x"])
+
+
+def test_a_validation_split_too_small_to_select_on_is_said():
+    from rswb.engine.loop import selection_warnings
+
+    class Val:
+        labels = [0, 0, 1, 2, 2]  # one item of class 1
+
+    notes = selection_warnings(Val(), [{"val_OA": 0.5}, {"val_OA": 0.7}], "OA")
+    assert len(notes) == 1 and "1 item(s) of its smallest class (5 items in all)" in notes[0]
+    flat = selection_warnings(None, [{"val_mAP@20": 0.0}, {"val_mAP@20": 0.0}, {"val_mAP@20": 0.0}], "mAP@20")
+    assert flat == ["validation mAP@20 was 0 at every epoch: it could not select an epoch"]
+    assert selection_warnings(None, [{"val_OA": 0.5}], "OA") == []  # one epoch: nothing to select among
