@@ -146,9 +146,10 @@ def digest_file(path: Path) -> Path:
 def atomic_save(obj: Any, path: str | Path) -> Path:
     """``torch.save(obj)`` to ``path`` atomically, folder entry synced too, with its SHA-256 beside it; the path.
 
-    The digest file is written first listing both the new and the previous digest, then the checkpoint, then the
-    digest file again with the new one only: a process killed at any moment leaves a checkpoint that one of the
-    recorded digests vouches for, and :func:`load_checkpoint` refuses a file whose bytes changed afterwards.
+    The digest file is written first listing the new digest and every one that vouches for the file now, then the
+    checkpoint, then the digest file again with the new one only: a process killed at any moment leaves a checkpoint
+    that one of the recorded digests vouches for, and :func:`load_checkpoint` refuses a file whose bytes changed
+    afterwards.
     """
     path = Path(path)
     buf = io.BytesIO()
@@ -156,8 +157,15 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     data = buf.getvalue()
     digest = hashlib.sha256(data).hexdigest()
     side = digest_file(path)
-    previous = side.read_text().split()[:1] if side.exists() and path.exists() else []
-    atomic_write_text("".join(f"{d}\n" for d in [digest, *previous]), side)
+    # Every digest that vouches for the file now (two after a kill between the steps below), so that the file on
+    # disk stays vouched for whichever step a kill interrupts next.
+    if not path.exists():
+        previous = []
+    elif side.exists():
+        previous = side.read_text().split()
+    else:  # a file written before digests were recorded: vouch for it as it is while it is replaced
+        previous = [hashlib.sha256(path.read_bytes()).hexdigest()]
+    atomic_write_text("".join(f"{d}\n" for d in dict.fromkeys([digest, *previous])), side)
     atomic_write(path, lambda f: f.write(data), sync_dir=True)
     atomic_write_text(f"{digest}\n", side)
     return path

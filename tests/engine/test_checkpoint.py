@@ -228,3 +228,24 @@ def test_bytes_changed_after_writing_are_refused_naming_the_file(tmp_path):
     new_digest = hashlib.sha256(b"the next checkpoint").hexdigest()
     side.write_text(f"{new_digest}\n{side.read_text().split()[0]}\n")  # as atomic_save writes it first
     assert torch.equal(load_checkpoint(old)["w"], torch.ones(3))
+
+
+def test_kills_between_the_steps_never_make_a_good_file_look_damaged(tmp_path, monkeypatch):
+    """A save killed after its digest file but before its rename, then another one killed the same way: the file on
+    disk (the first) must still be accepted (found by the SIGKILL test: the second save kept only the first line)."""
+    import rswb.io as io_mod
+
+    target = atomic_save({"v": torch.tensor(0)}, tmp_path / "c.pt")
+    real = io_mod.atomic_write
+
+    def killed(path, write, sync_dir=False):
+        raise KeyboardInterrupt  # the kill lands after the digest file was written, before the checkpoint's rename
+
+    monkeypatch.setattr(io_mod, "atomic_write", killed)
+    for v in (1, 2):
+        with pytest.raises(KeyboardInterrupt):
+            atomic_save({"v": torch.tensor(v)}, target)
+        assert load_checkpoint(target)["v"].item() == 0
+    monkeypatch.setattr(io_mod, "atomic_write", real)
+    atomic_save({"v": torch.tensor(3)}, target)
+    assert load_checkpoint(target)["v"].item() == 3 and len((tmp_path / "c.pt.sha256").read_text().split()) == 1
