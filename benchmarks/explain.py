@@ -75,6 +75,13 @@ def reinitialised(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 # --------------------------------------------------------------------------------------------------------- hashing
 
+def _cams(model: torch.nn.Module, x: torch.Tensor, target: str, method: str, strides: tuple[int, ...] | None,
+          batch: int = 16) -> np.ndarray:
+    """``model.grad_cam`` of every image of ``x`` for ``target``, in batches: ``[N, h, w]``."""
+    return torch.cat([model.grad_cam(x[i:i + batch], target, method=method, strides=strides)["cam"]
+                      for i in range(0, len(x), batch)]).numpy()
+
+
 def hash_maps(runs_root: Path, seed: int) -> dict:
     """Pointing and randomisation of the quick hash run's maps on the object-based test scenes."""
     from rswb.data.scenes import image_to_tensor, load_image
@@ -107,12 +114,10 @@ def hash_maps(runs_root: Path, seed: int) -> dict:
         row = {}
         for target in ("cue", "code"):
             t0 = time.perf_counter()
-            cams = torch.cat([model.grad_cam(x[i:i + 16], target, method=method, strides=strides)["cam"]
-                              for i in range(0, len(x), 16)]).numpy()
+            cams = _cams(model, x, target, method, strides)
             row[f"{target}_pointing"] = float(pointing_hits(list(cams), masks, tol).mean())
             row[f"{target}_seconds"] = time.perf_counter() - t0
-            rand = torch.cat([random_model.grad_cam(x[i:i + 16], target, method=method, strides=strides)["cam"]
-                              for i in range(0, len(x), 16)]).numpy()
+            rand = _cams(random_model, x, target, method, strides)
             rho = map_rank_correlation(list(cams), list(rand))
             row[f"{target}_randomization_spearman"] = float(np.nanmean(rho))
             row[f"{target}_randomization_constant_maps"] = int(np.isnan(rho).sum())
@@ -299,10 +304,8 @@ def real_randomization(run_dir: str, n: int = 32) -> dict:
     method, strides = HASH_METHODS[CHOSEN["hash"]]
     out = {"run": run_dir, "items": len(paths), "method": CHOSEN["hash"]}
     for target in ("cue", "code"):
-        a = torch.cat([model.grad_cam(x[i:i + 8], target, method=method, strides=strides)["cam"]
-                       for i in range(0, n, 8)]).numpy()
-        b = torch.cat([rand.grad_cam(x[i:i + 8], target, method=method, strides=strides)["cam"]
-                       for i in range(0, n, 8)]).numpy()
+        a = _cams(model, x, target, method, strides, batch=8)
+        b = _cams(rand, x, target, method, strides, batch=8)
         out[f"{target}_randomization_spearman"] = float(np.nanmean(map_rank_correlation(list(a), list(b))))
     return out
 

@@ -60,7 +60,7 @@ class RunLockedError(FileExistsError):
     """Another process is writing this run folder (it holds the folder's lock)."""
 
 
-_HELD: dict[str, list[int]] = {}  # run folder -> [fd, depth]: flock conflicts between two fds of one process too
+_HELD: dict[str, int] = {}  # run folder -> fd of this process's lock: flock conflicts between two fds of one process
 
 
 @contextlib.contextmanager
@@ -74,12 +74,8 @@ def run_lock(path: str | Path) -> Iterator[Path]:
     """
     folder = Path(path).resolve()
     key = str(folder)
-    if key in _HELD:
-        _HELD[key][1] += 1
-        try:
-            yield folder
-        finally:
-            _HELD[key][1] -= 1
+    if key in _HELD:  # already ours: the outer block releases it
+        yield folder
         return
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
@@ -106,7 +102,7 @@ def run_lock(path: str | Path) -> Iterator[Path]:
     started = _dt.datetime.now().isoformat(timespec="seconds")
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n".encode(), 0)
-    _HELD[key] = [fd, 1]
+    _HELD[key] = fd
     try:
         yield folder
     finally:
