@@ -1,6 +1,7 @@
 """The ``rswb`` command: the same library, run headless.
 
-Exit codes: 0 success, 2 bad input data (a :class:`rswb.data.DataError`, printed as one clear line), 1 other errors.
+Exit codes: 0 success; 2 bad input (data, options, a run folder, a damaged file, a full disk), printed as one line
+naming the file or option; 1 a bug of rswb's (the traceback, then the versions to report with it); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -333,19 +334,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def version_text() -> str:
-    """``rswb X.Y.Z (torch A.B.C, device D)``: what ``rswb --version`` prints (the device that training would pick)."""
+def _own_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
+    try:
+        return version("rswb")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def version_text() -> str:
+    """``rswb X.Y.Z (torch A.B.C, device D)``: what ``rswb --version`` prints (the device that training would pick)."""
     import torch
 
     from rswb.engine.device import select_device
 
-    try:
-        own = version("rswb")
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        own = "unknown (not installed)"
-    return f"rswb {own} (torch {torch.__version__}, device {select_device()})"
+    return f"rswb {_own_version()} (torch {torch.__version__}, device {select_device()})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -365,21 +369,37 @@ def main(argv: list[str] | None = None) -> int:
         code = args.func(args)
         sys.stdout.flush()  # inside the try: a closed pipe surfaces here, not as a traceback at exit
         return code
-    except DataError as err:
-        _report_error("data error", err, as_json, path=err.path)
-        return 2
-    except (KeyError, ValueError, FileNotFoundError, FileExistsError) as err:
-        if args.command not in ("train", "runs", "eval", "search", "notebooks", "report"):
-            raise
-        # Bad options, unknown tasks or runs, an existing run folder: one clear line, not a traceback.
-        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-        _report_error(f"{args.command} error", msg, as_json)
-        return 2
     except BrokenPipeError:
         # The reader went away (``rswb data check ... | head``): not an error of ours; silence the flush at exit.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+    except DataError as err:
+        _report_error("data error", err, as_json, path=err.path)
+        return 2
+    except (KeyError, ValueError, OSError, FloatingPointError) as err:
+        # Bad options, unknown tasks or runs, a locked or existing run folder, a damaged checkpoint, a full disk, a
+        # folder that cannot be written, a diverged run: one clear line naming the file or option, not a traceback.
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        _report_error(f"{args.command} error", msg, as_json)
+        return 2
+    except KeyboardInterrupt:
+        print("rswb: interrupted (a run stopped this way resumes with --resume)", file=sys.stderr)
+        return 130
+    except Exception:  # noqa: BLE001 - anything else is a bug of ours: the traceback, and who to tell
+        import traceback
+
+        traceback.print_exc()
+        print(f"rswb: this is a bug in rswb, not in your input; please report it with the traceback above and this "
+              f"line: {_version_line()}", file=sys.stderr)
+        return 1
+
+
+def _version_line() -> str:
+    """``rswb X.Y.Z, torch A.B.C, Python P``, without touching the device (a bug report must not fail itself)."""
+    import torch
+
+    return f"rswb {_own_version()}, torch {torch.__version__}, Python {sys.version.split()[0]}, {sys.platform}"
 
 
 def _report_error(kind: str, err: object, as_json: bool, path: object = None) -> None:

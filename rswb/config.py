@@ -16,6 +16,7 @@ import types
 import typing
 import warnings
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
@@ -37,7 +38,8 @@ __all__ = [
 
 
 def option(default: Any, help: str, *, low: float | None = None, high: float | None = None,  # noqa: A002
-           low_open: bool = False, high_open: bool = False, choices: Sequence[Any] | None = None) -> Any:
+           low_open: bool = False, high_open: bool = False, choices: Sequence[Any] | None = None,
+           folder: bool = False) -> Any:
     """A dataclass field with a default, its one-line documentation and the values it allows.
 
     Args:
@@ -48,9 +50,11 @@ def option(default: Any, help: str, *, low: float | None = None, high: float | N
         low_open: exclude the lower bound itself (``low=0, low_open=True``: strictly positive).
         high_open: exclude the upper bound itself.
         choices: the allowed values of an option with a fixed set.
+        folder: a path that must be a folder: an existing file there is refused by :func:`validate` (a missing
+            path is left to the data layer, whose error says what the folder should hold).
     """
     meta = {"help": help, "low": low, "high": high, "low_open": low_open, "high_open": high_open,
-            "choices": tuple(choices) if choices is not None else None}
+            "choices": tuple(choices) if choices is not None else None, "folder": folder}
     if isinstance(default, (list, dict, set)):
         # A deep copy: nested lists/dicts must not be shared between instances either.
         return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
@@ -84,6 +88,8 @@ def validate(cfg: Any, *, source: str = "options") -> Any:
         # NaN compares False both ways, so a range check alone lets it through (and inf through an open top).
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"{source}: {flag} must be a finite number, got {value!r}")
+        if f.metadata.get("folder") and value is not None and Path(value).exists() and not Path(value).is_dir():
+            raise ValueError(f"{source}: {flag} {value} is a file; it must be a folder ({f.metadata['help']})")
         rule = allowed(f)
         if value is None or not rule:
             continue
@@ -158,7 +164,8 @@ class ImageTaskOptions:
                               "split; the engine's --val-fraction is not used)", low=0, low_open=True, high=1,
                               high_open=True)
     split_seed: int = option(0, "seed of the held-out share")
-    cache_dir: str | None = option(None, "feature cache folder (default: $RSWB_CACHE_DIR or ~/.cache/rswb)")
+    cache_dir: str | None = option(None, "feature cache folder (default: $RSWB_CACHE_DIR or ~/.cache/rswb)",
+                                   folder=True)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

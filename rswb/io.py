@@ -9,10 +9,12 @@ a file from elsewhere cannot run code.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import io
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -22,8 +24,8 @@ import torch
 import yaml
 
 __all__ = [
-    "CheckpointError", "atomic_save", "atomic_write", "atomic_write_json", "atomic_write_text", "load_checkpoint",
-    "load_yaml", "new_file_mode", "save_yaml",
+    "CheckpointError", "DiskFullError", "NoRoomError", "atomic_save", "atomic_write", "atomic_write_json",
+    "atomic_write_text", "check_room", "load_checkpoint", "load_yaml", "new_file_mode", "save_yaml",
 ]
 
 
@@ -100,8 +102,10 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object], sync_dir
         os.replace(tmp, path)
         if sync_dir:
             _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(path) from None  # the chained OSError names neither the file nor the disk
         raise
     return path
 
@@ -136,6 +140,68 @@ class CheckpointError(RuntimeError, ValueError):
 
     Also a ``ValueError``: on the command line it is one line and exit code 2, not a traceback.
     """
+
+
+def file_system_of(path: str | Path) -> str:
+    """``"MOUNT (DEVICE)"``: the mount point holding ``path`` and, where ``/proc/mounts`` says, its device."""
+    p = Path(os.path.abspath(path))
+    while not os.path.ismount(p) and p != p.parent:
+        p = p.parent
+    try:
+        with open("/proc/mounts", encoding="utf-8") as f:
+            devices = {parts[1]: parts[0] for parts in (line.split() for line in f) if len(parts) > 1}
+    except OSError:  # not Linux
+        devices = {}
+    return f"{p} ({devices[str(p)]})" if str(p) in devices else str(p)
+
+
+class DiskFullError(OSError):
+    """No space (or quota) left while writing a file; the message names the file and its file system.
+
+    Raised by :func:`atomic_write` in place of the bare ``ENOSPC`` error, after removing the temporary file: the
+    target keeps its previous complete content. :func:`rswb.engine.fit` adds which checkpoint is intact.
+    """
+
+    def __init__(self, path: str | Path, advice: str = ""):
+        self.path = Path(path)
+        message = f"no space left on {file_system_of(self.path.parent)} while writing {self.path}"
+        super().__init__(errno.ENOSPC, message + (f"; {advice}" if advice else ""))
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+class NoRoomError(ValueError):
+    """A folder that work is about to write cannot be written, or has too little space: refused before the work."""
+
+
+def check_room(folder: str | Path, need_bytes: int, what: str) -> Path:
+    """Check, before any work, that ``folder`` can be created and written and has ``need_bytes`` free; the folder.
+
+    A real file is created and removed (``os.access`` does not see read-only mounts or ACLs everywhere).
+
+    Args:
+        folder: the folder (created if missing, as the work would).
+        need_bytes: the space the work is expected to write (an estimate).
+        what: what the folder is for, with the option that sets it, for the message.
+
+    Raises:
+        NoRoomError: the folder cannot be made or written, or its file system has less than ``need_bytes`` free.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".rswb-probe.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise NoRoomError(f"{folder}: {what} cannot be written here ({err.strerror or err})") from None
+    free = shutil.disk_usage(folder).free
+    if free < need_bytes:
+        raise NoRoomError(f"{folder}: {what} needs about {need_bytes / 2**20:,.0f} MiB and "
+                          f"{file_system_of(folder)} has {free / 2**20:,.0f} MiB free; free space or use another "
+                          "folder")
+    return folder
 
 
 def digest_file(path: Path) -> Path:

@@ -2,8 +2,19 @@
 
 A builder is registered once (``@register_model def pha_v3(**kw)``) and created by name
 (``create_model("pha_v3", embed_dim=128)``), so every model version and every task is one greppable function and
-notebooks never import a class directly. Names can also be written ``"package.module:name"``: the module is imported
-first (it registers its builders on import), which is how users plug their own tasks into ``rswb train``.
+notebooks never import a class directly.
+
+Names resolve only among installed code, never a path or a module named by a file:
+
+* rswb's own builders (registered when :mod:`rswb.models`, :mod:`rswb.losses` or :mod:`rswb.tasks` is imported);
+* third-party builders declared as entry points of an installed package, in the groups ``rswb.models``,
+  ``rswb.losses``, ``rswb.datasets`` and ``rswb.tasks`` (``[project.entry-points."rswb.tasks"] mytask =
+  "mypkg.tasks:mytask"``): loaded the first time their name is asked for;
+* builders registered by a module the user imported.
+
+On the command line a task may also be written ``"package.module:name"`` (the user typed it: the module is imported
+from the interpreter's path, never the working directory); names read from files (a run's ``config.yaml``, a model
+or loss option) never import anything.
 """
 
 from __future__ import annotations
@@ -12,6 +23,7 @@ import difflib
 import fnmatch
 import importlib
 from collections.abc import Callable
+from importlib.metadata import entry_points
 from typing import Any
 
 __all__ = [
@@ -32,6 +44,8 @@ KINDS = ("model", "loss", "dataset", "task")
 _REGISTRY: dict[str, dict[str, Callable[..., Any]]] = {kind: {} for kind in KINDS}
 # The packages whose import registers rswb's own builders of each kind (imported on the first unknown name).
 _BUILT_IN = {"model": "rswb.models", "loss": "rswb.losses", "task": "rswb.tasks"}
+# Entry-point group of each kind: how an installed third-party package offers its builders.
+ENTRY_POINT_GROUPS = {"model": "rswb.models", "loss": "rswb.losses", "dataset": "rswb.datasets", "task": "rswb.tasks"}
 
 
 def _check_kind(kind: str) -> dict[str, Callable[..., Any]]:
@@ -92,6 +106,21 @@ def register_task(name: str | Callable[..., Any] | None = None) -> Any:
     return lambda builder: deco(checked(builder))
 
 
+def _from_entry_points(kind: str, only: str | None = None) -> None:
+    """Register the builders installed packages declare as entry points of ``kind`` (only ``only``, if given)."""
+    registry = _REGISTRY[kind]
+    for ep in entry_points(group=ENTRY_POINT_GROUPS[kind]):
+        if (only is not None and ep.name != only) or ep.name in registry:
+            continue
+        try:
+            builder = ep.load()  # importing the package may register it by its decorator already
+        except Exception as err:  # noqa: BLE001 - a broken third-party package must not break rswb's own names
+            raise KeyError(f"{kind} {ep.name!r}: the entry point {ep.value!r} of an installed package cannot be "
+                           f"loaded ({type(err).__name__}: {err})") from None
+        if ep.name not in registry:
+            (register_task(ep.name) if kind == "task" else register(kind, ep.name))(builder)
+
+
 def get(kind: str, name: str, allow_import: bool = True) -> Callable[..., Any]:
     """The builder registered as ``name``; ``"module:name"`` imports ``module`` first (when ``allow_import``).
 
@@ -124,6 +153,9 @@ def get(kind: str, name: str, allow_import: bool = True) -> Callable[..., Any]:
     if name not in registry and kind in _BUILT_IN:
         importlib.import_module(_BUILT_IN[kind])  # registers rswb's own builders on first use
     if name not in registry:
+        _from_entry_points(kind, name)
+    if name not in registry:
+        _from_entry_points(kind)  # every installed name, for the list in the message
         close = difflib.get_close_matches(name, registry, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise KeyError(f"unknown {kind} {name!r}.{hint} Registered: {', '.join(sorted(registry)) or '(none)'}")
@@ -131,8 +163,12 @@ def get(kind: str, name: str, allow_import: bool = True) -> Callable[..., Any]:
 
 
 def create(kind: str, name: str, **kwargs: Any) -> Any:
-    """Build ``name`` from the ``kind`` registry with keyword overrides."""
-    return get(kind, name)(**kwargs)
+    """Build ``name`` from the ``kind`` registry with keyword overrides.
+
+    The name comes from options that may have been read from a file, so it never imports a module: a
+    ``"module:name"`` resolves only when that module was imported (or is an installed entry point).
+    """
+    return get(kind, name, allow_import=False)(**kwargs)
 
 
 def create_model(name: str, **overrides: Any) -> Any:
@@ -146,8 +182,10 @@ def create_loss(name: str, **options: Any) -> Any:
 
 
 def list_names(kind: str, pattern: str = "*") -> list[str]:
-    """Sorted registered names of ``kind`` matching a shell-style ``pattern``."""
-    return sorted(n for n in _check_kind(kind) if fnmatch.fnmatch(n, pattern))
+    """Sorted registered names of ``kind`` matching a shell-style ``pattern`` (installed entry points included)."""
+    names = _check_kind(kind)
+    _from_entry_points(kind)
+    return sorted(n for n in names if fnmatch.fnmatch(n, pattern))
 
 
 def list_models(pattern: str = "*") -> list[str]:

@@ -48,3 +48,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The fault battery's summary line: how many fault cases ran and how many were handled as promised."""
+    outcome = {}
+    for reports in terminalreporter.stats.values():
+        for rep in reports:
+            if getattr(rep, "keywords", {}).get("fault") and getattr(rep, "when", None) in ("setup", "call"):
+                if rep.failed or rep.skipped or rep.when == "call":  # setup counts only when it ends the case
+                    outcome[rep.nodeid] = "handled" if rep.passed else ("skipped" if rep.skipped else "failed")
+    if outcome:
+        handled = sum(v == "handled" for v in outcome.values())
+        skipped = sum(v == "skipped" for v in outcome.values())
+        line = f"fault battery: {len(outcome) - skipped} faults, {handled} handled"
+        terminalreporter.write_line(line + (f" ({skipped} skipped here)" if skipped else ""))

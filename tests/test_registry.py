@@ -165,7 +165,11 @@ def test_module_colon_name_imports_and_registers(tmp_path, monkeypatch, uid):
             return ("plugged", scale)
         """)
     assert f"plug_{uid}" not in list_names("task")
-    assert create("task", f"{module}:plug_{uid}", scale=3) == ("plugged", 3)
+    # create() builds names that may come from files: it never imports; get() does (a name the user typed).
+    with pytest.raises(KeyError, match="never make rswb import code"):
+        create("task", f"{module}:plug_{uid}", scale=3)
+    assert module not in sys.modules
+    assert get("task", f"{module}:plug_{uid}")(scale=3) == ("plugged", 3)
     assert module in sys.modules
     assert f"plug_{uid}" in list_names("task")
     # Once imported, the plain name works too, and a second "module:name" lookup does not re-register.
@@ -202,8 +206,40 @@ def test_module_colon_name_never_searches_the_working_directory(tmp_path, monkey
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
     monkeypatch.delitem(sys.modules, name, raising=False)
     with pytest.raises(KeyError, match=f"cannot import '{name}'"):
-        create("dataset", f"{name}:cwd_{uid}")
+        get("dataset", f"{name}:cwd_{uid}")
     assert name not in sys.modules and str(tmp_path) not in sys.path
+
+
+class _EntryPoints:
+    """What ``importlib.metadata.entry_points(group=...)`` returns, for one fake installed package."""
+
+    def __init__(self, group, points):
+        self.group, self.points = group, points
+
+    def __call__(self, group):
+        return self.points if group == self.group else []
+
+
+def test_third_party_builders_come_from_installed_entry_points(tmp_path, monkeypatch, uid):
+    """An installed package declares its builders as entry points (group rswb.models / rswb.tasks / ...): found by
+    name, listed, and usable from a config; nothing else is imported."""
+    from importlib.metadata import EntryPoint
+
+    import rswb.registry as registry
+
+    module = _plugin_module(tmp_path, monkeypatch, uid, f"""
+        def lite_{uid}(width=1):
+            return ("lite", width)
+        """)
+    point = EntryPoint(name=f"lite_{uid}", value=f"{module}:lite_{uid}", group="rswb.models")
+    monkeypatch.setattr(registry, "entry_points", _EntryPoints("rswb.models", [point]))
+    assert module not in sys.modules
+    assert create_model(f"lite_{uid}", width=2) == ("lite", 2)  # a name from a config resolves through it
+    assert f"lite_{uid}" in list_names("model")
+    broken = EntryPoint(name=f"broken_{uid}", value=f"no_such_package_{uid}:x", group="rswb.tasks")
+    monkeypatch.setattr(registry, "entry_points", _EntryPoints("rswb.tasks", [broken]))
+    with pytest.raises(KeyError, match=f"entry point 'no_such_package_{uid}:x' of an installed package cannot be"):
+        get("task", f"broken_{uid}")
 
 
 def test_every_retrieval_method_has_a_model_and_a_loss():

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +30,11 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from rswb.data.transforms import dihedral
-from rswb.io import atomic_save, load_checkpoint
+from rswb.io import CheckpointError, DiskFullError, atomic_save, load_checkpoint
 from rswb.utils import eval_mode, show_progress
 
 __all__ = ["CachedViews", "FeatureSet", "PairedViews", "cache_root", "cached", "digest", "extract_images",
-           "extract_text_states", "nbytes"]
+           "extract_text_states", "item_ids", "nbytes"]
 
 
 def cache_root(override: str | Path | None = None) -> Path:
@@ -63,16 +63,55 @@ def digest(settings: Any = (), modules: Iterable[nn.Module] = (), files: Iterabl
     return h.hexdigest()[:20]
 
 
-def cached(path: str | Path, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """The dict stored at ``path``, or ``compute()``'s result, stored there atomically first."""
+HOLDS_KEY = "_holds"  # the entry's record of what it holds, stored in it beside the tensors
+
+
+def item_ids(paths: Iterable[str | Path]) -> list[str]:
+    """Short ids of image files for a cache entry's record: ``"folder/name"`` (class folder and file name)."""
+    return [f"{Path(p).parent.name}/{Path(p).name}" for p in paths]
+
+
+def _described(holds: Mapping[str, Any] | None) -> str:
+    if holds is None:
+        return "nothing recorded (written before entries recorded what they hold)"
+    parts = [f"entry {holds.get('entry')}"]
+    if "split" in holds:
+        parts.append(f"split {holds['split']}")
+    items = holds.get("items")
+    if isinstance(items, list):
+        parts.append(f"{len(items)} items ({', '.join(map(str, items[:2]))}{', ...' if len(items) > 2 else ''})")
+    elif items is not None:
+        parts.append(f"{items} items")
+    return ", ".join(parts)
+
+
+def cached(path: str | Path, compute: Callable[[], dict[str, Any]],
+           holds: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The dict stored at ``path``, or ``compute()``'s result, stored there atomically first.
+
+    Every entry records what it holds: its own file name (the key, itself a digest of the settings and items) and
+    ``holds`` (e.g. ``{"split": "train", "items": item_ids(paths)}``). An entry whose bytes changed (its SHA-256, see
+    :func:`rswb.io.load_checkpoint`), or whose record is not what is asked for (two entries swapped or renamed, other
+    items), is never used: it is recomputed, with a warning. A full disk costs the cache, not the run: the features
+    are returned from memory with a warning.
+    """
     path = Path(path)
+    want = {"entry": path.name, **dict(holds or {})}
     if path.exists():
         try:
-            return load_checkpoint(path)
+            value = load_checkpoint(path)
+            got = value.pop(HOLDS_KEY, None)
+            if got == want:
+                return value
+            raise CheckpointError(f"{path}: holds {_described(got)}; asked for {_described(want)}")
         except Exception as err:  # noqa: BLE001 - an unreadable cache entry is recomputed, never trusted
             warnings.warn(f"rswb: recomputing a cache entry: {err}", stacklevel=2)
     value = compute()
-    atomic_save(value, path)
+    try:
+        atomic_save({**value, HOLDS_KEY: want}, path)
+    except DiskFullError as err:
+        warnings.warn(f"rswb: {err}; the features are used from memory and will be computed again next time",
+                      stacklevel=2)
     return value
 
 

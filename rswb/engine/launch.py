@@ -19,15 +19,21 @@ from pathlib import Path
 from typing import Any
 
 from rswb.config import TrainConfig, field_help, from_dict, to_dict, validate
+from rswb.data.features import cache_root
 from rswb.engine.device import encoder_device, select_device
 from rswb.engine.distributed import init_distributed
 from rswb.engine.loop import FitResult, RunExistsError, fit
 from rswb.engine.runs import RunFolder, check_run_name, run_lock
 from rswb.engine.seed import seed_everything
 from rswb.engine.task import TaskBundle
-from rswb.io import load_checkpoint, load_yaml
+from rswb.io import check_room, load_checkpoint, load_yaml
 from rswb.registry import get
 from rswb.utils import progress_bars
+
+# Space a run needs before its task is built: the floor below which even a small run's checkpoints will not fit
+# (fit() checks the real estimate from the model's size), and a floor for the frozen-feature cache entries.
+MIN_RUN_BYTES = 64 * 2**20
+MIN_CACHE_BYTES = 256 * 2**20
 
 __all__ = ["describe_task", "load_trained", "split_options", "task_config_class", "train_task"]
 
@@ -189,6 +195,11 @@ def train_task(name: str, options: Mapping[str, Any] | None = None, *, config_fi
         check_run_name(run_name)
     select_device(seed.device)  # a device that does not exist is refused here, not after the data is loaded
     dist = init_distributed()
+    if dist.is_main:  # folders that cannot be written, or a full disk, are found in seconds, not after the data
+        check_room(runs_root, MIN_RUN_BYTES, "the runs root (--runs-root)")
+        if task_cfg is not None and "cache_dir" in field_help(type(task_cfg)):
+            check_room(cache_root(task_cfg.cache_dir), MIN_CACHE_BYTES,
+                       "the feature cache (--cache-dir, else $RSWB_CACHE_DIR or ~/.cache/rswb)")
     with contextlib.ExitStack() as stack:
         if run_name is not None and dist.is_main:
             # The folder's writer's lock and the "run exists" check come before any data is loaded: a second writer

@@ -39,7 +39,7 @@ from rswb.engine.runs import RunFolder, run_lock
 from rswb.engine.schedule import build_optimizer, build_scheduler
 from rswb.engine.seed import get_rng_state, seed_everything, set_rng_state
 from rswb.engine.task import EvalContext, Task
-from rswb.io import atomic_save, load_checkpoint
+from rswb.io import CheckpointError, DiskFullError, atomic_save, check_room, load_checkpoint
 
 __all__ = ["FitResult", "NonFiniteLossError", "RunExistsError", "fit"]
 
@@ -199,51 +199,87 @@ def fit(
     # One writer per run folder: rank 0 holds the folder's lock from before anything is cleared or swept until the
     # final metrics are written (re-entrant: rswb train already took it before loading data).
     with run_lock(folder) if dist.is_main else contextlib.nullcontext():
-        run = _prepare_folder(RunFolder(folder), resume, overwrite, dist)
+        try:
+            return _fit_locked(task, train, val, test, cfg, dist, device, precision, show, folder, resume, overwrite,
+                               task_config, task_name, callbacks, class_names)
+        except DiskFullError as err:  # one line saying what survived and what to do, not torch's traceback
+            raise DiskFullError(err.path, _intact_after_disk_full(RunFolder(folder))) from None
 
-        task.to(device)
-        train_set, val_set = (train, val) if val is not None else carve_validation(train, cfg.val_fraction, cfg.seed)
-        sampler, loader = _training_loader(task, train_set, cfg, device, dist)
-        trainer = task
-        if dist.enabled:
-            ids = [device.index] if device.type == "cuda" else None
-            trainer = DistributedDataParallel(task, device_ids=ids,
-                                              find_unused_parameters=getattr(task, "ddp_find_unused_parameters", False))
-        st = _Training(trainer, task, loader, sampler, build_optimizer(task.param_groups(), cfg), cfg, device,
-                       precision, dist, run, show)
-        st.scheduler = build_scheduler(st.optimizer, cfg, len(sampler))
-        st.scaler = make_grad_scaler(device, precision)
-        st.monitor = cfg.monitor or task.monitor
-        st.mode = task.monitor_mode if cfg.monitor is None else ("min" if _lower_is_better(st.monitor) else "max")
-        if resume and run.checkpoint.exists():
-            _resume(st)
+
+def checkpoint_bytes(task: Task) -> int:
+    """Space a run's files need at their peak, estimated from the task's size, in bytes.
+
+    The peak is ``checkpoint.pt`` being replaced while the previous one and ``best.pt`` are still on disk. A
+    checkpoint holds every tensor of the task plus two Adam moments per trained parameter; ``best.pt`` the tensors.
+    """
+    weights = sum(t.numel() * t.element_size() for t in task.state_dict().values())
+    trained = sum(p.numel() * p.element_size() for p in task.parameters() if p.requires_grad)
+    return 2 * (weights + 2 * trained) + weights + 2**20
+
+
+def _intact_after_disk_full(run: RunFolder) -> str:
+    """What a user can rely on after a full disk stopped a run: the last checkpoint's epoch, verified."""
+    if not run.checkpoint.exists():
+        return "no checkpoint was written yet: free space and run again with --resume"
+    try:
+        epoch = load_checkpoint(run.checkpoint)["epoch"]
+    except CheckpointError as err:
+        return f"the last checkpoint cannot be read ({err}): free space and run again with --overwrite"
+    return f"the last checkpoint, epoch {epoch}, is intact: free space and run with --resume"
+
+
+def _fit_locked(task: Task, train: Dataset, val: Dataset | None, test: Dataset | None, cfg: TrainConfig,
+                dist: DistContext, device: torch.device, precision: str, show: bool, folder: Path, resume: bool,
+                overwrite: bool, task_config: Mapping[str, Any] | None, task_name: str | None,
+                callbacks: Sequence[Callable[[dict[str, Any]], None]],
+                class_names: Sequence[str] | None) -> FitResult:
+    """:func:`fit`'s work once the folder's lock is held."""
+    run = _prepare_folder(RunFolder(folder), resume, overwrite, dist)
+
+    task.to(device)
+    train_set, val_set = (train, val) if val is not None else carve_validation(train, cfg.val_fraction, cfg.seed)
+    sampler, loader = _training_loader(task, train_set, cfg, device, dist)
+    trainer = task
+    if dist.enabled:
+        ids = [device.index] if device.type == "cuda" else None
+        trainer = DistributedDataParallel(task, device_ids=ids,
+                                          find_unused_parameters=getattr(task, "ddp_find_unused_parameters", False))
+    st = _Training(trainer, task, loader, sampler, build_optimizer(task.param_groups(), cfg), cfg, device,
+                   precision, dist, run, show)
+    st.scheduler = build_scheduler(st.optimizer, cfg, len(sampler))
+    st.scaler = make_grad_scaler(device, precision)
+    st.monitor = cfg.monitor or task.monitor
+    st.mode = task.monitor_mode if cfg.monitor is None else ("min" if _lower_is_better(st.monitor) else "max")
+    if resume and run.checkpoint.exists():
+        _resume(st)
+    if dist.is_main:
+        check_room(run.path, checkpoint_bytes(task), "the run's checkpoints")
+        _write_config(st, task_name, task_config, len(train_set), val_set, test)
+        run.write_history(st.history)
+
+    eval_ctx = EvalContext(device, precision, cfg.eval_batch_size or 2 * cfg.batch_size, dist, cfg.num_workers,
+                           progress=show)
+    epochs_bar = tqdm(range(st.start_epoch, cfg.epochs), initial=st.start_epoch, total=cfg.epochs,
+                      desc=run.path.name, disable=not show, unit="epoch")
+    for epoch in epochs_bar:
+        t0 = time.perf_counter()
+        record = _train_epoch(st, epoch)
+        improved = _validate(st, epoch, val_set, eval_ctx, record)
+        record["time_s"] = time.perf_counter() - t0
+        st.history.append(record)
         if dist.is_main:
-            _write_config(st, task_name, task_config, len(train_set), val_set, test)
-            run.write_history(st.history)
-
-        eval_ctx = EvalContext(device, precision, cfg.eval_batch_size or 2 * cfg.batch_size, dist, cfg.num_workers,
-                               progress=show)
-        epochs_bar = tqdm(range(st.start_epoch, cfg.epochs), initial=st.start_epoch, total=cfg.epochs,
-                          desc=run.path.name, disable=not show, unit="epoch")
-        for epoch in epochs_bar:
-            t0 = time.perf_counter()
-            record = _train_epoch(st, epoch)
-            improved = _validate(st, epoch, val_set, eval_ctx, record)
-            record["time_s"] = time.perf_counter() - t0
-            st.history.append(record)
-            if dist.is_main:
-                _save_epoch(st, epoch, improved, record, callbacks)
-            dist.barrier()
-            if show:
-                shown = {"loss": f"{record['train_loss']:.4f}"}
-                if st.best["value"] is not None:
-                    shown[f"best {st.monitor}"] = f"{st.best['value']:.4g}"
-                epochs_bar.set_postfix(shown)
-            if cfg.early_stop_patience is not None and st.bad_evals >= cfg.early_stop_patience:
-                st.stopped_early = True
-                break
-        epochs_bar.close()
-        return _finish(st, val_set, test, eval_ctx, class_names)
+            _save_epoch(st, epoch, improved, record, callbacks)
+        dist.barrier()
+        if show:
+            shown = {"loss": f"{record['train_loss']:.4f}"}
+            if st.best["value"] is not None:
+                shown[f"best {st.monitor}"] = f"{st.best['value']:.4g}"
+            epochs_bar.set_postfix(shown)
+        if cfg.early_stop_patience is not None and st.bad_evals >= cfg.early_stop_patience:
+            st.stopped_early = True
+            break
+    epochs_bar.close()
+    return _finish(st, val_set, test, eval_ctx, class_names)
 
 
 @dataclass

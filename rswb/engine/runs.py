@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import json
 import os
 import socket
@@ -36,7 +37,7 @@ except ImportError:  # pragma: no cover - Windows has no flock
 
 import pandas as pd
 
-from rswb.io import atomic_write_text, load_yaml, save_yaml
+from rswb.io import DiskFullError, atomic_write_text, load_yaml, save_yaml
 
 __all__ = ["HEADLINE_METRICS", "LOCK_NAME", "RunFolder", "RunLockedError", "check_run_name", "compare", "format_table",
            "list_runs", "resolve_run", "run_lock", "run_summary"]
@@ -145,9 +146,17 @@ class RunFolder:
         atomic_write_text("".join(json.dumps(r) + "\n" for r in records), self.history)
 
     def append_history(self, record: dict[str, Any]) -> None:
-        """Append one epoch line to ``metrics.jsonl``."""
+        """Append one epoch line to ``metrics.jsonl`` (on a full disk the file is cut back to its complete lines)."""
         with open(self.history, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            size = f.tell()
+            try:
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+            except OSError as err:
+                if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                f.truncate(size)
+                raise DiskFullError(self.history) from None
 
     def read_history(self) -> list[dict[str, Any]]:
         """The epoch records of ``metrics.jsonl`` (empty when absent).

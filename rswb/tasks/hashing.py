@@ -35,7 +35,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from rswb.config import ImageTaskOptions, option
-from rswb.data.features import CachedViews, FeatureSet, cache_root, cached, digest, extract_images, nbytes
+from rswb.data.features import CachedViews, FeatureSet, cache_root, cached, digest, extract_images, item_ids, nbytes
 from rswb.data.scenes import SceneFolder, check_images
 from rswb.data.splits import first_per_class, validation_indices
 from rswb.data.transforms import RandomDihedral
@@ -58,7 +58,8 @@ class HashConfig(ImageTaskOptions):
     DEPRECATED_OPTIONS: ClassVar[dict[str, str]] = {"cue_weight": "cue_repeats"}
     OWN_VALIDATION: ClassVar[bool] = True  # the task holds out its own validation images
 
-    data: str | None = option(None, "scene folder (UC Merced or AID layout); None: the embedded synthetic scenes")
+    data: str | None = option(None, "scene folder (UC Merced or AID layout); None: the embedded synthetic scenes",
+                              folder=True)
     layout: str = option("auto", "auto | ucmerced | aid (decides the split rule)", choices=("auto", "ucmerced", "aid"))
     bits: int = option(64, "hash code length K", low=1, high=4096)
     views: int = option(4, "dihedral views per training image in the cache (1-8; frozen and partial profiles)",
@@ -98,8 +99,9 @@ def _cached_features(backbone: torch.nn.Module, folder: SceneFolder, views: int,
     key = digest((cfg.backbone, cfg.image_size, views), [backbone], [rec.path for rec in folder.records])
     path = cache_root(cfg.cache_dir) / "features" / f"{cfg.backbone}-{key}.pt"
     desc = f"{cfg.backbone} features ({len(folder)} images x {views})"
+    holds = {"split": folder.split, "items": item_ids(rec.path for rec in folder.records), "views": views}
     return cached(path, lambda: extract_images(backbone, folder, views=views, device=frozen_encoder_device(),
-                                               desc=desc))["features"]
+                                               desc=desc), holds)["features"]
 
 
 def _cached_cut(backbone: torch.nn.Module, folder: SceneFolder, views: int, cfg: HashConfig) -> dict:
@@ -115,7 +117,8 @@ def _cached_cut(backbone: torch.nn.Module, folder: SceneFolder, views: int, cfg:
     desc = f"{cfg.backbone} up to {cut} ({len(folder)} images x {views})"
     out = cached(path, lambda: extract_images(backbone, folder, lambda b, x: {"cut": b.forward_until(x, cut)["cut"]},
                                               device=frozen_encoder_device(), views=views, dtype=torch.float16,
-                                              desc=desc))
+                                              desc=desc),
+                 {"split": folder.split, "items": item_ids(rec.path for rec in folder.records), "views": views})
     print(f"cached {cut} activations: {len(folder)} images x {views} views, {nbytes(out) / 2**20:.0f} MiB ({path})")
     return out
 

@@ -103,7 +103,8 @@ class PHAConfig:
                                        "scratch on the images)", choices=ENCODERS)
     views: int = option(4, "encoder branches: dihedral views cached per image (training draws one per item)",
                         low=1, high=8)
-    cache_dir: str | None = option(None, "feature cache folder (default $RSWB_CACHE_DIR or ~/.cache/rswb)")
+    cache_dir: str | None = option(None, "feature cache folder (default $RSWB_CACHE_DIR or ~/.cache/rswb)",
+                                   folder=True)
 
     def check(self) -> None:
         """Cross-field and registry rules, run by :func:`rswb.config.validate` before any data is read."""
@@ -266,7 +267,7 @@ def _encoder_features(cfg: PHAConfig, encoder: torch.nn.Module, folder, indices:
     Cached on disk (:mod:`rswb.data.features`) under a key over the encoder's weights, the image files, the Wald
     settings and the views, so every seed and shot count of an experiment reuses one extraction.
     """
-    from rswb.data.features import cache_root, cached, digest, extract_images, nbytes
+    from rswb.data.features import cache_root, cached, digest, extract_images, item_ids, nbytes
     from rswb.data.wald import ModalityImages, WaldSceneDataset
     from rswb.engine.device import frozen_encoder_device
 
@@ -285,7 +286,7 @@ def _encoder_features(cfg: PHAConfig, encoder: torch.nn.Module, folder, indices:
                                   desc=f"{cfg.encoder} {m} ({len(pairs)} x {views})")["features"]
                 for m in ("ms", "pan")}
 
-    out = cached(path, compute)
+    out = cached(path, compute, {"split": getattr(folder, "split", None), "items": item_ids(paths), "views": views})
     print(f"cached {cfg.encoder} features: {len(paths)} images x {views} views x (MS, PAN), "
           f"{nbytes(out) / 2**20:.1f} MiB ({path})")
     return out

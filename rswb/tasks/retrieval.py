@@ -30,7 +30,7 @@ import torch
 
 from rswb.config import ImageTaskOptions, option
 from rswb.data.captions import default_image_root
-from rswb.data.features import cache_root, cached, digest, extract_images, extract_text_states, nbytes
+from rswb.data.features import cache_root, cached, digest, extract_images, extract_text_states, item_ids, nbytes
 from rswb.data.image_text import CaptionInputs, RetrievalData, RetrievalSplit, read_caption_splits
 from rswb.data.scenes import ImageFiles
 from rswb.data.tags import Vocabulary, build_tag_vocabulary, caption_values, tag_targets
@@ -60,16 +60,18 @@ class RetrievalConfig(ImageTaskOptions):
     OWN_VALIDATION: ClassVar[bool] = True  # the set's val split, or the task's own held-out share
 
     data: str | None = option(None, "caption folder or Karpathy JSON; None: the embedded captions")
-    images: str | None = option(None, "image root (UCM-Captions: the UC Merced folder); None: images/ beside data")
+    images: str | None = option(None, "image root (UCM-Captions: the UC Merced folder); None: images/ beside data",
+                                folder=True)
     fmt: str = option("auto", "caption format: auto | karpathy | coco | precomp",
                       choices=("auto", "karpathy", "coco", "precomp"))
     image_map: str | None = option(None, "CSV of caption-file name,image path rows: an explicit caption-image join")
     method: str = option("clip", "vsepp | clip | fisvl | kamcl", choices=("vsepp", "clip", "fisvl", "kamcl"))
     backbone: str = option("efficientnet_lite0", "image backbone: efficientnet_lite0 | small_cnn | hf_backbone")
     freeze_backbone: bool = option(True, "train the heads on cached frozen image features (CPU profile)")
-    backbone_path: str | None = option(None, "checkpoint folder of --backbone hf_backbone (Swin, ResNet, ...)")
+    backbone_path: str | None = option(None, "checkpoint folder of --backbone hf_backbone (Swin, ResNet, ...)",
+                                       folder=True)
     text_encoder: str = option("minilm", "minilm (offline) | hf_text (--text-path) | gru_text (train vocabulary)")
-    text_path: str | None = option(None, "checkpoint folder of --text-encoder hf_text (BERT, ...)")
+    text_path: str | None = option(None, "checkpoint folder of --text-encoder hf_text (BERT, ...)", folder=True)
     freeze_text: bool = option(True, "keep the text transformer frozen and train on its cached token states")
     embed_dim: int = option(512, "joint embedding size", low=1)
     max_words: int = option(30, "captions are cut to this many words", low=1)
@@ -132,7 +134,7 @@ def _cached_cuts(cfg: RetrievalConfig, cs: Any, progress: bool) -> tuple[torch.n
         desc = f"{cfg.backbone} up to {cut} ({split}, {len(ps)} images x {views})"
         out[split] = cached(path, lambda ps=ps, views=views, desc=desc: extract_images(
             backbone, ImageFiles(ps, cfg.image_size), until, device=frozen_encoder_device(), views=views,
-            dtype=torch.float16, desc=desc, progress=progress))
+            dtype=torch.float16, desc=desc, progress=progress), {"split": split, "items": item_ids(ps), "views": views})
         print(f"cached {cut} activations ({split}): {len(ps)} images x {views} views, "
               f"{nbytes(out[split]) / 2**20:.0f} MiB ({path})")
     return backbone, out
@@ -184,7 +186,7 @@ def prepare_data(cfg: RetrievalConfig, progress: bool = True) -> RetrievalData:
             desc = f"{cfg.backbone} feature levels ({split}, {len(ps)} images)"
             levels[split] = cached(path, lambda ps=ps, desc=desc: extract_images(
                 backbone, ImageFiles(ps, cfg.image_size), feature_levels, device=frozen_encoder_device(),
-                dtype=torch.float16, desc=desc, progress=progress))
+                dtype=torch.float16, desc=desc, progress=progress), {"split": split, "items": item_ids(ps)})
 
     # Text inputs: cached frozen transformer states, or tokens for an encoder inside the model.
     vocab, encoder = None, None
@@ -203,14 +205,16 @@ def prepare_data(cfg: RetrievalConfig, progress: bool = True) -> RetrievalData:
             path = cache_root(cfg.cache_dir) / "text" / f"{cfg.text_encoder}-layer{layer}-{key}.pt"
             desc = f"{cfg.text_encoder} layers 0-{layer - 1} ({split}, {len(caps)} captions)"
             out = cached(path, lambda caps=caps, desc=desc, layer=layer: extract_text_states(
-                encoder, caps, device=frozen_encoder_device(), desc=desc, progress=progress, layer=layer))
+                encoder, caps, device=frozen_encoder_device(), desc=desc, progress=progress, layer=layer),
+                {"split": split, "items": len(caps)})
             text[split] = {"hidden": out["states"], "mask": out["mask"]}
         elif inputs.states:
             key = digest(("states", encoder.max_length, weights), texts=caps)
             path = cache_root(cfg.cache_dir) / "text" / f"{cfg.text_encoder}-{key}.pt"
             desc = f"{cfg.text_encoder} token states ({split}, {len(caps)} captions)"
             text[split] = cached(path, lambda caps=caps, desc=desc: extract_text_states(
-                encoder, caps, device=frozen_encoder_device(), desc=desc, progress=progress))
+                encoder, caps, device=frozen_encoder_device(), desc=desc, progress=progress),
+                {"split": split, "items": len(caps)})
         else:
             text[split] = {"tokens": inputs.tokens(caps)}
 

@@ -25,7 +25,8 @@ REPO = Path(__file__).resolve().parents[2]
 TASK = "tests.engine.fixtures:blobs"
 COMMON = ["--epochs", "6", "--deterministic", "--no-progress", "--hidden", "200000", "--batch-size", "32"]
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.name != "posix", reason="needs POSIX signals")]
+pytestmark = [pytest.mark.slow, pytest.mark.fault,
+              pytest.mark.skipif(os.name != "posix", reason="needs POSIX signals")]
 
 
 def train_cmd(root: Path, name: str, *extra: str) -> list[str]:

@@ -1,9 +1,11 @@
-"""Fault battery (issue 30), first part: one writer per run folder.
+"""Fault battery (issue 30): a hostile or unlucky user's runs, each case asserting the outcome the user is promised.
 
-Another process holds a run folder's lock the way a live `rswb train` does (a subprocess that takes
-:func:`rswb.engine.runs.run_lock` and waits); every attempt to write the same folder must be refused in seconds,
-before any data is loaded, with a one-line error that names the holder, and must leave the holder's files alone.
-When the holder is killed with SIGKILL the kernel frees the lock and the folder can be trained again.
+Every test here is marked ``fault``; the session ends with the line "fault battery: N faults, N handled".
+
+One writer per run folder: another process holds a run folder's lock the way a live `rswb train` does (a subprocess
+that takes :func:`rswb.engine.runs.run_lock` and waits); every attempt to write the same folder must be refused in
+seconds, before any data is loaded, with a one-line error that names the holder, and must leave the holder's files
+alone. When the holder is killed with SIGKILL the kernel frees the lock and the folder can be trained again.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 TASK = "tests.engine.fixtures:blobs"
 QUICK = ["--epochs", "1", "--no-progress", "--deterministic"]
 
-pytestmark = pytest.mark.skipif(os.name != "posix", reason="needs flock and POSIX signals")
+pytestmark = [pytest.mark.fault, pytest.mark.skipif(os.name != "posix", reason="needs flock and POSIX signals")]
 
 _HOLDER = """
 import sys, time
@@ -227,3 +229,195 @@ def test_a_validation_split_too_small_to_select_on_is_said():
     flat = selection_warnings(None, [{"val_mAP@20": 0.0}, {"val_mAP@20": 0.0}, {"val_mAP@20": 0.0}], "mAP@20")
     assert flat == ["validation mAP@20 was 0 at every epoch: it could not select an epoch"]
     assert selection_warnings(None, [{"val_OA": 0.5}], "OA") == []  # one epoch: nothing to select among
+
+
+def test_a_full_disk_stops_a_run_in_one_line_and_resume_finishes_it(tmp_path, monkeypatch, capsys):
+    """ENOSPC while the second epoch's checkpoint is written: exit 2, one line naming the file, its file system and
+    the intact checkpoint; no temp file left; --resume then finishes with the metrics of an uninterrupted run."""
+    import errno
+
+    from rswb.engine.runs import RunFolder
+    from rswb.io import load_checkpoint
+
+    args = ["train", TASK, "--runs-root", str(tmp_path), "--epochs", "3", "--no-progress", "--deterministic"]
+    assert main([*args, "--name", "whole"]) == 0
+    writes = {"n": 0}
+    real_fsync = os.fsync
+
+    def full_disk_fsync(fd):
+        name = os.readlink(f"/proc/self/fd/{fd}").split("/")[-1]
+        if name.startswith(".checkpoint.pt.") and ".sha256." not in name:  # the checkpoint, not its digest
+            writes["n"] += 1
+            if writes["n"] == 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", full_disk_fsync)
+    capsys.readouterr()
+    assert main([*args, "--name", "r"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert f"no space left on {_mount_of(tmp_path)}" in err
+    assert f"while writing {(tmp_path / 'r' / 'checkpoint.pt').resolve()}" in err
+    assert "the last checkpoint, epoch 1, is intact: free space and run with --resume" in err
+    folder = tmp_path / "r"
+    assert not list(folder.glob(".*.tmp")) and load_checkpoint(folder / "checkpoint.pt")["epoch"] == 1
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert main([*args, "--name", "r", "--resume"]) == 0
+    assert RunFolder(folder).read_final()["test"] == RunFolder(tmp_path / "whole").read_final()["test"]
+
+
+def _mount_of(path) -> str:
+    p = Path(path).resolve()
+    while not os.path.ismount(p):
+        p = p.parent
+    return str(p)
+
+
+def test_a_folder_that_cannot_be_written_or_is_full_is_refused_before_any_data_is_loaded(tmp_path, monkeypatch,
+                                                                                         capsys):
+    _never_build(monkeypatch)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    assert main(["train", TASK, "--name", "r", "--runs-root", str(blocker / "runs"), *QUICK]) == 2
+    err = capsys.readouterr().err
+    assert "the runs root (--runs-root) cannot be written here" in err and len(err.strip().splitlines()) == 1
+    import shutil
+
+    import rswb.io
+
+    free = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(rswb.io.shutil, "disk_usage", lambda _p: free._replace(free=10 * 2**20))
+    assert main(["train", TASK, "--name", "r", "--runs-root", str(tmp_path / "runs"), *QUICK]) == 2
+    err = capsys.readouterr().err
+    assert "the runs root (--runs-root) needs about 64 MiB" in err and "has 10 MiB free" in err
+    assert not (tmp_path / "runs" / "r").exists()
+
+
+@pytest.mark.skipif(os.name == "posix" and os.geteuid() == 0, reason="root writes into a read-only folder anyway")
+def test_a_read_only_runs_root_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
+    _never_build(monkeypatch)
+    root = tmp_path / "ro"
+    root.mkdir(mode=0o500)
+    try:
+        assert main(["train", TASK, "--name", "r", "--runs-root", str(root), *QUICK]) == 2
+        assert "cannot be written here (Permission denied)" in capsys.readouterr().err
+    finally:
+        root.chmod(0o700)
+
+
+def test_data_that_is_a_file_where_a_folder_is_needed_is_refused_in_one_line(tmp_path, capsys):
+    scene = tmp_path / "scene.tif"
+    scene.write_bytes(b"not a folder")
+    code = main(["train", "hash", "--data", str(scene), "--name", "x", "--runs-root", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"--data {scene} is a file; it must be a folder (scene folder" in err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_a_cache_entry_asked_for_other_items_is_refused_and_recomputed(tmp_path):
+    """Two entries swapped with their digest files (the SHA-256 still matches): each records what it holds, so
+    neither is used for the other; asking an entry for other items than it records is refused the same way."""
+    import torch
+
+    from rswb.data.features import cached
+
+    train, test = tmp_path / "train-k1.pt", tmp_path / "test-k2.pt"
+    cached(train, lambda: {"x": torch.zeros(3)}, {"split": "train", "items": ["a/1.tif", "a/2.tif", "b/3.tif"]})
+    cached(test, lambda: {"x": torch.ones(2)}, {"split": "test", "items": ["a/9.tif", "b/8.tif"]})
+    for suffix in ("", ".sha256"):
+        a, b = Path(str(train) + suffix), Path(str(test) + suffix)
+        tmp = a.with_name("swap")
+        a.rename(tmp)
+        b.rename(a)
+        tmp.rename(b)
+    with pytest.warns(UserWarning, match=r"train-k1.pt: holds entry test-k2.pt, split test, 2 items .*; asked for "
+                                         r"entry train-k1.pt, split train, 3 items"):
+        again = cached(train, lambda: {"x": torch.zeros(3)},
+                       {"split": "train", "items": ["a/1.tif", "a/2.tif", "b/3.tif"]})
+    assert again["x"].equal(torch.zeros(3))
+    with pytest.warns(UserWarning, match="asked for entry train-k1.pt, split train, 2 items"):
+        cached(train, lambda: {"x": torch.zeros(2)}, {"split": "train", "items": ["a/1.tif", "a/2.tif"]})
+
+
+def test_a_full_disk_while_caching_keeps_the_features(tmp_path, monkeypatch):
+    import errno
+
+    import torch
+
+    import rswb.io
+    from rswb.data.features import cached
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(rswb.io.os, "fsync", no_space)
+    with pytest.warns(UserWarning, match=r"no space left on .* while writing .*entry.pt(.sha256)?; the features are "
+                                         "used from memory"):
+        value = cached(tmp_path / "entry.pt", lambda: {"x": torch.arange(4)})
+    assert value["x"].tolist() == [0, 1, 2, 3] and not list(tmp_path.glob("*entry.pt*tmp"))
+    assert not (tmp_path / "entry.pt").exists()
+
+
+def test_a_model_name_in_a_config_never_imports_a_module(tmp_path, monkeypatch):
+    """A `version: planted:pha_v1` in a received run's config: even where planted.py is importable, it is not
+    imported (model and loss names never import), and the message says what to do."""
+    import sys
+
+    from rswb.registry import create_model
+
+    marker = tmp_path / "ran"
+    (tmp_path / "planted_model.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(KeyError, match="never make rswb import code"):
+        create_model("planted_model:evil", num_classes=4)
+    # A name rswb registered resolves to rswb's own builder, still without importing the module named.
+    assert type(create_model("planted_model:pha_v1", num_classes=4, bands=4)).__module__ == "rswb.models.pha"
+    assert not marker.exists() and "planted_model" not in sys.modules
+
+
+def test_a_bug_is_a_traceback_with_the_versions_to_report(monkeypatch, capsys):
+    import rswb.cli
+
+    def broken(_args):
+        raise RuntimeError("an internal invariant failed")
+
+    monkeypatch.setattr(rswb.cli, "_cmd_train", broken)
+    parser = rswb.cli.build_parser()
+    monkeypatch.setattr(rswb.cli, "build_parser", lambda: _with_func(parser, broken))
+    assert main(["train", TASK]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "RuntimeError: an internal invariant failed" in err
+    assert "this is a bug in rswb, not in your input" in err and "torch " in err.splitlines()[-1]
+
+
+def _with_func(parser, func):
+    parser.set_defaults(func=func)
+    for action in parser._subparsers._group_actions:
+        for sub in action.choices.values():
+            sub.set_defaults(func=func)
+    return parser
+
+
+@pytest.mark.slow
+def test_two_trainings_filling_one_cold_feature_cache_agree(tmp_path):
+    """Two `rswb train hash` processes started together on one empty feature cache (each extracts and writes the same
+    entries): both finish, with identical metrics, and the entries they leave verify."""
+    from rswb.data.features import HOLDS_KEY
+    from rswb.engine.runs import RunFolder
+    from rswb.io import load_checkpoint
+
+    cache = tmp_path / "cache"
+    common = ["train", "hash", "--epochs", "2", "--bits", "16", "--image-size", "64", "--cache-dir", str(cache),
+              "--runs-root", str(tmp_path / "runs"), "--no-progress", "--deterministic"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "rswb.cli", *common, "--name", name], cwd=REPO, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for name in ("a", "b")]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    finals = [RunFolder(tmp_path / "runs" / n).read_final() for n in ("a", "b")]
+    assert finals[0]["test"] == finals[1]["test"] and finals[0]["val"] == finals[1]["val"]
+    entries = sorted(cache.rglob("*.pt"))
+    assert entries and all(HOLDS_KEY in load_checkpoint(e) for e in entries)  # each verifies and records its items
+    assert not list(cache.rglob("*.tmp"))
