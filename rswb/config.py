@@ -15,7 +15,7 @@ import re
 import types
 import typing
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,18 +28,22 @@ __all__ = [
     "TrainConfig",
     "allowed",
     "apply_overrides",
+    "check_used_options",
+    "drop_unused",
     "field_help",
     "from_dict",
+    "method_fields",
     "option",
     "parse_cli_overrides",
     "to_dict",
+    "used_dict",
     "validate",
 ]
 
 
 def option(default: Any, help: str, *, low: float | None = None, high: float | None = None,  # noqa: A002
            low_open: bool = False, high_open: bool = False, choices: Sequence[Any] | None = None,
-           folder: bool = False) -> Any:
+           folder: bool = False, methods: Sequence[str] | None = None) -> Any:
     """A dataclass field with a default, its one-line documentation and the values it allows.
 
     Args:
@@ -52,9 +56,13 @@ def option(default: Any, help: str, *, low: float | None = None, high: float | N
         choices: the allowed values of an option with a fixed set.
         folder: a path that must be a folder: an existing file there is refused by :func:`validate` (a missing
             path is left to the data layer, whose error says what the folder should hold).
+        methods: the values of the config's ``SELECTOR`` field (e.g. ``method``) that use this option (``None``:
+            every one). Setting it for another is an error (:func:`check_used_options`), and a run does not record it
+            (:func:`used_dict`).
     """
     meta = {"help": help, "low": low, "high": high, "low_open": low_open, "high_open": high_open,
-            "choices": tuple(choices) if choices is not None else None, "folder": folder}
+            "choices": tuple(choices) if choices is not None else None, "folder": folder,
+            "methods": tuple(methods) if methods is not None else None}
     if isinstance(default, (list, dict, set)):
         # A deep copy: nested lists/dicts must not be shared between instances either.
         return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
@@ -156,7 +164,7 @@ class ImageTaskOptions:
     """The data and image-backbone options the hash and retrieval tasks share (their configs extend this)."""
 
     data: str | None = option(None, "dataset folder; None: the embedded synthetic data")
-    backbone: str = option("efficientnet_lite0", "registered image backbone (efficientnet_lite0 | small_cnn)")
+    backbone: str = option("efficientnet_lite0", "registered image backbone (the task's --help lists them)")
     pretrained: bool = option(True, "load the backbone's ImageNet weights")
     freeze_backbone: bool = option(True, "train only the new layers on cached frozen backbone features (CPU profile)")
     image_size: int = option(224, "images are resized to this square size", low=8)
@@ -175,6 +183,58 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     if isinstance(cfg, Mapping):
         return dict(cfg)
     raise TypeError(f"expected a dataclass instance or a mapping, got {type(cfg).__name__}")
+
+
+def _unused(cfg: Any) -> set[str]:
+    """Fields of ``cfg`` that its ``SELECTOR`` value (e.g. ``method="clip"``) does not use."""
+    selector = getattr(type(cfg), "SELECTOR", None)
+    if selector is None:
+        return set()
+    value = getattr(cfg, selector)
+    return {f.name for f in dataclasses.fields(cfg)
+            if f.metadata.get("methods") is not None and value not in f.metadata["methods"]}
+
+
+def check_used_options(cfg: Any, given: Iterable[str]) -> None:
+    """Refuse options the user set (``given``) that the config's selected method does not use.
+
+    Raises:
+        ValueError: the first such option, naming it, the methods that use it and the method selected.
+    """
+    unused = _unused(cfg)
+    for name in given:
+        if name in unused:
+            f = next(f for f in dataclasses.fields(cfg) if f.name == name)
+            selector = type(cfg).SELECTOR
+            raise ValueError(f"--{name.replace('_', '-')} is an option of {' and '.join(f.metadata['methods'])}; "
+                             f"--{selector} {getattr(cfg, selector)} does not use it")
+
+
+def used_dict(cfg: Any) -> dict[str, Any]:
+    """:func:`to_dict` without the options the selected method does not use: what a run records as having run."""
+    unused = _unused(cfg)
+    return {k: v for k, v in to_dict(cfg).items() if k not in unused}
+
+
+def drop_unused(cls: type | None, options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` without the task options that the method they select does not use.
+
+    For recipes shared by every method (a profile sets KAMCL's queue size for all retrieval runs): what the user
+    typed is checked by :func:`check_used_options` instead, and refused.
+    """
+    selector = getattr(cls, "SELECTOR", None) if cls is not None else None
+    if selector is None:
+        return dict(options)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    method = options.get(selector, fields[selector].default)
+    return {k: v for k, v in options.items()
+            if k not in fields or fields[k].metadata.get("methods") is None or method in fields[k].metadata["methods"]}
+
+
+def method_fields(cls: type, method: str) -> list[str]:
+    """The fields of config class ``cls`` that only some methods use and ``method`` is one of them."""
+    return [f.name for f in dataclasses.fields(cls)
+            if f.metadata.get("methods") is not None and method in f.metadata["methods"]]
 
 
 def field_help(cls: type) -> dict[str, str]:

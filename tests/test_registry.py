@@ -249,4 +249,28 @@ def test_every_retrieval_method_has_a_model_and_a_loss():
     from rswb.registry import create_loss
 
     assert set(METHODS) <= set(list_names("model")) and set(METHODS) <= set(list_names("loss"))
-    assert create_loss("fisvl", margin=0.3, queue_size=5).margin == 0.3  # other methods' options are ignored
+    assert create_loss("fisvl", margin=0.3).margin == 0.3
+    with pytest.raises(TypeError, match="queue_size"):  # another method's option is an error, never ignored
+        create_loss("fisvl", margin=0.3, queue_size=5)
+
+
+def test_each_method_takes_exactly_the_options_marked_for_it():
+    """The options marked methods=(...) in RetrievalConfig are exactly what each method's model and loss builders
+    take (loss weights and the tag vocabulary size aside): an option marked for a method its builders do not take,
+    or a builder argument no option sets, fails here."""
+    import inspect
+
+    import rswb.losses  # noqa: F401
+    import rswb.models  # noqa: F401
+    from rswb.config import method_fields
+    from rswb.models.retrieval import METHODS
+    from rswb.tasks.retrieval import RetrievalConfig
+
+    builder_only = {"channels", "text_dim", "embed_dim", "graph_width", "model", "num_tags"}
+    for method in METHODS:
+        marked = {k for k in method_fields(RetrievalConfig, method) if not k.endswith("_weight")} - {"num_tags"}
+        takes = set()
+        for kind in ("model", "loss"):
+            params = inspect.signature(get(kind, method)).parameters
+            takes |= {k for k, p in params.items() if p.kind is not p.VAR_KEYWORD} - builder_only
+        assert marked == takes, method

@@ -35,7 +35,7 @@ from rswb.data.tags import Vocabulary, content_words
 from rswb.data.transforms import dihedral
 
 __all__ = [
-    "CaptionInputs", "CaptionSplits", "QueryEncoder", "RetrievalData", "RetrievalSplit", "limit_images",
+    "CaptionInputs", "CaptionSplits", "RetrievalData", "RetrievalSplit", "limit_images",
     "read_caption_splits", "scene_names", "subset_images", "truncate_words",
 ]
 
@@ -95,7 +95,6 @@ class CaptionInputs:
         return out
 
 
-QueryEncoder = CaptionInputs
 """The former name of :class:`CaptionInputs`."""
 
 

@@ -32,7 +32,7 @@ from typing import Any
 import pandas as pd
 from torch.utils.data import Dataset
 
-from rswb.config import from_dict, validate
+from rswb.config import drop_unused, from_dict, validate
 from rswb.engine.launch import load_trained, split_options, task_config_class, train_task
 from rswb.engine.runs import RunFolder, compare
 from rswb.engine.task import Task
@@ -181,8 +181,13 @@ def profile_run(task: str, profile: str, run_dir: str | Path, *, device: str | N
 
 
 def _profile_options_resolved(task: str, profile: str, options: Mapping[str, Any]) -> dict[str, Any]:
-    """``profile``'s options plus ``options``, with path options made absolute."""
-    opts = {**profile_options(task, profile), **options}
+    """``profile``'s options plus ``options``, with path options made absolute.
+
+    A profile is a recipe for every method of its task: its options that the selected method does not use are left
+    out (``options`` themselves are not, and an unused one is refused when the run starts).
+    """
+    cls = task_config_class(get("task", task))
+    opts = {**drop_unused(cls, {**profile_options(task, profile), **options}), **options}
     for key in _PATH_OPTIONS:
         if opts.get(key) is not None:
             opts[key] = str(Path(opts[key]).expanduser().resolve())

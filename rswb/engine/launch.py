@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from rswb.config import TrainConfig, field_help, from_dict, to_dict, validate
+from rswb.config import TrainConfig, check_used_options, field_help, from_dict, used_dict, validate
 from rswb.data.features import cache_root
 from rswb.engine.device import encoder_device, select_device
 from rswb.engine.distributed import init_distributed
@@ -191,6 +191,8 @@ def train_task(name: str, options: Mapping[str, Any] | None = None, *, config_fi
     _check_effective(task_cls, seed, given)
     task_cfg = validate(from_dict(task_cls, task_opts, source=f"task {name} options"),
                         source=f"task {name} options") if task_cls else None
+    if task_cfg is not None:  # an option the selected method does not use is an error, not ignored
+        check_used_options(task_cfg, (k for k in renamed(task_cls, given) if k in task_opts))
     if run_name is not None:
         check_run_name(run_name)
     select_device(seed.device)  # a device that does not exist is refused here, not after the data is loaded
@@ -216,7 +218,7 @@ def train_task(name: str, options: Mapping[str, Any] | None = None, *, config_fi
                                        source="training options"), source="training options")
         return fit(bundle.task, bundle.train, val=bundle.val, test=bundle.test, config=train_cfg, name=run_name,
                    runs_root=runs_root, resume=resume, overwrite=overwrite,
-                   task_config=to_dict(task_cfg) if task_cfg is not None else {}, task_name=name, dist=dist,
+                   task_config=used_dict(task_cfg) if task_cfg is not None else {}, task_name=name, dist=dist,
                    class_names=bundle.class_names)
 
 

@@ -84,12 +84,12 @@ class CLIPLoss(RetrievalLoss):
 
 
 @register_loss
-def vsepp(margin: float = 0.2, **_: Any) -> VSEPPLoss:
-    """VSE++'s loss (other options of the task are ignored)."""
+def vsepp(margin: float = 0.2) -> VSEPPLoss:
+    """VSE++'s loss: the hardest-negative triplet with ``margin``."""
     return VSEPPLoss(margin)
 
 
 @register_loss
-def clip(temperature: float = 0.07, **_: Any) -> CLIPLoss:
-    """The CLIP-style baseline's loss (other options of the task are ignored)."""
+def clip(temperature: float = 0.07) -> CLIPLoss:
+    """The CLIP-style baseline's loss: symmetric InfoNCE at the initial ``temperature`` (learnable)."""
     return CLIPLoss(temperature)

@@ -64,6 +64,6 @@ class FISVLLoss(RetrievalLoss):
 
 @register_loss
 def fisvl(temperature: float = 0.07, margin: float = 0.2, beta1: float = 0.0, beta2: float = 0.05,
-          value_stage: float = 0.5, **_: Any) -> FISVLLoss:
-    """FISVL's loss (other options of the task are ignored)."""
+          value_stage: float = 0.5) -> FISVLLoss:
+    """FISVL's loss (arguments as :class:`FISVLLoss`)."""
     return FISVLLoss(temperature, margin, beta1, beta2, value_stage)

@@ -76,6 +76,6 @@ class KAMCLLoss(RetrievalLoss):
 
 @register_loss
 def kamcl(model: nn.Module, ema_momentum: float = 0.995, queue_size: int = 8000, temperature: float = 0.07,
-          margin: float = 0.2, knowledge_stage: float = 0.5, **_: Any) -> KAMCLLoss:
-    """KAMCL's loss for ``model`` (other options of the task are ignored)."""
+          margin: float = 0.2, knowledge_stage: float = 0.5) -> KAMCLLoss:
+    """KAMCL's loss for ``model`` (arguments as :class:`KAMCLLoss`)."""
     return KAMCLLoss(model, ema_momentum, queue_size, temperature, margin, knowledge_stage)

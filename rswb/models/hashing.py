@@ -22,7 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from rswb.registry import create_model, register_model
+from rswb.models.backbones import make_backbone
+from rswb.registry import register_model
 
 __all__ = ["DHCL", "cue_bits", "dhcl", "semantic_cue"]
 
@@ -171,6 +172,5 @@ def dhcl(backbone: str = "efficientnet_lite0", bits: int = 64, num_classes: int 
          cue: bool = True, cue_repeats: int | None = None, frozen_backbone: bool = False,
          train_from: str | None = None) -> DHCL:
     """DHCL on a registered backbone (ImageNet EfficientNet-Lite0 by default; ``small_cnn`` for fast tests)."""
-    kwargs = {"pretrained": pretrained} if backbone.startswith("efficientnet") else {}
-    return DHCL(create_model(backbone, **kwargs), bits=bits, num_classes=num_classes, cue=cue,
+    return DHCL(make_backbone(backbone, pretrained), bits=bits, num_classes=num_classes, cue=cue,
                 cue_repeats=cue_repeats, frozen_backbone=frozen_backbone, train_from=train_from)

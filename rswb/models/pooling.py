@@ -1,15 +1,13 @@
-"""Set pooling operators: the generalised pooling operator (GPO) and generalised-mean (GeM) pooling.
+"""Set pooling: the generalised pooling operator (GPO), and the positional encoding it weighs set positions with.
 
-Both map a padded set of features ``x`` ``[B, N, D]`` with an optional validity mask ``[B, N]`` (bool, True =
+GPO maps a padded set of features ``x`` ``[B, N, D]`` with an optional validity mask ``[B, N]`` (bool, True =
 valid element) to ``[B, D]``; padded elements never change the result, and valid elements may sit anywhere in a
-row (the mask need not be a prefix). Both are device-agnostic and safe under autocast.
+row (the mask need not be a prefix). It is device-agnostic and safe under autocast.
 
 * :class:`GPO` (Chen et al., "Learning the Best Pooling Strategy for Visual Semantic Embedding", VSE-infinity,
   CVPR 2021), used by KAMCL's hierarchical aggregator and text encoder: every channel's valid values are sorted in
   descending order and averaged with learned weights over the sorted positions, so it can learn anything between
   max pooling (all weight on position 0) and mean pooling (uniform weights), per set size.
-* :class:`GeM`: ``(mean x^p)^(1/p)`` with a learnable exponent ``p`` (mean pooling at ``p = 1``, max pooling as
-  ``p -> inf``).
 """
 
 from __future__ import annotations
@@ -20,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["GPO", "GeM", "positional_encoding"]
+__all__ = ["GPO", "positional_encoding"]
 
 
 def positional_encoding(length: int, dim: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -132,53 +130,3 @@ class GPO(nn.Module):
         with _no_autocast(x.device):
             pooled = (ranked.float() * weights.unsqueeze(-1)).sum(1)
         return pooled.to(x.dtype)
-
-
-class GeM(nn.Module):
-    """Generalised-mean pooling over a set: ``(mean over valid elements of x^p)^(1/p)`` per channel.
-
-    ``p`` is learnable (initialised to ``p``) and clamped to ``>= 1`` in the forward pass: ``p = 1`` is the mean,
-    and the result tends to the maximum as ``p`` grows. A fractional power needs non-negative inputs, so ``x`` is
-    clamped at ``eps`` first: negative values (e.g. features without a ReLU) count as ``eps``; apply GeM to
-    non-negative features. The power is taken relative to each channel's (detached) maximum, which gives the same
-    value and gradients but cannot overflow for large ``p``; the maths runs in float32 outside autocast and the
-    output has ``x``'s dtype. A sample with no valid element pools to zeros.
-
-    Args:
-        p: initial exponent.
-        eps: lower clamp of the inputs (> 0).
-        learn_p: make ``p`` a trainable parameter (otherwise a fixed buffer).
-    """
-
-    def __init__(self, p: float = 3.0, eps: float = 1e-6, learn_p: bool = True):
-        super().__init__()
-        if p < 1:
-            raise ValueError(f"p must be >= 1, got {p}")
-        if eps <= 0:
-            raise ValueError(f"eps must be > 0, got {eps}")
-        self.eps = float(eps)
-        value = torch.tensor(float(p))
-        if learn_p:
-            self.p = nn.Parameter(value)
-        else:
-            self.register_buffer("p", value)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Pool ``x`` ``[B, N, D]`` over its valid elements (``mask`` ``[B, N]``, True = valid) to ``[B, D]``."""
-        mask = _check_set(x, mask)
-        m = mask.unsqueeze(-1)
-        with _no_autocast(x.device):
-            p = self.p.float().clamp(min=1.0)
-            xs = x.float().clamp_min(self.eps).masked_fill(~m, self.eps)  # padding can neither overflow nor win
-            top = xs.amax(1, keepdim=True).detach()  # [B, 1, D], >= eps
-            count = mask.sum(1, keepdim=True).float()  # [B, 1]
-            mean = (xs / top).pow(p).masked_fill(~m, 0.0).sum(1) / count.clamp_min(1.0)  # in (0, 1] for a non-empty set
-            has = count > 0
-            mean = torch.where(has, mean, torch.ones_like(mean))  # a safe base, so empty sets give no NaN grads
-            pooled = top.squeeze(1) * mean.pow(1.0 / p)
-            pooled = torch.where(has, pooled, torch.zeros_like(pooled))
-        return pooled.to(x.dtype)
-
-    def extra_repr(self) -> str:
-        """The exponent and clamp in the module's repr."""
-        return f"p={float(self.p):.3f}, eps={self.eps}"

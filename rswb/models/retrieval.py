@@ -20,10 +20,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from rswb.models.backbones import make_backbone
 from rswb.registry import create_model, get, register_model
 
 __all__ = [
-    "METHODS", "RetrievalNet", "build_encoders", "feature_levels", "level_channels", "make_backbone",
+    "METHODS", "RetrievalNet", "build_encoders", "feature_levels", "level_channels",
     "level_names", "make_text_encoder", "map_tokens", "retrieval_net",
 ]
 
@@ -138,19 +139,6 @@ class RetrievalNet(nn.Module):
         return {**self.image_head(self._levels(batch)), **self.text_head(states, mask, batch.get("tags"))}
 
 
-def make_backbone(name: str, pretrained: bool = True, path: str | None = None) -> nn.Module:
-    """A registered backbone by name.
-
-    ``efficientnet_lite0`` (ImageNet weights when ``pretrained``), ``small_cnn``, or ``hf_backbone`` (a local Hugging
-    Face checkpoint folder ``path``).
-    """
-    if name == "hf_backbone":
-        if not path:
-            raise ValueError("the hf_backbone needs the checkpoint folder (--backbone-path)")
-        return create_model(name, path=path)
-    return create_model(name, pretrained=pretrained) if name == "efficientnet_lite0" else create_model(name)
-
-
 def make_text_encoder(name: str, freeze: bool = True, path: str | None = None, vocab_size: int | None = None,
                       max_length: int = 64) -> nn.Module:
     """A text encoder with ``token_states`` by name.
@@ -212,17 +200,22 @@ def build_encoders(channels: dict[str, int] | None, text_dim: int, backbone: str
 def retrieval_net(method: str = "clip", **options: Any) -> RetrievalNet:
     """The model of retrieval method ``method`` (a registered builder: ``vsepp``, ``clip``, ``fisvl``, ``kamcl``).
 
-    ``options`` are the builder's (channels, text_dim, embed_dim, the encoders of :func:`build_encoders`, and the
-    method's own switches); options that only other methods take (e.g. ``fgis_steps`` for ``clip``) are dropped, so
-    one set of task options builds any method.
+    ``options`` are exactly what that builder takes: channels, text_dim, embed_dim, the method's own switches and the
+    encoder options of :func:`build_encoders`.
 
     Raises:
-        ValueError: an unknown method.
+        ValueError: an unknown method, or an option the method does not take (e.g. ``fgis_steps`` for ``clip``):
+            nothing is dropped silently.
     """
     if method not in METHODS:
         raise ValueError(f"unknown retrieval method {method!r}; use one of {', '.join(METHODS)}")
-    params = inspect.signature(get("model", method)).parameters
-    accepted = {k for k, p in params.items() if p.kind is not p.VAR_KEYWORD}
+    builder = get("model", method)
+    params = inspect.signature(builder).parameters
+    takes = {k for k, p in params.items() if p.kind is not p.VAR_KEYWORD}
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):  # the encoder options, passed to build_encoders
-        accepted |= set(inspect.signature(build_encoders).parameters) - {"channels", "text_dim"}
-    return create_model(method, **{k: v for k, v in options.items() if k in accepted})
+        takes |= set(inspect.signature(build_encoders).parameters) - {"channels", "text_dim"}
+    extra = sorted(set(options) - takes)
+    if extra:
+        raise ValueError(f"retrieval method {method} does not take {', '.join(extra)}; it takes "
+                         f"{', '.join(sorted(takes))}")
+    return builder(**options)

@@ -43,6 +43,7 @@ from rswb.engine.device import frozen_encoder_device
 from rswb.engine.hashing import HashTask
 from rswb.engine.task import TaskBundle
 from rswb.losses.hashing import DHCLLoss
+from rswb.models.backbones import backbone_names, check_backbone_choice
 from rswb.registry import create_model, register_task
 
 __all__ = ["HashConfig", "hash_task", "query_task"]
@@ -58,6 +59,7 @@ class HashConfig(ImageTaskOptions):
     DEPRECATED_OPTIONS: ClassVar[dict[str, str]] = {"cue_weight": "cue_repeats"}
     OWN_VALIDATION: ClassVar[bool] = True  # the task holds out its own validation images
 
+    backbone: str = option("efficientnet_lite0", "image backbone: " + " | ".join(backbone_names(from_folder=False)))
     data: str | None = option(None, "scene folder (UC Merced or AID layout); None: the embedded synthetic scenes",
                               folder=True)
     layout: str = option("auto", "auto | ucmerced | aid (decides the split rule)", choices=("auto", "ucmerced", "aid"))
@@ -81,12 +83,17 @@ class HashConfig(ImageTaskOptions):
 
 
     def check(self) -> None:
-        """Cross-field rules, run by :func:`rswb.config.validate` before any data is read."""
-        cuts = {f"stage{k}" for k in range(1, 8)} | {"head"}
-        if self.train_from is not None and self.train_from not in cuts:
-            names = ", ".join(sorted(cuts))
-            raise ValueError(f"task hash options: --train-from must be a backbone piece ({names}), "
-                             f"got {self.train_from!r}")
+        """Cross-field rules, run by :func:`rswb.config.validate` before any data is read.
+
+        The backbone and the cut come from the registry and the backbone itself. A run that trains from a cut does
+        not keep its backbone frozen: ``freeze_backbone`` is recorded as False, so the saved config says what ran.
+        """
+        try:
+            check_backbone_choice(self.backbone, self.train_from, from_folder=False)
+        except ValueError as err:
+            raise ValueError(f"task hash options: {err}") from None
+        if self.train_from is not None:
+            self.freeze_backbone = False
 
 
 def _cached_features(backbone: torch.nn.Module, folder: SceneFolder, views: int, cfg: HashConfig) -> torch.Tensor:

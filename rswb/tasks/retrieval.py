@@ -23,12 +23,14 @@ caption value weights are computed from the training captions only (:mod:`rswb.d
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from torch import nn
 
-from rswb.config import ImageTaskOptions, option
+from rswb.config import ImageTaskOptions, method_fields, option
 from rswb.data.captions import default_image_root
 from rswb.data.features import cache_root, cached, digest, extract_images, extract_text_states, item_ids, nbytes
 from rswb.data.image_text import CaptionInputs, RetrievalData, RetrievalSplit, read_caption_splits
@@ -38,17 +40,19 @@ from rswb.engine.device import frozen_encoder_device
 from rswb.engine.retrieval import RetrievalTask
 from rswb.engine.task import TaskBundle
 from rswb.metrics.retrieval import TIE_RULES
+from rswb.models.backbones import backbone_names, check_backbone_choice, make_backbone
 from rswb.models.retrieval import (
     METHODS,
     feature_levels,
     level_channels,
     level_names,
-    make_backbone,
     make_text_encoder,
 )
-from rswb.registry import create_loss, create_model, register_task
+from rswb.registry import create_loss, create_model, get, register_task
 
 __all__ = ["RetrievalConfig", "prepare_data", "retrieval_task"]
+
+FISVL, KAMCL = ("fisvl",), ("kamcl",)  # the methods of options only one method uses
 
 
 @dataclasses.dataclass
@@ -58,6 +62,7 @@ class RetrievalConfig(ImageTaskOptions):
     # Spellings of saved run configs that were renamed (read back by load_trained and --resume).
     RENAMED_OPTIONS: ClassVar[dict[str, str]] = {"val_fraction": "val_share", "momentum": "ema_momentum"}
     OWN_VALIDATION: ClassVar[bool] = True  # the set's val split, or the task's own held-out share
+    SELECTOR: ClassVar[str] = "method"  # options marked methods=(...) are refused for the other methods
 
     data: str | None = option(None, "caption folder or Karpathy JSON; None: the embedded captions")
     images: str | None = option(None, "image root (UCM-Captions: the UC Merced folder); None: images/ beside data",
@@ -65,8 +70,8 @@ class RetrievalConfig(ImageTaskOptions):
     fmt: str = option("auto", "caption format: auto | karpathy | coco | precomp",
                       choices=("auto", "karpathy", "coco", "precomp"))
     image_map: str | None = option(None, "CSV of caption-file name,image path rows: an explicit caption-image join")
-    method: str = option("clip", "vsepp | clip | fisvl | kamcl", choices=("vsepp", "clip", "fisvl", "kamcl"))
-    backbone: str = option("efficientnet_lite0", "image backbone: efficientnet_lite0 | small_cnn | hf_backbone")
+    method: str = option("clip", " | ".join(METHODS), choices=METHODS)
+    backbone: str = option("efficientnet_lite0", "image backbone: " + " | ".join(backbone_names()))
     freeze_backbone: bool = option(True, "train the heads on cached frozen image features (CPU profile)")
     backbone_path: str | None = option(None, "checkpoint folder of --backbone hf_backbone (Swin, ResNet, ...)",
                                        folder=True)
@@ -76,24 +81,31 @@ class RetrievalConfig(ImageTaskOptions):
     embed_dim: int = option(512, "joint embedding size", low=1)
     max_words: int = option(30, "captions are cut to this many words", low=1)
     temperature: float = option(0.07, "softmax temperature (learnable for clip/fisvl, fixed for kamcl)", low=0,
-                                low_open=True)
-    margin: float = option(0.2, "hinge margin of the hardest-negative terms", low=0)
-    local_branch: bool = option(True, "fisvl: multi-scale local branch")
-    fgis_steps: int = option(2, "fisvl: FGIS graph steps (0: off)", low=0)
-    affil_weight: float = option(1.0, "fisvl: weight of the affiliation (class-centre) loss", low=0)
-    hard_weight: float = option(1.0, "fisvl: weight of the scene-adaptive hard-negative loss", low=0)
-    beta1: float = option(0.0, "fisvl: hard negative from another scene weighs exp(beta1 * epoch)")
-    beta2: float = option(0.05, "fisvl: hard negative from the same scene weighs exp(beta2 * epoch)")
+                                low_open=True, methods=("clip", "fisvl", "kamcl"))
+    margin: float = option(0.2, "hinge margin of the hardest-negative terms", low=0,
+                           methods=("vsepp", "fisvl", "kamcl"))
+    local_branch: bool = option(True, "fisvl: multi-scale local branch", methods=FISVL)
+    fgis_steps: int = option(2, "fisvl: FGIS graph steps (0: off)", low=0, methods=FISVL)
+    affil_weight: float = option(1.0, "fisvl: weight of the affiliation (class-centre) loss", low=0,
+                                  methods=FISVL)
+    hard_weight: float = option(1.0, "fisvl: weight of the scene-adaptive hard-negative loss", low=0,
+                                 methods=FISVL)
+    beta1: float = option(0.0, "fisvl: hard negative from another scene weighs exp(beta1 * epoch)", methods=FISVL)
+    beta2: float = option(0.05, "fisvl: hard negative from the same scene weighs exp(beta2 * epoch)",
+                          methods=FISVL)
     value_stage: float = option(0.5, "fisvl: share of the epochs before value-guided stage 2 (1: no stage 2)", low=0,
-                                high=1)
-    hierarchical: bool = option(True, "kamcl: hierarchical aggregator")
-    num_tags: int = option(512, "kamcl: tag vocabulary size (0: no knowledge-aided learning)", low=0)
-    queue_size: int = option(8000, "kamcl: keys per modality queue (0: in-batch keys only)", low=0)
-    ema_momentum: float = option(0.995, "kamcl: EMA momentum of the key encoders", low=0, high=1, high_open=True)
-    moco_weight: float = option(10.0, "kamcl: weight of the momentum InfoNCE", low=0)
-    concept_weight: float = option(10.0, "kamcl: weight of the concept BCE in step 2", low=0)
+                                high=1, methods=FISVL)
+    hierarchical: bool = option(True, "kamcl: hierarchical aggregator", methods=KAMCL)
+    num_tags: int = option(512, "kamcl: tag vocabulary size (0: no knowledge-aided learning)", low=0,
+                           methods=KAMCL)
+    queue_size: int = option(8000, "kamcl: keys per modality queue (0: in-batch keys only)", low=0,
+                             methods=KAMCL)
+    ema_momentum: float = option(0.995, "kamcl: EMA momentum of the key encoders", low=0, high=1, high_open=True,
+                                 methods=KAMCL)
+    moco_weight: float = option(10.0, "kamcl: weight of the momentum InfoNCE", low=0, methods=KAMCL)
+    concept_weight: float = option(10.0, "kamcl: weight of the concept BCE in step 2", low=0, methods=KAMCL)
     knowledge_stage: float = option(0.5, "kamcl: share of the epochs before knowledge alignment starts", low=0,
-                                    high=1)
+                                    high=1, methods=KAMCL)
     ties: str = option("expected", "tie rule of the headline R@K (validation selection and test): expected | "
                        "optimistic | pessimistic | published; the other rules are reported beside it",
                        choices=TIE_RULES)
@@ -106,6 +118,19 @@ class RetrievalConfig(ImageTaskOptions):
                                   "cached hidden states (0: none); overrides --freeze-text", low=0)
     encoder_lr_mult: float = option(1.0, "learning-rate multiplier of the encoders inside the model (fine-tuning)",
                                     low=0, low_open=True)
+
+    def check(self) -> None:
+        """Cross-field rules, run by :func:`rswb.config.validate` before any data is read.
+
+        The backbone and the cut come from the registry and the backbone itself. A run that trains from a cut does
+        not keep its backbone frozen: ``freeze_backbone`` is recorded as False, so the saved config says what ran.
+        """
+        try:
+            check_backbone_choice(self.backbone, self.train_from)
+        except ValueError as err:
+            raise ValueError(f"task retrieval options: {err}") from None
+        if self.train_from is not None:
+            self.freeze_backbone = False
 
 
 def _cached_cuts(cfg: RetrievalConfig, cs: Any, progress: bool) -> tuple[torch.nn.Module, dict[str, dict]]:
@@ -233,6 +258,37 @@ def prepare_data(cfg: RetrievalConfig, progress: bool = True) -> RetrievalData:
                          channels=channels, text_dim=encoder.state_dim if encoder is not None else 0, vocab=vocab)
 
 
+def method_parts(cfg: RetrievalConfig, data: RetrievalData) -> tuple[nn.Module, nn.Module, dict[str, float]]:
+    """The model, the loss and the loss-term weights of ``cfg.method``, each builder given exactly what it takes.
+
+    The method's own options (those marked ``methods=`` in :class:`RetrievalConfig`) are shared out: ``*_weight``
+    weigh the loss terms, the model builder's named switches go to the model, every other one to the loss builder,
+    which takes no catch-all: an option no builder takes is an error, never dropped.
+    """
+    own = {name: getattr(cfg, name) for name in method_fields(RetrievalConfig, cfg.method)}
+    weights = {f"{k.removesuffix('_weight')}_loss": own.pop(k) for k in [k for k in own if k.endswith("_weight")]}
+    own.pop("num_tags", None)  # a data option: the model takes the size of the vocabulary built with it
+    model_takes = inspect.signature(get("model", cfg.method)).parameters
+    model_opts = {k: own.pop(k) for k in list(own) if k in model_takes}
+    if "num_tags" in model_takes:
+        model_opts["num_tags"] = len(data.tag_vocabulary)
+    cached_text = data.train.states is not None
+    encoders = {"backbone": None if cfg.freeze_backbone and cfg.train_from is None else cfg.backbone,
+                "text_encoder": None if cached_text else cfg.text_encoder}
+    if encoders["backbone"] is not None:
+        encoders.update(pretrained=cfg.pretrained, backbone_path=cfg.backbone_path, train_from=cfg.train_from)
+    if encoders["text_encoder"] is not None:
+        encoders.update(freeze_text=cfg.freeze_text, text_path=cfg.text_path, text_train_last=cfg.text_train_last,
+                        vocab_size=len(data.vocab) if data.vocab is not None else None)
+    model = create_model("retrieval_net", method=cfg.method, channels=data.channels, text_dim=data.text_dim,
+                         embed_dim=cfg.embed_dim, **model_opts, **encoders)
+    if cfg.train_from is not None:  # the frozen trunk is the one whose outputs were cached (random inits differ)
+        model.backbone.load_state_dict(data.train.backbone.state_dict())
+    needs_model = "model" in inspect.signature(get("loss", cfg.method)).parameters  # KAMCL's momentum encoders
+    loss = create_loss(cfg.method, **({"model": model} if needs_model else {}), **own)
+    return model, loss, weights
+
+
 @register_task("retrieval")
 def retrieval_task(cfg: RetrievalConfig) -> TaskBundle:
     """Image-text retrieval (VSE++, CLIP-style, FISVL, KAMCL) on a caption set with images; R@K and mR.
@@ -250,18 +306,7 @@ def retrieval_task(cfg: RetrievalConfig) -> TaskBundle:
     data = prepare_data(cfg)
     cached_text = data.train.states is not None  # prepare_data cached a frozen transformer's token states
     frozen = data.train.levels is not None and cached_text
-    options = dataclasses.asdict(cfg)
-    model = create_model(
-        "retrieval_net", **{**options, "channels": data.channels, "text_dim": data.text_dim,
-                            "num_tags": len(data.tag_vocabulary),
-                            "backbone": None if cfg.freeze_backbone and cfg.train_from is None else cfg.backbone,
-                            "text_encoder": None if cached_text else cfg.text_encoder,
-                            "vocab_size": len(data.vocab) if data.vocab is not None else None})
-    if cfg.train_from is not None:  # the frozen trunk is the one whose outputs were cached (random inits differ)
-        model.backbone.load_state_dict(data.train.backbone.state_dict())
-    loss = create_loss(cfg.method, model=model, **{k: v for k, v in options.items() if k != "method"})
-    weights = {"affil_loss": cfg.affil_weight, "hard_loss": cfg.hard_weight, "moco_loss": cfg.moco_weight,
-               "concept_loss": cfg.concept_weight}
+    model, loss, weights = method_parts(cfg, data)
     task = RetrievalTask(model, loss, weights, cfg.ties, {"method": cfg.method, "version": _version(cfg),
                                                           "data": f"{data.root.name}"}, cfg.encoder_lr_mult)
     partial = cfg.train_from is not None or cfg.text_train_last > 0

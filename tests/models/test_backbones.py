@@ -537,3 +537,22 @@ def test_larger_lite_variants_see_aircraft_in_airplane_scenes(ucm_subset, varian
         top5 = model.forward_logits(x).topk(5, dim=1).indices
     hit = torch.isin(top5, torch.tensor(AIRCRAFT)).any(dim=1).float().mean().item()
     assert hit >= 0.6, f"{variant}: only {hit:.0%} of airplane scenes have an aircraft class in the top-5"
+
+
+def test_backbone_choices_come_from_the_registry_and_checking_them_draws_no_random_numbers():
+    from rswb.models.backbones import backbone_names, check_backbone_choice, make_backbone
+
+    assert {"efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "small_cnn"} <= set(backbone_names())
+    assert "hf_backbone" in backbone_names() and "hf_backbone" not in backbone_names(from_folder=False)
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    check_backbone_choice("small_cnn", "stage2")  # builds a copy to read its cut points
+    assert torch.equal(torch.rand(3), expected)
+    with pytest.raises(ValueError, match=r"--train-from must be a piece of small_cnn \(stage1, stage2, stage3"):
+        check_backbone_choice("small_cnn", "head")
+    with pytest.raises(ValueError, match="small_cnn has no pretrained weights"):
+        make_backbone("small_cnn", pretrained=True)
+    with pytest.raises(ValueError, match="--backbone-path is for hf_backbone"):
+        make_backbone("efficientnet_lite1", pretrained=False, path="/x")
+    assert type(make_backbone("efficientnet_lite1", pretrained=False)).__name__ == "EfficientNetLite"

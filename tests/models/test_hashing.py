@@ -19,7 +19,7 @@ def test_cue_bits_and_hand_case():
 
 def test_default_cue_repeats_ranks_predicted_class_first():
     torch.manual_seed(0)
-    model = dhcl("small_cnn", bits=16, num_classes=6).eval()
+    model = dhcl("small_cnn", pretrained=False, bits=16, num_classes=6).eval()
     enc = model.encode({"features": torch.randn(40, model.backbone.num_features)})
     codes = enc["code"].numpy().astype(np.int8)
     assert codes.shape == (40, 16 + 3 * 17)
@@ -34,7 +34,7 @@ def test_default_cue_repeats_ranks_predicted_class_first():
 
 def test_encode_without_cue_and_signs():
     torch.manual_seed(0)
-    model = dhcl("small_cnn", bits=8, num_classes=4, cue=False).eval()
+    model = dhcl("small_cnn", pretrained=False, bits=8, num_classes=4, cue=False).eval()
     enc = model.encode({"image": torch.rand(3, 3, 64, 64)})
     assert enc["code"].shape == (3, 8) and set(enc["code"].unique().tolist()) <= {-1.0, 1.0}
     assert torch.equal(enc["code"], enc["bits"])
@@ -43,7 +43,7 @@ def test_encode_without_cue_and_signs():
 @pytest.mark.parametrize("size", [64, 96])
 def test_forward_backward_images(size):
     torch.manual_seed(0)
-    model = dhcl("small_cnn", bits=16, num_classes=5)
+    model = dhcl("small_cnn", pretrained=False, bits=16, num_classes=5)
     out = model({"image": torch.rand(2, 3, size, size)})
     assert out["code"].shape == (2, 16) and out["logits"].shape == (2, 5)
     assert out["code"].abs().max() < 1
@@ -53,7 +53,7 @@ def test_forward_backward_images(size):
 
 def test_frozen_backbone_gets_no_gradient_and_stays_in_eval():
     torch.manual_seed(0)
-    model = dhcl("small_cnn", bits=16, num_classes=5, frozen_backbone=True).train()
+    model = dhcl("small_cnn", pretrained=False, bits=16, num_classes=5, frozen_backbone=True).train()
     assert not model.backbone.training and model.hash.training
     out = model({"image": torch.rand(2, 3, 64, 64)})
     out["logits"].sum().backward()
@@ -64,7 +64,7 @@ def test_frozen_backbone_gets_no_gradient_and_stays_in_eval():
 @pytest.mark.parametrize("frozen", [False, True])
 def test_grad_cam_of_the_code_and_of_the_cue(frozen):
     torch.manual_seed(0)
-    model = dhcl("small_cnn", bits=16, num_classes=5, frozen_backbone=frozen).train()
+    model = dhcl("small_cnn", pretrained=False, bits=16, num_classes=5, frozen_backbone=frozen).train()
     images = torch.rand(3, 3, 64, 64)
     for target in ("code", "cue"):
         out = model.grad_cam(images, target)
@@ -93,7 +93,7 @@ def test_grad_cam_reads_efficientnet_stage7_output():
 
 def test_multi_layer_maps_of_the_code_and_the_cue_are_at_the_image_size():
     torch.manual_seed(0)
-    model = dhcl("small_cnn", bits=16, num_classes=5).eval()
+    model = dhcl("small_cnn", pretrained=False, bits=16, num_classes=5).eval()
     images = torch.rand(2, 3, 64, 64)
     single = model.grad_cam(images, "cue")
     for method in ("gradcam", "layercam"):

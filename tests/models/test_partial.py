@@ -60,7 +60,8 @@ def test_unknown_cut_points_are_named():
 
 def test_dhcl_reads_a_cached_cut_like_the_images():
     torch.manual_seed(0)
-    model = create_model("dhcl", backbone="small_cnn", bits=8, num_classes=3, train_from="stage3").eval()
+    model = create_model("dhcl", backbone="small_cnn", pretrained=False, bits=8, num_classes=3,
+                         train_from="stage3").eval()
     x = torch.rand(4, 3, 64, 64)
     with torch.no_grad():
         cache = model.backbone.forward_until(x, "stage3")
@@ -70,4 +71,4 @@ def test_dhcl_reads_a_cached_cut_like_the_images():
     frozen = [n for n, p in model.backbone.named_parameters() if not p.requires_grad]
     assert frozen and all(n.startswith(("stem", "stages.0", "stages.1")) for n in frozen)
     with pytest.raises(ValueError, match="not frozen as a whole"):
-        create_model("dhcl", backbone="small_cnn", frozen_backbone=True, train_from="stage3")
+        create_model("dhcl", backbone="small_cnn", pretrained=False, frozen_backbone=True, train_from="stage3")

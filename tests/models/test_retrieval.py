@@ -27,6 +27,11 @@ def text(b: int = 5, length: int = 7, seed: int = 1) -> tuple[torch.Tensor, torc
     return states, mask
 
 
+# The options each method's builder takes beyond the shared ones (a small graph for FISVL, tags for KAMCL).
+OWN = {"vsepp": lambda tags: {}, "clip": lambda tags: {}, "fisvl": lambda tags: {"graph_width": 8},
+       "kamcl": lambda tags: {"num_tags": tags}}
+
+
 def batch(num_tags: int = 0, b: int = 5) -> dict:
     states, mask = text(b)
     out = {"levels": levels(b), "states": states, "mask": mask}
@@ -39,7 +44,7 @@ def batch(num_tags: int = 0, b: int = 5) -> dict:
 def test_every_method_gives_normalised_embeddings_of_one_size(method):
     torch.manual_seed(0)
     tags = 11 if method == "kamcl" else 0
-    model = retrieval_net(method, channels=CH, text_dim=9, embed_dim=16, num_tags=tags, graph_width=8).eval()
+    model = retrieval_net(method, channels=CH, text_dim=9, embed_dim=16, **OWN[method](tags)).eval()
     b = batch(tags)
     out = model(b)
     assert out["image_emb"].shape == (5, 16) and out["text_emb"].shape == (5, 16)
@@ -60,7 +65,7 @@ def test_every_method_gives_normalised_embeddings_of_one_size(method):
 @pytest.mark.parametrize("method", METHODS)
 def test_padding_never_changes_a_caption(method):
     torch.manual_seed(0)
-    model = retrieval_net(method, channels=CH, text_dim=9, embed_dim=16, graph_width=8).eval()
+    model = retrieval_net(method, channels=CH, text_dim=9, embed_dim=16, **OWN[method](0)).eval()
     states, mask = text()
     junk = states.clone()
     junk[~mask] = 1e4  # garbage in every padded position
@@ -121,7 +126,8 @@ def test_fgis_keeps_shape_and_mixes_nodes():
 
 def test_encoders_inside_the_model_match_cached_inputs():
     torch.manual_seed(0)
-    model = retrieval_net("clip", backbone="small_cnn", text_encoder="gru_text", vocab_size=20, embed_dim=16).eval()
+    model = retrieval_net("clip", backbone="small_cnn", pretrained=False, text_encoder="gru_text", vocab_size=20,
+                          embed_dim=16).eval()
     images = torch.rand(2, 3, 64, 64)
     lv = feature_levels(model.backbone, images)
     assert set(lv) == {"low", "mid", "high", "pooled"} and lv["low"].shape[-1] == 8 and lv["high"].shape[-1] == 2
@@ -141,3 +147,10 @@ def test_builder_needs_channels_or_a_backbone():
         retrieval_net("clip")
     m = create_model("retrieval_net", method="vsepp", channels=CH, text_dim=9, embed_dim=8)
     assert isinstance(m, RetrievalNet) and m.embed_dim == 8
+
+
+def test_an_option_a_method_does_not_take_is_an_error_not_dropped():
+    with pytest.raises(ValueError, match="retrieval method clip does not take fgis_steps; it takes"):
+        retrieval_net("clip", channels=CH, text_dim=9, fgis_steps=3)
+    with pytest.raises(ValueError, match="retrieval method kamcl does not take graph_width"):
+        retrieval_net("kamcl", channels=CH, text_dim=9, graph_width=8)

@@ -65,19 +65,3 @@ def test_minilm_equals_the_sentence_transformers_model_offline():
     out.sum().backward()
     assert out.shape == (2, 8) and proj.proj.weight.grad is not None
     assert all(p.grad is None for p in proj.transformer.parameters())
-
-
-def test_dual_encoder_gives_normalised_embeddings_of_one_size_and_trains():
-    torch.manual_seed(0)
-    vocab = Vocabulary.build(CAPTIONS)
-    model = create_model("dual_encoder", image_backbone="small_cnn", text_encoder="gru_text", embed_dim=16,
-                         vocab_size=len(vocab), hidden=4, out_dim=8)
-    batch = {"image": torch.rand(3, 3, 32, 32), "tokens": vocab(CAPTIONS)}
-    out = model(batch)
-    assert out["image"].shape == out["text"].shape == (3, 16)
-    torch.testing.assert_close(out["image"].norm(dim=1), torch.ones(3))
-    torch.testing.assert_close(out["text"].norm(dim=1), torch.ones(3))
-    (out["image"] * out["text"]).sum().backward()
-    assert model.image_proj.weight.grad is not None and model.text_encoder.embed.weight.grad is not None
-    with pytest.raises(ValueError, match="vocab_size"):
-        create_model("dual_encoder", image_backbone="small_cnn", text_encoder="gru_text")

@@ -18,9 +18,7 @@ from rswb.engine.retrieval import RetrievalTask
 from rswb.engine.task import EvalContext
 from rswb.infer import search_image, search_text, split_embeddings, token_similarity
 from rswb.metrics.retrieval import retrieval_metrics
-from rswb.models.retrieval import retrieval_net
-from rswb.registry import create_loss
-from rswb.tasks.retrieval import RetrievalConfig, prepare_data
+from rswb.tasks.retrieval import RetrievalConfig, method_parts, prepare_data
 
 QUICK = {"backbone": "small_cnn", "pretrained": False, "image_size": 64}
 
@@ -47,12 +45,8 @@ def data(cache):
 
 def build_task(data, method: str, **options) -> RetrievalTask:
     torch.manual_seed(0)
-    cfg = RetrievalConfig(method=method, num_tags=32, **QUICK, **options)
-    model = retrieval_net(method, channels=data.channels, text_dim=data.text_dim, embed_dim=32,
-                          num_tags=len(data.tag_vocabulary) if method == "kamcl" else 0)
-    loss = create_loss(method, model=model, **{k: v for k, v in vars(cfg).items() if k != "method"})
-    weights = {"affil_loss": cfg.affil_weight, "hard_loss": cfg.hard_weight, "moco_loss": cfg.moco_weight,
-               "concept_loss": cfg.concept_weight}
+    cfg = RetrievalConfig(method=method, num_tags=32, embed_dim=32, **QUICK, **options)
+    model, loss, weights = method_parts(cfg, data)  # the task's own assembly: exactly each builder's options
     return RetrievalTask(model, loss, weights, cfg.ties)
 
 
@@ -189,8 +183,8 @@ def test_evaluate_scores_every_image_against_every_caption(data):
 
 @pytest.mark.parametrize("method", ["vsepp", "clip", "fisvl", "kamcl"])
 def test_each_method_trains_end_to_end(cache, tmp_path, method):
-    opts = {"method": method, **QUICK, "epochs": 2, "batch_size": 64, "progress": False, "num_tags": 32,
-            "queue_size": 256}
+    opts = {"method": method, **QUICK, "epochs": 2, "batch_size": 64, "progress": False,
+            **({"num_tags": 32, "queue_size": 256} if method == "kamcl" else {})}
     res = train_task("retrieval", opts, run_name=method, runs_root=tmp_path)
     final = json.loads((tmp_path / method / "metrics.json").read_text())
     assert set(final["test"]) >= {"i2t_R@1", "t2i_R@10", "mR"} and 0 <= final["test"]["mR"] <= 100
@@ -345,3 +339,31 @@ def test_partial_fine_tuning_of_both_encoders_on_cached_cuts(cache, tmp_path, ca
         a = bundle.task.model.encode_image(split.image_inputs(np.arange(3)))
         b = bundle.task.model.encode_image({"image": x})
     torch.testing.assert_close(a, b, atol=5e-3, rtol=5e-3)  # the cache is float16
+
+
+def test_an_option_of_another_method_is_refused_in_seconds_and_not_recorded(tmp_path, capsys, monkeypatch):
+    """`--fgis-steps` with `--method clip` names the option and the method before any data is read; a run records
+    only the options its method used."""
+    import time
+
+    import rswb.tasks.retrieval as retrieval
+    from rswb.cli import main
+
+    def no_data(*_a, **_k):
+        raise AssertionError("data was prepared before the options were checked")
+
+    monkeypatch.setattr(retrieval, "prepare_data", no_data)
+    t0 = time.perf_counter()
+    code = main(["train", "retrieval", "--method", "clip", "--fgis-steps", "3", "--name", "x", "--runs-root",
+                 str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and time.perf_counter() - t0 < 10
+    assert "--fgis-steps is an option of fisvl; --method clip does not use it" in err
+    assert main(["train", "retrieval", "--method", "vsepp", "--temperature", "0.1", "--name", "x", "--runs-root",
+                 str(tmp_path)]) == 2
+    assert "--temperature is an option of clip and fisvl and kamcl; --method vsepp does not use it" in \
+        capsys.readouterr().err
+    from rswb.config import used_dict
+
+    saved = used_dict(RetrievalConfig(method="clip"))
+    assert "temperature" in saved and not {"fgis_steps", "margin", "queue_size", "num_tags"} & set(saved)
