@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import math
 import re
 import types
@@ -28,6 +29,7 @@ __all__ = [
     "TrainConfig",
     "allowed",
     "apply_overrides",
+    "check_option_names",
     "check_used_options",
     "drop_unused",
     "field_help",
@@ -35,6 +37,7 @@ __all__ = [
     "method_fields",
     "option",
     "parse_cli_overrides",
+    "task_config_class",
     "to_dict",
     "used_dict",
     "validate",
@@ -235,6 +238,29 @@ def method_fields(cls: type, method: str) -> list[str]:
     """The fields of config class ``cls`` that only some methods use and ``method`` is one of them."""
     return [f.name for f in dataclasses.fields(cls)
             if f.metadata.get("methods") is not None and method in f.metadata["methods"]]
+
+
+def task_config_class(builder: Any) -> type | None:
+    """The config dataclass a task builder takes (the annotation of its single parameter), or None."""
+    params = list(inspect.signature(builder).parameters.values())
+    if not params:
+        return None
+    hint = typing.get_type_hints(builder).get(params[0].name)
+    return hint if dataclasses.is_dataclass(hint) else None
+
+
+def check_option_names(task_cls: type | None, where: str = "") -> None:
+    """Refuse a task config that declares an option with the name of a training option (they would collide).
+
+    Raises:
+        TypeError: the shared names (when the task is first used by :mod:`rswb.engine.launch`).
+    """
+    if task_cls is None:
+        return
+    shared = sorted(set(field_help(task_cls)) & set(field_help(TrainConfig)))
+    if shared:
+        raise TypeError(f"{where or task_cls.__name__}: task option(s) {', '.join(shared)} have the name of a "
+                        "training option; give them a task-specific name")
 
 
 def field_help(cls: type) -> dict[str, str]:

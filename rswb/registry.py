@@ -91,19 +91,13 @@ def register_dataset(fn: Callable[..., Any]) -> Callable[..., Any]:
 def register_task(name: str | Callable[..., Any] | None = None) -> Any:
     """Register a task builder (used by ``rswb train NAME``); see :mod:`rswb.engine.task`.
 
-    Use as ``@register_task("name")``, ``@register_task()`` or bare ``@register_task`` (the function's name).
+    Use as ``@register_task("name")``, ``@register_task()`` or bare ``@register_task`` (the function's name). The
+    registry imports nothing from rswb: that a task's options do not shadow training options is checked when the task
+    is used (:func:`rswb.engine.launch.task_builder`).
     """
-    def checked(builder: Callable[..., Any]) -> Callable[..., Any]:
-        # Task options must not shadow training options: one flag, one meaning, one line in --help.
-        from rswb.engine.launch import check_option_names, task_config_class
-
-        check_option_names(task_config_class(builder), f"task {getattr(builder, '__name__', builder)!r}")
-        return builder
-
     if callable(name):  # bare @register_task: `name` is the builder itself
-        return register("task")(checked(name))
-    deco = register("task", name)
-    return lambda builder: deco(checked(builder))
+        return register("task")(name)
+    return register("task", name)
 
 
 def _from_entry_points(kind: str, only: str | None = None) -> None:
@@ -118,7 +112,7 @@ def _from_entry_points(kind: str, only: str | None = None) -> None:
             raise KeyError(f"{kind} {ep.name!r}: the entry point {ep.value!r} of an installed package cannot be "
                            f"loaded ({type(err).__name__}: {err})") from None
         if ep.name not in registry:
-            (register_task(ep.name) if kind == "task" else register(kind, ep.name))(builder)
+            register(kind, ep.name)(builder)
 
 
 def get(kind: str, name: str, allow_import: bool = True) -> Callable[..., Any]:

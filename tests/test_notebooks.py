@@ -145,7 +145,7 @@ def test_index_shows_each_metric_beside_its_baseline_with_pass_or_drift(tmp_path
     assert "1 pass, 1 drift, 1 missing, 1 new" in page and ">drift</span>" in page
     assert "<td class='m'>bits.32.mAP@20</td><td>0.5</td><td>0.8</td><td>0.05</td><td style='color:#cf222e" in page
     assert "data: DATA_ROOT = /data/UCM" in page and "12 s" in page
-    assert "what make demo runs" in page and "What the longer profiles reach" in page  # the profile's paragraph
+    assert "what make demo runs" in page and "Measured with the longer profiles" in page  # the profile's paragraph
     figures = sorted((tmp_path / "04_hash_evaluation" / "figures").iterdir())
     assert len(figures) == 4 and figures[0].read_bytes().startswith(b"\x89PNG")  # the first four, decoded
     # Without baselines every metric is new and the verdict says so.
@@ -290,7 +290,7 @@ def test_html_export_shows_a_widgets_picture_offline(tmp_path):
 
     import nbformat
 
-    from rswb.notebooks import _export_html
+    from rswb.notebooks.suite import _export_html
 
     png = base64.b64encode(b"\x89PNG\r\n\x1a\n widget picture").decode()
     nb = nbformat.v4.new_notebook()
@@ -327,3 +327,18 @@ def test_an_unknown_param_is_refused_with_the_notebooks_parameters(tmp_path, cap
     err = capsys.readouterr().err
     assert code == 2 and "--param PER_CLAS: no notebook of this run has such a parameter" in err
     assert "PER_CLASS" in err and not list(tmp_path.iterdir())  # refused before anything ran
+
+
+def test_the_profile_note_reads_its_numbers_from_the_committed_results(tmp_path, monkeypatch):
+    """No result number is written in code: the note's numbers are means over the seeds of benchmarks/results."""
+    import rswb.notebooks.report as report
+
+    runs = [{"version": "pha_v1", "test": {"OA": 0.90}}, {"version": "pha_v1", "test": {"OA": 0.92}},
+            {"version": "pha_v3", "test": {"OA": 0.97}}, {"version": "pha_v3", "test": {"OA": 0.95}}]
+    (tmp_path / "pha_embedded.json").write_text(json.dumps({"runs": runs}))
+    monkeypatch.setattr(report, "_results_dir", lambda: tmp_path)
+    note = report.profile_note("quick")
+    assert "best rung on this scene with the full profile is pha_v3 at 96.0 % OA" in note
+    assert "DHCL" not in note  # no file, no claim
+    (tmp_path / "pha_embedded.json").unlink()
+    assert "results are in benchmarks/results of a source checkout" in report.profile_note("quick")

@@ -32,14 +32,14 @@ from typing import Any
 import pandas as pd
 from torch.utils.data import Dataset
 
-from rswb.config import drop_unused, from_dict, validate
-from rswb.engine.launch import load_trained, split_options, task_config_class, train_task
+from rswb.config import drop_unused, from_dict, task_config_class, validate
+from rswb.engine.launch import load_trained, split_options, train_task
 from rswb.engine.runs import RunFolder, compare
 from rswb.engine.task import Task
 from rswb.io import atomic_write_json, atomic_write_text
 from rswb.registry import get
 
-__all__ = ["PROFILES", "SUITE", "LoadedRun", "compare", "finished_with", "load_run", "notebook_run", "profile_options",
+__all__ = ["PROFILES", "LoadedRun", "compare", "finished_with", "load_run", "notebook_run", "profile_options",
            "profile_run", "run_history", "run_name", "save_metrics", "task_config", "tie_table", "train_or_reuse"]
 
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
@@ -82,37 +82,6 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 """Option overrides of ``rswb train TASK`` for each profile of each task."""
-
-SUITE: dict[str, dict[str, dict[str, Any]]] = {
-    "quick": {
-        # `make demo` passes nothing: each notebook's own defaults are the demo, so Run All in JupyterLab gives what
-        # the demo gives (the quick task profiles: their epochs, cached frozen features for 03 and 04).
-        "01_data_inspection": {},
-        "02_pha_versions": {},
-        "03_retrieval_training": {},
-        "04_hash_evaluation": {},
-    },
-    # The real data of ../shared/data (or $RSWB_SHARED_DATA): "{shared}" in a value is that folder. Run by .ci/run
-    # when the data is there and compared with notebooks/baselines/real.yaml (tolerances from a seed spread).
-    "real": {
-        "01_data_inspection": {"MSPAN_ROOT": "{shared}/mspan_pairs/worldview2.mat",
-                               "SCENES_ROOT": "{shared}/UCMerced_LandUse", "CAPTIONS_ROOT": "{shared}/ucm_captions",
-                               "IMAGE_ROOT": "{shared}/UCMerced_LandUse"},
-        "02_pha_versions": {"PROFILE": "cpu", "DATA_ROOT": "{shared}/UCMerced_LandUse", "EPOCHS": 30,
-                            "VERSIONS": ["pan_only", "pha_v1", "pha_v5"]},
-        "03_retrieval_training": {"PROFILE": "cpu", "DATA_ROOT": "{shared}/ucm_captions",
-                                  "IMAGE_ROOT": "{shared}/UCMerced_LandUse", "EPOCHS": 4},
-        "04_hash_evaluation": {"PROFILE": "cpu", "DATA_ROOT": "{shared}/UCMerced_LandUse", "BITS": [16, 32, 64],
-                               "EPOCHS": 30, "TOP_K": 8},
-    },
-    "full": {
-        "01_data_inspection": {},
-        "02_pha_versions": {"PROFILE": "full", "SEEDS": [0, 1, 2]},
-        "03_retrieval_training": {"PROFILE": "full", "EPOCHS": 20},
-        "04_hash_evaluation": {"PROFILE": "full", "EPOCHS": 30},
-    },
-}
-"""Parameter values of each notebook per profile of ``rswb notebooks run`` (``OUTPUT_DIR`` is always set)."""
 
 _PATH_OPTIONS = ("data", "images", "image_map")
 

@@ -12,13 +12,21 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
-import typing
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from rswb.config import TrainConfig, check_used_options, field_help, from_dict, used_dict, validate
+from rswb.config import (
+    TrainConfig,
+    check_option_names,
+    check_used_options,
+    field_help,
+    from_dict,
+    task_config_class,
+    used_dict,
+    validate,
+)
 from rswb.data.features import cache_root
 from rswb.engine.device import encoder_device, select_device
 from rswb.engine.distributed import init_distributed
@@ -36,29 +44,6 @@ MIN_RUN_BYTES = 64 * 2**20
 MIN_CACHE_BYTES = 256 * 2**20
 
 __all__ = ["describe_task", "load_trained", "split_options", "task_config_class", "train_task"]
-
-
-def task_config_class(builder: Any) -> type | None:
-    """The config dataclass a task builder takes (the annotation of its single parameter), or None."""
-    params = list(inspect.signature(builder).parameters.values())
-    if not params:
-        return None
-    hint = typing.get_type_hints(builder).get(params[0].name)
-    return hint if dataclasses.is_dataclass(hint) else None
-
-
-def check_option_names(task_cls: type | None, where: str = "") -> None:
-    """Refuse a task config that declares an option with the name of a training option (they would collide).
-
-    Raises:
-        TypeError: the shared names, at definition (registration) time.
-    """
-    if task_cls is None:
-        return
-    shared = sorted(set(field_help(task_cls)) & set(field_help(TrainConfig)))
-    if shared:
-        raise TypeError(f"{where or task_cls.__name__}: task option(s) {', '.join(shared)} have the name of a "
-                        "training option; give them a task-specific name")
 
 
 def renamed(task_cls: type | None, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -137,9 +122,21 @@ def _check_effective(task_cls: type | None, train: TrainConfig, given: Mapping[s
         raise ValueError(f"--momentum is SGD's momentum and --optimizer {train.optimizer} ignores it{alt}")
 
 
+def task_builder(name: str, allow_import: bool = True) -> Any:
+    """The builder of task ``name`` (:func:`rswb.registry.get`), its options checked not to shadow training ones.
+
+    Raises:
+        KeyError: unknown task.
+        TypeError: the task's config declares an option with the name of a training option.
+    """
+    builder = get("task", name, allow_import=allow_import)
+    check_option_names(task_config_class(builder), f"task {name!r}")
+    return builder
+
+
 def describe_task(name: str) -> str:
     """Help text of a task: its docstring and the options of its config (for ``rswb train NAME --help``)."""
-    builder = get("task", name)
+    builder = task_builder(name)
     doc = (inspect.getdoc(builder) or "").strip()
     # The whole docstring: builders state there the training settings they prefer over TrainConfig's defaults.
     lines = [f"task {name}: {doc}" if doc else f"task {name}"]
@@ -170,7 +167,7 @@ def train_task(name: str, options: Mapping[str, Any] | None = None, *, config_fi
         resume: continue ``runs_root/run_name`` from its last checkpoint with its saved options.
         overwrite: replace an existing run of that name.
     """
-    builder = get("task", name)
+    builder = task_builder(name)
     task_cls = task_config_class(builder)
     merged: dict[str, Any] = {}
     if resume:
@@ -243,7 +240,7 @@ def load_trained(run_dir: str | Path, weights: str = "best", overrides: Mapping[
     name = saved.get("task_name")
     if not name:
         raise ValueError(f"{run.config}: no task_name; only runs started from a registered task can be rebuilt")
-    builder = get("task", name, allow_import=False)  # a run folder is data: it never makes rswb import code
+    builder = task_builder(name, allow_import=False)  # a run folder is data: it never makes rswb import code
     seed_everything(saved.get("train", {}).get("seed", 0))
     task_opts = {**renamed(task_config_class(builder), saved.get("task_config", {})), **dict(overrides or {})}
     source = f"{run.config} + {dict(overrides)}" if overrides else str(run.config)

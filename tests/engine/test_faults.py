@@ -59,8 +59,8 @@ def _never_build(monkeypatch) -> None:
         raise AssertionError("the task was built (data loaded) before the run folder was checked")
 
     real_get = launch.get
-    monkeypatch.setattr(launch, "get", lambda kind, name: no_build if kind == "task" and name == TASK
-                        else real_get(kind, name))
+    monkeypatch.setattr(launch, "get", lambda kind, name, **kw: no_build if kind == "task" and name == TASK
+                        else real_get(kind, name, **kw))
     monkeypatch.setattr(launch, "task_config_class", lambda builder: None)
 
 
