@@ -162,7 +162,7 @@ def _damaged_weights(r: Replay) -> tuple[bool, str]:
 def _damaged_and_swapped_cache(r: Replay) -> tuple[bool, str]:
     r.rswb(*HASH, "--name", "cache-clean", "--seed", "0")  # the reference, from the intact cache
     clean = final(r.runs / "cache-clean")["test"]
-    entries = sorted((r.work / "cache" / "features").glob("*.pt"), key=lambda p: p.stat().st_size)
+    entries = sorted((r.work / "cache" / "images").glob("*.pt"), key=lambda p: p.stat().st_size)
     flip(entries[-1], entries[-1].stat().st_size // 2, 4096)
     flipped = r.rswb(*HASH, "--name", "cache-flipped", "--seed", "0")
     a, b = entries[0], entries[-1]

@@ -33,8 +33,8 @@ from rswb.data.transforms import dihedral
 from rswb.io import CheckpointError, DiskFullError, atomic_save, load_checkpoint
 from rswb.utils import eval_mode, show_progress
 
-__all__ = ["CachedViews", "FeatureSet", "PairedViews", "cache_root", "cached", "digest", "extract_images",
-           "extract_text_states", "item_ids", "nbytes"]
+__all__ = ["CachedViews", "FeatureSet", "PairedViews", "cache_root", "cached", "cached_images", "cached_text",
+           "digest", "extract_images", "extract_text_states", "item_ids", "nbytes"]
 
 
 def cache_root(override: str | Path | None = None) -> Path:
@@ -113,6 +113,64 @@ def cached(path: str | Path, compute: Callable[[], dict[str, Any]],
         warnings.warn(f"rswb: {err}; the features are used from memory and will be computed again next time",
                       stacklevel=2)
     return value
+
+
+def cached_images(encoder: nn.Module, images: Dataset | Callable[[], Dataset], paths: Sequence[str | Path], *,
+                  output: str,
+                  fn: Callable[[nn.Module, torch.Tensor], Any] | None = None, views: int | None = None,
+                  settings: Any = (), weights: nn.Module | None = None, split: str | None = None,
+                  cache_dir: str | Path | None = None, device: torch.device | str = "cpu",
+                  dtype: torch.dtype = torch.float32, desc: str = "features", progress: bool = True
+                  ) -> dict[str, torch.Tensor]:
+    """A frozen encoder's outputs for every image of ``images`` (and view), from the disk cache or computed once.
+
+    The one way a task caches image features: the cache builds its own key and records what each entry holds, so no
+    task composes a key. The key digests ``output``, ``settings``, the views, the weights that shape the outputs
+    (``weights``, e.g. ``backbone.trunk(cut)`` for a cut, else the whole ``encoder``) and the image files (paths,
+    sizes, modification times); the entry records the split and the item ids (:func:`cached`).
+
+    Args:
+        encoder: the frozen network.
+        images: the images as dict samples, in the order of ``paths``; or a function making that dataset, called
+            only on a miss (for datasets that decode everything when built).
+        paths: the image files (their identity is in the key).
+        output: what is kept, as a file-name-safe label (``"efficientnet_lite0-pooled"``, ``"...-stage6"``).
+        fn: ``fn(encoder, batch)``: the outputs kept (default: the pooled vector).
+        views: dihedral views per image (``None``: the images as they are).
+        settings: anything else that changes the outputs (image size, taps): part of the key.
+        weights: the modules whose weights shape the outputs (default: ``encoder``).
+        split: the split the images are (recorded in the entry).
+        cache_dir: the cache folder (:func:`cache_root`).
+        device: where the encoder runs.
+        dtype: the stored precision.
+        desc: the progress bar's label.
+        progress: show the progress bar.
+    """
+    paths = list(paths)
+    key = digest((output, settings, views), [weights if weights is not None else encoder], paths)
+    path = cache_root(cache_dir) / "images" / f"{output}-{key}.pt"
+    holds = {"split": split, "items": item_ids(paths), "views": views}
+    def compute() -> dict[str, torch.Tensor]:
+        dataset = images if isinstance(images, Dataset) else images()
+        return extract_images(encoder, dataset, fn, device=device, views=views, dtype=dtype, desc=desc,
+                              progress=progress)
+
+    return cached(path, compute, holds)
+
+
+def cached_text(encoder: nn.Module, captions: Sequence[str], *, output: str, layer: int | None = None,
+                split: str | None = None, cache_dir: str | Path | None = None, device: torch.device | str = "cpu",
+                desc: str = "text", progress: bool = True) -> dict[str, torch.Tensor]:
+    """A frozen text encoder's token states (or hidden states entering ``layer``) of ``captions``, cached once.
+
+    The key digests ``output``, the encoder's weights, its maximum length, the layer and the captions themselves;
+    the entry records the split and the number of captions.
+    """
+    key = digest((output, getattr(encoder, "max_length", None), layer), [encoder], texts=captions)
+    path = cache_root(cache_dir) / "text" / f"{output}-{key}.pt"
+    kw = {"layer": layer} if layer is not None else {}
+    return cached(path, lambda: extract_text_states(encoder, captions, device=device, desc=desc, progress=progress,
+                                                    **kw), {"split": split, "items": len(captions)})
 
 
 def _own_random_state(device: torch.device):

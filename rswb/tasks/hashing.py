@@ -35,7 +35,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from rswb.config import ImageTaskOptions, option
-from rswb.data.features import CachedViews, FeatureSet, cache_root, cached, digest, extract_images, item_ids, nbytes
+from rswb.data.features import CachedViews, FeatureSet, cache_root, cached_images, nbytes
 from rswb.data.scenes import SceneFolder, check_images
 from rswb.data.splits import first_per_class, validation_indices
 from rswb.data.transforms import RandomDihedral
@@ -43,7 +43,7 @@ from rswb.engine.device import frozen_encoder_device
 from rswb.engine.hashing import HashTask
 from rswb.engine.task import TaskBundle
 from rswb.losses.hashing import DHCLLoss
-from rswb.models.backbones import backbone_names, check_backbone_choice
+from rswb.models.backbones import Backbone, backbone_names, check_backbone_choice
 from rswb.registry import create_model, register_task
 
 __all__ = ["HashConfig", "hash_task", "query_task"]
@@ -96,37 +96,26 @@ class HashConfig(ImageTaskOptions):
             self.freeze_backbone = False
 
 
-def _cached_features(backbone: torch.nn.Module, folder: SceneFolder, views: int, cfg: HashConfig) -> torch.Tensor:
-    """Features of ``folder`` from the disk cache (:mod:`rswb.data.features`), computed and stored on a miss.
-
-    The key covers the backbone (name and a digest of its actual weights, so a randomly initialised backbone of
-    another seed is another entry), the image list (paths, sizes, modification times), the image size and the number
-    of views, so a changed file or setting never returns stale features.
-    """
-    key = digest((cfg.backbone, cfg.image_size, views), [backbone], [rec.path for rec in folder.records])
-    path = cache_root(cfg.cache_dir) / "features" / f"{cfg.backbone}-{key}.pt"
-    desc = f"{cfg.backbone} features ({len(folder)} images x {views})"
-    holds = {"split": folder.split, "items": item_ids(rec.path for rec in folder.records), "views": views}
-    return cached(path, lambda: extract_images(backbone, folder, views=views, device=frozen_encoder_device(),
-                                               desc=desc), holds)["features"]
+def _cached_features(backbone: Backbone, folder: SceneFolder, views: int, cfg: HashConfig) -> torch.Tensor:
+    """Pooled features of ``folder`` (``[N, views, F]``) from the data layer's cache (:mod:`rswb.data.features`)."""
+    return cached_images(backbone, folder, [rec.path for rec in folder.records], output=f"{cfg.backbone}-pooled",
+                         views=views, settings=cfg.image_size, split=folder.split, cache_dir=cfg.cache_dir,
+                         device=frozen_encoder_device(),
+                         desc=f"{cfg.backbone} features ({len(folder)} images x {views})")["features"]
 
 
-def _cached_cut(backbone: torch.nn.Module, folder: SceneFolder, views: int, cfg: HashConfig) -> dict:
+def _cached_cut(backbone: Backbone, folder: SceneFolder, views: int, cfg: HashConfig) -> dict:
     """The frozen trunk's output at ``cfg.train_from`` for every image and view ``[N, V, C, H, W]`` (float16), cached.
 
-    The key digests only the frozen pieces' weights (the trained ones change and do not shape the cache), the image
-    list, the image size, the views and the cut.
+    The cache depends only on the frozen pieces' weights (``backbone.trunk(cut)``): the trained ones do not shape it.
     """
     cut = cfg.train_from
-    trunk = torch.nn.ModuleList(m for piece in backbone.pieces()[:backbone._index(cut)] for m in piece.modules)
-    key = digest(("cut", cfg.backbone, cfg.image_size, views, cut), [trunk], [rec.path for rec in folder.records])
-    path = cache_root(cfg.cache_dir) / "cuts" / f"{cfg.backbone}-{cut}-{key}.pt"
-    desc = f"{cfg.backbone} up to {cut} ({len(folder)} images x {views})"
-    out = cached(path, lambda: extract_images(backbone, folder, lambda b, x: {"cut": b.forward_until(x, cut)["cut"]},
-                                              device=frozen_encoder_device(), views=views, dtype=torch.float16,
-                                              desc=desc),
-                 {"split": folder.split, "items": item_ids(rec.path for rec in folder.records), "views": views})
-    print(f"cached {cut} activations: {len(folder)} images x {views} views, {nbytes(out) / 2**20:.0f} MiB ({path})")
+    out = cached_images(backbone, folder, [rec.path for rec in folder.records], output=f"{cfg.backbone}-{cut}",
+                        fn=lambda b, x: {"cut": b.forward_until(x, cut)["cut"]}, views=views,
+                        settings=cfg.image_size, weights=backbone.trunk(cut), split=folder.split,
+                        cache_dir=cfg.cache_dir, device=frozen_encoder_device(), dtype=torch.float16,
+                        desc=f"{cfg.backbone} up to {cut} ({len(folder)} images x {views})")
+    print(f"cached {cut} activations: {len(folder)} images x {views} views, {nbytes(out) / 2**20:.0f} MiB")
     return out
 
 

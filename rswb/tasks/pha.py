@@ -26,6 +26,7 @@ Evaluation of a large pixel set (the test map) runs the model densely over the w
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -267,28 +268,25 @@ def _encoder_features(cfg: PHAConfig, encoder: torch.nn.Module, folder, indices:
     Cached on disk (:mod:`rswb.data.features`) under a key over the encoder's weights, the image files, the Wald
     settings and the views, so every seed and shot count of an experiment reuses one extraction.
     """
-    from rswb.data.features import cache_root, cached, digest, extract_images, item_ids, nbytes
+    from rswb.data.features import cached_images, nbytes
     from rswb.data.wald import ModalityImages, WaldSceneDataset
     from rswb.engine.device import frozen_encoder_device
 
     paths = [folder.records[i].path for i in indices]
-    key = digest(("pha-encoder", cfg.encoder, ENCODER_TAPS, views, sorted(kw.items())), [encoder], paths)
-    path = cache_root(cfg.cache_dir) / "pha_encoder" / f"{cfg.encoder}-{key}.pt"
+    pairs = functools.cache(lambda: WaldSceneDataset(folder, indices=indices, **kw))  # decoded on a miss only
 
     def pooled(enc, x):
         f = enc.forward_features(x)
         return torch.cat([f[t].mean((2, 3)) for t in ENCODER_TAPS], 1)
 
-    def compute() -> dict[str, torch.Tensor]:
-        pairs = WaldSceneDataset(folder, indices=indices, **kw)
-        device = frozen_encoder_device()
-        return {m: extract_images(encoder, ModalityImages(pairs, m), pooled, views=views, device=device,
-                                  desc=f"{cfg.encoder} {m} ({len(pairs)} x {views})")["features"]
-                for m in ("ms", "pan")}
-
-    out = cached(path, compute, {"split": getattr(folder, "split", None), "items": item_ids(paths), "views": views})
+    out = {m: cached_images(encoder, lambda m=m: ModalityImages(pairs(), m), paths, output=f"{cfg.encoder}-{m}-taps",
+                            fn=pooled, views=views, settings=(ENCODER_TAPS, sorted(kw.items())),
+                            split=getattr(folder, "split", None), cache_dir=cfg.cache_dir,
+                            device=frozen_encoder_device(),
+                            desc=f"{cfg.encoder} {m} ({len(paths)} x {views})")["features"]
+           for m in ("ms", "pan")}
     print(f"cached {cfg.encoder} features: {len(paths)} images x {views} views x (MS, PAN), "
-          f"{nbytes(out) / 2**20:.1f} MiB ({path})")
+          f"{nbytes(out) / 2**20:.1f} MiB")
     return out
 
 

@@ -32,7 +32,7 @@ from torch import nn
 
 from rswb.config import ImageTaskOptions, method_fields, option
 from rswb.data.captions import default_image_root
-from rswb.data.features import cache_root, cached, digest, extract_images, extract_text_states, item_ids, nbytes
+from rswb.data.features import cache_root, cached_images, cached_text, nbytes
 from rswb.data.image_text import CaptionInputs, RetrievalData, RetrievalSplit, read_caption_splits
 from rswb.data.scenes import ImageFiles
 from rswb.data.tags import Vocabulary, build_tag_vocabulary, caption_values, tag_targets
@@ -145,8 +145,6 @@ def _cached_cuts(cfg: RetrievalConfig, cs: Any, progress: bool) -> tuple[torch.n
     backbone = make_backbone(cfg.backbone, cfg.pretrained, cfg.backbone_path)
     cut = cfg.train_from
     keep = set(level_names(backbone).values())  # the maps the heads read (the stride-8/16/32 ones)
-    trunk = torch.nn.ModuleList(m for piece in backbone.pieces()[:backbone._index(cut)] for m in piece.modules)
-    weights = digest(modules=[trunk])  # the frozen pieces only: the trained ones do not shape the cache
 
     def until(b: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {k: v for k, v in b.forward_until(x, cut).items() if k == "cut" or k in keep}
@@ -154,14 +152,14 @@ def _cached_cuts(cfg: RetrievalConfig, cs: Any, progress: bool) -> tuple[torch.n
     out = {}
     for split, ps in cs.paths.items():
         views = cfg.views if split == "train" else 1
-        key = digest(("cut", cfg.backbone, cfg.image_size, cut, views, weights), files=ps)
-        path = cache_root(cfg.cache_dir) / "cuts" / f"{cfg.backbone}-{cut}-{key}.pt"
-        desc = f"{cfg.backbone} up to {cut} ({split}, {len(ps)} images x {views})"
-        out[split] = cached(path, lambda ps=ps, views=views, desc=desc: extract_images(
-            backbone, ImageFiles(ps, cfg.image_size), until, device=frozen_encoder_device(), views=views,
-            dtype=torch.float16, desc=desc, progress=progress), {"split": split, "items": item_ids(ps), "views": views})
+        # The frozen pieces' weights shape the cache (backbone.trunk), not the trained ones.
+        out[split] = cached_images(backbone, ImageFiles(ps, cfg.image_size), ps, output=f"{cfg.backbone}-{cut}-levels",
+                                   fn=until, views=views, settings=cfg.image_size, weights=backbone.trunk(cut),
+                                   split=split, cache_dir=cfg.cache_dir, device=frozen_encoder_device(),
+                                   dtype=torch.float16, progress=progress,
+                                   desc=f"{cfg.backbone} up to {cut} ({split}, {len(ps)} images x {views})")
         print(f"cached {cut} activations ({split}): {len(ps)} images x {views} views, "
-              f"{nbytes(out[split]) / 2**20:.0f} MiB ({path})")
+              f"{nbytes(out[split]) / 2**20:.0f} MiB")
     return backbone, out
 
 
@@ -204,14 +202,12 @@ def prepare_data(cfg: RetrievalConfig, progress: bool = True) -> RetrievalData:
     elif cfg.freeze_backbone:
         backbone = make_backbone(cfg.backbone, cfg.pretrained, cfg.backbone_path)
         channels = level_channels(backbone)
-        weights = digest(modules=[backbone])  # hashed once, not once per split
         for split, ps in cs.paths.items():
-            key = digest(("levels", cfg.backbone, cfg.image_size, weights), files=ps)
-            path = cache_root(cfg.cache_dir) / "levels" / f"{cfg.backbone}-{key}.pt"
-            desc = f"{cfg.backbone} feature levels ({split}, {len(ps)} images)"
-            levels[split] = cached(path, lambda ps=ps, desc=desc: extract_images(
-                backbone, ImageFiles(ps, cfg.image_size), feature_levels, device=frozen_encoder_device(),
-                dtype=torch.float16, desc=desc, progress=progress), {"split": split, "items": item_ids(ps)})
+            levels[split] = cached_images(backbone, ImageFiles(ps, cfg.image_size), ps,
+                                          output=f"{cfg.backbone}-levels", fn=feature_levels,
+                                          settings=cfg.image_size, split=split, cache_dir=cfg.cache_dir,
+                                          device=frozen_encoder_device(), dtype=torch.float16, progress=progress,
+                                          desc=f"{cfg.backbone} feature levels ({split}, {len(ps)} images)")
 
     # Text inputs: cached frozen transformer states, or tokens for an encoder inside the model.
     vocab, encoder = None, None
@@ -222,24 +218,17 @@ def prepare_data(cfg: RetrievalConfig, progress: bool = True) -> RetrievalData:
     inputs = CaptionInputs(vocab_tags, cfg.max_words, minilm=encoder, vocab=vocab,
                            states=cfg.freeze_text and not cfg.text_train_last)
     text: dict[str, dict[str, Any]] = {}
-    weights = digest(modules=[encoder]) if inputs.states or cfg.text_train_last else ""
     for split, caps in ((s, c.captions) for s, c in cs.sets.items()):
         if cfg.text_train_last:  # partial: the hidden states entering the first trained layer
             layer = encoder.num_layers - cfg.text_train_last
-            key = digest(("hidden", encoder.max_length, layer, weights), texts=caps)
-            path = cache_root(cfg.cache_dir) / "text" / f"{cfg.text_encoder}-layer{layer}-{key}.pt"
-            desc = f"{cfg.text_encoder} layers 0-{layer - 1} ({split}, {len(caps)} captions)"
-            out = cached(path, lambda caps=caps, desc=desc, layer=layer: extract_text_states(
-                encoder, caps, device=frozen_encoder_device(), desc=desc, progress=progress, layer=layer),
-                {"split": split, "items": len(caps)})
+            out = cached_text(encoder, caps, output=f"{cfg.text_encoder}-layer{layer}", layer=layer, split=split,
+                              cache_dir=cfg.cache_dir, device=frozen_encoder_device(), progress=progress,
+                              desc=f"{cfg.text_encoder} layers 0-{layer - 1} ({split}, {len(caps)} captions)")
             text[split] = {"hidden": out["states"], "mask": out["mask"]}
         elif inputs.states:
-            key = digest(("states", encoder.max_length, weights), texts=caps)
-            path = cache_root(cfg.cache_dir) / "text" / f"{cfg.text_encoder}-{key}.pt"
-            desc = f"{cfg.text_encoder} token states ({split}, {len(caps)} captions)"
-            text[split] = cached(path, lambda caps=caps, desc=desc: extract_text_states(
-                encoder, caps, device=frozen_encoder_device(), desc=desc, progress=progress),
-                {"split": split, "items": len(caps)})
+            text[split] = cached_text(encoder, caps, output=cfg.text_encoder, split=split, cache_dir=cfg.cache_dir,
+                                      device=frozen_encoder_device(), progress=progress,
+                                      desc=f"{cfg.text_encoder} token states ({split}, {len(caps)} captions)")
         else:
             text[split] = {"tokens": inputs.tokens(caps)}
 

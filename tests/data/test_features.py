@@ -157,3 +157,50 @@ def test_paired_views_share_one_view_repeat_and_draw():
         PairedViews({"ms": base, "pan": base[:, :2]}, np.zeros(n))
     with pytest.raises(ValueError, match="labels"):
         PairedViews(cache, np.zeros(n + 1))
+
+
+def test_cached_images_builds_its_own_key_and_records_what_it_holds(tmp_path):
+    """One call caches an encoder's outputs: the same images, settings and weights hit; another setting, changed
+    weights or a changed file miss; the entry records its split and items."""
+    import os
+
+    from PIL import Image
+
+    from rswb.data.features import HOLDS_KEY, cached_images
+    from rswb.data.scenes import ImageFiles
+    from rswb.io import load_checkpoint
+    from rswb.models.backbones import small_cnn
+
+    paths = []
+    for k in range(3):
+        p = tmp_path / "scenes" / f"c{k % 2}" / f"img{k}.png"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (16, 16), (40 * k, 10, 200)).save(p)
+        paths.append(p)
+    torch.manual_seed(0)
+    net = small_cnn().eval()
+    calls = []
+
+    def run(**kw):
+        def images():
+            calls.append(1)
+            return ImageFiles(paths, 16)
+        return cached_images(net, images, paths, output="small-pooled", split="train",
+                             cache_dir=tmp_path / "cache", progress=False, **kw)
+
+    first = run(settings=16)
+    again = run(settings=16)
+    assert len(calls) == 1 and torch.equal(first["features"], again["features"])  # a hit builds no dataset
+    run(settings=32)  # another setting: another entry
+    assert len(calls) == 2
+    entries = sorted((tmp_path / "cache" / "images").glob("small-pooled-*.pt"))
+    assert len(entries) == 2
+    holds = load_checkpoint(entries[0])[HOLDS_KEY]
+    assert holds["split"] == "train" and holds["items"] == ["c0/img0.png", "c1/img1.png", "c0/img2.png"]
+    with torch.no_grad():
+        net.stem[0].weight.add_(1.0)  # other weights: a miss
+    run(settings=16)
+    assert len(calls) == 3
+    os.utime(paths[0], ns=(1, 1))  # a changed file (its modification time): a miss
+    run(settings=16)
+    assert len(calls) == 4

@@ -153,7 +153,7 @@ def test_notebook_runs_are_named_by_their_options_log_to_the_run_and_show_no_bar
 
 
 def test_a_truncated_query_image_fails_in_seconds_before_the_training_features(tmp_path, monkeypatch, capsys):
-    import rswb.tasks.hashing as hashing
+    import rswb.data.features as features
     from tests.data.fakes import make_aid, truncate_file
 
     root = make_aid(tmp_path, classes=("Airport", "Beach", "Forest"), per_class=12, size=16)
@@ -162,7 +162,7 @@ def test_a_truncated_query_image_fails_in_seconds_before_the_training_features(t
     def no_extraction(*args, **kwargs):
         raise AssertionError("features were extracted before the images were checked")
 
-    monkeypatch.setattr(hashing, "extract_images", no_extraction)
+    monkeypatch.setattr(features, "extract_images", no_extraction)
     with pytest.raises(CorruptImageError) as err:
         hash_task(HashConfig(data=str(root), backbone="small_cnn", pretrained=False, image_size=16,
                              cache_dir=str(tmp_path / "cache")))
@@ -174,23 +174,23 @@ def test_a_truncated_query_image_fails_in_seconds_before_the_training_features(t
 
 
 def test_load_codes_builds_only_the_test_split(tmp_path, monkeypatch):
-    import rswb.tasks.hashing as hashing
+    import rswb.data.features as features
 
     args = ["train", "hash", "--backbone", "small_cnn", "--pretrained", "false", "--image-size", "32", "--bits", "8",
             "--epochs", "1", "--views", "2", "--per-class", "10", "--runs-root", str(tmp_path), "--name", "h",
             "--no-progress", "--cache-dir", str(tmp_path / "cache")]
     assert main(args) == 0
-    shutil_cache = tmp_path / "cache" / "features"
+    shutil_cache = tmp_path / "cache" / "images"
     for f in shutil_cache.glob("*.pt"):
         f.unlink()  # a cold cache: whatever load_codes needs is computed again
     computed = []
-    real = hashing.extract_images
+    real = features.extract_images
 
     def recording(backbone, dataset, *args, views=None, **kwargs):
         computed.append((len(dataset), views))
         return real(backbone, dataset, *args, views=views, **kwargs)
 
-    monkeypatch.setattr(hashing, "extract_images", recording)
+    monkeypatch.setattr(features, "extract_images", recording)
     from rswb.infer import load_codes
 
     out = load_codes(tmp_path / "h")

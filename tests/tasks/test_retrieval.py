@@ -285,7 +285,7 @@ def test_the_fine_tuning_profile_trains_encoders_inside_the_model(cache, tmp_pat
 
 
 def test_a_truncated_test_image_fails_before_any_feature_is_extracted(cache, tmp_path, monkeypatch):
-    import rswb.tasks.retrieval as retrieval
+    import rswb.data.features as features
 
     root = ensure_embedded("captions")
     dst = precomp_without_val(root, tmp_path / "captions")
@@ -298,7 +298,7 @@ def test_a_truncated_test_image_fails_before_any_feature_is_extracted(cache, tmp
     def no_extraction(*args, **kwargs):
         raise AssertionError("features were extracted before the images were checked")
 
-    monkeypatch.setattr(retrieval, "extract_images", no_extraction)
+    monkeypatch.setattr(features, "extract_images", no_extraction)
     with pytest.raises(CorruptImageError, match="truncated") as err:
         prepare_data(RetrievalConfig(data=str(dst), images=str(images), num_tags=0, **QUICK))
     assert err.value.path == victim

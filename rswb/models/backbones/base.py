@@ -119,6 +119,10 @@ class Backbone(nn.Module):
             raise ValueError(f"unknown cut point {cut!r} of {type(self).__name__}; use one of {', '.join(names[1:])}")
         return names.index(cut)
 
+    def trunk(self, cut: str) -> nn.ModuleList:
+        """The modules of the pieces before ``cut``: what stays frozen, and what a cache of its outputs depends on."""
+        return nn.ModuleList(m for piece in self.pieces()[: self._index(cut)] for m in piece.modules)
+
     def forward_until(self, x: torch.Tensor, cut: str) -> dict[str, torch.Tensor]:
         """The activation entering piece ``cut`` (``"cut"``) and the feature maps tapped before it.
 
