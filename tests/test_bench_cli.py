@@ -71,3 +71,18 @@ def test_the_package_never_imports_benchmarks_or_tests():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             assert not any(n.split(".")[0] in ("benchmarks", "tests") for n in names), f
     assert "sys.path" not in (Path(rswb.__file__).parent / "cli.py").read_text()
+
+
+def test_the_data_layer_imports_no_higher_floor():
+    """rswb.data sits below models, losses, engine and tasks: none of them is imported from it."""
+    import ast
+    from pathlib import Path
+
+    import rswb.data
+
+    higher = ("rswb.models", "rswb.losses", "rswb.engine", "rswb.tasks", "rswb.infer", "rswb.viz", "rswb.notebooks")
+    for f in Path(rswb.data.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not [n for n in names if n.startswith(higher)], f
