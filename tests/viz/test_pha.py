@@ -10,7 +10,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-import rswb.infer as infer
+import rswb.infer.pha as infer_pha
 import rswb.viz.pha as vp
 from rswb.data.mspan import MSPANScene, label_colormap
 from rswb.infer import dictionary_codes, load_predictions, modality_embeddings
@@ -296,7 +296,7 @@ def test_modality_embeddings_and_codes_match_the_forward_pass():
     model = create_model("pha_v5", num_classes=3, widths=(4, 8, 8), atoms=6)
     data = _Pairs()
     emb = modality_embeddings(model, data, n=5, seed=1, batch_size=2)
-    idx = infer._sample(len(data), 5, 1)
+    idx = infer_pha._sample(len(data), 5, 1)
     model.eval()
     with torch.no_grad():
         out = model({"ms": data.ms[idx], "pan": data.pan[idx]})
