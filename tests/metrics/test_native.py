@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import rswb.metrics._counting as C
 import rswb.metrics._native as N
 import rswb.metrics.retrieval as R
 from rswb.metrics import retrieval_metrics, retrieval_ranks
@@ -56,13 +57,13 @@ def test_counts_equal_numpy_comparisons(shape, dtype):
 def test_strided_views_and_threads(monkeypatch, workers):
     rng = np.random.default_rng(7 + workers)
     big = tied_matrix(rng, (90, 300), np.float32)
-    monkeypatch.setattr(R, "_MIN_THREADED_ENTRIES", 0)
+    monkeypatch.setattr(C, "_MIN_THREADED_ENTRIES", 0)
     for view in (big[:, 3:211], big[::2], big[5:78:3, 100:]):  # unit column stride, other row strides
         assert R._native_kernel_for(view) is not None
         row_thr = rng.integers(0, 4, view.shape[0]).astype(np.float32)
         col_thr = rng.integers(0, 4, view.shape[1]).astype(np.float32)
         for chunk in (4, 6, 256):
-            monkeypatch.setattr(R, "_native_chunk_rows", lambda n_i, w, chunk=chunk: chunk)
+            monkeypatch.setattr(C, "_native_chunk_rows", lambda n_i, w, chunk=chunk: chunk)
             got = R._count_native(view, row_thr, col_thr, R._native_kernel_for(view), workers=workers)
             ref = reference_counts(view, row_thr, col_thr)
             for mode in (True, False):

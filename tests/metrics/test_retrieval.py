@@ -235,6 +235,7 @@ def test_cuda_inputs_match_cpu():
 @pytest.mark.parametrize("ties", ["optimistic", "pessimistic"])
 @pytest.mark.parametrize("workers", [1, 2, 3])
 def test_threaded_counting_equals_single_thread(monkeypatch, workers, ties, backend):
+    import rswb.metrics._counting as C
     import rswb.metrics.retrieval as R
 
     # 40 images in blocks of 3 rows (14 blocks shared out to the threads), scores full of exact ties.
@@ -243,12 +244,12 @@ def test_threaded_counting_equals_single_thread(monkeypatch, workers, ties, back
     cap2img_big = rng.permutation(np.repeat(np.arange(n_i), rng.integers(1, 6, n_i)))
     sim = rng.integers(0, 4, (n_i, len(cap2img_big))).astype(np.float32)
     expected = reference_ranks(sim, cap2img_big, ties)
-    monkeypatch.setattr(R, "_MIN_THREADED_ENTRIES", 0)
-    monkeypatch.setattr(R, "_CACHE_BLOCK_BYTES", 3 * len(cap2img_big))  # blocks of 3 rows
-    monkeypatch.setattr(R, "_MAX_UINT8_ROWS", 4)  # byte counters moved into uint16 after every block
-    monkeypatch.setattr(R, "_PARTIAL_MAX", 5)  # uint16 counters moved into int64 every other block
-    monkeypatch.setattr(R, "_default_workers", lambda: workers)
-    monkeypatch.setattr(R, "_native_chunk_rows", lambda n_i, w: 6)  # 4-row tiles plus a remainder of 2 per task
+    monkeypatch.setattr(C, "_MIN_THREADED_ENTRIES", 0)
+    monkeypatch.setattr(C, "_CACHE_BLOCK_BYTES", 3 * len(cap2img_big))  # blocks of 3 rows
+    monkeypatch.setattr(C, "_MAX_UINT8_ROWS", 4)  # byte counters moved into uint16 after every block
+    monkeypatch.setattr(C, "_PARTIAL_MAX", 5)  # uint16 counters moved into int64 every other block
+    monkeypatch.setattr(C, "_default_workers", lambda: workers)
+    monkeypatch.setattr(C, "_native_chunk_rows", lambda n_i, w: 6)  # 4-row tiles plus a remainder of 2 per task
     got = retrieval_ranks(sim, cap2img_big, ties=ties, backend=backend)
     np.testing.assert_array_equal(got[0], expected[0])
     np.testing.assert_array_equal(got[1], expected[1])
@@ -265,7 +266,7 @@ def test_threaded_counting_equals_single_thread(monkeypatch, workers, ties, back
 
 @pytest.mark.parametrize("n_cols", [1, 7, 8, 9, 65, 2039, 2041, 2048, 2049, 5000, 25000])
 def test_row_counts_by_word_lanes_any_width(n_cols):
-    from rswb.metrics.retrieval import _bool_buffer, _count_rows_numpy, _row_counts
+    from rswb.metrics._counting import _bool_buffer, _count_rows_numpy, _row_counts
 
     rng = np.random.default_rng(n_cols)
     block = rng.integers(0, 5, (13, n_cols)).astype(np.float64)

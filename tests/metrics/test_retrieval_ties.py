@@ -278,18 +278,18 @@ def test_normalize_caption_and_bad_arguments():
 @pytest.mark.parametrize("backend", ["numpy", NATIVE])
 @pytest.mark.parametrize("workers", [1, 2, 3])
 def test_threaded_tie_counts_equal_single_thread(monkeypatch, workers, backend):
-    import rswb.metrics.retrieval as R
+    import rswb.metrics._counting as C
 
     rng = np.random.default_rng(500 + workers)
     cap2img = rng.permutation(np.repeat(np.arange(40), rng.integers(1, 6, 40)))
     sim = rng.integers(0, 4, (40, len(cap2img))).astype(np.float32)
     expected = retrieval_rank_counts(sim, cap2img, backend="torch")
-    monkeypatch.setattr(R, "_MIN_THREADED_ENTRIES", 0)
-    monkeypatch.setattr(R, "_CACHE_BLOCK_BYTES", 3 * len(cap2img))
-    monkeypatch.setattr(R, "_MAX_UINT8_ROWS", 4)
-    monkeypatch.setattr(R, "_PARTIAL_MAX", 5)
-    monkeypatch.setattr(R, "_default_workers", lambda: workers)
-    monkeypatch.setattr(R, "_native_chunk_rows", lambda n_i, w: 6)
+    monkeypatch.setattr(C, "_MIN_THREADED_ENTRIES", 0)
+    monkeypatch.setattr(C, "_CACHE_BLOCK_BYTES", 3 * len(cap2img))
+    monkeypatch.setattr(C, "_MAX_UINT8_ROWS", 4)
+    monkeypatch.setattr(C, "_PARTIAL_MAX", 5)
+    monkeypatch.setattr(C, "_default_workers", lambda: workers)
+    monkeypatch.setattr(C, "_native_chunk_rows", lambda n_i, w: 6)
     got = retrieval_rank_counts(sim, cap2img, backend=backend)
     for d in ("i2t", "t2i"):
         for f in ("above", "tied_neg", "tied_pos"):
