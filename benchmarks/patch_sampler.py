@@ -30,7 +30,8 @@ import time
 import numpy as np
 import torch
 
-from rswb.data.mspan import MSPANScene, PatchSampler, patch_padding
+from rswb.data.mspan import MSPANScene
+from rswb.data.patches import PatchSampler, patch_padding
 
 
 class PerSampleDataset(torch.utils.data.Dataset):

@@ -25,7 +25,8 @@ import time
 import numpy as np
 import torch
 
-from rswb.data.mspan import MSPANScene, PatchSampler
+from rswb.data.mspan import MSPANScene
+from rswb.data.patches import PatchSampler
 from rswb.registry import create_model
 
 

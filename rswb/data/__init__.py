@@ -11,7 +11,8 @@ from rswb.data.errors import (
     LabelRangeError,
     ShapeMismatchError,
 )
-from rswb.data.mspan import MSPANPatchDataset, MSPANScene, PatchCache, PatchSampler, PixelSet, load_mspan
+from rswb.data.mspan import MSPANScene, load_mspan
+from rswb.data.patches import MSPANPatchDataset, PatchCache, PatchSampler, PixelSet
 from rswb.data.scenes import SceneFolder, load_image
 from rswb.data.wald import WaldSceneDataset, wald_simulate
 

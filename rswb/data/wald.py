@@ -18,7 +18,7 @@ high-frequency detail in MS that no real sensor delivers, which would let a mode
 the MS branch.
 
 Geometry: MS pixel ``(i, j)`` covers exactly PAN pixels ``r*i .. r*i+r-1`` by ``r*j .. r*j+r-1``, the same ground
-footprint that :class:`rswb.data.mspan.PatchSampler` assumes, so the simulated pairs can go through the same
+footprint that :class:`rswb.data.patches.PatchSampler` assumes, so the simulated pairs can go through the same
 models as the real ones. Blur and block mean are both centred on that footprint, so MS is not shifted against PAN.
 """
 

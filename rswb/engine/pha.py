@@ -16,7 +16,8 @@ import torch
 from torch.utils.data import Dataset
 from torch.utils.data._utils.collate import default_collate
 
-from rswb.data.mspan import MSPANScene, PixelPatches
+from rswb.data.mspan import MSPANScene
+from rswb.data.patches import PixelPatches
 from rswb.data.transforms import augment_pairs, jitter_gains
 from rswb.engine.task import EvalContext, Task
 from rswb.losses.pha import PHALoss
@@ -60,7 +61,7 @@ class PHATask(Task):
         self.loss.set_epoch(epoch, epochs)
 
     def collate(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        """Pass through batches from :class:`~rswb.data.mspan.PixelPatches`; stack scene-mode samples."""
+        """Pass through batches from :class:`~rswb.data.patches.PixelPatches`; stack scene-mode samples."""
         if isinstance(samples, dict):  # PixelPatches already returns a batch
             return samples
         return default_collate(list(samples))

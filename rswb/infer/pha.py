@@ -148,7 +148,7 @@ def pha_attributions(model: torch.nn.Module, sampler: Any, rows: Sequence[int], 
 
     Args:
         model: a trained :class:`~rswb.models.pha.PHANet` with convolutional branches.
-        sampler: the scene's :class:`~rswb.data.mspan.PatchSampler`.
+        sampler: the scene's :class:`~rswb.data.patches.PatchSampler`.
         rows: the pixels' rows (MS grid).
         cols: their columns.
         baseline: ``{"ms": [bands], "pan": [1]}`` per-band baseline values (default: the scene's band means).

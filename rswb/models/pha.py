@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from rswb.data.mspan import MSPANScene, PatchSampler, patch_padding
+from rswb.data.mspan import MSPANScene
+from rswb.data.patches import PatchSampler, patch_padding
 from rswb.registry import register_model
 from rswb.utils import eval_mode
 

@@ -5,7 +5,7 @@ Two kinds of data, picked from what ``--data`` points at:
 * **pixel mode** (the lab format: a folder with ``ms4.tif``, ``pan.tif``, ``train.npy``, ``test.npy``, the older
   label variants, or a ``.mat`` pair; default: the embedded synthetic scene). Per class, ``shots`` labelled pixels
   of the train map (a count, or a fraction such as 0.02) train and ``val_shots`` further ones select the epoch; the
-  whole test map is the test set. Patches come from the vectorised :class:`~rswb.data.mspan.PatchSampler`.
+  whole test map is the test set. Patches come from the vectorised :class:`~rswb.data.patches.PatchSampler`.
 * **scene mode** (a scene-classification folder such as UC Merced): every image becomes an MS+PAN pair by the Wald
   protocol (:mod:`rswb.data.wald`), ``shots`` images per class of the training split (UC Merced: 00-79) train,
   ``val_shots`` more validate, the test split (80-99) tests, and the model classifies the whole image.
@@ -37,7 +37,8 @@ from torch.utils.data import Dataset
 
 from rswb.config import option
 from rswb.data.errors import DataFormatError, DatasetNotFoundError
-from rswb.data.mspan import MSPANScene, PatchSampler, PixelPatches, is_mspan_source, load_mspan
+from rswb.data.mspan import MSPANScene, is_mspan_source, load_mspan
+from rswb.data.patches import PatchSampler, PixelPatches
 from rswb.data.splits import FewShotSplit, few_shot_split, stratified_subsample
 from rswb.data.wald import SceneImages
 from rswb.engine.pha import PHATask

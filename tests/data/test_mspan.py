@@ -17,18 +17,15 @@ from rswb.data.errors import (
     ShapeMismatchError,
 )
 from rswb.data.mspan import (
-    MSPANPatchDataset,
     MSPANScene,
-    PatchSampler,
-    PixelSet,
     band_stats,
     is_mspan_source,
     load_mspan,
-    patch_padding,
     read_label_map,
     read_raster,
     validate_scene,
 )
+from rswb.data.patches import MSPANPatchDataset, PatchSampler, PixelSet, patch_padding
 from tests.data.fakes import (
     FAKE_EPSG,
     garble_file,

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from rswb.data.captions import ImageResolver, ImageTextDataset, read_precomp
-from rswb.data.mspan import PatchSampler, load_mspan
+from rswb.data.mspan import load_mspan
+from rswb.data.patches import PatchSampler
 from rswb.data.scenes import SceneFolder
 
 pytestmark = pytest.mark.realdata

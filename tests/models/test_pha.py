@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rswb.data.mspan import patch_padding
+from rswb.data.patches import patch_padding
 from rswb.models.pha import PHA_VERSIONS, CompensatedDictionary, PHANet, ms_only, pan_only
 from rswb.registry import create_model, list_models
 
@@ -261,7 +261,8 @@ def test_agreement_is_one_where_the_branches_see_the_same_thing():
 
 
 def test_pha_attributions_sum_to_the_score_change_and_read_the_modality_that_decides():
-    from rswb.data.mspan import PatchSampler, load_mspan
+    from rswb.data.mspan import load_mspan
+    from rswb.data.patches import PatchSampler
     from rswb.data.synthetic import ensure_embedded
     from rswb.infer import pha_attributions
 

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from rswb.cli import main
-from rswb.data.mspan import PatchSampler, PixelPatches, load_mspan
+from rswb.data.mspan import load_mspan
+from rswb.data.patches import PatchSampler, PixelPatches
 from rswb.data.synthetic import ensure_embedded
 from rswb.data.transforms import augment_pairs, dihedral
 from rswb.engine.pha import PHATask

@@ -331,7 +331,8 @@ def test_load_predictions_reproduces_the_recorded_test_scores(tmp_path):
 def test_scene_maps_and_the_figures_of_where_the_model_looks():
     import torch
 
-    from rswb.data.mspan import PatchSampler, load_mspan
+    from rswb.data.mspan import load_mspan
+    from rswb.data.patches import PatchSampler
     from rswb.data.synthetic import ensure_embedded
     from rswb.infer import pha_attributions, pha_scene_maps
     from rswb.registry import create_model
