@@ -14,6 +14,7 @@ from rswb.infer.hashing import hash_grad_cam, load_codes
 from rswb.infer.pha import dictionary_codes, load_predictions, modality_embeddings, pha_attributions, pha_scene_maps
 from rswb.infer.retrieval import (
     encode_queries,
+    failure_cases,
     search_image,
     search_text,
     split_embeddings,
@@ -22,7 +23,7 @@ from rswb.infer.retrieval import (
 )
 
 __all__ = [
-    "dictionary_codes", "encode_queries", "hash_grad_cam", "load_codes", "load_predictions", "modality_embeddings",
-    "pha_attributions", "pha_scene_maps", "search_image", "search_text", "split_embeddings", "token_similarity",
-    "word_region_maps",
+    "dictionary_codes", "encode_queries", "failure_cases", "hash_grad_cam", "load_codes", "load_predictions",
+    "modality_embeddings", "pha_attributions", "pha_scene_maps", "search_image", "search_text", "split_embeddings",
+    "token_similarity", "word_region_maps",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -14,9 +14,13 @@ from rswb.data.scenes import image_to_tensor, load_image
 from rswb.engine.device import select_device, to_device
 from rswb.engine.retrieval import RetrievalTask
 from rswb.engine.task import EvalContext
+from rswb.metrics.retrieval import retrieval_ranks_from_embeddings
 from rswb.utils import eval_mode
 
-__all__ = ["encode_queries", "search_image", "search_text", "split_embeddings", "token_similarity", "word_region_maps"]
+__all__ = [
+    "encode_queries", "failure_cases", "search_image", "search_text", "split_embeddings", "token_similarity",
+    "word_region_maps",
+]
 
 def split_embeddings(task: RetrievalTask, split: RetrievalSplit, device: str | torch.device | None = None,
                      batch_size: int = 256) -> dict[str, torch.Tensor]:
@@ -173,3 +177,19 @@ def word_region_maps(task: RetrievalTask, split: RetrievalSplit, image: int, cap
             "levels": list(levels), "method": method, "image": picture}
 
 
+def failure_cases(embeddings: Mapping[str, torch.Tensor], split, n: int = 4) -> list[dict[str, Any]]:
+    """The ``n`` captions whose own image ranks worst in text-to-image search (ties: the first captions).
+
+    Ranks are optimistic (an image tied with its caption's best match counts as ranked above it), so every case
+    shown is a failure under any order of tied items, not an artefact of duplicate captions.
+
+    Returns:
+        ``[{"caption", "index", "truth", "rank", "top"}]``: the caption, its index, its image, that image's 1-based
+        rank, and the image ranked first instead.
+    """
+    _, t2i = retrieval_ranks_from_embeddings(embeddings["image"], embeddings["text"], split.caption_to_image,
+                                              ties="optimistic")
+    worst = np.argsort(-t2i, kind="stable")[:n]
+    top = (embeddings["text"][torch.as_tensor(worst)] @ embeddings["image"].t()).argmax(1).numpy()
+    return [{"caption": split.captions[j], "index": int(j), "truth": int(split.caption_to_image[j]),
+             "rank": int(t2i[j]) + 1, "top": int(t)} for j, t in zip(worst, top)]

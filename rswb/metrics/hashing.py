@@ -46,7 +46,7 @@ import functools
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -58,6 +58,7 @@ Normalize = Literal["retrieved", "min_rk"]
 __all__ = [
     "binarize",
     "hamming_distance",
+    "hamming_ranking",
     "hash_metrics",
     "pack_codes",
     "pr_curve",
@@ -722,3 +723,30 @@ def pr_curve(
         "recall": recall.mean(0),
         "retrieved": np.cumsum(ev.hist_all, axis=1).mean(0),
     }
+
+
+def hamming_ranking(query_index: int, codes: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest items to item ``query_index`` of ``codes`` (leave-one-out).
+
+    Sorted by Hamming distance, ties broken by the lower index; the query is excluded by its index (an identical
+    code elsewhere still ranks).
+
+    Args:
+        query_index: index of the query among ``codes``.
+        codes: codes ``[N, K]`` (the query set is the database; real values are binarised at 0).
+        k: number of results (fewer when the database is smaller).
+
+    Returns:
+        ``(indices [k], distances [k])``.
+    """
+    c = np.asarray(codes.detach().cpu() if hasattr(codes, "detach") else codes)
+    if c.ndim != 2:
+        raise ValueError(f"codes must be [N, K], got shape {c.shape}")
+    c = binarize(c)
+    if not 0 <= query_index < len(c):
+        raise IndexError(f"query_index {query_index} out of range for {len(c)} codes")
+    packed = pack_codes(c)
+    dist = hamming_distance(packed[query_index : query_index + 1], packed)[0]
+    order = np.argsort(dist, kind="stable")  # stable: equal distances keep index order
+    order = order[order != query_index][: max(0, int(k))]
+    return order, dist[order]

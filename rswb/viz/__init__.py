@@ -19,7 +19,6 @@ from rswb.viz.hashing import (
     cue_gain,
     describe_cue,
     gallery_widget,
-    hamming_ranking,
     plot_code_embedding,
     plot_hamming_histograms,
     plot_map_vs_bits,
@@ -45,7 +44,6 @@ from rswb.viz.pha import (
 )
 from rswb.viz.retrieval import (
     describe_ties,
-    failure_cases,
     plot_caption_examples,
     plot_failure_cases,
     plot_search_hits,
@@ -76,7 +74,6 @@ __all__ = [
     "plot_class_balance",
     "plot_registration",
     "plot_scene_grid",
-    "failure_cases",
     "plot_caption_examples",
     "plot_failure_cases",
     "plot_search_hits",
@@ -87,7 +84,6 @@ __all__ = [
     "cue_gain",
     "describe_cue",
     "gallery_widget",
-    "hamming_ranking",
     "plot_alignment_curves",
     "plot_class_maps",
     "plot_code_embedding",

@@ -10,7 +10,7 @@ distance, ties broken by the lower database index, the query itself excluded by 
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,6 @@ __all__ = [
     "cue_gain",
     "describe_cue",
     "gallery_widget",
-    "hamming_ranking",
     "plot_code_embedding",
     "plot_hamming_histograms",
     "plot_map_vs_bits",
@@ -247,30 +246,6 @@ def plot_code_embedding(codes: Any, labels: Any, class_names: Sequence[str] | No
     return ax.figure
 
 
-def hamming_ranking(query_index: int, codes: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` nearest items to item ``query_index`` of ``codes`` (leave-one-out).
-
-    Sorted by Hamming distance, ties broken by the lower index; the query is excluded by its index (an identical
-    code elsewhere still ranks).
-
-    Args:
-        query_index: index of the query among ``codes``.
-        codes: codes ``[N, K]`` (the query set is the database).
-        k: number of results (fewer when the database is smaller).
-
-    Returns:
-        ``(indices [k], distances [k])``.
-    """
-    c = _codes(codes)
-    if not 0 <= query_index < len(c):
-        raise IndexError(f"query_index {query_index} out of range for {len(c)} codes")
-    packed = pack_codes(c)
-    dist = hamming_distance(packed[query_index : query_index + 1], packed)[0]
-    order = np.argsort(dist, kind="stable")  # stable: equal distances keep index order
-    order = order[order != query_index][: max(0, int(k))]
-    return order, dist[order]
-
-
 def _show_image(ax: Axes, image: Any, colour: str, title: str) -> None:
     img = load_image(image) if isinstance(image, str | Path) else _array(image)
     ax.imshow(img)
@@ -282,17 +257,17 @@ def _show_image(ax: Axes, image: Any, colour: str, title: str) -> None:
     ax.set_title(title, fontsize="small", color=colour)
 
 
-def plot_retrieval_gallery(query_index: int, codes: Any, labels: Any, paths: Sequence[Any], k: int = 8,
+def plot_retrieval_gallery(query_index: int, neighbours: tuple[Any, Any], labels: Any, paths: Sequence[Any],
                            class_names: Sequence[str] | None = None, ncols: int = 9) -> Figure:
-    """The query image and its top-``k`` results by Hamming distance, framed green (same class) or red (other).
+    """The query image and its results, framed green (same class) or red (other).
+
+    Draws the ranking it is given (``rswb.metrics.hashing.hamming_ranking(query_index, codes, k)``); ranks nothing.
 
     Args:
-        query_index: index of the query among ``codes``.
-        codes: codes ``[N, K]`` of the query set, which is also the database (leave-one-out, see
-            :func:`hamming_ranking`).
+        query_index: index of the query among the items.
+        neighbours: ``(indices [k], Hamming distances [k])`` of the results, best first.
         labels: class labels ``[N]``.
         paths: image file of every item (or an ``[H, W, 3]`` array).
-        k: number of results.
         class_names: name of each class index (default: the index).
         ncols: panels per row.
 
@@ -300,9 +275,9 @@ def plot_retrieval_gallery(query_index: int, codes: Any, labels: Any, paths: Seq
         The figure: ``k + 1`` axes (the query first, framed blue), each result titled with its distance and class.
     """
     y = _array(labels).reshape(-1)
-    if not len(y) == len(paths) == len(codes):
-        raise ValueError(f"codes, labels and paths differ in length: {len(codes)}, {len(y)}, {len(paths)}")
-    idx, dist = hamming_ranking(query_index, codes, k)
+    if len(y) != len(paths):
+        raise ValueError(f"labels and paths differ in length: {len(y)}, {len(paths)}")
+    idx, dist = (np.asarray(a).reshape(-1) for a in neighbours)
     panels = len(idx) + 1
     cols = max(1, min(ncols, panels))
     rows = -(-panels // cols)
@@ -323,8 +298,9 @@ def plot_retrieval_gallery(query_index: int, codes: Any, labels: Any, paths: Seq
     return fig
 
 
-def gallery_widget(codes: Any, labels: Any, paths: Sequence[Any], class_names: Sequence[str] | None = None,
-                   k: int = 8, query_index: int = 0, max_k: int = 32) -> Any:
+def gallery_widget(rank: Callable[[int, int], tuple[Any, Any]], labels: Any, paths: Sequence[Any],
+                   class_names: Sequence[str] | None = None, k: int = 8, query_index: int = 0,
+                   max_k: int = 32) -> Any:
     """An interactive :func:`plot_retrieval_gallery`: a slider picks the query, a dropdown ``k``.
 
     Whenever a control changes, the gallery is redrawn and shown as a PNG in an ``ipywidgets.Image``. An image
@@ -333,7 +309,8 @@ def gallery_widget(codes: Any, labels: Any, paths: Sequence[Any], class_names: S
     executors never have to mimic output capture.
 
     Args:
-        codes: codes ``[N, K]`` (query set = database).
+        rank: ``rank(query_index, k) -> (indices, distances)``, e.g. ``lambda q, k: hamming_ranking(q, codes, k)``
+            (:func:`rswb.metrics.hashing.hamming_ranking`): the widget draws, the caller's function ranks.
         labels: class labels ``[N]``.
         paths: image file of every item (or an ``[H, W, 3]`` array).
         class_names: name of each class index.
@@ -362,7 +339,8 @@ def gallery_widget(codes: Any, labels: Any, paths: Sequence[Any], class_names: S
     image = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
 
     def redraw(*_: Any) -> None:
-        fig = plot_retrieval_gallery(query.value, codes, labels, paths, k=top.value, class_names=class_names)
+        fig = plot_retrieval_gallery(query.value, rank(query.value, top.value), labels, paths,
+                                     class_names=class_names)
         buf = io.BytesIO()
         fig.savefig(buf, format="png")
         plt.close(fig)  # shown through the widget only, not again by the inline backend

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -13,13 +12,12 @@ import pandas as pd
 import torch
 
 from rswb.data.scenes import load_image
-from rswb.metrics.retrieval import retrieval_ranks_from_embeddings
 from rswb.viz.common import fig_png, picture_box
 from rswb.viz.data import plot_captioned_images
 from rswb.viz.explain import overlay_heat
 
 __all__ = [
-    "failure_cases", "plot_caption_examples", "plot_failure_cases", "plot_search_hits", "plot_similarity_matrix",
+    "plot_caption_examples", "plot_failure_cases", "plot_search_hits", "plot_similarity_matrix",
     "plot_token_similarity", "plot_training_curves", "plot_word_maps", "search_widget", "describe_ties",
 ]
 
@@ -34,13 +32,17 @@ def plot_caption_examples(split, images: Sequence[int] = (0, 1, 2, 3), size: int
                                  size)
 
 
-def plot_training_curves(runs: Mapping[str, str | Path], metric: str = "val_mR"):
-    """Per method: the training loss and a validation metric per epoch, read from each run's ``metrics.jsonl``."""
+def plot_training_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]], metric: str = "val_mR"):
+    """Per method: the training loss and a validation metric per epoch.
+
+    Args:
+        histories: ``{name: epoch records}`` (``rswb.engine.experiments.run_history(run)`` of each run).
+        metric: the record key plotted on the right.
+    """
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
-    for name, run in runs.items():
-        hist = [json.loads(line) for line in Path(run, "metrics.jsonl").read_text().splitlines() if line.strip()]
+    for name, hist in histories.items():
         epochs = [h["epoch"] for h in hist]
         axes[0].plot(epochs, [h["train_loss"] for h in hist], marker="o", label=name)
         axes[1].plot(epochs, [h.get(metric, np.nan) for h in hist], marker="o", label=name)
@@ -147,26 +149,11 @@ def describe_ties(table: pd.DataFrame, keys: Sequence[str] = ("mR", "i2t_R@1", "
     return "; ".join(parts) + end + "."
 
 
-def failure_cases(embeddings: Mapping[str, torch.Tensor], split, n: int = 4) -> list[dict[str, Any]]:
-    """The ``n`` captions whose own image ranks worst in text-to-image search (ties: the first captions).
-
-    Ranks are optimistic (an image tied with its caption's best match counts as ranked above it), so every case
-    shown is a failure under any order of tied items, not an artefact of duplicate captions.
-
-    Returns:
-        ``[{"caption", "index", "truth", "rank", "top"}]``: the caption, its index, its image, that image's 1-based
-        rank, and the image ranked first instead.
-    """
-    _, t2i = retrieval_ranks_from_embeddings(embeddings["image"], embeddings["text"], split.caption_to_image,
-                                              ties="optimistic")
-    worst = np.argsort(-t2i, kind="stable")[:n]
-    top = (embeddings["text"][torch.as_tensor(worst)] @ embeddings["image"].t()).argmax(1).numpy()
-    return [{"caption": split.captions[j], "index": int(j), "truth": int(split.caption_to_image[j]),
-             "rank": int(t2i[j]) + 1, "top": int(t)} for j, t in zip(worst, top)]
-
-
 def plot_failure_cases(cases: Sequence[dict[str, Any]], split, size: int = 180):
-    """For each failure: the caption, its true image and the image the model ranked first instead."""
+    """For each failure: the caption, its true image and the image the model ranked first instead.
+
+    ``cases`` come from :func:`rswb.infer.failure_cases`.
+    """
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(len(cases), 2, figsize=(6.5, 3.0 * len(cases)), squeeze=False)

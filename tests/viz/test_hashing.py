@@ -10,10 +10,9 @@ from matplotlib.colors import to_rgb, to_rgba
 from matplotlib.figure import Figure
 
 import rswb.viz.hashing as vh
-from rswb.metrics.hashing import pr_curve
+from rswb.metrics.hashing import hamming_ranking, pr_curve
 from rswb.viz import (
     gallery_widget,
-    hamming_ranking,
     plot_code_embedding,
     plot_hamming_histograms,
     plot_map_vs_bits,
@@ -131,15 +130,15 @@ def test_retrieval_gallery_panels_titles_and_borders(tmp_path):
     paths[3] = tmp_path / "img.png"  # image files and arrays both work
     Image.fromarray(images[3]).save(paths[3])
     q, k = 0, 8
-    fig = plot_retrieval_gallery(q, codes, labels, paths, k=k, class_names=["a", "b", "c", "d"])
-    assert len(fig.axes) == k + 1
     idx, dist = hamming_ranking(q, codes, k)
+    fig = plot_retrieval_gallery(q, (idx, dist), labels, paths, class_names=["a", "b", "c", "d"])
+    assert len(fig.axes) == k + 1
     for ax, i, d in zip(fig.axes[1:], idx, dist):
         assert ax.get_title().startswith(f"d={d}  #{i}")
         want = vh.RIGHT if labels[i] == labels[q] else vh.WRONG
         assert all(to_rgba(s.get_edgecolor())[:3] == to_rgb(want) for s in ax.spines.values())
     assert fig.axes[0].get_title().startswith("query #0")
-    wide = plot_retrieval_gallery(3, codes, labels, paths, k=12, ncols=5)
+    wide = plot_retrieval_gallery(3, hamming_ranking(3, codes, 12), labels, paths, ncols=5)
     assert len(wide.axes) == 13  # 3 rows of 5, the two unused panels removed
 
 
@@ -149,12 +148,13 @@ def test_gallery_widget_redraws_on_change(monkeypatch):
     calls = []
     real = vh.plot_retrieval_gallery
 
-    def spy(query_index, *args, k, **kwargs):
-        calls.append((query_index, k))
-        return real(query_index, *args, k=k, **kwargs)
+    def spy(query_index, neighbours, *args, **kwargs):
+        calls.append((query_index, len(neighbours[0])))
+        return real(query_index, neighbours, *args, **kwargs)
 
     monkeypatch.setattr(vh, "plot_retrieval_gallery", spy)
-    box = gallery_widget(codes, labels, images, k=8)  # no frontend attached: must still build and draw
+    # no frontend attached: must still build and draw
+    box = gallery_widget(lambda q, k: hamming_ranking(q, codes, k), labels, images, k=8)
     query, top = box.children[0].children
     assert calls == [(0, 8)]
     assert (query.min, query.max) == (0, len(codes) - 1) and 8 in top.options and max(top.options) <= 32
