@@ -12,13 +12,13 @@ from rswb.data.errors import (
     ShapeMismatchError,
 )
 from rswb.data.mspan import MSPANScene, load_mspan
-from rswb.data.patches import MSPANPatchDataset, PatchCache, PatchSampler, PixelSet
+from rswb.data.patches import PatchCache, PatchSampler, PixelPatches, PixelSet
 from rswb.data.scenes import SceneFolder, load_image
 from rswb.data.wald import WaldSceneDataset, wald_simulate
 
 __all__ = [
     "CaptionMismatchError", "CaptionSet", "CorruptImageError", "DataError", "DataFormatError", "DatasetNotFoundError",
-    "ImageResolver", "ImageTextDataset", "InvalidPixelError", "LabelRangeError", "MSPANPatchDataset", "MSPANScene",
-    "PatchCache", "PatchSampler", "PixelSet", "SceneFolder", "ShapeMismatchError", "WaldSceneDataset", "load_image",
+    "ImageResolver", "ImageTextDataset", "InvalidPixelError", "LabelRangeError", "MSPANScene", "PatchCache",
+    "PatchSampler", "PixelPatches", "PixelSet", "SceneFolder", "ShapeMismatchError", "WaldSceneDataset", "load_image",
     "load_mspan", "read_captions", "read_karpathy", "read_precomp", "wald_simulate",
 ]

@@ -21,7 +21,7 @@ import torch
 
 from rswb.data.mspan import MSPANScene, load_mspan
 
-__all__ = ["MSPANPatchDataset", "PatchCache", "PatchSampler", "PixelPatches", "PixelSet", "patch_padding"]
+__all__ = ["PatchCache", "PatchSampler", "PixelPatches", "PixelSet", "patch_padding"]
 
 
 def patch_padding(ms_patch: int, pan_patch: int, ratio: int) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -284,25 +284,56 @@ class PixelSet:
 
 
 class PixelPatches(torch.utils.data.Dataset):
-    """Labelled pixels of a scene as patch pairs; ``__getitems__`` returns a whole batch dict at once.
+    """Labelled pixels of a scene as MS+PAN patch pairs: dict samples, and whole batches at once.
 
-    The same pixels are visited every epoch, so a :class:`~rswb.data.patches.PixelSet` extracts their patches once
-    on first use when they fit in ``cache_bytes`` (a few-shot split always does); larger pixel sets are gathered from
-    the scene on the fly.
+    A sample is ``{"ms": [C,p,p], "pan": [1,P,P], "label", "row", "col", "id"}`` (``label`` the 0-based class);
+    ``__getitems__`` gathers a whole batch dict in one pass (what training uses), so a ``DataLoader`` over it takes
+    ``collate_fn=PixelPatches.collate``. The same pixels are visited every epoch, so a
+    :class:`~rswb.data.patches.PixelSet` extracts their patches once on first use when they fit in ``cache_bytes``
+    (a few-shot split always does); larger pixel sets are gathered from the scene on the fly.
+    :meth:`from_scene` builds one from a scene folder or ``.mat`` pair and a split (the reader's interface).
 
     Args:
         sampler: the scene's patch sampler (shared by every split).
         rows, cols, labels: the pixels and their 0-based classes.
         repeats: the dataset is this many passes over the pixels (index ``i`` is pixel ``i % n``).
         cache_bytes: largest patch cache to build (0 disables it).
+        transforms: optional callable applied to each sample dict, and to each batch dict in ``__getitems__``.
     """
 
     def __init__(self, sampler: PatchSampler, rows: np.ndarray, cols: np.ndarray, labels: np.ndarray,
-                 repeats: int = 1, cache_bytes: int = 512 << 20):
-        self.sampler, self.repeats = sampler, max(1, int(repeats))
+                 repeats: int = 1, cache_bytes: int = 512 << 20, transforms=None):
+        self.sampler, self.repeats, self.transforms = sampler, max(1, int(repeats)), transforms
         self.rows, self.cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
         self.pixel_labels = np.asarray(labels, np.int64)
         self.pixels = PixelSet(sampler, self.rows, self.cols, cache_bytes)
+
+    @classmethod
+    def from_scene(cls, root: str | Path | MSPANScene, split: str = "train", transforms=None, ms_patch: int = 16,
+                   pan_patch: int | None = None, normalize: str | None = "minmax",
+                   cache_bytes: int = 512 << 20) -> PixelPatches:
+        """The labelled pixels of one split of a scene.
+
+        Args:
+            root: lab-format folder or ``.mat`` pair, or an already loaded :class:`MSPANScene`.
+            split: label map to take pixels from (``"train"``, ``"test"`` or ``"label"``).
+            transforms: optional callable applied to each sample (and batch) dict.
+            ms_patch: MS patch size.
+            pan_patch: PAN patch size (default: ratio x ``ms_patch``).
+            normalize: ``"minmax"``, ``"percentile"`` or ``None`` (raw values).
+            cache_bytes: extract the split's patches once when they fit in this many bytes (0: never).
+        """
+        scene = root if isinstance(root, MSPANScene) else load_mspan(root)
+        if normalize:
+            scene = scene.normalized(normalize)
+        rows, cols, labels = scene.labelled_pixels(split)
+        return cls(PatchSampler(scene, ms_patch, pan_patch), rows, cols, labels, cache_bytes=cache_bytes,
+                   transforms=transforms)
+
+    @staticmethod
+    def collate(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The ``collate_fn`` of a ``DataLoader`` over this dataset: the batch dict is already whole."""
+        return batch
 
     @property
     def labels(self) -> np.ndarray:
@@ -312,7 +343,7 @@ class PixelPatches(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.rows) * self.repeats
 
-    def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+    def _gather(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
         idx = np.asarray(indices, np.int64) % len(self.rows)
         batch = self.pixels.gather(idx)
         batch["ms"] = batch["ms"].contiguous()
@@ -321,55 +352,13 @@ class PixelPatches(torch.utils.data.Dataset):
         batch["id"] = batch["row"] * self.sampler.width + batch["col"]  # pixel identity (duplicates in a batch)
         return batch
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return {k: v[0] for k, v in self.__getitems__([index]).items()}
-
-
-
-class MSPANPatchDataset(PixelPatches):
-    """Labelled pixels of one split as dict samples ``{"ms": [C,p,p], "pan": [1,P,P], "label", "row", "col"}``.
-
-    The reader's interface (``root, split, transforms``) over :class:`PixelPatches`, which gathers the patches:
-    ``label`` is the 0-based class index (map value - 1). ``__getitems__`` gathers a whole batch at once, which
-    :class:`torch.utils.data.DataLoader` uses automatically, so a DataLoader over this dataset is vectorised too.
-
-    Args:
-        root: lab-format folder or ``.mat`` pair, or an already loaded :class:`MSPANScene`.
-        split: label map to take pixels from (``"train"``, ``"test"`` or ``"label"``).
-        transforms: optional callable applied to each sample dict (or batch dict in ``__getitems__``).
-        ms_patch, pan_patch: patch sizes.
-        normalize: ``"minmax"``, ``"percentile"`` or ``None`` (raw values).
-        cache_bytes: on first use, extract the split's patches once into a :class:`PatchCache` when they fit in this
-            many bytes (epochs after the first then read contiguous memory); 0 gathers from the scene every time.
-    """
-
-    def __init__(self, root: str | Path | MSPANScene, split: str = "train", transforms=None, ms_patch: int = 16,
-                 pan_patch: int | None = None, normalize: str | None = "minmax", cache_bytes: int = 512 << 20):
-        scene = root if isinstance(root, MSPANScene) else load_mspan(root)
-        if normalize:
-            scene = scene.normalized(normalize)
-        self.scene, self.split, self.transforms = scene, split, transforms
-        rows, cols, labels = scene.labelled_pixels(split)
-        super().__init__(PatchSampler(scene, ms_patch, pan_patch), rows, cols, labels, cache_bytes=cache_bytes)
-
-    @property
-    def labels(self) -> np.ndarray:
-        """0-based class of every pixel."""
-        return self.pixel_labels
-
-    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
-        idx = np.asarray(indices)
-        batch = self.pixels.gather(idx)
-        ms, pan = batch["ms"].contiguous(), batch["pan"]
-        samples = [
-            {"ms": ms[i], "pan": pan[i], "label": int(self.labels[j]), "row": int(self.rows[j]),
-             "col": int(self.cols[j])}
-            for i, j in enumerate(idx)
-        ]
-        return [self.transforms(s) for s in samples] if self.transforms else samples
+    def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        batch = self._gather(indices)
+        return self.transforms(batch) if self.transforms else batch
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return self.__getitems__([index])[0]
+        sample = {k: v[0] for k, v in self._gather([index]).items()}
+        return self.transforms(sample) if self.transforms else sample
 
     def plot(self, sample: dict[str, Any], bands: Sequence[int] | None = None):
         """Show one sample's MS composite and PAN patch with its class; returns the figure."""
@@ -384,10 +373,10 @@ class MSPANPatchDataset(PixelPatches):
         axes[0].set_title(f"MS {ms.shape[1]}x{ms.shape[2]}")
         axes[1].imshow(sample["pan"][0].detach().cpu().numpy(), cmap="gray")
         axes[1].set_title(f"PAN {sample['pan'].shape[-1]}x{sample['pan'].shape[-1]}")
-        names = self.scene.class_names
-        label = sample["label"]
+        names = self.sampler.scene.class_names
+        label = int(sample["label"])
         fig.suptitle(f"class {label + 1}" + (f" ({names[label]})" if names else "") +
-                     f" at ({sample['row']}, {sample['col']})")
+                     f" at ({int(sample['row'])}, {int(sample['col'])})")
         for ax in axes:
             ax.set_axis_off()
         fig.tight_layout()

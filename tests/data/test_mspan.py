@@ -25,7 +25,7 @@ from rswb.data.mspan import (
     read_raster,
     validate_scene,
 )
-from rswb.data.patches import MSPANPatchDataset, PatchSampler, PixelSet, patch_padding
+from rswb.data.patches import PatchSampler, PixelPatches, PixelSet, patch_padding
 from tests.data.fakes import (
     FAKE_EPSG,
     garble_file,
@@ -332,7 +332,7 @@ def test_mat_scene_plot_returns_a_figure(tmp_path):
 
 
 def test_patch_dataset_plot_returns_a_figure(tmp_path):
-    ds = MSPANPatchDataset(make_mspan_folder(tmp_path).path, "train", ms_patch=4)
+    ds = PixelPatches.from_scene(make_mspan_folder(tmp_path).path, "train", ms_patch=4)
     assert isinstance(ds.plot(ds[0]), Figure)
 
 
@@ -729,11 +729,11 @@ def test_pixel_set_caches_only_what_fits():
 @pytest.mark.parametrize("cache_bytes", [0, 1 << 30])
 def test_patch_dataset_with_a_dataloader_matches_the_sampler(tmp_path, cache_bytes):
     fake = make_mspan_folder(tmp_path, h=9, w=8, ratio=4, bands=4)
-    ds = MSPANPatchDataset(fake.path, "train", ms_patch=6, normalize="minmax", cache_bytes=cache_bytes)
+    ds = PixelPatches.from_scene(fake.path, "train", ms_patch=6, normalize="minmax", cache_bytes=cache_bytes)
     assert len(ds) == int((fake.labels["train"] > 0).sum())
     sampler = PatchSampler(load_mspan(fake.path).normalized("minmax"), ms_patch=6)
     expected = sampler.batches(ds.rows, ds.cols, ds.labels, batch_size=5, shuffle=False)
-    loader = torch.utils.data.DataLoader(ds, batch_size=5, shuffle=False)
+    loader = torch.utils.data.DataLoader(ds, batch_size=5, shuffle=False, collate_fn=PixelPatches.collate)
     n = 0
     for got, exp in zip(loader, expected, strict=True):
         assert torch.equal(got["ms"], exp["ms"])
@@ -748,7 +748,7 @@ def test_patch_dataset_with_a_dataloader_matches_the_sampler(tmp_path, cache_byt
 def test_patch_dataset_samples(tmp_path):
     fake = make_mspan_folder(tmp_path, h=9, w=8, n_classes=3)
     scene = load_mspan(fake.path)
-    ds = MSPANPatchDataset(scene, "test", ms_patch=4, pan_patch=12, normalize=None)
+    ds = PixelPatches.from_scene(scene, "test", ms_patch=4, pan_patch=12, normalize=None)
     rows, cols, labels = scene.labelled_pixels("test")
     s = ds[3]
     assert s["label"] == labels[3] and s["row"] == rows[3] and s["col"] == cols[3]
@@ -764,8 +764,8 @@ def test_patch_dataset_transforms(tmp_path):
     def flip(sample):
         return {**sample, "ms": sample["ms"].flip(-1), "tag": True}
 
-    ds = MSPANPatchDataset(fake.path, "train", transforms=flip, ms_patch=4, normalize=None)
-    plain = MSPANPatchDataset(fake.path, "train", ms_patch=4, normalize=None)
+    ds = PixelPatches.from_scene(fake.path, "train", transforms=flip, ms_patch=4, normalize=None)
+    plain = PixelPatches.from_scene(fake.path, "train", ms_patch=4, normalize=None)
     s = ds[2]
     assert s["tag"] is True
     assert torch.equal(s["ms"], plain[2]["ms"].flip(-1))
