@@ -176,8 +176,10 @@ def create_loss(name: str, **options: Any) -> Any:
 
 
 def list_names(kind: str, pattern: str = "*") -> list[str]:
-    """Sorted registered names of ``kind`` matching a shell-style ``pattern`` (installed entry points included)."""
+    """Sorted registered names of ``kind`` matching a shell-style ``pattern`` (rswb's own and installed ones)."""
     names = _check_kind(kind)
+    if kind in _BUILT_IN:
+        importlib.import_module(_BUILT_IN[kind])  # registers rswb's own builders
     _from_entry_points(kind)
     return sorted(n for n in names if fnmatch.fnmatch(n, pattern))
 

@@ -24,7 +24,7 @@ import io
 import json
 import sys
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,51 +37,33 @@ from rswb.engine.launch import load_trained, split_options, train_task
 from rswb.engine.runs import RunFolder, compare
 from rswb.engine.task import Task
 from rswb.io import atomic_write_json, atomic_write_text
-from rswb.registry import get
+from rswb.registry import get, list_names
 
 __all__ = ["PROFILES", "LoadedRun", "compare", "finished_with", "load_run", "notebook_run", "profile_options",
            "profile_run", "run_history", "run_name", "save_metrics", "task_config", "tie_table", "train_or_reuse"]
 
-PROFILES: dict[str, dict[str, dict[str, Any]]] = {
-    "pha": {
-        # Seconds per version on 2 CPU cores: fewer epochs and passes, a seeded subsample of the test pixels.
-        "quick": {"epochs": 8, "repeats": 8, "max_test": 3000},
-        # Scene mode on a CPU: both branches stand on the frozen ImageNet EfficientNet-Lite0, its pooled stride-8 /
-        # stride-16 / head features cached once per image (one view), so each run trains adapters in seconds
-        # (benchmarks/results/pha.md, "Pretrained branches").
-        "cpu": {"encoder": "efficientnet_lite0", "image_size": 224, "widths": "64,128,256", "views": 1,
-                "val_shots": 5},
-        "full": {},
-    },
-    "retrieval": {
-        # Seconds per run on 2 CPU cores: the frozen ImageNet EfficientNet-Lite0 on 128-px images and the frozen
-        # MiniLM, both cached once, so each epoch only trains the method's heads (a random CNN learned nothing in the
-        # few epochs a demo has); a 32-word tag vocabulary and a short queue for the small embedded caption set.
-        "quick": {"image_size": 128, "num_tags": 32, "queue_size": 512, "batch_size": 64, "epochs": 8},
-        # Frozen ImageNet EfficientNet-Lite0 and MiniLM with cached features (the task's defaults): minutes.
-        "cpu": {},
-        # Partial fine-tuning on a CPU: the backbone's last stage and head and MiniLM's last two layers train, on
-        # cached activations of the frozen rest (benchmarks/results/retrieval_ucm_finetune.md); the encoders' learning
-        # rate is a tenth of the heads'.
-        "finetune": {"train_from": "stage7", "text_train_last": 2, "encoder_lr_mult": 0.1},
-        # Both encoders fine-tune (a GPU profile; FISVL's learning-rate schedule).
-        "full": {"freeze_backbone": False, "freeze_text": False},
-    },
-    "hash": {
-        # Seconds per run on 2 CPU cores: the frozen ImageNet EfficientNet-Lite0 on 128-px images, features cached
-        # once (one view, 30 images per class), so an epoch is a fraction of a second and a few dozen of them train
-        # the hash layer and the classifier well (lr 3e-3: the default 1e-3 needs about three times the epochs).
-        "quick": {"image_size": 128, "views": 1, "per_class": 30, "lr": 3e-3, "epochs": 40},
-        # The frozen ImageNet EfficientNet-Lite0 with cached features (the task's defaults).
-        "cpu": {},
-        # Partial fine-tuning on a CPU: the backbone's last 1x1 convolution (320 -> 1280) trains with the hash layer
-        # on cached stage-7 outputs of every dihedral view (benchmarks/results/dhcl_ucmd_finetune.md).
-        "finetune": {"train_from": "head"},
-        # The paper's schedule: the whole network fine-tunes (a GPU profile).
-        "full": {"freeze_backbone": False},
-    },
-}
-"""Option overrides of ``rswb train TASK`` for each profile of each task."""
+class _TaskProfiles(Mapping):
+    """``{task: {profile: options}}``, read from each registered task's own ``PROFILES``.
+
+    A task module (``rswb/tasks/<task>.py``) attaches them to its builder as ``profiles``: the engine holds no
+    method's recipe.
+    """
+
+    def __getitem__(self, task: str) -> dict[str, dict[str, Any]]:
+        profiles = getattr(get("task", task), "profiles", None)
+        if profiles is None:
+            raise KeyError(task)
+        return profiles
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([n for n in list_names("task") if getattr(get("task", n), "profiles", None) is not None])
+
+    def __len__(self) -> int:
+        return len(list(iter(self)))
+
+
+PROFILES: Mapping[str, dict[str, dict[str, Any]]] = _TaskProfiles()
+"""Option overrides of ``rswb train TASK`` for each profile of each task (each task module's ``PROFILES``)."""
 
 _PATH_OPTIONS = ("data", "images", "image_map")
 

@@ -353,6 +353,19 @@ def build_model(cfg: PHAConfig, data: PHAData) -> PHANet:
     return create_model(cfg.version, num_classes=data.num_classes, bands=data.bands, ratio=data.ratio, **kw)
 
 
+# The task's recipes by profile (rswb train TASK --profile NAME, the notebooks' PROFILE): option overrides.
+PROFILES: dict[str, dict[str, Any]] = {
+    # Seconds per version on 2 CPU cores: fewer epochs and passes, a seeded subsample of the test pixels.
+    "quick": {"epochs": 8, "repeats": 8, "max_test": 3000},
+    # Scene mode on a CPU: both branches stand on the frozen ImageNet EfficientNet-Lite0, its pooled stride-8 /
+    # stride-16 / head features cached once per image (one view), so each run trains adapters in seconds
+    # (benchmarks/results/pha.md, "Pretrained branches").
+    "cpu": {"encoder": "efficientnet_lite0", "image_size": 224, "widths": "64,128,256", "views": 1,
+            "val_shots": 5},
+    "full": {},
+}
+
+
 @register_task("pha")
 def pha_task(cfg: PHAConfig) -> TaskBundle:
     """Few-shot MS+PAN classification with a PHA version (pixel mode on lab-format scenes, scene mode via Wald).
@@ -377,3 +390,5 @@ def pha_task(cfg: PHAConfig) -> TaskBundle:
     names = data.class_names or [f"class {c + 1}" for c in range(data.num_classes)]
     return TaskBundle(task, data.train, data.val, data.test, train_defaults=defaults, class_names=list(names))
 
+
+pha_task.profiles = PROFILES  # how the engine's experiments find them (no recipe lives there)

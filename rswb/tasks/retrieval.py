@@ -278,6 +278,23 @@ def method_parts(cfg: RetrievalConfig, data: RetrievalData) -> tuple[nn.Module, 
     return model, loss, weights
 
 
+# The task's recipes by profile (rswb train TASK --profile NAME, the notebooks' PROFILE): option overrides.
+PROFILES: dict[str, dict[str, Any]] = {
+    # Seconds per run on 2 CPU cores: the frozen ImageNet EfficientNet-Lite0 on 128-px images and the frozen
+    # MiniLM, both cached once, so each epoch only trains the method's heads (a random CNN learned nothing in the
+    # few epochs a demo has); a 32-word tag vocabulary and a short queue for the small embedded caption set.
+    "quick": {"image_size": 128, "num_tags": 32, "queue_size": 512, "batch_size": 64, "epochs": 8},
+    # Frozen ImageNet EfficientNet-Lite0 and MiniLM with cached features (the task's defaults): minutes.
+    "cpu": {},
+    # Partial fine-tuning on a CPU: the backbone's last stage and head and MiniLM's last two layers train, on
+    # cached activations of the frozen rest (benchmarks/results/retrieval_ucm_finetune.md); the encoders' learning
+    # rate is a tenth of the heads'.
+    "finetune": {"train_from": "stage7", "text_train_last": 2, "encoder_lr_mult": 0.1},
+    # Both encoders fine-tune (a GPU profile; FISVL's learning-rate schedule).
+    "full": {"freeze_backbone": False, "freeze_text": False},
+}
+
+
 @register_task("retrieval")
 def retrieval_task(cfg: RetrievalConfig) -> TaskBundle:
     """Image-text retrieval (VSE++, CLIP-style, FISVL, KAMCL) on a caption set with images; R@K and mR.
@@ -319,3 +336,6 @@ def _version(cfg: RetrievalConfig) -> str:
     """The method, with ``-<component>`` for each component switched off (the run registry's version label)."""
     off = [name for name, option, value in _COMPONENTS.get(cfg.method, ()) if getattr(cfg, option) == value]
     return cfg.method + "".join(f"-{name}" for name in off)
+
+
+retrieval_task.profiles = PROFILES  # how the engine's experiments find them (no recipe lives there)
