@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import textwrap
 import uuid
@@ -10,7 +9,6 @@ import uuid
 import pytest
 
 from rswb import registry
-from rswb.config import option
 from rswb.registry import (
     create,
     create_model,
@@ -289,20 +287,3 @@ def test_the_registry_is_a_leaf():
     imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
     imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
     assert not [m for m in imported if m and m.split(".")[0] == "rswb"], imported
-
-
-@dataclasses.dataclass
-class _Clash:
-    lr: float = option(0.1, "a task option with a training option's name")
-
-
-def _clash(cfg: _Clash):
-    raise AssertionError("never built")
-
-
-def test_a_task_option_named_like_a_training_option_is_refused_when_the_task_is_used(uid):
-    from rswb.engine.launch import task_builder
-
-    register("task", f"clash_{uid}")(_clash)
-    with pytest.raises(TypeError, match=r"task option\(s\) lr have the name of a training option"):
-        task_builder(f"clash_{uid}")

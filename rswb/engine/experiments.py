@@ -45,7 +45,7 @@ __all__ = ["PROFILES", "LoadedRun", "compare", "finished_with", "load_run", "not
 class _TaskProfiles(Mapping):
     """``{task: {profile: options}}``, read from each registered task's own ``PROFILES``.
 
-    A task module (``rswb/tasks/<task>.py``) attaches them to its builder as ``profiles``: the engine holds no
+    A task package (``rswb/tasks/<task>/``) attaches them to its builder as ``profiles``: the engine holds no
     method's recipe.
     """
 

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from rswb.data.image_text import RetrievalSplit
 from rswb.data.scenes import image_to_tensor, load_image
 from rswb.engine.device import select_device, to_device
-from rswb.engine.retrieval import RetrievalTask
 from rswb.engine.task import EvalContext
 from rswb.metrics.retrieval import retrieval_ranks_from_embeddings
+from rswb.tasks.retrieval.task import RetrievalTask
 from rswb.utils import eval_mode
 
 __all__ = [

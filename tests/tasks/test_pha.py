@@ -18,11 +18,11 @@ from rswb.data.mspan import load_mspan
 from rswb.data.patches import PatchSampler, PixelPatches
 from rswb.data.synthetic import ensure_embedded
 from rswb.data.transforms import augment_pairs, dihedral
-from rswb.engine.pha import PHATask
 from rswb.losses.pha import PHALoss, progressive_weights
 from rswb.models.pha import PHA_VERSIONS, PHANet, dense_predict, patch_predict
 from rswb.registry import create_model
 from rswb.tasks.pha import PHAConfig, prepare_data
+from rswb.tasks.pha.task import PHATask
 from tests.models.test_pha import randomize
 
 WIDTHS = (4, 8, 8)

@@ -14,11 +14,11 @@ from rswb.data.errors import CorruptImageError, DatasetNotFoundError
 from rswb.data.synthetic import ensure_embedded
 from rswb.data.tags import build_tag_vocabulary, tag_targets
 from rswb.engine.launch import load_trained, train_task
-from rswb.engine.retrieval import RetrievalTask
 from rswb.engine.task import EvalContext
 from rswb.infer import search_image, search_text, split_embeddings, token_similarity
 from rswb.metrics.retrieval import retrieval_metrics
 from rswb.tasks.retrieval import RetrievalConfig, method_parts, prepare_data
+from rswb.tasks.retrieval.task import RetrievalTask
 
 QUICK = {"backbone": "small_cnn", "pretrained": False, "image_size": 64}
 

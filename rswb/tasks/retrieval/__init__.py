@@ -37,7 +37,6 @@ from rswb.data.image_text import CaptionInputs, RetrievalData, RetrievalSplit, r
 from rswb.data.scenes import ImageFiles
 from rswb.data.tags import Vocabulary, build_tag_vocabulary, caption_values, tag_targets
 from rswb.engine.device import frozen_encoder_device
-from rswb.engine.retrieval import RetrievalTask
 from rswb.engine.task import TaskBundle
 from rswb.metrics.retrieval import TIE_RULES
 from rswb.models.backbones import backbone_names, check_backbone_choice, make_backbone
@@ -49,6 +48,7 @@ from rswb.models.retrieval import (
     make_text_encoder,
 )
 from rswb.registry import create_loss, create_model, get, register_task
+from rswb.tasks.retrieval.task import RetrievalTask
 
 __all__ = ["RetrievalConfig", "prepare_data", "retrieval_task"]
 
@@ -278,7 +278,7 @@ def method_parts(cfg: RetrievalConfig, data: RetrievalData) -> tuple[nn.Module, 
     return model, loss, weights
 
 
-# The task's recipes by profile (rswb train TASK --profile NAME, the notebooks' PROFILE): option overrides.
+# The task's recipes by profile (the notebooks' PROFILE, rswb.engine.experiments.profile_options): option overrides.
 PROFILES: dict[str, dict[str, Any]] = {
     # Seconds per run on 2 CPU cores: the frozen ImageNet EfficientNet-Lite0 on 128-px images and the frozen
     # MiniLM, both cached once, so each epoch only trains the method's heads (a random CNN learned nothing in the

@@ -41,11 +41,11 @@ from rswb.data.mspan import MSPANScene, is_mspan_source, load_mspan
 from rswb.data.patches import PatchSampler, PixelPatches
 from rswb.data.splits import FewShotSplit, few_shot_split, stratified_subsample
 from rswb.data.wald import SceneImages
-from rswb.engine.pha import PHATask
 from rswb.engine.task import TaskBundle
 from rswb.losses.pha import PHALoss
 from rswb.models.pha import PHA_VERSIONS, PHANet
 from rswb.registry import create_model, register_task
+from rswb.tasks.pha.task import PHATask
 
 __all__ = ["ENCODERS", "PHAConfig", "PHAData", "build_model", "pha_task", "prepare_data", "stage_widths"]
 
@@ -353,7 +353,7 @@ def build_model(cfg: PHAConfig, data: PHAData) -> PHANet:
     return create_model(cfg.version, num_classes=data.num_classes, bands=data.bands, ratio=data.ratio, **kw)
 
 
-# The task's recipes by profile (rswb train TASK --profile NAME, the notebooks' PROFILE): option overrides.
+# The task's recipes by profile (the notebooks' PROFILE, rswb.engine.experiments.profile_options): option overrides.
 PROFILES: dict[str, dict[str, Any]] = {
     # Seconds per version on 2 CPU cores: fewer epochs and passes, a seeded subsample of the test pixels.
     "quick": {"epochs": 8, "repeats": 8, "max_test": 3000},

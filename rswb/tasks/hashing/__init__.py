@@ -40,11 +40,11 @@ from rswb.data.scenes import SceneFolder, check_images
 from rswb.data.splits import first_per_class, validation_indices
 from rswb.data.transforms import RandomDihedral
 from rswb.engine.device import frozen_encoder_device
-from rswb.engine.hashing import HashTask
 from rswb.engine.task import TaskBundle
 from rswb.losses.hashing import DHCLLoss
 from rswb.models.backbones import Backbone, backbone_names, check_backbone_choice
 from rswb.registry import create_model, register_task
+from rswb.tasks.hashing.task import HashTask
 
 __all__ = ["HashConfig", "hash_task", "query_task"]
 
@@ -156,7 +156,7 @@ def _test_split(cfg: HashConfig, model: nn.Module, query: SceneFolder) -> Datase
     return FeatureSet(_cached_features(model.backbone, query, 1, cfg), query.labels, np.arange(len(query)))
 
 
-# The task's recipes by profile (rswb train TASK --profile NAME, the notebooks' PROFILE): option overrides.
+# The task's recipes by profile (the notebooks' PROFILE, rswb.engine.experiments.profile_options): option overrides.
 PROFILES: dict[str, dict[str, Any]] = {
     # Seconds per run on 2 CPU cores: the frozen ImageNet EfficientNet-Lite0 on 128-px images, features cached
     # once (one view, 30 images per class), so an epoch is a fraction of a second and a few dozen of them train
