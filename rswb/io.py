@@ -25,7 +25,7 @@ import yaml
 
 __all__ = [
     "CheckpointError", "DiskFullError", "NoRoomError", "atomic_save", "atomic_write", "atomic_write_json",
-    "atomic_write_text", "check_room", "load_checkpoint", "load_yaml", "new_file_mode", "save_yaml",
+    "atomic_write_text", "check_room", "is_no_space", "load_checkpoint", "load_yaml", "new_file_mode", "save_yaml",
 ]
 
 
@@ -104,7 +104,7 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object], sync_dir
             _fsync_dir(path.parent)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        if is_no_space(err):
             raise DiskFullError(path) from None  # the chained OSError names neither the file nor the disk
         raise
     return path
@@ -153,6 +153,11 @@ def file_system_of(path: str | Path) -> str:
     except OSError:  # not Linux
         devices = {}
     return f"{p} ({devices[str(p)]})" if str(p) in devices else str(p)
+
+
+def is_no_space(err: BaseException) -> bool:
+    """Whether ``err`` is the operating system's "no space left" (or "quota exceeded") error."""
+    return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 class DiskFullError(OSError):

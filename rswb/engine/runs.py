@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import errno
 import json
 import os
 import socket
@@ -37,7 +36,7 @@ except ImportError:  # pragma: no cover - Windows has no flock
 
 import pandas as pd
 
-from rswb.io import DiskFullError, atomic_write_text, load_yaml, save_yaml
+from rswb.io import DiskFullError, atomic_write_text, is_no_space, load_yaml, save_yaml
 
 __all__ = ["HEADLINE_METRICS", "LOCK_NAME", "RunFolder", "RunLockedError", "check_run_name", "compare", "format_table",
            "list_runs", "resolve_run", "run_lock", "run_summary"]
@@ -153,7 +152,7 @@ class RunFolder:
                 f.write(json.dumps(record) + "\n")
                 f.flush()
             except OSError as err:
-                if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                if not is_no_space(err):
                     raise
                 f.truncate(size)
                 raise DiskFullError(self.history) from None

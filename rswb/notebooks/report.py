@@ -188,7 +188,8 @@ def write_index(report: Path, results: Sequence[NotebookResult], profile: str,
                         f"<p>profile <b>{html.escape(profile)}</b> · data: {html.escape(_data_of(r.parameters))} · "
                         f"{r.seconds:.0f} s · {links}</p>{error}<div class='thumbs'>{thumbs}</div>{table}")
     ok = sum(r.status == "ok" for r in results)
-    note = f"<p>{html.escape(profile_note(profile))}</p>" if profile_note(profile) else ""
+    paragraph = profile_note(profile)  # reads the committed result files: once per page
+    note = f"<p>{html.escape(paragraph)}</p>" if paragraph else ""
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>rswb notebooks: {report.name}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;margin:0.5em 0 1.5em}}
