@@ -750,3 +750,27 @@ def hamming_ranking(query_index: int, codes: Any, k: int) -> tuple[np.ndarray, n
     order = np.argsort(dist, kind="stable")  # stable: equal distances keep index order
     order = order[order != query_index][: max(0, int(k))]
     return order, dist[order]
+
+
+def pair_distances(codes: Any, labels: Any, exclude_self: bool = True) -> dict[str, Any]:
+    """The Hamming distance of every unordered pair of items, and whether the two share a class.
+
+    Every pair ``i < j`` counts once (with ``exclude_self=False`` also ``i = j``, at distance 0).
+
+    Args:
+        codes: codes ``[N, K]`` (real values are binarised at 0).
+        labels: class labels ``[N]``.
+        exclude_self: leave out the pairs of an item with itself.
+
+    Returns:
+        ``distance`` ``[P]`` (int), ``same_class`` ``[P]`` (bool), ``bits`` (K: the largest possible distance).
+    """
+    c = np.asarray(codes.detach().cpu() if hasattr(codes, "detach") else codes)
+    y = np.asarray(labels.detach().cpu() if hasattr(labels, "detach") else labels).reshape(-1)
+    if c.ndim != 2:
+        raise ValueError(f"codes must be [N, K], got shape {c.shape}")
+    if len(y) != len(c):
+        raise ValueError(f"{len(c)} codes but {len(y)} labels")
+    packed = pack_codes(binarize(c))
+    i, j = np.triu_indices(len(c), k=1 if exclude_self else 0)
+    return {"distance": hamming_distance(packed, packed)[i, j], "same_class": y[i] == y[j], "bits": int(c.shape[1])}

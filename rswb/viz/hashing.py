@@ -2,9 +2,10 @@
 
 Every plotting function takes codes in ``{-1, +1}`` (numpy arrays or tensors; real values are binarised with
 :func:`rswb.metrics.hashing.binarize`), draws with matplotlib and returns the :class:`~matplotlib.figure.Figure`
-(the functions that draw on one axes accept ``ax=`` so that several plots can share a figure). Distances are the
-Hamming distances of :func:`rswb.metrics.hashing.hamming_distance`, and rankings follow the library's rule: by
-distance, ties broken by the lower database index, the query itself excluded by its index (leave-one-out).
+(the functions that draw on one axes accept ``ax=`` so that several plots can share a figure). They draw what they
+are given: pair distances come from :func:`rswb.metrics.hashing.pair_distances`, rankings from
+:func:`rswb.metrics.hashing.hamming_ranking` (by distance, ties broken by the lower database index, the query
+itself excluded by its index).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from matplotlib.figure import Figure
 
 from rswb.data.mspan import class_colors
 from rswb.data.scenes import load_image
-from rswb.metrics.hashing import binarize, hamming_distance, pack_codes
+from rswb.metrics.hashing import binarize
 from rswb.viz.common import pca_2d, picture_box
 
 __all__ = [
@@ -54,11 +55,6 @@ def _codes(codes: Any) -> np.ndarray:
 
 def _axes(ax: Axes | None, figsize: tuple[float, float]) -> Axes:
     return plt.subplots(figsize=figsize)[1] if ax is None else ax
-
-
-def _pairwise_distances(codes: np.ndarray) -> np.ndarray:
-    packed = pack_codes(codes)
-    return hamming_distance(packed, packed)
 
 
 def plot_map_vs_bits(df: pd.DataFrame, metric: str = "mAP@20", ax: Axes | None = None) -> Figure:
@@ -155,30 +151,23 @@ def plot_pr_curves(curves: Mapping[str, Mapping[str, np.ndarray]], ax: Axes | No
     return ax.figure
 
 
-def plot_hamming_histograms(codes: Any, labels: Any, exclude_self: bool = True, ax: Axes | None = None,
-                            title: str | None = None) -> Figure:
+def plot_hamming_histograms(pairs: Mapping[str, Any], ax: Axes | None = None, title: str | None = None) -> Figure:
     """Histograms of the Hamming distances of same-class and different-class pairs.
 
-    Every unordered pair ``i < j`` counts once (with ``exclude_self=False`` also ``i = j``, at distance 0). Each
-    histogram is normalised to a density, so the two shapes compare although different-class pairs are many more.
+    Draws the pairs it is given (:func:`rswb.metrics.hashing.pair_distances`); computes no distance. Each histogram
+    is normalised to a density, so the two shapes compare although different-class pairs are many more.
 
     Args:
-        codes: codes ``[N, K]``.
-        labels: class labels ``[N]``.
-        exclude_self: leave out the pairs of an item with itself.
+        pairs: ``{"distance": [P], "same_class": [P], "bits": K}``.
         ax: axes to draw on (default: a new figure).
         title: axes title (default: the code length).
 
     Returns:
-        The figure: two histograms with the mean distance of each in the legend.
+        The figure: two histograms with the number of pairs and the mean distance of each in the legend.
     """
-    c, y = _codes(codes), _array(labels).reshape(-1)
-    if len(y) != len(c):
-        raise ValueError(f"{len(c)} codes but {len(y)} labels")
-    i, j = np.triu_indices(len(c), k=1 if exclude_self else 0)
-    dist = _pairwise_distances(c)[i, j]
-    same = y[i] == y[j]
-    k = c.shape[1]
+    dist, same, k = _array(pairs["distance"]), _array(pairs["same_class"]).astype(bool), int(pairs["bits"])
+    if dist.shape != same.shape:
+        raise ValueError(f"{len(dist)} distances but {len(same)} same-class flags")
     bins = np.arange(k + 2) - 0.5
     ax = _axes(ax, (5.5, 3.5))
     for mask, name, colour in ((same, "same class", RIGHT), (~same, "different class", WRONG)):

@@ -10,7 +10,7 @@ from matplotlib.colors import to_rgb, to_rgba
 from matplotlib.figure import Figure
 
 import rswb.viz.hashing as vh
-from rswb.metrics.hashing import hamming_ranking, pr_curve
+from rswb.metrics.hashing import hamming_ranking, pair_distances, pr_curve
 from rswb.viz import (
     gallery_widget,
     plot_code_embedding,
@@ -59,13 +59,16 @@ def test_pr_curves_one_line_per_curve():
 
 def test_hamming_histograms_count_each_pair_once():
     codes, labels, _ = _data(n=30)
-    fig = plot_hamming_histograms(torch.from_numpy(codes).float(), labels)
+    pairs = pair_distances(torch.from_numpy(codes).float(), labels)
+    naive = [(int((codes[i] != codes[j]).sum()), labels[i] == labels[j]) for i in range(30) for j in range(i + 1, 30)]
+    assert pairs["distance"].tolist() == [d for d, _ in naive] and pairs["same_class"].tolist() == [s for _, s in naive]
+    fig = plot_hamming_histograms(pairs)
     ax = fig.axes[0]
     assert len(fig.axes) == 1 and len(ax.containers) == 2  # same class, different class
     text = [t.get_text() for t in ax.get_legend().get_texts()]
     same = sum((labels[i] == labels[j]) for i in range(30) for j in range(i + 1, 30))
     assert text[0].startswith(f"same class ({same} pairs") and f"({30 * 29 // 2 - same} pairs" in text[1]
-    with_self = plot_hamming_histograms(codes, labels, exclude_self=False)
+    with_self = plot_hamming_histograms(pair_distances(codes, labels, exclude_self=False))
     assert f"({same + 30} pairs" in with_self.axes[0].get_legend().get_texts()[0].get_text()
     # Each histogram is a density over integer-centred bins 0..K.
     heights = np.array([p.get_height() for p in ax.containers[0]])
