@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from torch import nn
 
-__all__ = ["eval_mode", "progress_bars", "show_progress"]
+__all__ = ["deprecated_names", "eval_mode", "progress_bars", "show_progress"]
 
 _PROGRESS: contextvars.ContextVar[bool] = contextvars.ContextVar("rswb_progress", default=True)
 
@@ -45,3 +47,17 @@ def progress_bars(enabled: bool) -> Iterator[None]:
 def show_progress(requested: bool = True) -> bool:
     """Whether a bar should be drawn: the caller asked for it and no :func:`progress_bars` block turned bars off."""
     return bool(requested) and _PROGRESS.get()
+
+
+def deprecated_names(module: str, renamed: dict[str, str], namespace: dict[str, Any]) -> Callable[[str], Any]:
+    """A module ``__getattr__`` that serves each old name of ``renamed`` (old -> new) with a ``FutureWarning``.
+
+    Code written against a renamed class or function keeps working, and says what to call it now.
+    """
+    def __getattr__(name: str) -> Any:
+        if name in renamed:
+            warnings.warn(f"{module}.{name} was renamed {renamed[name]}", FutureWarning, stacklevel=2)
+            return namespace[renamed[name]]
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+
+    return __getattr__

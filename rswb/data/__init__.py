@@ -12,13 +12,19 @@ from rswb.data.errors import (
     ShapeMismatchError,
 )
 from rswb.data.mspan import MSPANScene, load_mspan
-from rswb.data.patches import PatchCache, PatchSampler, PixelPatches, PixelSet
+from rswb.data.patches import PatchCache, PatchSampler, PatchStore, PixelPatches
 from rswb.data.scenes import SceneFolder, load_image
 from rswb.data.wald import WaldSceneDataset, wald_simulate
+from rswb.utils import deprecated_names
 
 __all__ = [
     "CaptionMismatchError", "CaptionSet", "CorruptImageError", "DataError", "DataFormatError", "DatasetNotFoundError",
     "ImageResolver", "ImageTextDataset", "InvalidPixelError", "LabelRangeError", "MSPANScene", "PatchCache",
-    "PatchSampler", "PixelPatches", "PixelSet", "SceneFolder", "ShapeMismatchError", "WaldSceneDataset", "load_image",
+    "PatchSampler", "PixelPatches", "PatchStore", "SceneFolder", "ShapeMismatchError", "WaldSceneDataset", "load_image",
     "load_mspan", "read_captions", "read_karpathy", "read_precomp", "wald_simulate",
 ]
+
+
+# The former names, served with a FutureWarning.
+__getattr__ = deprecated_names("rswb.data", {"PixelSet": "PatchStore"},
+                               globals())

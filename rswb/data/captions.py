@@ -46,6 +46,7 @@ import torch
 
 from rswb.data.errors import CaptionMismatchError, DataFormatError, DatasetNotFoundError, require_exists
 from rswb.data.scenes import IMAGE_EXTS, image_to_tensor, load_image
+from rswb.utils import deprecated_names
 
 _WORD = re.compile(r"[a-z0-9]+")
 STOPWORDS = frozenset(
@@ -141,7 +142,7 @@ def _read_lines(path: Path, keep_blank: bool = False) -> list[str]:
     return lines
 
 
-def precomp_splits(root: str | Path) -> list[str]:
+def precomp_split_names(root: str | Path) -> list[str]:
     """The precomp splits of a folder: every ``{split}`` with both ``{split}_caps.txt`` and ``{split}_filename.txt``.
 
     Raises:
@@ -447,7 +448,7 @@ def read_captions(root: str | Path, split: str = "train", fmt: str = "auto") -> 
     return read_karpathy(js, split)
 
 
-def caption_splits(root: str | Path, fmt: str = "auto") -> list[str]:
+def caption_split_names(root: str | Path, fmt: str = "auto") -> list[str]:
     """The splits a caption set holds (precomp file pairs, COCO file names and fields, Karpathy ``split`` fields).
 
     Raises:
@@ -456,7 +457,7 @@ def caption_splits(root: str | Path, fmt: str = "auto") -> list[str]:
     root = require_exists(root, "caption set")
     if fmt in ("auto", "precomp") and root.is_dir() and (any(root.glob("*_caps.txt"))
                                                          or any(root.glob("*_filename.txt"))):
-        return precomp_splits(root)
+        return precomp_split_names(root)
     if fmt in ("auto", "coco") and find_coco_json(root):
         return split_order(coco_splits(root))
     js = find_karpathy_json(root)
@@ -717,3 +718,8 @@ __all__ = [
     "read_image_map",
     "read_karpathy", "read_precomp", "tokenize",
 ]
+
+
+# The former names, served with a FutureWarning.
+__getattr__ = deprecated_names("rswb.data.captions", {"caption_splits": "caption_split_names",
+                                                     "precomp_splits": "precomp_split_names"}, globals())

@@ -10,7 +10,7 @@ import numpy as np
 from rswb.data.captions import (
     ImageResolver,
     caption_set_names,
-    caption_splits,
+    caption_split_names,
     default_image_root,
     find_coco_json,
     find_karpathy_json,
@@ -124,7 +124,7 @@ def _summarize_captions(path: Path, fmt: str, image_root: str | Path | None,
                         image_map: str | Path | None = None) -> dict[str, Any]:
     splits: dict[str, Any] = {}
     kind = {"captions_precomp": "precomp", "captions_coco": "coco"}.get(fmt, "karpathy")
-    sets = [read_captions(path, s, kind) for s in caption_splits(path, kind)]
+    sets = [read_captions(path, s, kind) for s in caption_split_names(path, kind)]
     root = Path(image_root) if image_root is not None else default_image_root(path)
     if root is None and image_map is not None:
         root = Path(image_map).parent  # a map without --images: its relative paths are relative to the CSV

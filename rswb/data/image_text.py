@@ -23,7 +23,7 @@ from rswb.data.captions import (
     CaptionSet,
     ImageResolver,
     caption_set_names,
-    caption_splits,
+    caption_split_names,
     find_karpathy_json,
     read_captions,
     read_karpathy,
@@ -33,10 +33,11 @@ from rswb.data.scenes import check_images, image_to_tensor, load_image
 from rswb.data.splits import carve_items
 from rswb.data.tags import Vocabulary, content_words
 from rswb.data.transforms import dihedral
+from rswb.utils import deprecated_names
 
 __all__ = [
-    "CaptionInputs", "CaptionSplits", "RetrievalData", "RetrievalSplit", "limit_images",
-    "read_caption_splits", "scene_names", "subset_images", "truncate_words",
+    "CaptionInputs", "JoinedCaptions", "RetrievalData", "RetrievalSplit", "limit_images",
+    "read_joined_captions", "scene_names", "subset_images", "truncate_words",
 ]
 
 
@@ -296,7 +297,7 @@ def subset_images(cs: CaptionSet, images: np.ndarray, split: str) -> CaptionSet:
 
 
 @dataclass
-class CaptionSplits:
+class JoinedCaptions:
     """The caption sets of train / val / test, joined to their image files and scene labels (no encoder inputs).
 
     Attributes:
@@ -315,9 +316,9 @@ class CaptionSplits:
     image_root: Path
 
 
-def read_caption_splits(root: Path, image_root: Path | None, fmt: str = "auto", image_map: str | None = None,
+def read_joined_captions(root: Path, image_root: Path | None, fmt: str = "auto", image_map: str | None = None,
                         max_images: int | None = None, val_share: float = 0.1, split_seed: int = 0,
-                        max_words: int = 30, check_cache: Path | None = None, progress: bool = True) -> CaptionSplits:
+                        max_words: int = 30, check_cache: Path | None = None, progress: bool = True) -> JoinedCaptions:
     """Read a caption set's splits, join them to their images by evidence, carve the validation images, label scenes.
 
     The validation split is the set's own ``val`` split, else a seeded ``val_share`` of the training images with all
@@ -336,7 +337,7 @@ def read_caption_splits(root: Path, image_root: Path | None, fmt: str = "auto", 
                                    "--images PATH (for UCM-Captions: the UC Merced folder)")
     train_cs = limit_images(read_captions(root, "train", fmt), max_images)
     test_cs = limit_images(read_captions(root, "test", fmt), max_images)
-    if "val" in caption_splits(root, fmt):  # a val split that is there but broken raises instead of being skipped
+    if "val" in caption_split_names(root, fmt):  # a val split that is there but broken raises instead of being skipped
         val_cs = limit_images(read_captions(root, "val", fmt), max_images)
     else:  # carve a seeded share of the training images, with all their captions
         kept, carved = carve_items(train_cs.num_images, val_share, split_seed)
@@ -360,4 +361,9 @@ def read_caption_splits(root: Path, image_root: Path | None, fmt: str = "auto", 
     cls_index = {n: i for i, n in enumerate(class_names)}
     labels = {s: np.array([cls_index[n] for n in scenes[s]], np.int64) if have_scenes
               else np.full(cs.num_images, -1) for s, cs in sets.items()}
-    return CaptionSplits(sets, paths, labels, class_names, root, image_root)
+    return JoinedCaptions(sets, paths, labels, class_names, root, image_root)
+
+
+# The former names, served with a FutureWarning.
+__getattr__ = deprecated_names("rswb.data.image_text", {"CaptionSplits": "JoinedCaptions",
+                                                        "read_caption_splits": "read_joined_captions"}, globals())

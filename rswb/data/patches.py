@@ -20,8 +20,9 @@ import numpy as np
 import torch
 
 from rswb.data.mspan import MSPANScene, load_mspan
+from rswb.utils import deprecated_names
 
-__all__ = ["PatchCache", "PatchSampler", "PixelPatches", "PixelSet", "patch_padding"]
+__all__ = ["PatchCache", "PatchSampler", "PixelPatches", "PatchStore", "patch_padding"]
 
 
 def patch_padding(ms_patch: int, pan_patch: int, ratio: int) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -247,7 +248,7 @@ class PatchCache:
             yield batch
 
 
-class PixelSet:
+class PatchStore:
     """A fixed set of pixels of one scene whose patch pairs are fetched by position in the set.
 
     The first :meth:`gather` extracts every pixel's patches into a :class:`PatchCache` when they fit in
@@ -289,7 +290,7 @@ class PixelPatches(torch.utils.data.Dataset):
     A sample is ``{"ms": [C,p,p], "pan": [1,P,P], "label", "row", "col", "id"}`` (``label`` the 0-based class);
     ``__getitems__`` gathers a whole batch dict in one pass (what training uses), so a ``DataLoader`` over it takes
     ``collate_fn=PixelPatches.collate``. The same pixels are visited every epoch, so a
-    :class:`~rswb.data.patches.PixelSet` extracts their patches once on first use when they fit in ``cache_bytes``
+    :class:`~rswb.data.patches.PatchStore` extracts their patches once on first use when they fit in ``cache_bytes``
     (a few-shot split always does); larger pixel sets are gathered from the scene on the fly.
     :meth:`from_scene` builds one from a scene folder or ``.mat`` pair and a split (the reader's interface).
 
@@ -306,7 +307,7 @@ class PixelPatches(torch.utils.data.Dataset):
         self.sampler, self.repeats, self.transforms = sampler, max(1, int(repeats)), transforms
         self.rows, self.cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
         self.pixel_labels = np.asarray(labels, np.int64)
-        self.pixels = PixelSet(sampler, self.rows, self.cols, cache_bytes)
+        self.pixels = PatchStore(sampler, self.rows, self.cols, cache_bytes)
 
     @classmethod
     def from_scene(cls, root: str | Path | MSPANScene, split: str = "train", transforms=None, ms_patch: int = 16,
@@ -383,3 +384,6 @@ class PixelPatches(torch.utils.data.Dataset):
         return fig
 
 
+# The former names, served with a FutureWarning.
+__getattr__ = deprecated_names("rswb.data.patches", {"PixelSet": "PatchStore"},
+                               globals())

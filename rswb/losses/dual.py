@@ -11,37 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 
 from rswb.losses.contrastive import LearnableTemperature, hardest_negative_triplet, symmetric_info_nce
+from rswb.losses.retrieval import RetrievalLoss
 from rswb.registry import register_loss
 
 __all__ = ["CLIPLoss", "RetrievalLoss", "VSEPPLoss", "clip", "vsepp"]
-
-
-class RetrievalLoss(nn.Module):
-    """What the retrieval losses share: the training schedule position and the logged diagnostics."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.epoch, self.epochs = 0, 1
-
-    def set_epoch(self, epoch: int, epochs: int) -> None:
-        """Remember the epoch (0-based) of ``epochs``: two-stage schedules and FISVL's weights depend on it."""
-        self.epoch, self.epochs = int(epoch), int(epochs)
-
-    def in_stage2(self, share: float) -> bool:
-        """Whether the epoch has reached ``share`` of the training (the second stage of a two-stage schedule)."""
-        return self.epoch >= int(round(share * self.epochs))
-
-    @staticmethod
-    def diagnostics(sim: torch.Tensor, temperature: nn.Module | None = None) -> dict[str, torch.Tensor]:
-        """``pos_sim`` (mean similarity of the true pairs, the diagonal) and the learned temperature."""
-        with torch.no_grad():
-            out = {"pos_sim": sim.diagonal().mean()}
-            if temperature is not None:
-                out["temperature"] = temperature().detach()
-        return out
 
 
 class VSEPPLoss(RetrievalLoss):

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 
 from rswb.losses.contrastive import LearnableTemperature
-from rswb.losses.dual import RetrievalLoss
 from rswb.losses.retrieval import (
+    RetrievalLoss,
     affiliation_loss,
     multi_positive_info_nce,
     scene_adaptive_triplet,

@@ -19,8 +19,7 @@ import torch
 from torch import nn
 
 from rswb.losses.contrastive import hardest_negative_triplet
-from rswb.losses.dual import RetrievalLoss
-from rswb.losses.retrieval import concept_bce, momentum_info_nce
+from rswb.losses.retrieval import RetrievalLoss, concept_bce, momentum_info_nce
 from rswb.models.momentum import FeatureQueue, MomentumEncoder
 from rswb.registry import register_loss
 

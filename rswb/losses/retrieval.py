@@ -13,7 +13,8 @@ negatives (the public code detached them). The momentum encoder's EMA update and
 handled by the training code, not here: these functions take the keys and the queue as constants. In every
 similarity-matrix loss ``sim[i, j]`` is the similarity of image ``i`` and caption ``j`` of a batch of ``B`` pairs
 (row ``i`` and column ``i`` are a pair) and ``img_ids[i]`` names the underlying image of pair ``i``; pairs with the
-same id are positives of each other. Each loss returns a scalar mean over the batch.
+same id are positives of each other. Each loss returns a scalar mean over the batch. :class:`RetrievalLoss` is what
+every method's loss module shares (the epoch for two-stage schedules, the logged diagnostics).
 """
 
 from __future__ import annotations
@@ -22,13 +23,39 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from rswb.losses.contrastive import _at_least_fp32
 
 __all__ = [
-    "affiliation_loss", "concept_bce", "momentum_info_nce", "multi_positive_info_nce", "scene_adaptive_triplet",
-    "value_weighted_info_nce",
+    "RetrievalLoss", "affiliation_loss", "concept_bce", "momentum_info_nce", "multi_positive_info_nce",
+    "scene_adaptive_triplet", "value_weighted_info_nce",
 ]
+
+
+class RetrievalLoss(nn.Module):
+    """What the retrieval losses share: the training schedule position and the logged diagnostics."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.epoch, self.epochs = 0, 1
+
+    def set_epoch(self, epoch: int, epochs: int) -> None:
+        """Remember the epoch (0-based) of ``epochs``: two-stage schedules and FISVL's weights depend on it."""
+        self.epoch, self.epochs = int(epoch), int(epochs)
+
+    def in_stage2(self, share: float) -> bool:
+        """Whether the epoch has reached ``share`` of the training (the second stage of a two-stage schedule)."""
+        return self.epoch >= int(round(share * self.epochs))
+
+    @staticmethod
+    def diagnostics(sim: torch.Tensor, temperature: nn.Module | None = None) -> dict[str, torch.Tensor]:
+        """``pos_sim`` (mean similarity of the true pairs, the diagonal) and the learned temperature."""
+        with torch.no_grad():
+            out = {"pos_sim": sim.diagonal().mean()}
+            if temperature is not None:
+                out["temperature"] = temperature().detach()
+        return out
 
 
 def _check_temperature(temperature: float | torch.Tensor) -> None:

@@ -14,7 +14,7 @@ from rswb.data.captions import (
     CaptionSet,
     ImageResolver,
     ImageTextDataset,
-    caption_splits,
+    caption_split_names,
     coco_splits,
     find_karpathy_json,
     read_captions,
@@ -130,7 +130,7 @@ def test_a_split_with_only_one_of_its_files_is_an_error_not_dropped(tmp_path, pr
     (fake.root / ("test_caps.txt" if present == "filename" else "test_filename.txt")).unlink()
     missing = "test_caps.txt" if present == "filename" else "test_filename.txt"
     with pytest.raises(DatasetNotFoundError, match=missing) as err:
-        caption_splits(fake.root)
+        caption_split_names(fake.root)
     assert err.value.path == fake.root / missing
     with pytest.raises(DatasetNotFoundError, match=missing):
         read_captions(fake.root, "test")
@@ -139,10 +139,10 @@ def test_a_split_with_only_one_of_its_files_is_an_error_not_dropped(tmp_path, pr
 def test_caption_splits_of_every_format(tmp_path):
     make_precomp(tmp_path, "test", n_images=2)
     fake = make_precomp(tmp_path, "train", n_images=2)
-    assert caption_splits(fake.root) == ["train", "test"]
+    assert caption_split_names(fake.root) == ["train", "test"]
     js, _ = make_karpathy(tmp_path)
-    assert caption_splits(js) == ["train", "restval", "val", "test"]
-    assert caption_splits(make_coco_captions(tmp_path)[0]) == ["train", "val", "test"]
+    assert caption_split_names(js) == ["train", "restval", "val", "test"]
+    assert caption_split_names(make_coco_captions(tmp_path)[0]) == ["train", "val", "test"]
 
 
 def test_trailing_blank_lines_and_crlf_are_tolerated(tmp_path):

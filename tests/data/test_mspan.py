@@ -25,7 +25,7 @@ from rswb.data.mspan import (
     read_raster,
     validate_scene,
 )
-from rswb.data.patches import PatchSampler, PixelPatches, PixelSet, patch_padding
+from rswb.data.patches import PatchSampler, PatchStore, PixelPatches, patch_padding
 from tests.data.fakes import (
     FAKE_EPSG,
     garble_file,
@@ -719,7 +719,7 @@ def test_pixel_set_caches_only_what_fits():
     ref = sampler.gather(rows[idx], cols[idx])
     for budget, cached in ((len(rows) * sampler.pair_bytes, True), (len(rows) * sampler.pair_bytes - 1, False),
                            (0, False)):
-        pixels = PixelSet(sampler, rows, cols, cache_bytes=budget)
+        pixels = PatchStore(sampler, rows, cols, cache_bytes=budget)
         got = pixels.gather(idx)
         assert pixels.cached is cached and len(pixels) == len(rows)
         assert torch.equal(got["ms"], ref["ms"]) and torch.equal(got["pan"], ref["pan"])
