@@ -80,7 +80,9 @@ class DHCL(nn.Module):
         if self.frozen_backbone:
             self.backbone.requires_grad_(False)
         if train_from is not None:
-            self.backbone.freeze_until(train_from)
+            self.backbone.fine_tune_from(train_from)
+        elif not self.frozen_backbone:
+            self.backbone.freeze_bn()  # DHCL fine-tunes with the pretrained batch-norm statistics
 
     def train(self, mode: bool = True) -> DHCL:
         """Train mode for the new layers; a frozen backbone always stays in eval mode (fixed batch-norm stats)."""

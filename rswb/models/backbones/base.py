@@ -91,6 +91,7 @@ class Backbone(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self._bn_frozen = False
+        self.partial_cut: str | None = None  # set by fine_tune_from: where batches of cached activations start
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """Apply this backbone's input normalisation to images ``[B, 3, H, W]`` in [0, 1]."""
@@ -158,6 +159,18 @@ class Backbone(nn.Module):
             for m in piece.modules:
                 m.requires_grad_(False)
         return self
+
+    def fine_tune_from(self, cut: str) -> Backbone:
+        """Partial fine-tuning from ``cut`` (one place for every method).
+
+        The pieces before the cut are frozen (their outputs are cached), batch-norm statistics stay the pretrained
+        ones, and the cut is remembered (``partial_cut``) for :meth:`forward_from` on cached batches.
+
+        Returns:
+            ``self``.
+        """
+        self.partial_cut = cut
+        return self.freeze_until(cut).freeze_bn()
 
     def _run(self, pieces: Sequence[Piece], h: torch.Tensor, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         for piece in pieces:
