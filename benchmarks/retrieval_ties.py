@@ -40,9 +40,9 @@ def test_similarity(run_dir: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
 
     import rswb.tasks  # noqa: F401  (registers "retrieval")
     from rswb.engine import EvalContext
-    from rswb.engine.launch import load_trained
+    from rswb.engine.launch import load_run
 
-    bundle = load_trained(run_dir)
+    bundle = load_run(run_dir, splits=("test",))
     emb = bundle.task.embeddings(bundle.test, EvalContext(torch.device("cpu"), progress=False))
     sim = (emb["image"] @ emb["text"].t()).numpy()
     return sim, np.asarray(bundle.test.caption_to_image), list(bundle.test.captions)

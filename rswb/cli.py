@@ -73,7 +73,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     import rswb.tasks  # noqa: F401
     from rswb.engine import EvalContext, select_device
-    from rswb.engine.launch import load_trained
+    from rswb.engine.launch import load_run
     from rswb.engine.runs import RunFolder, resolve_run
 
     run = resolve_run(args.run, args.root)
@@ -84,11 +84,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         history = folder.read_history()
         print(f"note: {run} has not finished ({len(history)} epoch(s) recorded, no metrics.json): these are the "
               f"{args.weights} weights so far", file=sys.stderr)
-    bundle = load_trained(run, weights=args.weights, overrides={"ties": args.ties} if args.ties else None)
+    wanted = ["test", "val"] if args.split == "both" else [args.split]
+    bundle = load_run(run, weights=args.weights, overrides={"ties": args.ties} if args.ties else None,
+                      splits=wanted, device=device)
     bundle.task.to(device)
     splits = {"test": bundle.test, "val": bundle.val}
     results = {}
-    for split in (["test", "val"] if args.split == "both" else [args.split]):
+    for split in wanted:
         if splits[split] is None:
             raise ValueError(f"{run}: the task has no {split} split")
         ctx = EvalContext(device, batch_size=args.batch_size, progress=not args.json, desc=split)
@@ -121,12 +123,12 @@ def _cmd_search(args: argparse.Namespace) -> int:
     import rswb.tasks  # noqa: F401
     from rswb.data.image_text import RetrievalSplit
     from rswb.engine import select_device
-    from rswb.engine.launch import load_trained
+    from rswb.engine.launch import load_run
     from rswb.engine.runs import resolve_run
     from rswb.infer import search_text, split_embeddings
 
     run = resolve_run(args.run, args.root)
-    bundle = load_trained(run)
+    bundle = load_run(run, splits=(args.split,), device=args.device)
     split = bundle.test if args.split == "test" else bundle.val
     if not isinstance(split, RetrievalSplit):
         raise ValueError(f"{run}: not a retrieval run (rswb train retrieval)")

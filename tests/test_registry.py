@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import textwrap
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -287,3 +288,78 @@ def test_the_registry_is_a_leaf():
     imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
     imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
     assert not [m for m in imported if m and m.split(".")[0] == "rswb"], imported
+
+
+def _import_cycles(root: Path, package: str) -> list[list[str]]:
+    """Cycles among ``package``'s modules through their module-level imports (``if TYPE_CHECKING:`` blocks and
+    imports inside functions run later, so they are left out): each strongly connected set of two or more."""
+    import ast
+
+    mods = {}
+    for path in (root / package).rglob("*.py"):
+        name = ".".join(path.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+        mods[name] = path
+
+    def module_of(name: str) -> str:  # "rswb.models.retrieval.METHODS" -> "rswb.models.retrieval"
+        while name and name not in mods:
+            name = name.rpartition(".")[0]
+        return name
+
+    graph: dict[str, set[str]] = {}
+    for name, path in mods.items():
+        deps = set()
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            else:
+                continue
+            deps |= {module_of(t) for t in targets if t.split(".")[0] == package} - {"", name}
+        graph[name] = deps
+    # Tarjan's strongly connected components, iterative over a small graph.
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                cycles.append(sorted(comp))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return cycles
+
+
+def test_rswb_has_no_import_cycle(tmp_path):
+    import rswb
+
+    root = Path(rswb.__file__).parent.parent
+    assert _import_cycles(root, "rswb") == []
+    # The check finds a cycle when there is one (a -> b -> c -> a), and ignores imports made when type checking.
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from pkg.b import x\n")
+    (pkg / "b.py").write_text("import pkg.c\nx = 1\n")
+    (pkg / "c.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg import b\n")
+    assert _import_cycles(tmp_path, "pkg") == []
+    (pkg / "c.py").write_text("from pkg.a import y\n")
+    assert _import_cycles(tmp_path, "pkg") == [["pkg.a", "pkg.b", "pkg.c"]]

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-import contextvars
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 __all__ = [
     "DeviceError",
-    "autocast", "encoder_device", "frozen_encoder_device", "make_grad_scaler", "resolve_precision", "select_device",
+    "autocast", "make_grad_scaler", "resolve_precision", "select_device",
     "to_device",
 ]
 
@@ -49,29 +48,6 @@ def select_device(preference: str | torch.device | None = None) -> torch.device:
     if hasattr(torch.backends, "mps") and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
-
-
-_ENCODER_DEVICE: contextvars.ContextVar[str | torch.device | None] = contextvars.ContextVar("rswb_encoder_device",
-                                                                                           default=None)
-
-
-@contextlib.contextmanager
-def encoder_device(device: str | torch.device | None) -> Iterator[None]:
-    """Inside the block, frozen encoders that a task builder runs to fill its caches use ``device``.
-
-    :func:`rswb.engine.launch.train_task` wraps the builder in this with the run's ``--device``, so feature
-    extraction happens where training does (``None``: the best available).
-    """
-    token = _ENCODER_DEVICE.set(device)
-    try:
-        yield
-    finally:
-        _ENCODER_DEVICE.reset(token)
-
-
-def frozen_encoder_device() -> torch.device:
-    """The device frozen encoders run on now: the one :func:`encoder_device` set, else the best available."""
-    return select_device(_ENCODER_DEVICE.get())
 
 
 def to_device(batch: Any, device: torch.device, non_blocking: bool = True) -> Any:

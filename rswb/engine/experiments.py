@@ -3,14 +3,13 @@
 * :data:`PROFILES`: per task, the option overrides of each named recipe (``quick``: seconds on a 2-core CPU, what
   ``make demo`` and the papermill tests run; ``cpu``: the frozen-encoder profile with cached features;
   ``finetune``: partial fine-tuning from a cached cut point, the CPU's way to fine-tune; ``full``: every weight
-  trains, a GPU recipe). :data:`SUITE`: the
-  parameter values each notebook gets in each profile of ``rswb notebooks run`` (``quick``: the demo on the embedded
-  data; ``real``: ``../shared/data``, the CI regression suite; ``full``: the GPU schedules).
+  trains, a GPU recipe); each task keeps its own (``rswb.tasks.<task>.PROFILES``), this is a view of them.
 * :func:`train_or_reuse`: the one reuse rule. A run folder is reused when it holds a finished run of the same task
   whose saved options include every option asked for; otherwise it is trained again (replacing it).
 * :func:`profile_run`: a task's profile plus the caller's options, through that rule; :func:`notebook_run` names
   the folder after the options (:func:`run_name`), so runs with other settings never replace each other.
-* :func:`load_run`: a finished run rebuilt: its task with the selected weights, its splits, config and metrics.
+* :func:`load_run` (from :mod:`rswb.engine.launch`, the one way to rebuild a run): its task with the selected
+  weights, its splits, config and metrics.
 * :func:`save_metrics`: a notebook's ``metrics.json``, written atomically; :func:`run_history`: a run's epoch records.
 * :func:`tie_table`: retrieval runs' headline numbers next to every other tie rule; :func:`compare`: runs side by
   side (from :mod:`rswb.engine.runs`).
@@ -25,17 +24,14 @@ import json
 import sys
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from torch.utils.data import Dataset
 
 from rswb.config import drop_unused, from_dict, task_config_class, validate
-from rswb.engine.launch import load_trained, split_options, train_task
+from rswb.engine.launch import LoadedRun, load_run, split_options, train_task
 from rswb.engine.runs import RunFolder, compare
-from rswb.engine.task import Task
 from rswb.io import atomic_write_json, atomic_write_text
 from rswb.registry import get, list_names
 
@@ -183,41 +179,6 @@ def notebook_run(task: str, profile: str, output_dir: str | Path, label: str, *,
     if text:  # a reused run printed nothing and keeps its log
         atomic_write_text(text, path / "train.log")
     return path
-
-
-@dataclass
-class LoadedRun:
-    """A finished run, rebuilt: its task (selected weights loaded, eval mode), splits, config and metrics.
-
-    ``config`` is the saved ``config.yaml`` (a dict); ``task_config`` the task's config dataclass built from it, which
-    the task's own functions take (``rswb.tasks.pha.prepare_data(run.task_config)``); ``class_names`` names the
-    classes of a classifying task (PHA, hashing) for tables and figures.
-    """
-
-    path: Path
-    task: Task
-    train: Dataset
-    val: Dataset | None
-    test: Dataset | None
-    config: dict[str, Any]
-    metrics: dict[str, Any]
-    history: list[dict[str, Any]] = field(default_factory=list)
-    task_config: Any = None  # the task's validated config dataclass (what rswb.tasks.<task>.prepare_data takes)
-    class_names: list[str] | None = None  # name of each 0-based class (None: the task does not classify)
-
-
-def load_run(run_dir: str | Path, weights: str = "best", overrides: Mapping[str, Any] | None = None) -> LoadedRun:
-    """Rebuild a run from its folder (:func:`rswb.engine.launch.load_trained`) with its records.
-
-    Args:
-        run_dir: a run folder written by ``rswb train`` (or any function here).
-        weights: ``"best"`` (the selected epoch) or ``"last"``.
-        overrides: task options that do not change the weights (e.g. ``{"ties": "published"}``).
-    """
-    bundle = load_trained(run_dir, weights, overrides)
-    run = RunFolder(run_dir)
-    return LoadedRun(Path(run_dir), bundle.task, bundle.train, bundle.val, bundle.test, run.read_config(),
-                     run.read_final() or {}, run.read_history(), bundle.config, bundle.class_names)
 
 
 def run_history(run_dir: str | Path) -> list[dict[str, Any]]:

@@ -13,9 +13,13 @@ import contextlib
 import dataclasses
 import inspect
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
+from torch.utils.data import Dataset
 
 from rswb.config import (
     TrainConfig,
@@ -28,12 +32,12 @@ from rswb.config import (
     validate,
 )
 from rswb.data.features import cache_root
-from rswb.engine.device import encoder_device, select_device
+from rswb.engine.device import select_device
 from rswb.engine.distributed import init_distributed
 from rswb.engine.loop import FitResult, RunExistsError, fit
 from rswb.engine.runs import RunFolder, check_run_name, run_lock
 from rswb.engine.seed import seed_everything
-from rswb.engine.task import TaskBundle
+from rswb.engine.task import SPLITS, BuildRequest, Task, TaskBundle
 from rswb.io import check_room, load_checkpoint, load_yaml
 from rswb.registry import get
 from rswb.utils import progress_bars
@@ -43,7 +47,8 @@ from rswb.utils import progress_bars
 MIN_RUN_BYTES = 64 * 2**20
 MIN_CACHE_BYTES = 256 * 2**20
 
-__all__ = ["describe_task", "load_trained", "split_options", "task_config_class", "train_task"]
+__all__ = ["LoadedRun", "call_builder", "describe_task", "load_run", "load_trained", "split_options",
+           "task_config_class", "train_task"]
 
 
 def renamed(task_cls: type | None, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -102,13 +107,13 @@ def _file_options(path: str | Path | None) -> dict[str, Any]:
     return flat
 
 
-def _build(builder: Any, task_opts: Mapping[str, Any], source: str) -> tuple[TaskBundle, Any]:
-    """Call a task builder with its config dataclass built from ``task_opts``: ``(bundle, task config or None)``."""
-    task_cls = task_config_class(builder)
-    task_cfg = validate(from_dict(task_cls, task_opts, source=source), source=source) if task_cls else None
-    bundle = builder(task_cfg) if task_cls else builder()
+def call_builder(builder: Any, task_cfg: Any, request: BuildRequest) -> TaskBundle:
+    """Call a task builder with its config (if it takes one) and ``request`` (if it has a ``request`` parameter)."""
+    args = [task_cfg] if task_cfg is not None else []
+    kwargs = {"request": request} if "request" in inspect.signature(builder).parameters else {}
+    bundle = builder(*args, **kwargs)
     bundle.config = task_cfg
-    return bundle, task_cfg
+    return bundle
 
 
 def _check_effective(task_cls: type | None, train: TrainConfig, given: Mapping[str, Any]) -> None:
@@ -141,15 +146,25 @@ def describe_task(name: str) -> str:
     # The whole docstring: builders state there the training settings they prefer over TrainConfig's defaults.
     lines = [f"task {name}: {doc}" if doc else f"task {name}"]
     cls = task_config_class(builder)
-    for title, conf in (("task options", cls), ("training options", TrainConfig)):
-        if conf is None:
-            continue
-        lines.append(f"\n{title}:")
-        for f in dataclasses.fields(conf):
-            if conf is TrainConfig and f.name == "val_fraction" and getattr(cls, "OWN_VALIDATION", False):
-                continue  # refused for this task (it holds out its own validation items): not offered either
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            lines.append(f"  --{f.name.replace('_', '-'):<22} {f.metadata.get('help', '')} (default: {default!r})")
+
+    def line(f: dataclasses.Field) -> str:
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        return f"  --{f.name.replace('_', '-'):<22} {f.metadata.get('help', '')} (default: {default!r})"
+
+    if cls is not None:
+        # Options every method uses first, then one group per set of methods (a method's own options together).
+        groups: dict[tuple[str, ...] | None, list[str]] = {None: []}
+        for f in dataclasses.fields(cls):
+            groups.setdefault(f.metadata.get("methods"), []).append(line(f))
+        selector = getattr(cls, "SELECTOR", "method")
+        for methods, rows in groups.items():
+            title = "task options" if methods is None else f"options of --{selector} {' | '.join(methods)} only"
+            lines += [f"\n{title}:", *rows]
+    lines.append("\ntraining options:")
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "val_fraction" and getattr(cls, "OWN_VALIDATION", False):
+            continue  # refused for this task (it holds out its own validation items): not offered either
+        lines.append(line(f))
     return "\n".join(lines)
 
 
@@ -209,8 +224,8 @@ def train_task(name: str, options: Mapping[str, Any] | None = None, *, config_fi
                                      "or choose another --name")
         seed_everything(seed.seed, seed.deterministic)  # before the builder, so initial weights are reproducible
         # Frozen encoders fill their caches on the run's device; --progress false silences the data layer's bars.
-        with encoder_device(seed.device), progress_bars(seed.progress):
-            bundle = builder(task_cfg) if task_cls else builder()
+        with progress_bars(seed.progress):
+            bundle = call_builder(builder, task_cfg, BuildRequest(select_device(seed.device)))
         train_cfg = validate(from_dict(TrainConfig, {**bundle.train_defaults, **train_opts},
                                        source="training options"), source="training options")
         return fit(bundle.task, bundle.train, val=bundle.val, test=bundle.test, config=train_cfg, name=run_name,
@@ -219,8 +234,33 @@ def train_task(name: str, options: Mapping[str, Any] | None = None, *, config_fi
                    class_names=bundle.class_names)
 
 
-def load_trained(run_dir: str | Path, weights: str = "best", overrides: Mapping[str, Any] | None = None) -> TaskBundle:
-    """Rebuild a run's task and splits from its ``config.yaml`` and load its ``best.pt`` (or ``checkpoint.pt``).
+@dataclass
+class LoadedRun:
+    """A finished run, rebuilt: its task (selected weights loaded, eval mode), splits, config and metrics.
+
+    ``config`` is the saved ``config.yaml`` (a dict); ``task_config`` the task's config dataclass built from it, which
+    the task's own functions take (``rswb.tasks.pha.prepare_data(run.task_config)``); ``class_names`` names the
+    classes of a classifying task (PHA, hashing) for tables and figures. A split not asked for is ``None``.
+    """
+
+    path: Path
+    task: Task
+    train: Dataset | None
+    val: Dataset | None
+    test: Dataset | None
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    task_config: Any = None  # the task's validated config dataclass (what rswb.tasks.<task>.prepare_data takes)
+    class_names: list[str] | None = None  # name of each 0-based class (None: the task does not classify)
+
+
+def load_run(run_dir: str | Path, weights: str = "best", overrides: Mapping[str, Any] | None = None, *,
+             splits: Sequence[str] = SPLITS, device: str | torch.device | None = None) -> LoadedRun:
+    """Rebuild a run from its folder: how ``rswb eval`` / ``search`` / ``report``, infer and notebooks get a run.
+
+    The task is built from the saved ``config.yaml`` by its registered builder (the seed set first, so a random
+    initialisation is the run's), then the selected weights are loaded and the task is put in eval mode.
 
     Args:
         run_dir: a run folder written by ``rswb train`` (or :func:`train_task`).
@@ -228,11 +268,19 @@ def load_trained(run_dir: str | Path, weights: str = "best", overrides: Mapping[
         overrides: task options replaced before the rebuild, for choices that do not change the weights (e.g.
             ``{"ties": "published"}`` to re-score a retrieval run under another tie rule). An option the task does
             not have is an error.
+        splits: the splits to build (e.g. ``("test",)``: a hashing run then caches no training images); the others
+            are ``None``.
+        device: where frozen encoders run if a cache must be filled (None: the best available). The task stays on
+            the CPU; move it with ``run.task.to(device)``.
 
     Raises:
         FileNotFoundError: not a run folder, or the weights file is missing.
-        ValueError: the run was not made from a registered task (no ``task_name`` in its config).
+        ValueError: the run was not made from a registered task (no ``task_name`` in its config), ``weights`` or
+            ``splits`` is not one of the choices.
     """
+    if weights not in ("best", "last"):
+        raise ValueError(f"weights must be 'best' or 'last', got {weights!r}")
+    request = BuildRequest(select_device(device), tuple(dict.fromkeys(splits)))
     run = RunFolder(run_dir)
     if not run.config.exists():
         raise FileNotFoundError(f"{run.path}: not a run folder (no config.yaml)")
@@ -240,14 +288,25 @@ def load_trained(run_dir: str | Path, weights: str = "best", overrides: Mapping[
     name = saved.get("task_name")
     if not name:
         raise ValueError(f"{run.config}: no task_name; only runs started from a registered task can be rebuilt")
+    path = run.best if weights == "best" else run.checkpoint
+    if not path.exists():  # before the rebuild, which may fill caches for minutes
+        raise FileNotFoundError(f"{path}: weights file not found (is the run finished?)")
     builder = task_builder(name, allow_import=False)  # a run folder is data: it never makes rswb import code
     seed_everything(saved.get("train", {}).get("seed", 0))
-    task_opts = {**renamed(task_config_class(builder), saved.get("task_config", {})), **dict(overrides or {})}
+    task_cls = task_config_class(builder)
+    task_opts = {**renamed(task_cls, saved.get("task_config", {})), **dict(overrides or {})}
     source = f"{run.config} + {dict(overrides)}" if overrides else str(run.config)
-    bundle, _ = _build(builder, task_opts, source=source)
-    path = run.best if weights == "best" else run.checkpoint
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: weights file not found (is the run finished?)")
+    task_cfg = validate(from_dict(task_cls, task_opts, source=source), source=source) if task_cls else None
+    bundle = call_builder(builder, task_cfg, request)
     bundle.task.load_state_dict(load_checkpoint(path)["task"])
     bundle.task.eval()
-    return bundle
+    kept = {s: getattr(bundle, s) if s in request.splits else None for s in SPLITS}
+    return LoadedRun(Path(run_dir), bundle.task, kept["train"], kept["val"], kept["test"], saved,
+                     run.read_final() or {}, run.read_history(), task_cfg, bundle.class_names)
+
+
+def load_trained(run_dir: str | Path, weights: str = "best", overrides: Mapping[str, Any] | None = None) -> LoadedRun:
+    """Deprecated: :func:`load_run` (the same rebuild, with the run's records)."""
+    warnings.warn("rswb.engine.launch.load_trained is deprecated; use rswb.engine.load_run", FutureWarning,
+                  stacklevel=2)
+    return load_run(run_dir, weights, overrides)

@@ -200,8 +200,9 @@ def fit(
     # final metrics are written (re-entrant: rswb train already took it before loading data).
     with run_lock(folder) if dist.is_main else contextlib.nullcontext():
         try:
-            return _fit_locked(task, train, val, test, cfg, dist, device, precision, show, folder, resume, overwrite,
-                               task_config, task_name, callbacks, class_names)
+            return _fit_locked(task, train, val, test, _RunSettings(cfg, dist, device, precision, show, folder, resume,
+                                                                    overwrite, task_config, task_name,
+                                                                    tuple(callbacks), class_names))
         except DiskFullError as err:  # one line saying what survived and what to do, not torch's traceback
             raise DiskFullError(err.path, _intact_after_disk_full(RunFolder(folder))) from None
 
@@ -228,13 +229,32 @@ def _intact_after_disk_full(run: RunFolder) -> str:
     return f"the last checkpoint, epoch {epoch}, is intact: free space and run with --resume"
 
 
-def _fit_locked(task: Task, train: Dataset, val: Dataset | None, test: Dataset | None, cfg: TrainConfig,
-                dist: DistContext, device: torch.device, precision: str, show: bool, folder: Path, resume: bool,
-                overwrite: bool, task_config: Mapping[str, Any] | None, task_name: str | None,
-                callbacks: Sequence[Callable[[dict[str, Any]], None]],
-                class_names: Sequence[str] | None) -> FitResult:
+@dataclass(frozen=True)
+class _RunSettings:
+    """What :func:`fit` resolved before taking the folder's lock: the settings of this run, fixed from then on."""
+
+    cfg: TrainConfig
+    dist: DistContext
+    device: torch.device
+    precision: str
+    show: bool  # progress bars (rank 0 only)
+    folder: Path
+    resume: bool
+    overwrite: bool
+    task_config: Mapping[str, Any] | None
+    task_name: str | None
+    callbacks: tuple[Callable[[dict[str, Any]], None], ...]
+    class_names: Sequence[str] | None
+
+
+def _fit_locked(task: Task, train: Dataset, val: Dataset | None, test: Dataset | None,
+                settings: _RunSettings) -> FitResult:
     """:func:`fit`'s work once the folder's lock is held."""
-    run = _prepare_folder(RunFolder(folder), resume, overwrite, dist)
+    s = settings
+    cfg, dist, device, precision, show = s.cfg, s.dist, s.device, s.precision, s.show
+    resume, task_config, task_name, callbacks, class_names = (s.resume, s.task_config, s.task_name, s.callbacks,
+                                                              s.class_names)
+    run = _prepare_folder(RunFolder(s.folder), resume, s.overwrite, dist)
 
     task.to(device)
     train_set, val_set = (train, val) if val is not None else carve_validation(train, cfg.val_fraction, cfg.seed)

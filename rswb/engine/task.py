@@ -11,7 +11,9 @@ A method plugs into the engine by subclassing :class:`Task` and implementing thr
 
 Tasks whose evaluation is not "predict every item, then score" (retrieval encodes images and captions separately)
 override :meth:`Task.evaluate`. A task builder registered with :func:`rswb.registry.register_task` takes one config
-dataclass and returns a :class:`TaskBundle`, which is what ``rswb train NAME`` runs.
+dataclass and returns a :class:`TaskBundle`, which is what ``rswb train NAME`` runs. A builder that also takes a
+parameter named ``request`` is given a :class:`BuildRequest`: the device its frozen encoders fill caches on, and the
+splits wanted (a run being rebuilt to score its test split need not cache the training images).
 """
 
 from __future__ import annotations
@@ -26,11 +28,37 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.data._utils.collate import default_collate
 from tqdm.auto import tqdm
 
-from rswb.engine.device import autocast, to_device
+from rswb.engine.device import autocast, select_device, to_device
 from rswb.engine.distributed import DistContext, gather_outputs, shard_indices
 from rswb.utils import eval_mode
 
-__all__ = ["EvalContext", "Task", "TaskBundle"]
+__all__ = ["SPLITS", "BuildRequest", "EvalContext", "Task", "TaskBundle"]
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """What the launcher asks of a task builder beyond its options (given to a builder with a ``request`` parameter).
+
+    Attributes:
+        device: where frozen encoders run to fill the feature caches (the run's ``--device``), so extraction happens
+            where training does.
+        splits: the splits wanted; a builder may leave the others out (``None``): :func:`rswb.engine.launch.load_run`
+            drops any it builds anyway.
+    """
+
+    device: torch.device = field(default_factory=lambda: select_device(None))
+    splits: tuple[str, ...] = SPLITS
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.splits if s not in SPLITS]
+        if unknown or not self.splits:
+            raise ValueError(f"splits must be some of {', '.join(SPLITS)}, got {list(self.splits)}")
+
+    def wants(self, *splits: str) -> bool:
+        """Whether any of ``splits`` is wanted."""
+        return any(s in self.splits for s in splits)
 
 
 @dataclass
@@ -62,7 +90,7 @@ class TaskBundle:
     """What a registered task builder returns: the task and its splits (``val=None``: carved from ``train``)."""
 
     task: Task
-    train: Dataset
+    train: Dataset | None  # None only when the builder was asked for other splits (BuildRequest.splits)
     val: Dataset | None = None
     test: Dataset | None = None
     train_defaults: dict[str, Any] = field(default_factory=dict)  # TrainConfig values this method prefers

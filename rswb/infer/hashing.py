@@ -9,8 +9,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from rswb.data.scenes import image_to_tensor, load_image
+from rswb.data.scenes import SceneFolder, image_to_tensor, load_image
 from rswb.engine.device import select_device
+from rswb.engine.launch import LoadedRun, load_run
 from rswb.engine.task import EvalContext
 from rswb.models.hashing import cue_bits
 
@@ -19,8 +20,8 @@ __all__ = ["hash_grad_cam", "load_codes"]
 def load_codes(run_dir: str | Path, device: str | None = None) -> dict[str, Any]:
     """The test-split outputs of a trained hash run, with what the figures of notebook 04 need.
 
-    Only the query (= database) split is built (:func:`rswb.tasks.hashing.query_task`): the training images'
-    features are not needed here.
+    Only the query (= database) split is rebuilt (:func:`rswb.engine.load_run` with ``splits=("test",)``): the
+    training images' features are not needed here.
 
     Args:
         run_dir: a finished ``rswb train hash`` run.
@@ -37,35 +38,29 @@ def load_codes(run_dir: str | Path, device: str | None = None) -> dict[str, Any]
         FileNotFoundError: the run has no selected weights.
         RuntimeError: the query folder changed since the run.
     """
-    run, _, task, test, query = _hash_query(run_dir)
+    run, query = _hash_query(run_dir, device)
     dev = select_device(device)
-    out = task.to(dev).collect(test, EvalContext(dev))
+    out = run.task.to(dev).collect(run.test, EvalContext(dev))
     labels = out["label"].numpy().astype(np.int64)
     if len(query) != len(labels) or not np.array_equal(query.labels, labels):
         raise RuntimeError(f"{run.path}: the query folder under {query.root} no longer matches the run's test split")
-    model = task.model
+    model = run.task.model
     cue = cue_bits(model.num_classes) if model.cue else 0
     return {"code": out["code"].numpy().astype(np.int8), "bits": out["bits"].numpy().astype(np.int8),
             "hash_bits": int(model.bits), "cue_bits": cue, "code_bits": int(model.bits) + cue,
             "pred": out["pred"].numpy().astype(np.int64), "label": labels,
             "paths": [str(r.path) for r in query.records], "class_names": list(query.classes),
-            "metrics": (run.read_final() or {}).get("test", {})}
+            "metrics": run.metrics.get("test", {})}
 
 
-def _hash_query(run_dir: str | Path):
-    """A finished hash run's folder, config, task (selected weights) and query split (dataset and folder)."""
-    from rswb.config import from_dict
-    from rswb.engine.launch import renamed
-    from rswb.engine.runs import RunFolder
-    from rswb.io import load_checkpoint
-    from rswb.tasks.hashing import HashConfig, query_task
+def _hash_query(run_dir: str | Path, device: str | None) -> tuple[LoadedRun, SceneFolder]:
+    """A finished hash run rebuilt with its test split only, and its query (= database) folder."""
+    from rswb.tasks.hashing import query_folder
 
-    run = RunFolder(run_dir)
-    if not run.best.exists():
-        raise FileNotFoundError(f"{run.best}: weights file not found (is the run finished?)")
-    cfg = from_dict(HashConfig, renamed(HashConfig, run.read_config().get("task_config", {})), source=str(run.config))
-    task, test, query = query_task(cfg, load_checkpoint(run.best)["task"])
-    return run, cfg, task, test, query
+    run = load_run(run_dir, splits=("test",), device=device)
+    if run.config.get("task_name") != "hash":
+        raise ValueError(f"{run.path}: not a hash run (rswb train hash); it is a {run.config.get('task_name')} run")
+    return run, query_folder(run.task_config)
 
 
 def hash_grad_cam(run_dir: str | Path, indices: Sequence[int], device: str | None = None,
@@ -88,12 +83,12 @@ def hash_grad_cam(run_dir: str | Path, indices: Sequence[int], device: str | Non
         [0, 1], ``pred`` and ``label`` ``[B]``, ``class_names``, ``paths`` (the image files) and ``method`` (a
         short description of the maps).
     """
-    _, cfg, task, _, query = _hash_query(run_dir)
+    run, query = _hash_query(run_dir, device)
     idx = [int(i) for i in indices]
-    images = np.stack([load_image(query.records[i].path, cfg.image_size) for i in idx])
+    images = np.stack([load_image(query.records[i].path, run.task_config.image_size) for i in idx])
     x = torch.stack([image_to_tensor(im) for im in images])
     dev = select_device(device)
-    model = task.model.to(dev)
+    model = run.task.model.to(dev)
     maps = {target: model.grad_cam(x.to(dev), target, method=method, strides=strides) for target in ("code", "cue")}
     where = "stride 32" if strides is None else "strides " + "/".join(map(str, strides))
     return {"images": images, "code": maps["code"]["cam"].cpu().numpy(), "cue": maps["cue"]["cam"].cpu().numpy(),

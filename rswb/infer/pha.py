@@ -37,9 +37,9 @@ def load_predictions(run_dir: str | Path, device: str | None = None) -> dict[str
         set), ``confusion`` (``[C, C]``), ``per_class_accuracy`` (``[C]``) and ``metrics`` (``OA``, ``AA``,
         ``kappa`` fractions, equal to the run's recorded test scores).
     """
-    from rswb.engine.launch import load_trained
+    from rswb.engine.launch import load_run
 
-    bundle = load_trained(run_dir)
+    bundle = load_run(run_dir, splits=("test",), device=device)
     dev = select_device(device)
     task = bundle.task.to(dev)
     pred = task.predictions(bundle.test, EvalContext(dev), dense=True)  # dense: the notebook shows the full map

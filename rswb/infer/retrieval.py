@@ -45,7 +45,7 @@ def search_text(task: RetrievalTask, split: RetrievalSplit, query: str, k: int =
     """The ``k`` images of ``split`` most similar to a free-text query, best first.
 
     Args:
-        task: a trained retrieval task (e.g. ``load_trained(run).task``).
+        task: a trained retrieval task (e.g. ``load_run(run).task``).
         split: the gallery (e.g. the run's test split).
         query: any caption-like text.
         k: how many images.

@@ -12,9 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rswb.models.retrieval import RetrievalNet, build_encoders
+from rswb.models.retrieval import RetrievalNet, build_encoders, register_retrieval_method
 from rswb.models.text import masked_mean
-from rswb.registry import register_model
 
 __all__ = ["CLIPStyle", "DualHeads", "VSEPP", "clip", "vsepp"]
 
@@ -66,7 +65,7 @@ def _dual(cls: type[DualHeads], channels: dict[str, int] | None, text_dim: int, 
     return cls(channels, text_dim, embed_dim, backbone=bb, text_encoder=txt)
 
 
-@register_model
+@register_retrieval_method
 def vsepp(channels: dict[str, int] | None = None, text_dim: int = 384, embed_dim: int = 512,
           **encoders: Any) -> DualHeads:
     """VSE++: linear heads on the pooled image vector and the mean token state (hardest-negative triplet loss).
@@ -83,7 +82,7 @@ def vsepp(channels: dict[str, int] | None = None, text_dim: int = 384, embed_dim
     return _dual(VSEPP, channels, text_dim, embed_dim, **encoders)
 
 
-@register_model
+@register_retrieval_method
 def clip(channels: dict[str, int] | None = None, text_dim: int = 384, embed_dim: int = 512,
          **encoders: Any) -> DualHeads:
     """The CLIP-style baseline: the heads of :func:`vsepp`, trained with symmetric InfoNCE (arguments as there)."""

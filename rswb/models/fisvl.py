@@ -15,9 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rswb.models.retrieval import RetrievalNet, build_encoders, map_tokens
+from rswb.models.retrieval import RetrievalNet, build_encoders, map_tokens, register_retrieval_method
 from rswb.models.text import masked_mean
-from rswb.registry import register_model
 
 __all__ = ["FGIS", "FISVLNet", "SceneFineGrainedBranch", "fisvl"]
 
@@ -147,7 +146,7 @@ class FISVLNet(RetrievalNet):
         return self.cls
 
 
-@register_model
+@register_retrieval_method
 def fisvl(channels: dict[str, int] | None = None, text_dim: int = 384, embed_dim: int = 512, local_branch: bool = True,
           fgis_steps: int = 2, graph_width: int = 128, **encoders: Any) -> FISVLNet:
     """FISVL's model (see :func:`rswb.models.dual.vsepp` for the shared arguments).

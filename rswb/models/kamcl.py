@@ -15,8 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rswb.models.pooling import GPO
-from rswb.models.retrieval import RetrievalNet, build_encoders, map_tokens
-from rswb.registry import register_model
+from rswb.models.retrieval import RetrievalNet, build_encoders, map_tokens, register_retrieval_method
 
 __all__ = ["HierarchicalAggregator", "KAMCLNet", "kamcl"]
 
@@ -113,7 +112,7 @@ class KAMCLNet(RetrievalNet):
         return self.aggregator.final if self.aggregator is not None else self.img_head
 
 
-@register_model
+@register_retrieval_method
 def kamcl(channels: dict[str, int] | None = None, text_dim: int = 384, embed_dim: int = 512, hierarchical: bool = True,
           num_tags: int = 0, **encoders: Any) -> KAMCLNet:
     """KAMCL's model (see :func:`rswb.models.dual.vsepp` for the shared arguments).

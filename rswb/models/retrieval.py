@@ -15,6 +15,7 @@ train) or from a backbone / text encoder inside the model (fine-tuning). A model
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -24,12 +25,37 @@ from rswb.models.backbones import make_backbone
 from rswb.registry import create_model, get, register_model
 
 __all__ = [
-    "METHODS", "RetrievalNet", "build_encoders", "feature_levels", "level_channels",
-    "level_names", "make_text_encoder", "map_tokens", "retrieval_net",
+    "METHODS", "RetrievalNet", "build_encoders", "feature_levels", "level_channels", "level_names",
+    "make_text_encoder", "map_tokens", "register_retrieval_method", "retrieval_methods", "retrieval_net",
 ]
 
 METHODS = ("vsepp", "clip", "fisvl", "kamcl")
-"""The registered retrieval methods (each a model builder of that name)."""
+"""The built-in retrieval methods (:func:`retrieval_methods` lists these and any added since)."""
+
+_METHODS: list[str] = []  # every registered retrieval method, in registration order
+
+
+def register_retrieval_method(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Register a retrieval method: its model builder under the function's name, and that name as a ``--method``.
+
+    The method's loss is the loss builder registered under the same name (:func:`rswb.registry.register_loss`). The
+    model builder takes ``channels``, ``text_dim``, ``embed_dim``, the method's own switches and the encoder options
+    of :func:`build_encoders` (as ``**encoders``), and returns a :class:`RetrievalNet`; its loss builder takes the
+    method's own options (those marked ``methods=`` with its name in the task config, none for a new method) and
+    returns a module mapping the model's outputs and the batch to named ``*_loss`` terms. ``docs/architecture.md``
+    has the checklist.
+    """
+    register_model(fn)
+    if fn.__name__ not in _METHODS:
+        _METHODS.append(fn.__name__)
+    return fn
+
+
+def retrieval_methods() -> tuple[str, ...]:
+    """The retrieval methods ``--method`` accepts: the built-in ones, then any registered since (or installed)."""
+    import rswb.models  # noqa: F401  (registers the built-in methods)
+
+    return tuple(_METHODS)
 
 
 def level_names(backbone: nn.Module) -> dict[str, str]:
@@ -180,9 +206,8 @@ def build_encoders(channels: dict[str, int] | None, text_dim: int, backbone: str
     if backbone is not None:
         bb = make_backbone(backbone, pretrained, backbone_path)
         channels = level_channels(bb)
-        bb.partial_cut = train_from
         if train_from is not None:
-            bb.freeze_until(train_from).freeze_bn()
+            bb.fine_tune_from(train_from)
     if channels is None:
         raise ValueError("pass the feature-level channels of the cached features, or a backbone")
     txt = None
@@ -198,7 +223,7 @@ def build_encoders(channels: dict[str, int] | None, text_dim: int, backbone: str
 
 @register_model
 def retrieval_net(method: str = "clip", **options: Any) -> RetrievalNet:
-    """The model of retrieval method ``method`` (a registered builder: ``vsepp``, ``clip``, ``fisvl``, ``kamcl``).
+    """The model of retrieval method ``method`` (one of :func:`retrieval_methods`).
 
     ``options`` are exactly what that builder takes: channels, text_dim, embed_dim, the method's own switches and the
     encoder options of :func:`build_encoders`.
@@ -207,8 +232,8 @@ def retrieval_net(method: str = "clip", **options: Any) -> RetrievalNet:
         ValueError: an unknown method, or an option the method does not take (e.g. ``fgis_steps`` for ``clip``):
             nothing is dropped silently.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown retrieval method {method!r}; use one of {', '.join(METHODS)}")
+    if method not in retrieval_methods():
+        raise ValueError(f"unknown retrieval method {method!r}; use one of {', '.join(retrieval_methods())}")
     builder = get("model", method)
     params = inspect.signature(builder).parameters
     takes = {k for k, p in params.items() if p.kind is not p.VAR_KEYWORD}

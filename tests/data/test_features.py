@@ -9,7 +9,6 @@ from torch import nn
 
 from rswb.data.features import FeatureSet, cache_root, cached, digest, extract_images, extract_text_states
 from rswb.data.transforms import dihedral
-from rswb.engine.device import encoder_device, frozen_encoder_device
 
 
 class Images(torch.utils.data.Dataset):
@@ -103,14 +102,6 @@ def test_cache_round_trip_and_keys(tmp_path, monkeypatch):
     a = digest(("x", 1), [nn.Linear(2, 2)], [f], ["cap"])
     assert a != digest(("x", 2), [], [f], ["cap"]) and len(a) == 20
     assert digest(("x", 1), texts=["cap"]) == digest(("x", 1), texts=["cap"])
-
-
-def test_encoder_device_context():
-    assert frozen_encoder_device().type in ("cpu", "cuda", "mps")
-    with encoder_device("cpu"):
-        assert frozen_encoder_device() == torch.device("cpu")
-    with pytest.raises(RuntimeError, match="cuda"), encoder_device("cuda:99"):
-        frozen_encoder_device()
 
 
 def test_feature_set_items_are_views():

@@ -451,12 +451,13 @@ def test_encoder_features_are_the_backbone_on_each_view_of_each_modality(encoded
     images of each view: recompute one image's second view by hand."""
     from rswb.data.scenes import SceneFolder
     from rswb.data.wald import ModalityImages, WaldSceneDataset
-    from rswb.tasks.pha import _encoder_features, _frozen_encoder
+    from rswb.tasks.pha.data import _encoder_features, _frozen_encoder
 
     cfg, data = encoded
     folder = SceneFolder(cfg.data, split="train")
     kw = {"image_size": 64, "ratio": 4, "gain_at_nyquist": 0.3}
-    feats = _encoder_features(cfg, _frozen_encoder(cfg), folder, np.arange(len(folder.records)), 2, kw)  # cache hit
+    feats = _encoder_features(cfg, _frozen_encoder(cfg), folder, np.arange(len(folder.records)), 2, kw,
+                              torch.device("cpu"))  # cache hit
     j = int(data.split.train[0])
     pairs = WaldSceneDataset(folder, indices=[j], **kw)
     enc = create_model("efficientnet_lite0").eval()

@@ -13,7 +13,7 @@ from rswb.data.captions import read_captions
 from rswb.data.errors import CorruptImageError, DatasetNotFoundError
 from rswb.data.synthetic import ensure_embedded
 from rswb.data.tags import build_tag_vocabulary, tag_targets
-from rswb.engine.launch import load_trained, train_task
+from rswb.engine.launch import load_run, train_task
 from rswb.engine.task import EvalContext
 from rswb.infer import search_image, search_text, split_embeddings, token_similarity
 from rswb.metrics.retrieval import retrieval_metrics
@@ -223,7 +223,7 @@ def test_runs_are_rescored_under_any_tie_rule_and_tabled_with_their_rule(cache, 
 def test_search_and_where_the_model_looks(cache, tmp_path, capsys):
     opts = {"method": "clip", **QUICK, "epochs": 3, "batch_size": 64, "progress": False, "lr": 3e-3}
     train_task("retrieval", opts, run_name="clip", runs_root=tmp_path)
-    bundle = load_trained(tmp_path / "clip")
+    bundle = load_run(tmp_path / "clip")
     split = bundle.test
     emb = split_embeddings(bundle.task, split)
     query = split.captions[0]
@@ -279,7 +279,7 @@ def test_the_fine_tuning_profile_trains_encoders_inside_the_model(cache, tmp_pat
     assert any(p.requires_grad for p in model.backbone.parameters())
     final = json.loads((tmp_path / "ft" / "metrics.json").read_text())
     assert 0 <= final["test"]["mR"] <= 100
-    bundle = load_trained(tmp_path / "ft")
+    bundle = load_run(tmp_path / "ft")
     b = bundle.train.__getitems__([0, 1])
     assert "image" in b and "tokens" in b and b["image"].shape[-1] == 64
 
@@ -332,7 +332,7 @@ def test_partial_fine_tuning_of_both_encoders_on_cached_cuts(cache, tmp_path, ca
     assert [g.get("lr_mult", 1.0) for g in groups] == [1.0, 0.1]
     from rswb.data.scenes import image_to_tensor, load_image
 
-    bundle = load_trained(tmp_path / "p")  # the cached path and the images give the same embeddings
+    bundle = load_run(tmp_path / "p")  # the cached path and the images give the same embeddings
     split = bundle.test
     x = torch.stack([image_to_tensor(load_image(split.image_paths[i], split.image_size)) for i in range(3)])
     with torch.no_grad():

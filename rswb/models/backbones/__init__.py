@@ -7,8 +7,10 @@ method builds one by name. Each takes images ``[B, 3, H, W]`` in [0, 1] and retu
 ``forward_features``, feature maps ``"s2" ... "s32"`` plus ``"pooled"`` ``[B, num_features]``.
 """
 
+import functools
 import inspect
 import typing
+from typing import Any
 
 import torch
 
@@ -29,16 +31,26 @@ def backbone_names(from_folder: bool = True) -> list[str]:
     """
     import rswb.models  # noqa: F401  (registers every built-in model, the Hugging Face backbone included)
 
-    names = []
-    for name in list_names("model"):
+    builders = tuple((name, get("model", name)) for name in list_names("model"))
+    return [name for name, takes_path in _backbone_builders(builders) if from_folder or not takes_path]
+
+
+@functools.lru_cache(maxsize=8)
+def _backbone_builders(builders: tuple[tuple[str, Any], ...]) -> tuple[tuple[str, bool], ...]:
+    """``(name, takes a folder path)`` of the builders that return a Backbone.
+
+    Cached per registry state (the same names and builder functions): resolving every builder's type hints is the
+    slow part, and the help text and every config check ask for the names.
+    """
+    out = []
+    for name, fn in builders:
         try:
-            returned = typing.get_type_hints(get("model", name)).get("return")
+            returned = typing.get_type_hints(fn).get("return")
         except Exception:  # noqa: BLE001 - a builder whose annotations cannot be resolved is not a backbone here
             continue
         if isinstance(returned, type) and issubclass(returned, Backbone):
-            if from_folder or "path" not in inspect.signature(get("model", name)).parameters:
-                names.append(name)
-    return names
+            out.append((name, "path" in inspect.signature(fn).parameters))
+    return tuple(out)
 
 
 def make_backbone(name: str, pretrained: bool = True, path: str | None = None) -> Backbone:

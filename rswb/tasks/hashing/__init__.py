@@ -39,21 +39,20 @@ from rswb.data.features import CachedViews, FeatureSet, cache_root, cached_image
 from rswb.data.scenes import SceneFolder, check_images
 from rswb.data.splits import first_per_class, validation_indices
 from rswb.data.transforms import RandomDihedral
-from rswb.engine.device import frozen_encoder_device
-from rswb.engine.task import TaskBundle
+from rswb.engine.task import BuildRequest, TaskBundle
 from rswb.losses.hashing import DHCLLoss
 from rswb.models.backbones import Backbone, backbone_names, check_backbone_choice
 from rswb.registry import create_model, register_task
 from rswb.tasks.hashing.task import HashTask
 
-__all__ = ["HashConfig", "hash_task", "query_task"]
+__all__ = ["HashConfig", "hash_task", "query_folder"]
 
 
 @dataclasses.dataclass
 class HashConfig(ImageTaskOptions):
     """Options of ``rswb train hash``."""
 
-    # Spellings of saved run configs that were renamed (read back by load_trained and --resume).
+    # Spellings of saved run configs that were renamed (read back by load_run and --resume).
     RENAMED_OPTIONS: ClassVar[dict[str, str]] = {"val_fraction": "val_share", "cue_weight": "cue_repeats"}
     # Old spellings still accepted on the command line, with a warning naming the new one.
     DEPRECATED_OPTIONS: ClassVar[dict[str, str]] = {"cue_weight": "cue_repeats"}
@@ -96,15 +95,16 @@ class HashConfig(ImageTaskOptions):
             self.freeze_backbone = False
 
 
-def _cached_features(backbone: Backbone, folder: SceneFolder, views: int, cfg: HashConfig) -> torch.Tensor:
+def _cached_features(backbone: Backbone, folder: SceneFolder, views: int, cfg: HashConfig,
+                     device: torch.device) -> torch.Tensor:
     """Pooled features of ``folder`` (``[N, views, F]``) from the data layer's cache (:mod:`rswb.data.features`)."""
     return cached_images(backbone, folder, [rec.path for rec in folder.records], output=f"{cfg.backbone}-pooled",
                          views=views, settings=cfg.image_size, split=folder.split, cache_dir=cfg.cache_dir,
-                         device=frozen_encoder_device(),
+                         device=device,
                          desc=f"{cfg.backbone} features ({len(folder)} images x {views})")["features"]
 
 
-def _cached_cut(backbone: Backbone, folder: SceneFolder, views: int, cfg: HashConfig) -> dict:
+def _cached_cut(backbone: Backbone, folder: SceneFolder, views: int, cfg: HashConfig, device: torch.device) -> dict:
     """The frozen trunk's output at ``cfg.train_from`` for every image and view ``[N, V, C, H, W]`` (float16), cached.
 
     The cache depends only on the frozen pieces' weights (``backbone.trunk(cut)``): the trained ones do not shape it.
@@ -113,7 +113,7 @@ def _cached_cut(backbone: Backbone, folder: SceneFolder, views: int, cfg: HashCo
     out = cached_images(backbone, folder, [rec.path for rec in folder.records], output=f"{cfg.backbone}-{cut}",
                         fn=lambda b, x: {"cut": b.forward_until(x, cut)["cut"]}, views=views,
                         settings=cfg.image_size, weights=backbone.trunk(cut), split=folder.split,
-                        cache_dir=cfg.cache_dir, device=frozen_encoder_device(), dtype=torch.float16,
+                        cache_dir=cfg.cache_dir, device=device, dtype=torch.float16,
                         desc=f"{cfg.backbone} up to {cut} ({len(folder)} images x {views})")
     print(f"cached {cut} activations: {len(folder)} images x {views} views, {nbytes(out) / 2**20:.0f} MiB")
     return out
@@ -147,13 +147,13 @@ def _make_task(cfg: HashConfig, train_all: SceneFolder) -> HashTask:
     return HashTask(model, loss, weights, cfg.proxy_lr_mult, cfg.topk, info)
 
 
-def _test_split(cfg: HashConfig, model: nn.Module, query: SceneFolder) -> Dataset:
+def _test_split(cfg: HashConfig, model: nn.Module, query: SceneFolder, device: torch.device) -> Dataset:
     """The query (= database) split: cached frozen features or cut activations, or the images themselves."""
     if cfg.train_from is not None:
-        return CachedViews(_cached_cut(model.backbone, query, 1, cfg), query.labels, np.arange(len(query)))
+        return CachedViews(_cached_cut(model.backbone, query, 1, cfg, device), query.labels, np.arange(len(query)))
     if not cfg.freeze_backbone:
         return query
-    return FeatureSet(_cached_features(model.backbone, query, 1, cfg), query.labels, np.arange(len(query)))
+    return FeatureSet(_cached_features(model.backbone, query, 1, cfg, device), query.labels, np.arange(len(query)))
 
 
 # The task's recipes by profile (the notebooks' PROFILE, rswb.engine.experiments.profile_options): option overrides.
@@ -173,68 +173,56 @@ PROFILES: dict[str, dict[str, Any]] = {
 
 
 @register_task("hash")
-def hash_task(cfg: HashConfig) -> TaskBundle:
+def hash_task(cfg: HashConfig, request: BuildRequest | None = None) -> TaskBundle:
     """DHCL deep hashing on a scene folder (UC Merced / AID / embedded), leave-one-out mAP@K.
 
     Training settings this task prefers (the training options below override them): frozen backbone: 40 epochs,
     batch 90, lr 1e-3, cosine, 1 warm-up epoch; partial fine-tuning (``--train-from``): 30 epochs, batch 90, lr 1e-3,
     cosine, 1 warm-up epoch; fine-tuning: 30 epochs, batch 90, lr 1e-4, step schedule (x0.5 every 10 epochs).
-    """
-    train_all, query = _scene_splits(cfg)
-    check_images([r.path for r in train_all.records + query.records],
-                 cache_dir=cache_root(cfg.cache_dir) / "image_checks")
-    tr_idx, va_idx = validation_indices(len(train_all), cfg.val_share, cfg.split_seed, train_all.labels)
-    task = _make_task(cfg, train_all)
-    model = task.model
 
+    With ``request.splits`` lacking train and val (a run rebuilt to score it), the training images are neither
+    checked nor cached.
+    """
+    request = request or BuildRequest()
+    train_all, query = _scene_splits(cfg)
+    fit_splits = request.wants("train", "val")
+    check_images([r.path for r in (train_all.records if fit_splits else []) + query.records],
+                 cache_dir=cache_root(cfg.cache_dir) / "image_checks")
+    task = _make_task(cfg, train_all)
+    model = task.model  # fine-tuning (whole or from a cut) keeps the pretrained batch-norm statistics (DHCL)
+    test = _test_split(cfg, model, query, request.device) if request.wants("test") else None
+    if not fit_splits:
+        return TaskBundle(task, None, test=test, class_names=list(query.classes))
+
+    tr_idx, va_idx = validation_indices(len(train_all), cfg.val_share, cfg.split_seed, train_all.labels)
     views = max(1, min(8, cfg.views))
+    labels = train_all.labels
     if cfg.train_from is not None:
-        model.backbone.freeze_bn()  # batch-norm statistics stay the pretrained ones, as in the paper's fine-tuning
-        cache = _cached_cut(model.backbone, train_all, views, cfg)
-        labels = train_all.labels
+        cache = _cached_cut(model.backbone, train_all, views, cfg, request.device)
         train = CachedViews({k: v[tr_idx] for k, v in cache.items()}, labels[tr_idx], tr_idx, random_view=True)
         val = CachedViews({k: v[va_idx] for k, v in cache.items()}, labels[va_idx], va_idx)
-        test = _test_split(cfg, model, query)
         defaults = {"epochs": 30, "batch_size": 90, "lr": 1e-3, "weight_decay": 1e-4, "schedule": "cosine",
                     "warmup_epochs": 1.0, "val_fraction": 0.0}
     elif cfg.freeze_backbone:
-        train_feats = _cached_features(model.backbone, train_all, views, cfg)
-        labels = train_all.labels
+        train_feats = _cached_features(model.backbone, train_all, views, cfg, request.device)
         train = FeatureSet(train_feats[tr_idx], labels[tr_idx], tr_idx)
         val = FeatureSet(train_feats[va_idx, :1], labels[va_idx], va_idx)
-        test = _test_split(cfg, model, query)
         defaults = {"epochs": 40, "batch_size": 90, "lr": 1e-3, "weight_decay": 1e-4, "schedule": "cosine",
                     "warmup_epochs": 1.0, "val_fraction": 0.0}
     else:
-        model.backbone.freeze_bn()  # the paper trains with frozen batch-norm statistics
         train_aug = copy.copy(train_all)  # the same images, without scanning the folder again, plus augmentation
         train_aug.transforms = RandomDihedral()
         train = torch.utils.data.Subset(train_aug, tr_idx.tolist())
         val = torch.utils.data.Subset(train_all, va_idx.tolist())
-        test = _test_split(cfg, model, query)
         defaults = {"epochs": 30, "batch_size": 90, "lr": 1e-4, "weight_decay": 1e-4, "schedule": "step",
                     "step_epochs": 10, "step_gamma": 0.5, "val_fraction": 0.0}
     return TaskBundle(task, train, val=val if len(va_idx) else None, test=test, train_defaults=defaults,
                       class_names=list(query.classes))
 
 
-def query_task(cfg: HashConfig, weights: dict | None = None) -> tuple[HashTask, Dataset, SceneFolder]:
-    """The task of ``cfg`` with only its query (= database) split built, for scoring a trained run.
-
-    The training images' features (minutes on a cold cache) are not computed; the query images are checked first.
-    ``weights`` (a checkpoint's ``"task"`` state dict) are loaded before the query split is built, because the
-    frozen profile's query features come from the model's own backbone.
-
-    Returns:
-        ``(task in eval mode, query dataset as the task reads it, the query folder)``.
-    """
-    train_all, query = _scene_splits(cfg)
-    check_images([r.path for r in query.records], cache_dir=cache_root(cfg.cache_dir) / "image_checks")
-    task = _make_task(cfg, train_all)
-    if weights is not None:
-        task.load_state_dict(weights)
-    task.eval()
-    return task, _test_split(cfg, task.model, query), query
+def query_folder(cfg: HashConfig) -> SceneFolder:
+    """The query (= database) images of a hash run's config, limited per class as the run's test split is."""
+    return _scene_splits(cfg)[1]
 
 
 hash_task.profiles = PROFILES  # how the engine's experiments find them (no recipe lives there)

@@ -24,30 +24,18 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from pathlib import Path
 from typing import Any, ClassVar
 
-import torch
 from torch import nn
 
 from rswb.config import ImageTaskOptions, method_fields, option
-from rswb.data.captions import default_image_root
-from rswb.data.features import cache_root, cached_images, cached_text, nbytes
-from rswb.data.image_text import CaptionInputs, RetrievalData, RetrievalSplit, read_caption_splits
-from rswb.data.scenes import ImageFiles
-from rswb.data.tags import Vocabulary, build_tag_vocabulary, caption_values, tag_targets
-from rswb.engine.device import frozen_encoder_device
-from rswb.engine.task import TaskBundle
+from rswb.data.image_text import RetrievalData
+from rswb.engine.task import BuildRequest, TaskBundle
 from rswb.metrics.retrieval import TIE_RULES
-from rswb.models.backbones import backbone_names, check_backbone_choice, make_backbone
-from rswb.models.retrieval import (
-    METHODS,
-    feature_levels,
-    level_channels,
-    level_names,
-    make_text_encoder,
-)
+from rswb.models.backbones import backbone_names, check_backbone_choice
+from rswb.models.retrieval import METHODS, retrieval_methods
 from rswb.registry import create_loss, create_model, get, register_task
+from rswb.tasks.retrieval.data import prepare_data
 from rswb.tasks.retrieval.task import RetrievalTask
 
 __all__ = ["RetrievalConfig", "prepare_data", "retrieval_task"]
@@ -59,7 +47,7 @@ FISVL, KAMCL = ("fisvl",), ("kamcl",)  # the methods of options only one method 
 class RetrievalConfig(ImageTaskOptions):
     """Options of ``rswb train retrieval``."""
 
-    # Spellings of saved run configs that were renamed (read back by load_trained and --resume).
+    # Spellings of saved run configs that were renamed (read back by load_run and --resume).
     RENAMED_OPTIONS: ClassVar[dict[str, str]] = {"val_fraction": "val_share", "momentum": "ema_momentum"}
     OWN_VALIDATION: ClassVar[bool] = True  # the set's val split, or the task's own held-out share
     SELECTOR: ClassVar[str] = "method"  # options marked methods=(...) are refused for the other methods
@@ -70,7 +58,8 @@ class RetrievalConfig(ImageTaskOptions):
     fmt: str = option("auto", "caption format: auto | karpathy | coco | precomp",
                       choices=("auto", "karpathy", "coco", "precomp"))
     image_map: str | None = option(None, "CSV of caption-file name,image path rows: an explicit caption-image join")
-    method: str = option("clip", " | ".join(METHODS), choices=METHODS)
+    method: str = option("clip", " | ".join(METHODS) + ", or a method added with "
+                         "rswb.models.retrieval.register_retrieval_method")
     backbone: str = option("efficientnet_lite0", "image backbone: " + " | ".join(backbone_names()))
     freeze_backbone: bool = option(True, "train the heads on cached frozen image features (CPU profile)")
     backbone_path: str | None = option(None, "checkpoint folder of --backbone hf_backbone (Swin, ResNet, ...)",
@@ -125,126 +114,15 @@ class RetrievalConfig(ImageTaskOptions):
         The backbone and the cut come from the registry and the backbone itself. A run that trains from a cut does
         not keep its backbone frozen: ``freeze_backbone`` is recorded as False, so the saved config says what ran.
         """
+        if self.method not in retrieval_methods():
+            raise ValueError(f"task retrieval options: --method must be one of {', '.join(retrieval_methods())}, "
+                             f"got {self.method!r}")
         try:
             check_backbone_choice(self.backbone, self.train_from)
         except ValueError as err:
             raise ValueError(f"task retrieval options: {err}") from None
         if self.train_from is not None:
             self.freeze_backbone = False
-
-
-def _cached_cuts(cfg: RetrievalConfig, cs: Any, progress: bool) -> tuple[torch.nn.Module, dict[str, dict]]:
-    """Partial fine-tuning: per split, the frozen trunk's output at the cut and the level maps tapped before it.
-
-    Float16, ``views`` dihedral views of the training images and one of the others, from the disk cache.
-
-    Returns:
-        The backbone that computed them (the model's frozen trunk must be this one) and
-        ``{split: {"cut": [N, V, ...], <tap>: [N, V, ...]}}``.
-    """
-    backbone = make_backbone(cfg.backbone, cfg.pretrained, cfg.backbone_path)
-    cut = cfg.train_from
-    keep = set(level_names(backbone).values())  # the maps the heads read (the stride-8/16/32 ones)
-
-    def until(b: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in b.forward_until(x, cut).items() if k == "cut" or k in keep}
-
-    out = {}
-    for split, ps in cs.paths.items():
-        views = cfg.views if split == "train" else 1
-        # The frozen pieces' weights shape the cache (backbone.trunk), not the trained ones.
-        out[split] = cached_images(backbone, ImageFiles(ps, cfg.image_size), ps, output=f"{cfg.backbone}-{cut}-levels",
-                                   fn=until, views=views, settings=cfg.image_size, weights=backbone.trunk(cut),
-                                   split=split, cache_dir=cfg.cache_dir, device=frozen_encoder_device(),
-                                   dtype=torch.float16, progress=progress,
-                                   desc=f"{cfg.backbone} up to {cut} ({split}, {len(ps)} images x {views})")
-        print(f"cached {cut} activations ({split}): {len(ps)} images x {views} views, "
-              f"{nbytes(out[split]) / 2**20:.0f} MiB")
-    return backbone, out
-
-
-def prepare_data(cfg: RetrievalConfig, progress: bool = True) -> RetrievalData:
-    """The splits of a run, with the knowledge from the training captions and each split's encoder inputs.
-
-    Captions are joined to images by :func:`rswb.data.image_text.read_caption_splits`; the inputs are cached frozen
-    encoder outputs (:mod:`rswb.data.features`), or images and tokens for encoders inside the model.
-
-    Raises:
-        DatasetNotFoundError: missing caption files or image root.
-        CaptionMismatchError: a caption's image is missing under the image root.
-        ValueError: FISVL without scene labels, a split left without images, an unknown text encoder.
-    """
-    from rswb.data.synthetic import ensure_embedded
-
-    root = Path(cfg.data) if cfg.data else ensure_embedded("captions")
-    cs = read_caption_splits(root, Path(cfg.images) if cfg.images else default_image_root(root), cfg.fmt,
-                             cfg.image_map, cfg.max_images, cfg.val_share, cfg.split_seed, cfg.max_words,
-                             cache_root(cfg.cache_dir) / "image_checks", progress)
-    if cfg.method == "fisvl" and not cs.class_names:
-        raise ValueError(f"{root}: FISVL needs a scene label per image (a Karpathy 'scene' field, or class folders "
-                         f"under the image root {cs.image_root}); none found")
-    if cfg.text_encoder not in ("minilm", "hf_text", "gru_text"):
-        raise ValueError(f"unknown text encoder {cfg.text_encoder!r}; use minilm, hf_text or gru_text")
-    train_caps = cs.sets["train"].captions
-
-    # Knowledge from the training captions only.
-    vocab_tags = build_tag_vocabulary(train_caps, k=cfg.num_tags) if cfg.num_tags else []
-    per_image = [cs.sets["train"].captions_of(i) for i in range(cs.sets["train"].num_images)]
-    targets = torch.from_numpy(tag_targets(per_image, vocab_tags)) if vocab_tags else None
-    values = torch.from_numpy(caption_values(train_caps))
-
-    # Image inputs: cached frozen feature levels, or nothing (the model loads images).
-    channels, backbone, cut_maps = None, None, {s: None for s in cs.paths}
-    levels: dict[str, dict[str, torch.Tensor] | None] = {s: None for s in cs.paths}
-    if cfg.train_from is not None:
-        backbone, cut_maps = _cached_cuts(cfg, cs, progress)
-        channels = level_channels(backbone)
-    elif cfg.freeze_backbone:
-        backbone = make_backbone(cfg.backbone, cfg.pretrained, cfg.backbone_path)
-        channels = level_channels(backbone)
-        for split, ps in cs.paths.items():
-            levels[split] = cached_images(backbone, ImageFiles(ps, cfg.image_size), ps,
-                                          output=f"{cfg.backbone}-levels", fn=feature_levels,
-                                          settings=cfg.image_size, split=split, cache_dir=cfg.cache_dir,
-                                          device=frozen_encoder_device(), dtype=torch.float16, progress=progress,
-                                          desc=f"{cfg.backbone} feature levels ({split}, {len(ps)} images)")
-
-    # Text inputs: cached frozen transformer states, or tokens for an encoder inside the model.
-    vocab, encoder = None, None
-    if cfg.text_encoder == "gru_text":
-        vocab = Vocabulary.build(train_caps, min_count=1)
-    else:
-        encoder = make_text_encoder(cfg.text_encoder, True, cfg.text_path, max_length=2 * cfg.max_words)
-    inputs = CaptionInputs(vocab_tags, cfg.max_words, minilm=encoder, vocab=vocab,
-                           states=cfg.freeze_text and not cfg.text_train_last)
-    text: dict[str, dict[str, Any]] = {}
-    for split, caps in ((s, c.captions) for s, c in cs.sets.items()):
-        if cfg.text_train_last:  # partial: the hidden states entering the first trained layer
-            layer = encoder.num_layers - cfg.text_train_last
-            out = cached_text(encoder, caps, output=f"{cfg.text_encoder}-layer{layer}", layer=layer, split=split,
-                              cache_dir=cfg.cache_dir, device=frozen_encoder_device(), progress=progress,
-                              desc=f"{cfg.text_encoder} layers 0-{layer - 1} ({split}, {len(caps)} captions)")
-            text[split] = {"hidden": out["states"], "mask": out["mask"]}
-        elif inputs.states:
-            text[split] = cached_text(encoder, caps, output=cfg.text_encoder, split=split, cache_dir=cfg.cache_dir,
-                                      device=frozen_encoder_device(), progress=progress,
-                                      desc=f"{cfg.text_encoder} token states ({split}, {len(caps)} captions)")
-        else:
-            text[split] = {"tokens": inputs.tokens(caps)}
-
-    def split_data(split: str) -> RetrievalSplit:
-        c, t, train = cs.sets[split], text[split], split == "train"
-        return RetrievalSplit(
-            name=split, captions=c.captions, caption_to_image=c.caption_to_image.astype("int64"),
-            image_paths=cs.paths[split], labels=cs.labels[split], levels=levels[split], cut=cut_maps[split],
-            states=t.get("states"), hidden=t.get("hidden"), mask=t.get("mask"), tokens=t.get("tokens"),
-            caption_tags=inputs.tags(c.captions),
-            targets=targets if train else None, values=values if train else None, image_size=cfg.image_size,
-            augment=train, query_encoder=inputs, backbone=backbone)
-
-    return RetrievalData(train=split_data("train"), val=split_data("val"), test=split_data("test"),
-                         class_names=cs.class_names, tag_vocabulary=vocab_tags, root=root, image_root=cs.image_root,
-                         channels=channels, text_dim=encoder.state_dim if encoder is not None else 0, vocab=vocab)
 
 
 def method_parts(cfg: RetrievalConfig, data: RetrievalData) -> tuple[nn.Module, nn.Module, dict[str, float]]:
@@ -296,7 +174,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 
 
 @register_task("retrieval")
-def retrieval_task(cfg: RetrievalConfig) -> TaskBundle:
+def retrieval_task(cfg: RetrievalConfig, request: BuildRequest | None = None) -> TaskBundle:
     """Image-text retrieval (VSE++, CLIP-style, FISVL, KAMCL) on a caption set with images; R@K and mR.
 
     Training settings this task prefers (the training options below override them): frozen encoders (cached
@@ -305,11 +183,11 @@ def retrieval_task(cfg: RetrievalConfig) -> TaskBundle:
     fine-tuning:
     20 epochs, batch 64, AdamW lr 4e-5, weight decay 0.01, 10 % warm-up then linear decay (FISVL's schedule).
     """
-    if cfg.method not in METHODS:
-        raise ValueError(f"unknown method {cfg.method!r}; use one of {', '.join(METHODS)}")
+    if cfg.method not in retrieval_methods():
+        raise ValueError(f"unknown method {cfg.method!r}; use one of {', '.join(retrieval_methods())}")
     if cfg.ties not in TIE_RULES:
         raise ValueError(f"unknown tie rule ties={cfg.ties!r}; use one of {', '.join(TIE_RULES)}")
-    data = prepare_data(cfg)
+    data = prepare_data(cfg, device=(request or BuildRequest()).device)
     cached_text = data.train.states is not None  # prepare_data cached a frozen transformer's token states
     frozen = data.train.levels is not None and cached_text
     model, loss, weights = method_parts(cfg, data)
