@@ -42,10 +42,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from rswb.data.errors import CaptionMismatchError, DataFormatError, DatasetNotFoundError, require_exists
-from rswb.data.scenes import IMAGE_EXTS, image_to_tensor, load_image
+from rswb.data.scenes import IMAGE_EXTS
 from rswb.utils import deprecated_names
 
 _WORD = re.compile(r"[a-z0-9]+")
@@ -647,73 +646,15 @@ def default_image_root(root: Path) -> Path | None:
     return base / "images" if (base / "images").is_dir() else None
 
 
-class ImageTextDataset(torch.utils.data.Dataset):
-    """Captions of one split as dict samples ``{"image": [3,H,W], "caption", "image_id", "caption_id"}``.
+def _image_text_dataset(*args: Any, **kwargs: Any) -> Any:
+    """The former ``ImageTextDataset``: :meth:`rswb.data.image_text.RetrievalSplit.from_root`."""
+    from rswb.data.image_text import RetrievalSplit
 
-    Without an image root (e.g. RSICD captions shipped without images) samples carry no ``image`` and the set is
-    still usable for text statistics and text encoders.
-
-    Args:
-        root: caption folder or JSON file.
-        split: ``"train"``, ``"val"``, ``"test"``.
-        transforms: optional callable applied to each sample dict.
-        image_root: folder holding the images; default: ``images/`` beside the captions when it exists.
-        image_size: resize images to this size (``None`` keeps native sizes).
-        fmt: caption format, see :func:`read_captions`.
-        image_map: an explicit join, a CSV of ``name,path`` rows (see :class:`ImageResolver`).
-    """
-
-    def __init__(self, root: str | Path, split: str = "train", transforms=None, image_root: str | Path | None = None,
-                 image_size: int | tuple[int, int] | None = None, fmt: str = "auto",
-                 image_map: str | Path | None = None):
-        self.root = Path(root)
-        self.captions = read_captions(root, split, fmt)
-        self.split, self.transforms, self.image_size = split, transforms, image_size
-        image_root = Path(image_root) if image_root is not None else default_image_root(self.root)
-        self.image_paths: list[Path] | None = None
-        if image_root is not None:
-            resolver = ImageResolver(image_root, caption_set_names(self.root, fmt), image_map=image_map)
-            self.image_paths = resolver.resolve_all(self.captions.image_names, self.captions.source)
-
-    @property
-    def has_images(self) -> bool:
-        """Whether every caption's image was found."""
-        return self.image_paths is not None
-
-    def __len__(self) -> int:
-        return self.captions.num_captions
-
-    def load_image(self, image_id: int) -> torch.Tensor:
-        """Image ``image_id`` as ``[3, H, W]`` float in [0, 1]."""
-        if self.image_paths is None:
-            raise DatasetNotFoundError(self.root, "this caption set has no image root", "image_root=... to load images")
-        return image_to_tensor(load_image(self.image_paths[image_id], self.image_size))
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        image_id = int(self.captions.caption_to_image[index])
-        sample: dict[str, Any] = {"caption": self.captions.captions[index], "image_id": image_id, "caption_id": index}
-        if self.image_paths is not None:
-            sample["image"] = self.load_image(image_id)
-        return self.transforms(sample) if self.transforms else sample
-
-    def plot(self, sample: dict[str, Any]):
-        """Show a sample's image with all captions of that image; returns the figure."""
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(4, 4.8))
-        if "image" in sample:
-            ax.imshow(sample["image"].permute(1, 2, 0).cpu().numpy())
-        caps = self.captions.captions_of(sample["image_id"])
-        ax.set_title(self.captions.image_names[sample["image_id"]], fontsize=9)
-        ax.set_xlabel("\n".join(f"- {c}" for c in caps), fontsize=8, loc="left")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        fig.tight_layout()
-        return fig
+    return RetrievalSplit.from_root(*args, **kwargs)
 
 
 __all__ = [
-    "CaptionSet", "ImageResolver", "ImageTextDataset", "JOIN_RULES", "caption_set_names", "default_image_root",
+    "CaptionSet", "ImageResolver", "JOIN_RULES", "caption_set_names", "default_image_root",
     "coco_splits", "find_coco_json", "find_karpathy_json", "is_ucm_captions", "read_captions", "read_coco",
     "read_image_map",
     "read_karpathy", "read_precomp", "tokenize",
@@ -722,4 +663,6 @@ __all__ = [
 
 # The former names, served with a FutureWarning.
 __getattr__ = deprecated_names("rswb.data.captions", {"caption_splits": "caption_split_names",
-                                                     "precomp_splits": "precomp_split_names"}, globals())
+                                                     "precomp_splits": "precomp_split_names",
+                                                     "ImageTextDataset": "RetrievalSplit.from_root"},
+                               {**globals(), "RetrievalSplit.from_root": _image_text_dataset})

@@ -9,7 +9,7 @@ inputs (for free-text queries). The helpers below limit, carve and label the cap
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from rswb.data.captions import (
     ImageResolver,
     caption_set_names,
     caption_split_names,
+    default_image_root,
     find_karpathy_json,
     read_captions,
     read_karpathy,
@@ -36,8 +37,9 @@ from rswb.data.transforms import dihedral
 from rswb.utils import deprecated_names
 
 __all__ = [
-    "CaptionInputs", "JoinedCaptions", "RetrievalData", "RetrievalSplit", "limit_images",
-    "read_joined_captions", "scene_names", "subset_images", "truncate_words",
+    "CachedCut", "CachedLevels", "CachedStates", "CaptionInputs", "CaptionText", "CaptionTokens", "ImagesFromFiles",
+    "JoinedCaptions", "RetrievalData", "RetrievalSplit", "limit_images", "read_joined_captions", "scene_names",
+    "subset_images", "truncate_words",
 ]
 
 
@@ -99,95 +101,272 @@ class CaptionInputs:
 """The former name of :class:`CaptionInputs`."""
 
 
+# --- how a split's images and captions reach the model: the inputs strategies a RetrievalSplit is given ------------
+
+
+@dataclass
+class ImagesFromFiles:
+    """Images decoded from their files (encoders inside the model, or no model at all).
+
+    Augmenting draws a random dihedral view per image.
+
+    Attributes:
+        paths: image file per image ``[N_i]``.
+        image_size: decode size (``None``: native size).
+    """
+
+    paths: list[Path]
+    image_size: int | None = None
+
+    def __call__(self, idx: torch.Tensor, augment: bool) -> dict[str, Any]:
+        """``{"image": [B, 3, S, S]}`` in [0, 1]."""
+        imgs = torch.stack([image_to_tensor(load_image(self.paths[i], self.image_size)) for i in idx.tolist()])
+        if augment:
+            imgs = torch.stack([dihedral(im[None], int(v))[0] for im, v in zip(imgs, torch.randint(0, 8, (len(idx),)))])
+        return {"image": imgs}
+
+
+@dataclass
+class CachedLevels:
+    """Feature levels of a frozen backbone, cached once per image (the CPU profile).
+
+    Attributes:
+        levels: ``{name: [N_i, ...]}`` (float16 on disk, float32 in batches).
+        backbone: the frozen backbone that computed them, for images outside the cache (word maps, free images).
+    """
+
+    levels: dict[str, torch.Tensor]
+    backbone: nn.Module | None = None
+
+    def __call__(self, idx: torch.Tensor, augment: bool) -> dict[str, Any]:
+        """``{"levels": {name: [B, ...]}}`` (one view: ``augment`` does not apply)."""
+        return {"levels": {k: v[idx] for k, v in self.levels.items()}}
+
+
+@dataclass
+class CachedCut:
+    """Partial fine-tuning: the frozen trunk's output at the cut and the level maps tapped before it, per view.
+
+    Attributes:
+        maps: ``{"cut": [N_i, V, ...], <tap>: [N_i, V, ...]}``; a training batch takes a random view, evaluation
+            view 0.
+        backbone: the backbone whose trunk computed them (the model's frozen trunk must be this one).
+    """
+
+    maps: dict[str, torch.Tensor]
+    backbone: nn.Module | None = None
+
+    def __call__(self, idx: torch.Tensor, augment: bool) -> dict[str, Any]:
+        """``{"cut": [B, ...], "taps": {tap: [B, ...]}}`` (float32)."""
+        n_views = self.maps["cut"].shape[1]
+        views = torch.randint(0, n_views, (len(idx),)) if augment and n_views > 1 else torch.zeros_like(idx)
+        maps = {k: v[idx, views].float() for k, v in self.maps.items()}
+        return {"cut": maps.pop("cut"), "taps": maps}
+
+
+@dataclass
+class CachedStates:
+    """Token states of a frozen text transformer, cached once per caption.
+
+    With ``key="hidden"`` (partial fine-tuning) they are the hidden states entering its first trained layer.
+
+    Attributes:
+        states: ``[N_c, L, D]``.
+        mask: ``[N_c, L]`` (True on tokens).
+        key: the batch key of the states: ``"states"`` or ``"hidden"``.
+    """
+
+    states: torch.Tensor
+    mask: torch.Tensor
+    key: str = "states"
+
+    def __call__(self, idx: torch.Tensor) -> dict[str, Any]:
+        """The states and mask of captions ``idx``, trimmed to the longest of them."""
+        mask = self.mask[idx]
+        width = max(1, int(mask.sum(1).max()))
+        return {self.key: self.states[idx, :width], "mask": mask[:, :width]}
+
+
+@dataclass
+class CaptionTokens:
+    """Token ids for a text encoder inside the model (``input_ids`` / ``attention_mask`` ``[N_c, L]``)."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+
+    def __call__(self, idx: torch.Tensor) -> dict[str, Any]:
+        """``{"tokens": {...}}`` of captions ``idx``, trimmed to the longest of them."""
+        am = self.attention_mask[idx]
+        width = max(1, int(am.sum(1).max()))
+        return {"tokens": {"input_ids": self.input_ids[idx, :width], "attention_mask": am[:, :width]}}
+
+
+@dataclass
+class CaptionText:
+    """The caption strings themselves (no text encoder: reading, counting, plotting a caption set)."""
+
+    captions: list[str]
+
+    def __call__(self, idx: torch.Tensor) -> dict[str, Any]:
+        """``{"caption": [B strings]}``."""
+        return {"caption": [self.captions[i] for i in idx.tolist()]}
+
+
+def _first(x: Any) -> Any:
+    """Item 0 of a batch (nested dicts, lists and tensors), the batch dimension dropped."""
+    if isinstance(x, dict):
+        return {k: _first(v) for k, v in x.items()}
+    return x[0]
+
+
 @dataclass
 class RetrievalSplit(Dataset):
-    """One split: its images, captions and everything a batch needs, gathered per batch by index.
+    """One split of a caption set joined to its images: the dataset of every image-text format.
 
-    As a training dataset an item is a caption (``__getitems__`` returns a whole batch dict: the caption's text
-    input, its image's input, ``image_id``, scene ``label``, ``value``, ``tags`` and ``tag_targets``); evaluation
-    walks :meth:`image_batches` and :meth:`caption_batches` instead, every image once.
+    An item is a caption with its image. How images and captions reach the model is injected: ``images`` is
+    :class:`ImagesFromFiles`, :class:`CachedLevels` or :class:`CachedCut`; ``text`` is :class:`CachedStates`,
+    :class:`CaptionTokens` or :class:`CaptionText`. ``__getitems__`` gathers a whole batch dict in one pass (what
+    training uses: the caption's text input, its image's input, ``image_id``, ``caption_id``, scene ``label``, and
+    for the methods that use them ``value``, ``tags`` and ``tag_targets``); ``split[i]`` is the same dict for one
+    caption without the batch dimension, passed through ``transforms``. Evaluation walks :meth:`image_batches` and
+    :meth:`caption_batches` instead, every image once. :meth:`from_root` reads a caption set by
+    ``(root, split, transforms)`` with images from files and captions as text.
 
     Attributes:
         name: split name.
         captions: caption strings ``[N_c]``.
         caption_to_image: image index of every caption ``[N_c]``.
-        image_paths: image files ``[N_i]``.
+        image_paths: image files ``[N_i]`` (``None``: a caption set without images).
         labels: scene class per image ``[N_i]`` (-1 when unknown).
-        levels: cached feature levels ``{name: [N_i, ...]}`` (frozen backbone) or ``None`` (images are loaded).
-        cut: cached activations at the backbone's cut point, ``{"cut": [N_i, V, ...], <tap>: [N_i, V, ...]}``
-            (partial fine-tuning: ``V`` dihedral views; a training batch takes one at random, evaluation view 0).
-        states, mask: cached text token states ``[N_c, L, D]`` and mask ``[N_c, L]``, or ``None``.
-        hidden: cached hidden states entering the first trained text layer ``[N_c, L, D]`` (partial fine-tuning of
-            the text transformer; with ``mask``), or ``None``.
-        tokens: ``input_ids`` / ``attention_mask`` ``[N_c, L]`` when the text encoder is inside the model.
-        caption_tags: each caption's own tag words, multi-hot ``[N_c, K]`` (uint8; K = 0 without tags).
+        images: the image inputs (``None``: no images).
+        text: the text inputs.
+        caption_tags: each caption's own tag words, multi-hot ``[N_c, K]`` (uint8; KAMCL's knowledge).
         targets: KAMCL tag targets per image ``[N_i, K]`` (training split).
-        values: FISVL value weight per caption ``[N_c]``.
-        image_size: decode size when images are loaded.
-        augment: random dihedral view per loaded training image.
-        query_encoder: turns free text into this split's text inputs.
-        backbone: the frozen feature extractor of cached levels (``None`` when the model holds its backbone).
+        values: FISVL value weight per caption ``[N_c]`` (training split).
+        augment: training batches draw a random view of each image.
+        query_encoder: turns free text into this split's text inputs (``rswb search``).
+        transforms: applied to each ``split[i]`` sample.
+        image_names: each image's name in the caption files ``[N_i]``.
+        root: the caption set the split was read from.
+        image_size: the size images are decoded at (figures, word maps; ``None``: native).
     """
 
     name: str
     captions: list[str]
     caption_to_image: np.ndarray
-    image_paths: list[Path]
+    image_paths: list[Path] | None
     labels: np.ndarray
-    levels: dict[str, torch.Tensor] | None = None
-    cut: dict[str, torch.Tensor] | None = None
-    states: torch.Tensor | None = None
-    hidden: torch.Tensor | None = None
-    mask: torch.Tensor | None = None
-    tokens: dict[str, torch.Tensor] | None = None
+    images: ImagesFromFiles | CachedLevels | CachedCut | None = None
+    text: CachedStates | CaptionTokens | CaptionText | None = None
     caption_tags: torch.Tensor | None = None
     targets: torch.Tensor | None = None
     values: torch.Tensor | None = None
-    image_size: int = 224
     augment: bool = False
     query_encoder: CaptionInputs | None = None
-    backbone: torch.nn.Module | None = None
+    transforms: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    image_names: list[str] | None = None
+    root: Path | None = None
+    image_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.text is None:
+            self.text = CaptionText(list(self.captions))
+
+    @classmethod
+    def from_root(cls, root: str | Path, split: str = "train", transforms: Callable | None = None,
+                  image_root: str | Path | None = None, image_size: int | None = None, fmt: str = "auto",
+                  image_map: str | Path | None = None) -> RetrievalSplit:
+        """A caption set's split by ``(root, split, transforms)``: images from their files, captions as text.
+
+        Without an image root (e.g. RSICD captions shipped without images) samples carry no ``image`` and the split
+        still serves text statistics and text encoders.
+
+        Args:
+            root: caption folder or JSON file.
+            split: ``"train"``, ``"val"``, ``"test"`` (the set's own splits: :func:`caption_split_names`).
+            transforms: callable applied to each sample dict.
+            image_root: folder holding the images; default: ``images/`` beside the captions when it exists.
+            image_size: decode images at this size (``None``: native sizes).
+            fmt: caption format (:func:`rswb.data.captions.read_captions`).
+            image_map: an explicit join, a CSV of ``name,path`` rows (:class:`~rswb.data.captions.ImageResolver`).
+
+        Raises:
+            DatasetNotFoundError: the caption files or the image root are missing.
+            CaptionMismatchError: a caption's image is not under the image root.
+        """
+        root = Path(root)
+        cs = read_captions(root, split, fmt)
+        image_root = Path(image_root) if image_root is not None else default_image_root(root)
+        paths = None
+        if image_root is not None:
+            resolver = ImageResolver(image_root, caption_set_names(root, fmt), image_map=image_map)
+            paths = resolver.resolve_all(cs.image_names, cs.source)
+        return cls(name=split, captions=list(cs.captions), caption_to_image=np.asarray(cs.caption_to_image, np.int64),
+                   image_paths=paths, labels=np.full(cs.num_images, -1, np.int64),
+                   images=ImagesFromFiles(paths, image_size) if paths is not None else None,
+                   transforms=transforms, image_names=list(cs.image_names), root=root, image_size=image_size)
 
     def __len__(self) -> int:
         return len(self.captions)
 
+    # --- what the inputs hold (read-only views for callers that look inside) -----------------------------------
+    @property
+    def has_images(self) -> bool:
+        """Whether every caption's image was found."""
+        return self.image_paths is not None
+
     @property
     def num_images(self) -> int:
         """Number of images."""
-        return len(self.image_paths)
+        return len(self.image_paths) if self.image_paths is not None else len(self.labels)
+
+    @property
+    def levels(self) -> dict[str, torch.Tensor] | None:
+        """Cached feature levels ``{name: [N_i, ...]}`` (``None``: not this strategy)."""
+        return self.images.levels if isinstance(self.images, CachedLevels) else None
+
+    @property
+    def cut(self) -> dict[str, torch.Tensor] | None:
+        """Cached activations at the backbone's cut (``None``: not this strategy)."""
+        return self.images.maps if isinstance(self.images, CachedCut) else None
+
+    @property
+    def backbone(self) -> nn.Module | None:
+        """The frozen backbone behind cached image inputs (``None`` when the model holds its backbone)."""
+        return getattr(self.images, "backbone", None)
+
+    @property
+    def states(self) -> torch.Tensor | None:
+        """Cached token states ``[N_c, L, D]`` (``None``: not this strategy)."""
+        return self.text.states if isinstance(self.text, CachedStates) and self.text.key == "states" else None
+
+    @property
+    def mask(self) -> torch.Tensor | None:
+        """The token mask of cached states ``[N_c, L]`` (``None``: not cached)."""
+        return self.text.mask if isinstance(self.text, CachedStates) else None
 
     def captions_of(self, image: int) -> list[str]:
         """All captions of image ``image``."""
         return [self.captions[j] for j in np.flatnonzero(self.caption_to_image == image)]
 
+    def load_image(self, image: int) -> torch.Tensor:
+        """Image ``image`` decoded from its file, ``[3, H, W]`` float in [0, 1]."""
+        if self.image_paths is None:
+            raise DatasetNotFoundError(self.root or Path(self.name), "this caption set has no image root",
+                                       "image_root=... to load images")
+        return image_to_tensor(load_image(self.image_paths[image], self.image_size))
+
+    # --- batches ------------------------------------------------------------------------------------------------
     def image_inputs(self, index: np.ndarray, augment: bool = False) -> dict[str, Any]:
-        """``{"levels": ...}``, ``{"cut": ..., "taps": ...}`` or ``{"image": [B, 3, S, S]}`` of images ``index``."""
-        idx = torch.as_tensor(np.asarray(index, np.int64))
-        if self.levels is not None:
-            return {"levels": {k: v[idx] for k, v in self.levels.items()}}
-        if self.cut is not None:
-            n_views = self.cut["cut"].shape[1]
-            views = torch.randint(0, n_views, (len(idx),)) if augment and n_views > 1 else torch.zeros_like(idx)
-            maps = {k: v[idx, views].float() for k, v in self.cut.items()}
-            return {"cut": maps.pop("cut"), "taps": maps}
-        imgs = torch.stack([image_to_tensor(load_image(self.image_paths[i], self.image_size)) for i in idx.tolist()])
-        if augment:
-            imgs = torch.stack([dihedral(im[None], int(v))[0] for im, v in zip(imgs, torch.randint(0, 8, (len(idx),)))])
-        return {"image": imgs}
+        """The image inputs of images ``index`` (``levels``, ``cut`` + ``taps``, or ``image``)."""
+        if self.images is None:
+            return {}
+        return self.images(torch.as_tensor(np.asarray(index, np.int64)), augment)
 
     def text_inputs(self, index: np.ndarray) -> dict[str, Any]:
         """Text inputs of captions ``index``, trimmed to the longest caption among them (+ ``tags``)."""
         idx = torch.as_tensor(np.asarray(index, np.int64))
-        out: dict[str, Any] = {}
-        if self.states is not None or self.hidden is not None:
-            mask = self.mask[idx]
-            width = max(1, int(mask.sum(1).max()))
-            key, cached = ("states", self.states) if self.states is not None else ("hidden", self.hidden)
-            out.update({key: cached[idx, :width], "mask": mask[:, :width]})
-        else:
-            am = self.tokens["attention_mask"][idx]
-            width = max(1, int(am.sum(1).max()))
-            out["tokens"] = {"input_ids": self.tokens["input_ids"][idx, :width], "attention_mask": am[:, :width]}
+        out = self.text(idx)
         if self.caption_tags is not None and self.caption_tags.shape[1]:
             out["tags"] = self.caption_tags[idx].float()
         return out
@@ -205,30 +384,46 @@ class RetrievalSplit(Dataset):
         return batch
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        """Caption ``index`` as a batch of one (the same dict as :meth:`__getitems__`, leading dimension 1)."""
-        return self.__getitems__([index])
+        """Caption ``index`` with its image: the :meth:`__getitems__` dict without the batch dimension."""
+        batch = _first(self.__getitems__([index]))
+        sample = {k: (int(v) if k in ("image_id", "label") else v) for k, v in batch.items()}
+        sample["caption_id"] = int(index)
+        return self.transforms(sample) if self.transforms else sample
+
+    @staticmethod
+    def collate(batch: dict[str, Any]) -> dict[str, Any]:
+        """The ``collate_fn`` of a ``DataLoader`` over a split: :meth:`__getitems__` already built the batch."""
+        return batch
 
     def image_batches(self, batch_size: int) -> Iterator[dict[str, Any]]:
         """Every image once, in order, as batches of model inputs."""
         for start in range(0, self.num_images, batch_size):
             yield self.image_inputs(np.arange(start, min(self.num_images, start + batch_size)))
 
-    def plot(self, image: int = 0, ax=None):
-        """Show image ``image`` of the split with all its captions (decoded from its file)."""
-        import matplotlib.pyplot as plt
-
-        ax = ax or plt.subplots(figsize=(4, 4.8))[1]
-        ax.imshow(load_image(self.image_paths[image], self.image_size))
-        ax.set_title(Path(self.image_paths[image]).name, fontsize=9)
-        ax.set_xlabel("\n".join(f"- {c}" for c in self.captions_of(image)), fontsize=8, loc="left")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        return ax
-
     def caption_batches(self, batch_size: int) -> Iterator[dict[str, Any]]:
         """Every caption once, in order, as batches of model inputs."""
         for start in range(0, len(self), batch_size):
             yield self.text_inputs(np.arange(start, min(len(self), start + batch_size)))
+
+    def plot(self, image: int | dict[str, Any] = 0, ax=None):
+        """Show an image of the split (an index, or a sample of ``split[i]``) with all its captions.
+
+        A caption set without images shows the captions alone. Returns the figure.
+        """
+        import matplotlib.pyplot as plt
+
+        if isinstance(image, dict):
+            image = int(image["image_id"])
+        ax = ax or plt.subplots(figsize=(4, 4.8))[1]
+        if self.image_paths is not None:
+            ax.imshow(load_image(self.image_paths[image], self.image_size))
+            ax.set_title(Path(self.image_paths[image]).name, fontsize=9)
+        elif self.image_names is not None:
+            ax.set_title(self.image_names[image], fontsize=9)
+        ax.set_xlabel("\n".join(f"- {c}" for c in self.captions_of(image)), fontsize=8, loc="left")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        return ax.figure
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -13,7 +14,6 @@ from PIL import Image
 from rswb.data.captions import (
     CaptionSet,
     ImageResolver,
-    ImageTextDataset,
     caption_split_names,
     coco_splits,
     find_karpathy_json,
@@ -25,6 +25,7 @@ from rswb.data.captions import (
     tokenize,
 )
 from rswb.data.errors import CaptionMismatchError, DataFormatError, DatasetNotFoundError
+from rswb.data.image_text import CachedLevels, CaptionText, ImagesFromFiles, RetrievalSplit
 from tests.data.fakes import (
     UCM_CLASS_NAMES,
     make_coco_captions,
@@ -303,11 +304,11 @@ def test_resolve_all_names_the_caption_file_and_the_missing_image(tmp_path):
 
 def test_ucm_captions_join_their_images(ucm):
     train, test, image_root = ucm
-    ds_train = ImageTextDataset(train.root, "train", image_root=image_root)
-    ds_test = ImageTextDataset(test.root, "test", image_root=image_root)
+    ds_train = RetrievalSplit.from_root(train.root, "train", image_root=image_root)
+    ds_test = RetrievalSplit.from_root(test.root, "test", image_root=image_root)
     assert ds_train.has_images and ds_test.has_images
-    assert ds_train.captions.num_images == 2097 and len(ds_train) == 2097 * 5
-    assert ds_test.captions.num_images == 3 and len(ds_test) == 15
+    assert ds_train.num_images == 2097 and len(ds_train) == 2097 * 5
+    assert ds_test.num_images == 3 and len(ds_test) == 15
     assert [p.name for p in ds_test.image_paths] == ["agricultural80.jpg", "agricultural81.jpg", "tenniscourt99.jpg"]
     assert len(set(ds_train.image_paths) | set(ds_test.image_paths)) == 2100
     assert not set(ds_train.image_paths) & set(ds_test.image_paths)
@@ -317,30 +318,58 @@ def test_ucm_captions_join_their_images(ucm):
 
 def test_image_text_samples(ucm):
     _, test, image_root = ucm
-    ds = ImageTextDataset(test.root, "test", image_root=image_root)
+    ds = RetrievalSplit.from_root(test.root, "test", image_root=image_root)
     s = ds[7]
-    assert set(s) == {"caption", "image_id", "caption_id", "image"}
+    assert set(s) == {"caption", "image_id", "caption_id", "image", "label"} and s["label"] == -1
+    assert isinstance(ds.images, ImagesFromFiles) and isinstance(ds.text, CaptionText)
     assert s["caption"] == test.captions[7] and s["image_id"] == 1 and s["caption_id"] == 7
     assert s["image"].shape == (3, 4, 4) and s["image"].dtype == torch.float32
     with Image.open(ds.image_paths[1]) as im:
         expected = np.asarray(im.convert("RGB"), dtype=np.float32) / 255
     np.testing.assert_allclose(s["image"].permute(1, 2, 0).numpy(), expected, atol=1e-7)
-    assert ImageTextDataset(test.root, "test", image_root=image_root, image_size=6)[0]["image"].shape == (3, 6, 6)
-    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=5)))
+    small = RetrievalSplit.from_root(test.root, "test", image_root=image_root, image_size=6)
+    assert small[0]["image"].shape == (3, 6, 6)
+    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=5, collate_fn=RetrievalSplit.collate)))
     assert batch["image"].shape == (5, 3, 4, 4) and batch["image_id"].tolist() == [0] * 5
+
+
+def test_the_former_image_text_dataset_is_the_files_split_with_a_warning(ucm):
+    import rswb.data
+    import rswb.data.captions
+
+    _, test, image_root = ucm
+    for module in (rswb.data, rswb.data.captions):
+        with pytest.warns(FutureWarning, match="ImageTextDataset was renamed RetrievalSplit.from_root"):
+            ds = module.ImageTextDataset(test.root, "test", image_root=image_root)
+        assert isinstance(ds, RetrievalSplit) and ds[7]["caption"] == test.captions[7]
+
+
+def test_a_split_serves_the_same_sample_whatever_its_image_inputs(ucm):
+    """The inputs strategy decides what an image is to the model (files, cached levels); the captions, the join and
+    the sample's ids do not change with it."""
+    _, test, image_root = ucm
+    files = RetrievalSplit.from_root(test.root, "test", image_root=image_root)
+    levels = {"pooled": torch.arange(files.num_images * 2, dtype=torch.float32).reshape(-1, 2)}
+    cached = dataclasses.replace(files, images=CachedLevels(levels))
+    a, b = files[7], cached[7]
+    assert {k: a[k] for k in ("caption", "image_id", "caption_id")} == {k: b[k] for k in ("caption", "image_id",
+                                                                                          "caption_id")}
+    assert "image" in a and "levels" not in a and torch.equal(b["levels"]["pooled"], levels["pooled"][a["image_id"]])
+    batch = cached.__getitems__([0, 7])
+    assert batch["levels"]["pooled"].shape == (2, 2) and batch["image_id"].tolist() == [0, 1]
 
 
 def test_image_text_default_image_root(tmp_path):
     fake = make_precomp(tmp_path, "train", n_images=2, per_image=2, names=["a00.tif", "a01.tif"])
     make_ucmerced(fake.root, classes=("a",), per_class=2, images_subdir=False, name="images")
-    ds = ImageTextDataset(fake.root, "train")
+    ds = RetrievalSplit.from_root(fake.root, "train")
     assert ds.has_images and [p.name for p in ds.image_paths] == ["a00.jpg", "a01.jpg"]
     assert ds[3]["image"].shape == (3, 8, 8)
 
 
 def test_image_text_without_images(tmp_path):
     fake = make_precomp(tmp_path, "train", n_images=3, per_image=2)
-    ds = ImageTextDataset(fake.root, "train", transforms=lambda s: {**s, "caption": s["caption"].upper()})
+    ds = RetrievalSplit.from_root(fake.root, "train", transforms=lambda s: {**s, "caption": s["caption"].upper()})
     assert not ds.has_images and ds.image_paths is None
     assert len(ds) == 6
     s = ds[4]
@@ -350,14 +379,14 @@ def test_image_text_without_images(tmp_path):
 
 def test_image_text_from_karpathy_json(tmp_path):
     path, images = make_karpathy(tmp_path)
-    ds = ImageTextDataset(path, "train")
+    ds = RetrievalSplit.from_root(path, "train")
     assert not ds.has_images and len(ds) == 14
 
 
 @pytest.mark.parametrize("with_images", [True, False])
 def test_image_text_plot_returns_a_figure(ucm, with_images):
     _, test, image_root = ucm
-    ds = ImageTextDataset(test.root, "test", image_root=image_root if with_images else None)
+    ds = RetrievalSplit.from_root(test.root, "test", image_root=image_root if with_images else None)
     assert isinstance(ds.plot(ds[3]), Figure)
 
 
@@ -406,7 +435,7 @@ def test_missing_split(tmp_path):
     err = raises_naming(DatasetNotFoundError, fake.root / "test_caps.txt", read_precomp, fake.root, "test")
     assert "train_caps.txt" in str(err)  # says what is there
     raises_naming(DatasetNotFoundError, fake.root / "test_caps.txt", read_captions, fake.root, "test")
-    raises_naming(DatasetNotFoundError, fake.root / "test_caps.txt", ImageTextDataset, fake.root, "test")
+    raises_naming(DatasetNotFoundError, fake.root / "test_caps.txt", RetrievalSplit.from_root, fake.root, "test")
 
 
 def test_missing_caption_folder(tmp_path):
@@ -472,8 +501,8 @@ def test_karpathy_sentences_not_a_list(tmp_path):
 def test_caption_whose_image_is_missing(tmp_path):
     fake = make_precomp(tmp_path, "train", n_images=3, per_image=2, names=["a00.tif", "a01.tif", "a07.tif"])
     image_root = make_ucmerced(tmp_path, classes=("a",), per_class=3)
-    err = raises_naming(CaptionMismatchError, fake.root / "train_caps.txt", ImageTextDataset, fake.root, "train",
-                        image_root=image_root)
+    err = raises_naming(CaptionMismatchError, fake.root / "train_caps.txt", RetrievalSplit.from_root, fake.root,
+                        "train", image_root=image_root)
     assert "a07.tif" in str(err)
     assert "1 of 3" in str(err)
 
@@ -482,20 +511,20 @@ def test_numeric_names_of_another_release_never_join_uc_merced_silently(ucm, tmp
     """Sydney-Captions (1.tif .. 613.tif) over a UC Merced folder: an error naming the name and the fix."""
     _, _, image_root = ucm
     sydney = make_sydney_captions(tmp_path, per_image=1)
-    err = raises_naming(CaptionMismatchError, sydney / "train_caps.txt", ImageTextDataset, sydney, "train",
+    err = raises_naming(CaptionMismatchError, sydney / "train_caps.txt", RetrievalSplit.from_root, sydney, "train",
                         image_root=image_root)
     assert "'1.tif'" in str(err) and "--image-map" in str(err) and "613 images" in str(err)
     # An explicit map joins them, and says so.
     csv = tmp_path / "map.csv"
     csv.write_text("name,path\n" + "".join(f"{n}.tif,Images/beach/beach{n % 100:02d}.jpg\n" for n in range(1, 614)))
-    ds = ImageTextDataset(sydney, "test", image_root=image_root, image_map=csv)
+    ds = RetrievalSplit.from_root(sydney, "test", image_root=image_root, image_map=csv)
     assert ds.image_paths[0].name == "beach56.jpg"  # 556.tif
     # Images named as the captions say join by file name.
     own = tmp_path / "sydney_images"
     own.mkdir()
     for n in range(1, 614):
         (own / f"{n}.tif").write_bytes((image_root / "Images" / "beach" / "beach00.jpg").read_bytes())
-    assert ImageTextDataset(sydney, "val", image_root=own).image_paths[0] == own / "498.tif"
+    assert RetrievalSplit.from_root(sydney, "val", image_root=own).image_paths[0] == own / "498.tif"
 
 
 def test_image_map_errors_name_the_file_and_the_line(ucm, tmp_path):
@@ -519,7 +548,7 @@ def test_two_files_for_one_name_are_an_error(tmp_path):
 
 def test_missing_image_root(tmp_path):
     fake = make_precomp(tmp_path, "train")
-    raises_naming(DatasetNotFoundError, tmp_path / "no_images", ImageTextDataset, fake.root, "train",
+    raises_naming(DatasetNotFoundError, tmp_path / "no_images", RetrievalSplit.from_root, fake.root, "train",
                   image_root=tmp_path / "no_images")
 
 
@@ -535,7 +564,7 @@ def test_coco_captions_are_joined_by_image_id_and_split_by_file_or_field(tmp_pat
         assert cs.captions == [c for _, caps in expected for c in caps]
         assert cs.caption_to_image.tolist() == [i for i, (_, caps) in enumerate(expected) for _ in caps]
     assert read_coco(root, "all").num_images == 8 and coco_splits(root) == ["test", "train", "val"]
-    ds = ImageTextDataset(root, "val")  # images/ beside the JSON, joined by file name
+    ds = RetrievalSplit.from_root(root, "val")  # images/ beside the JSON, joined by file name
     assert [p.name for p in ds.image_paths] == ["val_000.jpg", "val_001.jpg"]
     assert ds[0]["image"].shape == (3, 8, 8)
 

@@ -10,7 +10,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from rswb.data.captions import ImageResolver, ImageTextDataset, read_precomp
+from rswb.data.captions import ImageResolver, read_precomp
+from rswb.data.image_text import RetrievalSplit
 from rswb.data.mspan import load_mspan
 from rswb.data.patches import PatchSampler
 from rswb.data.scenes import SceneFolder
@@ -74,21 +75,21 @@ def test_ucmerced_every_image_decodes(ucm_root):
 @pytest.fixture(scope="module")
 def ucm_captions(shared_data, ucm_root):
     root = shared_data("ucm_captions")
-    train = ImageTextDataset(root, "train", image_root=ucm_root.parent)
-    test = ImageTextDataset(root, "test", image_root=ucm_root.parent)
+    train = RetrievalSplit.from_root(root, "train", image_root=ucm_root.parent)
+    test = RetrievalSplit.from_root(root, "test", image_root=ucm_root.parent)
     return root, train, test
 
 
 def test_ucm_captions_counts(ucm_captions):
     root, train, test = ucm_captions
-    assert train.captions.num_images == 1890 and len(train) == 9450
-    assert test.captions.num_images == 210 and len(test) == 1050
+    assert train.num_images == 1890 and len(train) == 9450
+    assert test.num_images == 210 and len(test) == 1050
     assert len((root / "train_filename.txt").read_text().splitlines()) == 1890  # one line per image
     assert len((root / "test_filename.txt").read_text().splitlines()) == 1050  # one line per caption
     for ds in (train, test):
-        assert set(ds.captions.captions_per_image().tolist()) == {5}
+        assert set(np.bincount(ds.caption_to_image).tolist()) == {5}
     # ~2,000 distinct strings among 10,500 captions: a known property of the dataset
-    assert 1500 < len(set(train.captions.captions) | set(test.captions.captions)) < 2500
+    assert 1500 < len(set(train.captions) | set(test.captions)) < 2500
 
 
 def test_ucm_captions_join_all_2100_images(ucm_captions):
@@ -97,11 +98,11 @@ def test_ucm_captions_join_all_2100_images(ucm_captions):
     paths = set(train.image_paths) | set(test.image_paths)
     assert len(paths) == 2100 and not set(train.image_paths) & set(test.image_paths)
     assert all(p.suffix == ".jpg" and p.is_file() for p in paths)
-    names = train.captions.image_names + test.captions.image_names
+    names = train.image_names + test.image_names
     assert sorted(int(n.removesuffix(".tif")) for n in names) == list(range(1, 2101))
     # the joined file is the documented one for every caption file name
     for ds in (train, test):
-        for name, path in zip(ds.captions.image_names, ds.image_paths):
+        for name, path in zip(ds.image_names, ds.image_paths):
             n = int(name.removesuffix(".tif")) - 1
             assert path.name == f"{UCM_CLASSES[n // 100]}{n % 100:02d}.jpg"
     # the test images are NN 80-89 of every class
@@ -120,7 +121,7 @@ def test_ucm_captions_numbering(ucm_root):
 def test_ucm_captions_sample(ucm_captions):
     _, _, test = ucm_captions
     s = test[7]
-    assert s["image_id"] == 1 and s["caption"] == test.captions.captions[7]
+    assert s["image_id"] == 1 and s["caption"] == test.captions[7]
     assert s["image"].shape[0] == 3
 
 
@@ -146,7 +147,7 @@ def test_caption_set_counts(shared_data, folder, split, images, captions, empty)
 
 
 def test_caption_sets_without_images(shared_data):
-    ds = ImageTextDataset(shared_data("rsicd_captions"), "test")
+    ds = RetrievalSplit.from_root(shared_data("rsicd_captions"), "test")
     assert not ds.has_images and len(ds) == 5465 and "image" not in ds[0]
 
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rswb.data.captions import ImageTextDataset, read_captions
+from rswb.data.captions import read_captions
 from rswb.data.check import registration_correlation
+from rswb.data.image_text import RetrievalSplit
 from rswb.data.mspan import load_mspan
 from rswb.data.scenes import SceneFolder
 from rswb.data.synthetic import MARKER_NAME, PAN_WEIGHTS, ensure_embedded, synth_all
@@ -40,7 +41,7 @@ def test_all_parts_are_read_by_the_real_readers(embedded):
     for fmt in ("precomp", "karpathy"):
         caps = read_captions(embedded["captions"], "train", fmt)
         assert caps.captions_per_image().min() == 5
-    test = ImageTextDataset(embedded["captions"], "test")  # images/ beside the captions is found by default
+    test = RetrievalSplit.from_root(embedded["captions"], "test")  # images/ beside the captions is found by default
     assert test.has_images and test[0]["image"].shape[0] == 3
 
 

@@ -12,7 +12,17 @@ import torch
 
 from rswb.data.captions import default_image_root
 from rswb.data.features import cache_root, cached_images, cached_text, nbytes
-from rswb.data.image_text import CaptionInputs, RetrievalData, RetrievalSplit, read_joined_captions
+from rswb.data.image_text import (
+    CachedCut,
+    CachedLevels,
+    CachedStates,
+    CaptionInputs,
+    CaptionTokens,
+    ImagesFromFiles,
+    RetrievalData,
+    RetrievalSplit,
+    read_joined_captions,
+)
 from rswb.data.scenes import ImageFiles
 from rswb.data.tags import Vocabulary, build_tag_vocabulary, caption_values, tag_targets
 from rswb.engine.device import select_device
@@ -113,30 +123,37 @@ def prepare_data(cfg: RetrievalConfig, progress: bool = True,
         encoder = make_text_encoder(cfg.text_encoder, True, cfg.text_path, max_length=2 * cfg.max_words)
     inputs = CaptionInputs(vocab_tags, cfg.max_words, minilm=encoder, vocab=vocab,
                            states=cfg.freeze_text and not cfg.text_train_last)
-    text: dict[str, dict[str, Any]] = {}
+    text: dict[str, CachedStates | CaptionTokens] = {}
     for split, caps in ((s, c.captions) for s, c in cs.sets.items()):
         if cfg.text_train_last:  # partial: the hidden states entering the first trained layer
             layer = encoder.num_layers - cfg.text_train_last
             out = cached_text(encoder, caps, output=f"{cfg.text_encoder}-layer{layer}", layer=layer, split=split,
                               cache_dir=cfg.cache_dir, device=device, progress=progress,
                               desc=f"{cfg.text_encoder} layers 0-{layer - 1} ({split}, {len(caps)} captions)")
-            text[split] = {"hidden": out["states"], "mask": out["mask"]}
+            text[split] = CachedStates(out["states"], out["mask"], key="hidden")
         elif inputs.states:
-            text[split] = cached_text(encoder, caps, output=cfg.text_encoder, split=split, cache_dir=cfg.cache_dir,
-                                      device=device, progress=progress,
-                                      desc=f"{cfg.text_encoder} token states ({split}, {len(caps)} captions)")
+            out = cached_text(encoder, caps, output=cfg.text_encoder, split=split, cache_dir=cfg.cache_dir,
+                              device=device, progress=progress,
+                              desc=f"{cfg.text_encoder} token states ({split}, {len(caps)} captions)")
+            text[split] = CachedStates(out["states"], out["mask"])
         else:
-            text[split] = {"tokens": inputs.tokens(caps)}
+            text[split] = CaptionTokens(**inputs.tokens(caps))
+
+    def images(split: str) -> ImagesFromFiles | CachedLevels | CachedCut:
+        if cut_maps[split] is not None:
+            return CachedCut(cut_maps[split], backbone)
+        if levels[split] is not None:
+            return CachedLevels(levels[split], backbone)
+        return ImagesFromFiles(cs.paths[split], cfg.image_size)
 
     def split_data(split: str) -> RetrievalSplit:
-        c, t, train = cs.sets[split], text[split], split == "train"
+        c, train = cs.sets[split], split == "train"
         return RetrievalSplit(
             name=split, captions=c.captions, caption_to_image=c.caption_to_image.astype("int64"),
-            image_paths=cs.paths[split], labels=cs.labels[split], levels=levels[split], cut=cut_maps[split],
-            states=t.get("states"), hidden=t.get("hidden"), mask=t.get("mask"), tokens=t.get("tokens"),
-            caption_tags=inputs.tags(c.captions),
-            targets=targets if train else None, values=values if train else None, image_size=cfg.image_size,
-            augment=train, query_encoder=inputs, backbone=backbone)
+            image_paths=cs.paths[split], labels=cs.labels[split], images=images(split), text=text[split],
+            caption_tags=inputs.tags(c.captions), targets=targets if train else None,
+            values=values if train else None, augment=train, query_encoder=inputs,
+            image_names=list(c.image_names), root=root, image_size=cfg.image_size)
 
     return RetrievalData(train=split_data("train"), val=split_data("val"), test=split_data("test"),
                          class_names=cs.class_names, tag_vocabulary=vocab_tags, root=root, image_root=cs.image_root,
