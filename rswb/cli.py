@@ -30,13 +30,14 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
     return 0
 
 
-_TRAIN_USAGE = """rswb train TASK [--config FILE.yaml] [--name NAME] [--runs-root DIR] [--resume] [--overwrite]
-                  [--OPTION VALUE ...]
+_TRAIN_USAGE = """rswb train TASK [--profile NAME] [--config FILE.yaml] [--name NAME] [--runs-root DIR] [--resume]
+                  [--overwrite] [--OPTION VALUE ...]
 
 Train a registered task (or "package.module:name" for your own) with the rswb engine. Every other --option
 sets a training option (epochs, lr, batch-size, ...) or an option of the task; `rswb train TASK --help` lists
-both, `rswb train --list` the tasks. Under torchrun (torchrun --nproc-per-node N -m rswb.cli train ...) the
-same command trains data-parallel."""
+both and the task's profiles, `rswb train --list` the tasks. --profile starts from one of the task's recipes (the
+ones the notebooks and result tables name: quick, cpu, finetune, full); the config file and --options override it.
+Under torchrun (torchrun --nproc-per-node N -m rswb.cli train ...) the same command trains data-parallel."""
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -59,13 +60,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(_TRAIN_USAGE.split("\n\n")[0] + "\n\n" + describe_task(args.task))
         return 0
     opts = parse_cli_overrides(rest)
-    run_opts = {k: opts.pop(k) for k in ("config", "name", "runs_root", "resume", "overwrite") if k in opts}
+    run_opts = {k: opts.pop(k) for k in ("config", "name", "runs_root", "resume", "overwrite", "profile") if k in opts}
     import rswb.tasks  # noqa: F401
     from rswb.engine.launch import train_task
 
     result = train_task(args.task, opts, config_file=run_opts.get("config"), run_name=run_opts.get("name"),
                         runs_root=run_opts.get("runs_root", "runs"), resume=bool(run_opts.get("resume", False)),
-                        overwrite=bool(run_opts.get("overwrite", False)))
+                        overwrite=bool(run_opts.get("overwrite", False)), profile=run_opts.get("profile"))
     print(f"run folder: {result.run_dir}")
     return 0
 

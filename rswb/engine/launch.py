@@ -25,6 +25,7 @@ from rswb.config import (
     TrainConfig,
     check_option_names,
     check_used_options,
+    drop_unused,
     field_help,
     from_dict,
     task_config_class,
@@ -139,12 +140,30 @@ def task_builder(name: str, allow_import: bool = True) -> Any:
     return builder
 
 
+def profile_recipe(builder: Any, name: str, profile: str) -> dict[str, Any]:
+    """The options of task ``name``'s recipe ``profile`` (its builder's ``profiles``), a copy.
+
+    Raises:
+        ValueError: the task has no profiles, or no such profile (the message lists them).
+    """
+    profiles = getattr(builder, "profiles", None) or {}
+    if profile not in profiles:
+        known = ", ".join(profiles) or "none"
+        raise ValueError(f"--profile {profile}: task {name} has no such profile; its profiles: {known}")
+    return dict(profiles[profile])
+
+
 def describe_task(name: str) -> str:
     """Help text of a task: its docstring and the options of its config (for ``rswb train NAME --help``)."""
     builder = task_builder(name)
     doc = (inspect.getdoc(builder) or "").strip()
     # The whole docstring: builders state there the training settings they prefer over TrainConfig's defaults.
     lines = [f"task {name}: {doc}" if doc else f"task {name}"]
+    for profile, recipe in (getattr(builder, "profiles", None) or {}).items():
+        if profile == next(iter(builder.profiles)):
+            lines.append("\nprofiles (--profile NAME; the options below override them):")
+        shown = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in recipe.items()) or "(the defaults below)"
+        lines.append(f"  {profile:<10} {shown}")
     cls = task_config_class(builder)
 
     def line(f: dataclasses.Field) -> str:
@@ -170,7 +189,7 @@ def describe_task(name: str) -> str:
 
 def train_task(name: str, options: Mapping[str, Any] | None = None, *, config_file: str | Path | None = None,
                run_name: str | None = None, runs_root: str | Path = "runs", resume: bool = False,
-               overwrite: bool = False) -> FitResult:
+               overwrite: bool = False, profile: str | None = None) -> FitResult:
     """Build the registered task ``name`` from options and train it with :func:`~rswb.engine.fit`.
 
     Args:
@@ -181,10 +200,17 @@ def train_task(name: str, options: Mapping[str, Any] | None = None, *, config_fi
         runs_root: parent folder of runs.
         resume: continue ``runs_root/run_name`` from its last checkpoint with its saved options.
         overwrite: replace an existing run of that name.
+        profile: start from this recipe of the task (``rswb train TASK --profile NAME``: the ``PROFILES`` the
+            notebooks and result tables name); the config file and ``options`` override it. A recipe shared by a
+            task's methods drops what the selected method does not use.
     """
     builder = task_builder(name)
     task_cls = task_config_class(builder)
     merged: dict[str, Any] = {}
+    if profile is not None:  # the recipe first: a resumed run's saved options, the file and options override it
+        chosen = {**_file_options(config_file), **(options or {})}
+        recipe = profile_recipe(builder, name, profile)
+        merged.update(drop_unused(task_cls, {**recipe, **chosen}) if task_cls else recipe)
     if resume:
         if run_name is None:
             raise ValueError("--resume needs --name of the run to continue")

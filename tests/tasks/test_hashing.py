@@ -52,6 +52,29 @@ def test_train_hash_cli_on_embedded_scenes(tmp_path):
     assert (final["test"]["hash_bits"], final["test"]["cue_bits"], final["test"]["code_bits"]) == (16, 4, 20)
 
 
+def test_train_cli_runs_a_profile_under_the_users_options(tmp_path, capsys):
+    """--profile NAME starts from the recipe a table names; the config file and --options override it."""
+    import yaml
+
+    from rswb.tasks.hashing import PROFILES
+
+    cfg_file = tmp_path / "mine.yaml"
+    cfg_file.write_text("per_class: 12\n")
+    args = ["train", "hash", "--profile", "quick", "--config", str(cfg_file), "--backbone", "small_cnn",
+            "--pretrained", "false", "--epochs", "2", "--runs-root", str(tmp_path), "--name", "q", "--no-progress",
+            "--cache-dir", str(tmp_path / "cache")]
+    assert main(args) == 0
+    saved = yaml.safe_load((tmp_path / "q" / "config.yaml").read_text())
+    quick = PROFILES["quick"]
+    assert saved["task_config"]["image_size"] == quick["image_size"] and saved["task_config"]["views"] == 1
+    assert saved["train"]["lr"] == quick["lr"]  # from the recipe
+    assert saved["train"]["epochs"] == 2 and saved["task_config"]["per_class"] == 12  # the user's, not the recipe's
+    assert main(["train", "hash", "--profile", "fastest", "--runs-root", str(tmp_path), "--name", "z"]) == 2
+    err = capsys.readouterr().err
+    assert "--profile fastest: task hash has no such profile; its profiles: quick, cpu, finetune, full" in err
+    assert not (tmp_path / "z").exists()
+
+
 def test_fine_tuning_profile_trains_the_backbone_with_frozen_bn(tmp_path):
     from rswb.engine import fit
 

@@ -179,13 +179,10 @@ def hash_task(cfg: HashConfig, request: BuildRequest | None = None) -> TaskBundl
     Training settings this task prefers (the training options below override them): frozen backbone: 40 epochs,
     batch 90, lr 1e-3, cosine, 1 warm-up epoch; partial fine-tuning (``--train-from``): 30 epochs, batch 90, lr 1e-3,
     cosine, 1 warm-up epoch; fine-tuning: 30 epochs, batch 90, lr 1e-4, step schedule (x0.5 every 10 epochs).
-
-    With ``request.splits`` lacking train and val (a run rebuilt to score it), the training images are neither
-    checked nor cached.
     """
     request = request or BuildRequest()
     train_all, query = _scene_splits(cfg)
-    fit_splits = request.wants("train", "val")
+    fit_splits = request.wants("train", "val")  # a run rebuilt to score it: no training image checked or cached
     check_images([r.path for r in (train_all.records if fit_splits else []) + query.records],
                  cache_dir=cache_root(cfg.cache_dir) / "image_checks")
     task = _make_task(cfg, train_all)
