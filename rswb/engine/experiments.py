@@ -99,17 +99,18 @@ def finished_with(run_dir: str | Path, task_name: str, options: Mapping[str, Any
 
 
 def train_or_reuse(task_name: str, options: Mapping[str, Any], run_dir: str | Path, device: str | None = None,
-                   progress: bool = True) -> Path:
+                   progress: bool = True, profile: str | None = None) -> Path:
     """The run folder ``run_dir``: reused when it holds a finished run with the same options, else (re)trained.
 
     Notebooks call this so that re-running them only trains what is missing. ``device`` and ``progress`` do not
-    change a run's result, so they are not compared.
+    change a run's result, so they are not compared; ``profile`` (the recipe ``options`` come from) is recorded in
+    the run's ``config.yaml``.
     """
     run_dir = Path(run_dir)
     if finished_with(run_dir, task_name, options):
         return run_dir
     result = train_task(task_name, {**options, "device": device, "progress": progress}, run_name=run_dir.name,
-                        runs_root=run_dir.parent, overwrite=True)
+                        runs_root=run_dir.parent, overwrite=True, profile=profile)
     return Path(result.run_dir)
 
 
@@ -124,7 +125,7 @@ def profile_run(task: str, profile: str, run_dir: str | Path, *, device: str | N
         The run folder.
     """
     return train_or_reuse(task, _profile_options_resolved(task, profile, options), run_dir, device=device,
-                          progress=progress)
+                          progress=progress, profile=profile)
 
 
 def _profile_options_resolved(task: str, profile: str, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -166,12 +167,12 @@ def notebook_run(task: str, profile: str, output_dir: str | Path, label: str, *,
     opts = _profile_options_resolved(task, profile, options)
     folder = Path(output_dir, run_name(f"{profile}-{label}", {"task": task, **opts}))
     if not quiet:
-        return train_or_reuse(task, opts, folder, device=device, progress=progress)
+        return train_or_reuse(task, opts, folder, device=device, progress=progress, profile=profile)
     buf = io.StringIO()
     try:
         with contextlib.redirect_stdout(buf), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            path = train_or_reuse(task, opts, folder, device=device, progress=progress)
+            path = train_or_reuse(task, opts, folder, device=device, progress=progress, profile=profile)
     except BaseException:
         sys.stdout.write(buf.getvalue())
         raise

@@ -207,6 +207,7 @@ def train_task(name: str, options: Mapping[str, Any] | None = None, *, config_fi
     builder = task_builder(name)
     task_cls = task_config_class(builder)
     merged: dict[str, Any] = {}
+    recorded_profile = profile
     if profile is not None:  # the recipe first: a resumed run's saved options, the file and options override it
         chosen = {**_file_options(config_file), **(options or {})}
         recipe = profile_recipe(builder, name, profile)
@@ -217,6 +218,7 @@ def train_task(name: str, options: Mapping[str, Any] | None = None, *, config_fi
         run = RunFolder(Path(runs_root) / run_name)
         if run.config.exists():
             saved = run.read_config()
+            recorded_profile = recorded_profile or saved.get("profile")  # a resumed run keeps its recipe's name
             merged.update(saved.get("train", {}))
             merged.update(renamed(task_cls, saved.get("task_config", {})))
     merged.update(_file_options(config_file))
@@ -256,8 +258,8 @@ def train_task(name: str, options: Mapping[str, Any] | None = None, *, config_fi
                                        source="training options"), source="training options")
         return fit(bundle.task, bundle.train, val=bundle.val, test=bundle.test, config=train_cfg, name=run_name,
                    runs_root=runs_root, resume=resume, overwrite=overwrite,
-                   task_config=used_dict(task_cfg) if task_cfg is not None else {}, task_name=name, dist=dist,
-                   class_names=bundle.class_names)
+                   task_config=used_dict(task_cfg) if task_cfg is not None else {}, task_name=name,
+                   profile=recorded_profile, dist=dist, class_names=bundle.class_names)
 
 
 @dataclass

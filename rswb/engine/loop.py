@@ -153,6 +153,7 @@ def fit(
     overwrite: bool = False,
     task_config: Mapping[str, Any] | None = None,
     task_name: str | None = None,
+    profile: str | None = None,
     callbacks: Sequence[Callable[[dict[str, Any]], None]] = (),
     dist: DistContext | None = None,
     class_names: Sequence[str] | None = None,
@@ -174,6 +175,7 @@ def fit(
         overwrite: replace an existing run in the folder.
         task_config: the task's own config, saved in ``config.yaml`` under ``task_config``.
         task_name: the registered task name (saved, so that ``rswb eval`` can rebuild the run).
+        profile: the task's recipe the options started from (``rswb train TASK --profile NAME``), saved beside them.
         callbacks: functions called on rank 0 with each epoch's record (the ``metrics.jsonl`` line).
         dist: process context (default: the initialised ``torch.distributed`` group, else one process).
         class_names: name of each 0-based class, saved in ``metrics.json`` and shown beside ``acc_k`` in the table.
@@ -202,7 +204,7 @@ def fit(
         try:
             return _fit_locked(task, train, val, test, _RunSettings(cfg, dist, device, precision, show, folder, resume,
                                                                     overwrite, task_config, task_name,
-                                                                    tuple(callbacks), class_names))
+                                                                    tuple(callbacks), class_names, profile))
         except DiskFullError as err:  # one line saying what survived and what to do, not torch's traceback
             raise DiskFullError(err.path, _intact_after_disk_full(RunFolder(folder))) from None
 
@@ -245,6 +247,7 @@ class _RunSettings:
     task_name: str | None
     callbacks: tuple[Callable[[dict[str, Any]], None], ...]
     class_names: Sequence[str] | None
+    profile: str | None = None
 
 
 def _fit_locked(task: Task, train: Dataset, val: Dataset | None, test: Dataset | None,
@@ -274,7 +277,7 @@ def _fit_locked(task: Task, train: Dataset, val: Dataset | None, test: Dataset |
         _resume(st)
     if dist.is_main:
         check_room(run.path, checkpoint_bytes(task), "the run's checkpoints")
-        _write_config(st, task_name, task_config, len(train_set), val_set, test)
+        _write_config(st, task_name, task_config, len(train_set), val_set, test, s.profile)
         run.write_history(st.history)
 
     eval_ctx = EvalContext(device, precision, cfg.eval_batch_size or 2 * cfg.batch_size, dist, cfg.num_workers,
@@ -375,10 +378,11 @@ def _resume(st: _Training) -> None:
 
 
 def _write_config(st: _Training, task_name: str | None, task_config: Mapping[str, Any] | None, n_train: int,
-                  val_set: Dataset | None, test: Dataset | None) -> None:
-    """``config.yaml``: every resolved option, what the task is, the split sizes and the environment."""
+                  val_set: Dataset | None, test: Dataset | None, profile: str | None = None) -> None:
+    """``config.yaml``: every resolved option, their recipe, what the task is, the split sizes and the environment."""
     st.run.write_config({
-        "name": st.run.path.name, "task_name": task_name, "task": st.task.describe(), "train": to_dict(st.cfg),
+        "name": st.run.path.name, "task_name": task_name, "profile": profile, "task": st.task.describe(),
+        "train": to_dict(st.cfg),
         "task_config": dict(task_config or {}), "monitor": {"metric": st.monitor, "mode": st.mode},
         "splits": {"train": n_train, "val": len(val_set) if val_set is not None else 0,
                    "test": len(test) if test is not None else 0},

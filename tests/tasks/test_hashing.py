@@ -66,6 +66,7 @@ def test_train_cli_runs_a_profile_under_the_users_options(tmp_path, capsys):
     assert main(args) == 0
     saved = yaml.safe_load((tmp_path / "q" / "config.yaml").read_text())
     quick = PROFILES["quick"]
+    assert saved["profile"] == "quick"  # the recipe's name is recorded beside the options it set
     assert saved["task_config"]["image_size"] == quick["image_size"] and saved["task_config"]["views"] == 1
     assert saved["train"]["lr"] == quick["lr"]  # from the recipe
     assert saved["train"]["epochs"] == 2 and saved["task_config"]["per_class"] == 12  # the user's, not the recipe's
