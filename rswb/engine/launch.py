@@ -159,9 +159,10 @@ def describe_task(name: str) -> str:
     doc = (inspect.getdoc(builder) or "").strip()
     # The whole docstring: builders state there the training settings they prefer over TrainConfig's defaults.
     lines = [f"task {name}: {doc}" if doc else f"task {name}"]
-    for profile, recipe in (getattr(builder, "profiles", None) or {}).items():
-        if profile == next(iter(builder.profiles)):
-            lines.append("\nprofiles (--profile NAME; the options below override them):")
+    profiles = getattr(builder, "profiles", None) or {}
+    if profiles:
+        lines.append("\nprofiles (--profile NAME; the options below override them):")
+    for profile, recipe in profiles.items():
         shown = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in recipe.items()) or "(the defaults below)"
         lines.append(f"  {profile:<10} {shown}")
     cls = task_config_class(builder)

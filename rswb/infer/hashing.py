@@ -12,6 +12,7 @@ import torch
 from rswb.data.scenes import SceneFolder, image_to_tensor, load_image
 from rswb.engine.device import select_device
 from rswb.engine.launch import LoadedRun, load_run
+from rswb.engine.runs import RunFolder
 from rswb.engine.task import EvalContext
 from rswb.models.hashing import cue_bits
 
@@ -57,9 +58,11 @@ def _hash_query(run_dir: str | Path, device: str | None) -> tuple[LoadedRun, Sce
     """A finished hash run rebuilt with its test split only, and its query (= database) folder."""
     from rswb.tasks.hashing import query_folder
 
+    folder = RunFolder(run_dir)
+    task_name = folder.read_config().get("task_name") if folder.config.exists() else "hash"  # load_run names a non-run
+    if task_name != "hash":  # before the rebuild, which may fill caches for minutes
+        raise ValueError(f"{folder.path}: not a hash run (rswb train hash); it is a {task_name} run")
     run = load_run(run_dir, splits=("test",), device=device)
-    if run.config.get("task_name") != "hash":
-        raise ValueError(f"{run.path}: not a hash run (rswb train hash); it is a {run.config.get('task_name')} run")
     return run, query_folder(run.task_config)
 
 
