@@ -174,7 +174,10 @@ class ImageTaskOptions:
     val_share: float = option(0.1, "share of the training images held out for model selection (this task's own "
                               "split; the engine's --val-fraction is not used)", low=0, low_open=True, high=1,
                               high_open=True)
-    split_seed: int = option(0, "seed of the held-out share")
+    val_rule: str = option("block", "how the held-out share is drawn: block (the first share of each class's "
+                           "numbered training items, shaped like a block test split) | random (a seeded random share, "
+                           "the rule of runs made before the block existed)", choices=("block", "random"))
+    split_seed: int = option(0, "seed of the held-out share (--val-rule random)")
     cache_dir: str | None = option(None, "feature cache folder (default: $RSWB_CACHE_DIR or ~/.cache/rswb)",
                                    folder=True)
 

@@ -318,16 +318,20 @@ class CachedViews(Dataset):
         labels: class of every image ``[N]``.
         index: the image's position in its split ``[N]``.
         random_view: draw a random view per item (training) instead of view 0.
+        all_views: every view of the item, stacked (test-time augmentation: the model averages over them).
 
-    A sample is ``{"cut": [C, H, W], "taps": {name: map}, "label", "index"}`` (float32).
+    A sample is ``{"cut": [C, H, W], "taps": {name: map}, "label", "index"}`` (float32); with ``all_views`` the maps
+    are ``[V, C, H, W]``.
     """
 
     def __init__(self, cache: dict[str, torch.Tensor], labels: np.ndarray, index: np.ndarray,
-                 random_view: bool = False):
+                 random_view: bool = False, all_views: bool = False):
         self.cut = cache["cut"]
         self.taps = {k: v for k, v in cache.items() if k != "cut"}
         self.labels, self.index = np.asarray(labels), np.asarray(index)
-        self.random_view = bool(random_view)
+        if random_view and all_views:
+            raise ValueError("CachedViews: random_view and all_views exclude each other")
+        self.random_view, self.all_views = bool(random_view), bool(all_views)
         if len(self.cut) != len(self.labels):
             raise ValueError(f"{len(self.cut)} cached images but {len(self.labels)} labels")
 
@@ -335,7 +339,8 @@ class CachedViews(Dataset):
         return len(self.labels)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        v = int(torch.randint(0, self.cut.shape[1], ())) if self.random_view else 0
+        v: int | slice = slice(None) if self.all_views else (
+            int(torch.randint(0, self.cut.shape[1], ())) if self.random_view else 0)
         return {"cut": self.cut[i, v].float(), "taps": {k: m[i, v].float() for k, m in self.taps.items()},
                 "label": int(self.labels[i]), "index": int(self.index[i])}
 

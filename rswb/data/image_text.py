@@ -31,7 +31,7 @@ from rswb.data.captions import (
 )
 from rswb.data.errors import DatasetNotFoundError
 from rswb.data.scenes import check_images, image_to_tensor, load_image
-from rswb.data.splits import carve_items
+from rswb.data.splits import VAL_RULES, carve_items, held_out_block
 from rswb.data.tags import Vocabulary, content_words
 from rswb.data.transforms import dihedral
 from rswb.utils import deprecated_names
@@ -513,11 +513,16 @@ class JoinedCaptions:
 
 def read_joined_captions(root: Path, image_root: Path | None, fmt: str = "auto", image_map: str | None = None,
                         max_images: int | None = None, val_share: float = 0.1, split_seed: int = 0,
-                        max_words: int = 30, check_cache: Path | None = None, progress: bool = True) -> JoinedCaptions:
+                        max_words: int = 30, check_cache: Path | None = None, progress: bool = True,
+                        val_rule: str = "block") -> JoinedCaptions:
     """Read a caption set's splits, join them to their images by evidence, carve the validation images, label scenes.
 
-    The validation split is the set's own ``val`` split, else a seeded ``val_share`` of the training images with all
-    their captions (:func:`rswb.data.splits.carve_items`). Every image is decoded once
+    The validation split is the set's own ``val`` split, else ``val_share`` of the training images with all their
+    captions: under ``val_rule="block"`` the first images of each scene class in file order
+    (:func:`rswb.data.splits.held_out_block`; UCM-Captions: NN 00-08 of each class, while its test images are NN
+    80-99), which keeps the near-copies of neighbouring images out of training as the test split does; under
+    ``"random"`` a seeded share (:func:`rswb.data.splits.carve_items`), the rule of runs made before. Every image
+    is decoded once
     (:func:`rswb.data.scenes.check_images`) before anything expensive happens, so a truncated file fails in seconds,
     named. Scene labels come from the set's ``scene`` field, a Karpathy JSON beside precomp files, or the images'
     class folders (:func:`scene_names`); one folder name over all splits is a plain folder, not classes.
@@ -532,10 +537,20 @@ def read_joined_captions(root: Path, image_root: Path | None, fmt: str = "auto",
                                    "--images PATH (for UCM-Captions: the UC Merced folder)")
     train_cs = limit_images(read_captions(root, "train", fmt), max_images)
     test_cs = limit_images(read_captions(root, "test", fmt), max_images)
+    # The evidence for the join: every name of the set (before max_images limits it), over all its splits.
+    resolver = ImageResolver(image_root, caption_set_names(root, fmt), image_map=image_map)
     if "val" in caption_split_names(root, fmt):  # a val split that is there but broken raises instead of being skipped
         val_cs = limit_images(read_captions(root, "val", fmt), max_images)
-    else:  # carve a seeded share of the training images, with all their captions
-        kept, carved = carve_items(train_cs.num_images, val_share, split_seed)
+    else:  # carve a share of the training images, with all their captions
+        if val_rule == "block":  # the first share of each scene's images (one block without scenes), in file order
+            scenes = scene_names(train_cs, resolver.resolve_all(train_cs.image_names, train_cs.source), image_root,
+                                 root)
+            groups = np.unique(scenes, return_inverse=True)[1] if scenes is not None else None
+            kept, carved = held_out_block(train_cs.num_images, val_share, groups)
+        elif val_rule == "random":
+            kept, carved = carve_items(train_cs.num_images, val_share, split_seed)
+        else:
+            raise ValueError(f"val_rule must be one of {', '.join(map(repr, VAL_RULES))}; got {val_rule!r}")
         val_cs = subset_images(train_cs, carved, "val")
         train_cs = subset_images(train_cs, kept, "train")
     sets = {"train": train_cs, "val": val_cs, "test": test_cs}
@@ -544,8 +559,6 @@ def read_joined_captions(root: Path, image_root: Path | None, fmt: str = "auto",
             raise ValueError(f"{root}: the {cs.split} split has no images")
         cs.captions = [truncate_words(c, max_words) for c in cs.captions]
 
-    # The evidence for the join: every name of the set (before max_images limits it), over all its splits.
-    resolver = ImageResolver(image_root, caption_set_names(root, fmt), image_map=image_map)
     paths = {s: resolver.resolve_all(cs.image_names, cs.source) for s, cs in sets.items()}
     check_images(list(dict.fromkeys(p for ps in paths.values() for p in ps)), cache_dir=check_cache, progress=progress)
     scenes = {s: scene_names(cs, paths[s], image_root, root) for s, cs in sets.items()}

@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import sys
@@ -30,7 +31,7 @@ from typing import Any
 import pandas as pd
 
 from rswb.config import drop_unused, from_dict, task_config_class, validate
-from rswb.engine.launch import LoadedRun, load_run, split_options, train_task
+from rswb.engine.launch import LoadedRun, load_run, saved_task_options, split_options, train_task
 from rswb.engine.runs import RunFolder, compare
 from rswb.io import atomic_write_json, atomic_write_text
 from rswb.registry import get, list_names
@@ -94,8 +95,13 @@ def finished_with(run_dir: str | Path, task_name: str, options: Mapping[str, Any
     if not (run.final.exists() and run.config.exists()):
         return False
     saved = run.read_config()
-    resolved = {**saved.get("train", {}), **saved.get("task_config", {})}
-    return saved.get("task_name") == task_name and all(k in resolved and resolved[k] == v for k, v in options.items())
+    cls = task_config_class(get("task", task_name)) if saved.get("task_name") == task_name else None
+    resolved = {**saved.get("train", {}), **saved_task_options(cls, saved.get("task_config", {}))}
+    # An option the run predates (LEGACY_VALUES) must also match today's default: a run with the old random
+    # validation share is not what a notebook asking for the defaults would train now.
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)} if cls is not None else {}
+    wanted = {**{k: defaults[k] for k in getattr(cls, "LEGACY_VALUES", {}) if k in defaults}, **options}
+    return saved.get("task_name") == task_name and all(k in resolved and resolved[k] == v for k, v in wanted.items())
 
 
 def train_or_reuse(task_name: str, options: Mapping[str, Any], run_dir: str | Path, device: str | None = None,

@@ -58,6 +58,17 @@ def renamed(task_cls: type | None, options: Mapping[str, Any]) -> dict[str, Any]
     return {old_to_new.get(k, k): v for k, v in options.items()}  # a saved config holds one spelling, never both
 
 
+def saved_task_options(task_cls: type | None, saved: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved run's task options as the task reads them today, so that an old run is rebuilt with its own splits.
+
+    Renamed spellings are translated (:func:`renamed`), and options the run predates are set to what it ran with
+    (``LEGACY_VALUES`` of the task config, e.g. the random validation share of runs made before ``val_rule``).
+    """
+    options = renamed(task_cls, saved)
+    legacy = getattr(task_cls, "LEGACY_VALUES", {}) if task_cls else {}
+    return {**{k: v for k, v in legacy.items() if k not in options}, **options}
+
+
 def split_options(options: Mapping[str, Any], task_cls: type | None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Split flat options into ``(train options, task options)`` by field name.
 
@@ -221,7 +232,7 @@ def train_task(name: str, options: Mapping[str, Any] | None = None, *, config_fi
             saved = run.read_config()
             recorded_profile = recorded_profile or saved.get("profile")  # a resumed run keeps its recipe's name
             merged.update(saved.get("train", {}))
-            merged.update(renamed(task_cls, saved.get("task_config", {})))
+            merged.update(saved_task_options(task_cls, saved.get("task_config", {})))
     merged.update(_file_options(config_file))
     merged.update(options or {})
     train_opts, task_opts = split_options(merged, task_cls)
@@ -323,7 +334,7 @@ def load_run(run_dir: str | Path, weights: str = "best", overrides: Mapping[str,
     builder = task_builder(name, allow_import=False)  # a run folder is data: it never makes rswb import code
     seed_everything(saved.get("train", {}).get("seed", 0))
     task_cls = task_config_class(builder)
-    task_opts = {**renamed(task_cls, saved.get("task_config", {})), **dict(overrides or {})}
+    task_opts = {**saved_task_options(task_cls, saved.get("task_config", {})), **dict(overrides or {})}
     source = f"{run.config} + {dict(overrides)}" if overrides else str(run.config)
     task_cfg = validate(from_dict(task_cls, task_opts, source=source), source=source) if task_cls else None
     bundle = call_builder(builder, task_cfg, request)

@@ -3,7 +3,8 @@
 * ``proxy_loss``: Proxy Anchor (Kim et al. 2020) from pytorch-metric-learning, cosine similarity, ``alpha = 32``,
   ``margin = 0.1``; its proxies are parameters of this module and train with their own (larger) learning rate
   (``param_groups`` gives them ``lr_mult``, 100 in the paper).
-* ``cls_loss``: cross-entropy of the classification head on the code.
+* ``cls_loss``: cross-entropy of the classification head on the code (optionally label-smoothed: the head then
+  never drives a training image's logit margin to infinity, a regulariser for 80 images per class).
 * ``quant_loss``: ``mean((|u| - 1)^2)`` over the relaxed code ``u = tanh(h)``, pulling it to +-1 so that ``sign``
   loses little.
 """
@@ -33,10 +34,15 @@ class DHCLLoss(nn.Module):
         bits: code length (the proxies' dimension).
         alpha: Proxy Anchor scale.
         margin: Proxy Anchor margin.
+        label_smoothing: the cross-entropy's label smoothing (0: none; ``torch.nn.functional.cross_entropy``'s).
     """
 
-    def __init__(self, num_classes: int, bits: int, alpha: float = 32.0, margin: float = 0.1):
+    def __init__(self, num_classes: int, bits: int, alpha: float = 32.0, margin: float = 0.1,
+                 label_smoothing: float = 0.0):
         super().__init__()
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        self.label_smoothing = float(label_smoothing)
         self.proxy_anchor = ProxyAnchorLoss(num_classes=num_classes, embedding_size=bits, margin=margin, alpha=alpha)
 
     @property
@@ -54,7 +60,7 @@ class DHCLLoss(nn.Module):
         code32 = code.float()
         terms = {
             "proxy_loss": self.proxy_anchor(code32, label),
-            "cls_loss": F.cross_entropy(logits.float(), label),
+            "cls_loss": F.cross_entropy(logits.float(), label, label_smoothing=self.label_smoothing),
             "quant_loss": quantization_loss(code32),
         }
         with torch.no_grad():

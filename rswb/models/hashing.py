@@ -107,7 +107,18 @@ class DHCL(nn.Module):
         return self.backbone.forward_features(batch["image"])["pooled"]
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """``{"code": tanh(h) [B, K], "logits": [B, C]}`` (the relaxed code feeds the losses)."""
+        """``{"code": tanh(h) [B, K], "logits": [B, C]}`` (the relaxed code feeds the losses).
+
+        A cached cut with a view axis (``batch["cut"]`` of ``[B, V, C, H, W]``, test-time augmentation) gives the
+        mean relaxed code and mean logits over the ``V`` views of each image.
+        """
+        cut = batch.get("cut")
+        if cut is not None and cut.dim() == 5:
+            b, v = cut.shape[:2]
+            taps = {k: m.flatten(0, 1) for k, m in (batch.get("taps") or {}).items()}
+            flat = {"cut": cut.flatten(0, 1), "taps": taps}
+            out = self._heads(self.features(flat))
+            return {k: t.view(b, v, *t.shape[1:]).mean(1) for k, t in out.items()}
         return self._heads(self.features(batch))
 
     def _heads(self, pooled: torch.Tensor) -> dict[str, torch.Tensor]:

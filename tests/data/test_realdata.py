@@ -189,3 +189,26 @@ def test_worldview2_patches(wv2):
     np.testing.assert_array_equal(out["ms"][1].numpy(), scene.ms[:, 93:109, 193:209])
     np.testing.assert_array_equal(out["pan"][1, 0].numpy(), scene.pan[0, 372:436, 772:836])
     assert scene.rgb().shape == (320, 320, 3)
+
+
+def test_ucmerced_validation_block_is_nn_00_09(ucm_root):
+    from rswb.data.splits import validation_split
+
+    train = SceneFolder(ucm_root.parent, "train")
+    _, val = validation_split(len(train), 0.125, labels=train.labels, rule="block")  # the hash task's default
+    held = [train.records[i] for i in val]
+    assert len(held) == 210 and {r.number for r in held} == set(range(10))
+    assert Counter(r.label for r in held) == dict.fromkeys(range(21), 10)
+
+
+def test_ucm_captions_validation_block_is_nn_00_08(shared_data, tmp_path):
+    from rswb.data.image_text import read_joined_captions
+
+    root, images = shared_data("ucm_captions"), shared_data("UCMerced_LandUse", "Images")
+    cs = read_joined_captions(root, images, val_share=0.1, check_cache=tmp_path, progress=False)
+    assert cs.sets["val"].num_images == 189 and cs.sets["train"].num_images == 1701
+    held = Counter((p.parent.name, int(p.stem[-2:])) for p in cs.paths["val"])
+    assert set(held) == {(c, nn) for c in UCM_CLASSES for nn in range(9)}
+    random = read_joined_captions(root, images, val_share=0.1, check_cache=tmp_path, progress=False,
+                                  val_rule="random")
+    assert {int(p.stem[-2:]) for p in random.paths["val"]} - set(range(9))  # the former rule: anywhere

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset, Subset
 
-from rswb.data.splits import carve_validation, validation_indices
+from rswb.data.splits import VAL_RULES, carve_validation, held_out_block, validation_indices, validation_split
 
 
 def _check_partition(train, val, n):
@@ -183,3 +183,37 @@ def test_one_seeding_rule_gives_the_draws_of_the_former_helpers():
     assert np.array_equal(stratified_subsample(labels, None, 0), np.arange(60))
     assert first_per_class([2, 0, 2, 2, 0, 1], 2).tolist() == [0, 1, 2, 4, 5]
     assert first_per_class([2, 0], None).tolist() == [0, 1]
+
+
+def test_held_out_block_is_the_first_share_of_each_class_in_order():
+    # UC Merced's training split: NN 00-79 of each class, class after class; 0.125 holds out NN 00-09 of each.
+    labels = np.repeat(np.arange(3), 80)
+    train, val = held_out_block(len(labels), 0.125, labels)
+    assert val.tolist() == [c * 80 + nn for c in range(3) for nn in range(10)]
+    assert sorted(train.tolist() + val.tolist()) == list(range(240))
+    # Interleaved classes: the first items of each class in the split's order, whatever their positions.
+    mixed = np.array([1, 0, 1, 0, 1, 0, 1, 0])
+    assert held_out_block(8, 0.5, mixed)[1].tolist() == [0, 1, 2, 3]
+
+
+def test_held_out_block_keeps_one_per_class_and_has_no_seed():
+    labels = np.array([0, 0, 1])  # class 1 has one item: it stays in training
+    train, val = held_out_block(3, 0.4, labels)
+    assert val.tolist() == [0] and train.tolist() == [1, 2]
+    assert held_out_block(10, 0.3)[1].tolist() == [0, 1, 2]  # no labels: one block of the whole split
+    with pytest.raises(ValueError, match="val_share"):
+        held_out_block(10, 1.0)
+    with pytest.raises(ValueError, match="shape"):
+        held_out_block(10, 0.2, np.zeros(9))
+
+
+def test_validation_split_rules():
+    labels = np.repeat(np.arange(4), 20)
+    block = validation_split(80, 0.25, seed=3, labels=labels, rule="block")
+    random = validation_split(80, 0.25, seed=3, labels=labels, rule="random")
+    assert [a.tolist() for a in random] == [a.tolist() for a in validation_indices(80, 0.25, 3, labels)]
+    assert block[1].tolist() == [c * 20 + i for c in range(4) for i in range(5)]
+    assert block[1].tolist() != random[1].tolist()  # the two rules do differ on this split
+    assert set(VAL_RULES) == {"block", "random"}
+    with pytest.raises(ValueError, match="val_rule"):
+        validation_split(80, 0.25, rule="last")

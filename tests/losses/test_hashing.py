@@ -60,3 +60,19 @@ def test_dhcl_terms_and_gradients():
 
 def test_quantization_loss_hand_case():
     assert float(quantization_loss(torch.tensor([[1.0, -1.0], [0.0, 0.5]]))) == pytest.approx((0 + 0 + 1 + 0.25) / 4)
+
+
+def test_label_smoothing_is_cross_entropy_against_the_smoothed_targets():
+    torch.manual_seed(0)
+    logits, label = torch.randn(6, 4), torch.tensor([0, 1, 2, 3, 0, 1])
+    code = torch.tanh(torch.randn(6, 8))
+    eps = 0.1
+    got = DHCLLoss(4, 8, label_smoothing=eps)(code, logits, label)["cls_loss"]
+    target = torch.full((6, 4), eps / 4)
+    target[torch.arange(6), label] += 1 - eps  # the slow reference: the smoothed one-hot, by hand
+    want = -(target * logits.log_softmax(1)).sum(1).mean()
+    assert torch.allclose(got, want, atol=1e-6)
+    plain = DHCLLoss(4, 8)(code, logits, label)["cls_loss"]
+    assert not torch.allclose(got, plain)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        DHCLLoss(4, 8, label_smoothing=1.0)

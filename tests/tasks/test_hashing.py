@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from rswb.cli import main
 from rswb.data.errors import CorruptImageError
@@ -31,6 +32,8 @@ def test_bundle_splits_follow_the_protocol(tmp_path):
     # Embedded scenes, 20 per class of 10 classes from NN 00-79 (train, 10 % validation) and NN 80-99 (query = db).
     assert len(b.val) == 20 and len(b.train) == 2 * 180 and len(b.test) == 200
     assert set(b.train.index.tolist()).isdisjoint(b.val.index.tolist())  # no image in both, in any view
+    # The validation block: the first 2 (0.125 of 20) training images of each class, as the test split is a block.
+    assert b.val.index.tolist() == [c * 20 + i for c in range(10) for i in range(2)]
     assert b.train_defaults["lr"] == 1e-3
     groups = b.task.param_groups()
     assert groups[1]["lr_mult"] == 100.0 and groups[1]["params"][0] is b.task.loss.proxies
@@ -260,3 +263,52 @@ def test_partial_fine_tuning_trains_the_stages_after_the_cut_on_cached_views(tmp
     assert got["mAP@20"] == pytest.approx(codes["metrics"]["mAP@20"], abs=1e-6)
     with pytest.raises(ValueError, match=r"--train-from must be a piece of small_cnn \(stage1, stage2, stage3, stage4"):
         train_task("hash", {**opts, "train_from": "stage9"}, run_name="bad", runs_root=tmp_path)
+
+
+def test_a_run_made_before_val_rule_is_rebuilt_with_its_random_validation(tmp_path, monkeypatch):
+    from rswb.engine import experiments
+    from rswb.engine.runs import RunFolder
+    from rswb.io import atomic_write_text
+
+    monkeypatch.setenv("RSWB_CACHE_DIR", str(tmp_path / "cache"))
+    args = ["train", "hash", "--backbone", "small_cnn", "--pretrained", "false", "--image-size", "16", "--bits", "8",
+            "--epochs", "1", "--views", "1", "--per-class", "20", "--runs-root", str(tmp_path), "--name", "old",
+            "--no-progress"]
+    assert main(args) == 0
+    run = RunFolder(tmp_path / "old")
+    saved = run.read_config()
+    assert saved["task_config"]["val_rule"] == "block"  # every run records its rule
+    options = {"backbone": "small_cnn", "bits": 8, "per_class": 20}
+    assert experiments.finished_with(run.path, "hash", options)
+    del saved["task_config"]["val_rule"]  # what a run written before the option looks like
+    atomic_write_text(yaml.safe_dump(saved), run.config)
+    loaded = experiments.load_run(run.path, splits=("val",))
+    assert loaded.task_config.val_rule == "random"
+    block = [c * 20 + i for c in range(10) for i in range(2)]
+    assert loaded.val.index.tolist() != block
+    # A notebook asking for today's defaults does not reuse it: it was not trained with the block validation.
+    assert not experiments.finished_with(run.path, "hash", options)
+
+
+def test_test_time_views_average_the_codes_of_every_cached_view(tmp_path):
+    from rswb.data.features import CachedViews
+    from rswb.engine.launch import load_run, train_task
+    from rswb.utils import eval_mode
+
+    opts = {"backbone": "small_cnn", "pretrained": False, "image_size": 32, "views": 2, "per_class": 10, "epochs": 1,
+            "bits": 8, "train_from": "stage3", "progress": False, "cache_dir": str(tmp_path / "cache")}
+    res = train_task("hash", {**opts, "tta_views": 2}, run_name="t", runs_root=tmp_path)
+    model = res.task.model
+    test = load_run(tmp_path / "t", splits=("test",)).test
+    assert isinstance(test, CachedViews) and test[0]["cut"].dim() == 4 and test[0]["cut"].shape[0] == 2
+    batch = {"cut": torch.stack([test[i]["cut"] for i in range(3)]), "taps": {}}
+    with eval_mode(model):
+        both = model(batch)
+        one = [model({"cut": batch["cut"][:, v], "taps": {}}) for v in range(2)]
+    for key in ("code", "logits"):  # the mean over the views, not view 0
+        assert torch.allclose(both[key], (one[0][key] + one[1][key]) / 2, atol=1e-6)
+        assert not torch.allclose(both[key], one[0][key], atol=1e-6)
+    for bad, match in (({"tta_views": 3}, "more than --views 2"),
+                       ({"tta_views": 2, "train_from": None}, "needs --train-from")):
+        with pytest.raises(ValueError, match=match):
+            train_task("hash", {**opts, **bad}, run_name="bad", runs_root=tmp_path)

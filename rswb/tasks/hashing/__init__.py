@@ -2,7 +2,8 @@
 
 Protocol (``docs/methods.md``, DHCL): the layout's split rule gives train (UCMD: NN 00-79 of each class) and
 query = database (UCMD: NN 80-99, evaluated leave-one-out, each query excluded by index); a validation share of the
-training images (stratified, ``val_share``) selects the epoch; metrics are mAP@K (standard per-query AP), mAP over
+training images (``val_share`` of each class; ``val_rule`` block: the first images of each class, UCMD NN 00-09)
+selects the epoch; metrics are mAP@K (standard per-query AP), mAP over
 the whole ranking (``mAP@all``, what DHCNN and DPSH re-runs report as "mAP"), P@K, precision/recall within Hamming
 radius 2, with and without the semantic cue, plus DHCL's own "MAP@K" on the same codes
 (:func:`rswb.metrics.legacy.dhcl_map_at_k`) so that the column is comparable with the published table.
@@ -37,7 +38,7 @@ from torch.utils.data import Dataset
 from rswb.config import ImageTaskOptions, option
 from rswb.data.features import CachedViews, FeatureSet, cache_root, cached_images, nbytes
 from rswb.data.scenes import SceneFolder, check_images
-from rswb.data.splits import first_per_class, validation_indices
+from rswb.data.splits import first_per_class, validation_split
 from rswb.data.transforms import RandomDihedral
 from rswb.engine.task import BuildRequest, TaskBundle
 from rswb.losses.hashing import DHCLLoss
@@ -57,10 +58,14 @@ class HashConfig(ImageTaskOptions):
     # Old spellings still accepted on the command line, with a warning naming the new one.
     DEPRECATED_OPTIONS: ClassVar[dict[str, str]] = {"cue_weight": "cue_repeats"}
     OWN_VALIDATION: ClassVar[bool] = True  # the task holds out its own validation images
+    # Values of options a saved run config predates: what those runs ran with (read back by load_run and --resume).
+    LEGACY_VALUES: ClassVar[dict[str, Any]] = {"val_rule": "random"}
 
     backbone: str = option("efficientnet_lite0", "image backbone: " + " | ".join(backbone_names(from_folder=False)))
     data: str | None = option(None, "scene folder (UC Merced or AID layout); None: the embedded synthetic scenes",
                               folder=True)
+    val_share: float = option(0.125, "share of each class's training images held out for model selection (UCMD: "
+                              "10 of 80)", low=0, low_open=True, high=1, high_open=True)
     layout: str = option("auto", "auto | ucmerced | aid (decides the split rule)", choices=("auto", "ucmerced", "aid"))
     bits: int = option(64, "hash code length K", low=1, high=4096)
     views: int = option(4, "dihedral views per training image in the cache (1-8; frozen and partial profiles)",
@@ -74,6 +79,10 @@ class HashConfig(ImageTaskOptions):
     alpha: float = option(32.0, "Proxy Anchor alpha", low=0, low_open=True)
     margin: float = option(0.1, "Proxy Anchor margin", low=0)
     proxy_lr_mult: float = option(100.0, "learning-rate multiplier of the proxies", low=0, low_open=True)
+    label_smoothing: float = option(0.0, "label smoothing of the classification cross-entropy", low=0, high=1,
+                                    high_open=True)
+    tta_views: int = option(1, "test-time augmentation: codes and class scores averaged over this many dihedral "
+                            "views of each query image (1: none; --train-from only, at most --views)", low=1, high=8)
     topk: int = option(20, "K of mAP@K and P@K", low=1)
     per_class: int | None = option(None, "use at most this many images per class in each split (quick runs)", low=1)
     train_from: str | None = option(None, "partial fine-tuning: train the backbone from this piece on (e.g. stage6, "
@@ -93,6 +102,12 @@ class HashConfig(ImageTaskOptions):
             raise ValueError(f"task hash options: {err}") from None
         if self.train_from is not None:
             self.freeze_backbone = False
+        if self.tta_views > 1 and self.train_from is None:
+            raise ValueError("task hash options: --tta-views needs --train-from (the query views are cached at the "
+                             "cut)")
+        if self.tta_views > self.views:
+            raise ValueError(f"task hash options: --tta-views {self.tta_views} is more than --views {self.views}: "
+                             "test views the model never trained on")
 
 
 def _cached_features(backbone: Backbone, folder: SceneFolder, views: int, cfg: HashConfig,
@@ -139,7 +154,7 @@ def _make_task(cfg: HashConfig, train_all: SceneFolder) -> HashTask:
     model = create_model("dhcl", backbone=cfg.backbone, bits=cfg.bits, num_classes=num_classes,
                          pretrained=cfg.pretrained, cue=cfg.cue, cue_repeats=cfg.cue_repeats,
                          frozen_backbone=cfg.freeze_backbone and cfg.train_from is None, train_from=cfg.train_from)
-    loss = DHCLLoss(num_classes, cfg.bits, alpha=cfg.alpha, margin=cfg.margin)
+    loss = DHCLLoss(num_classes, cfg.bits, alpha=cfg.alpha, margin=cfg.margin, label_smoothing=cfg.label_smoothing)
     weights = {"proxy_loss": cfg.proxy_weight, "cls_loss": cfg.cls_weight, "quant_loss": cfg.quant_weight}
     root = train_all.root
     info = {"method": "dhcl", "version": f"{cfg.bits}bit{'' if cfg.cue else '-nocue'}",
@@ -150,7 +165,9 @@ def _make_task(cfg: HashConfig, train_all: SceneFolder) -> HashTask:
 def _test_split(cfg: HashConfig, model: nn.Module, query: SceneFolder, device: torch.device) -> Dataset:
     """The query (= database) split: cached frozen features or cut activations, or the images themselves."""
     if cfg.train_from is not None:
-        return CachedViews(_cached_cut(model.backbone, query, 1, cfg, device), query.labels, np.arange(len(query)))
+        # With test-time augmentation every item carries its tta_views views; the model averages over them.
+        return CachedViews(_cached_cut(model.backbone, query, cfg.tta_views, cfg, device), query.labels,
+                           np.arange(len(query)), all_views=cfg.tta_views > 1)
     if not cfg.freeze_backbone:
         return query
     return FeatureSet(_cached_features(model.backbone, query, 1, cfg, device), query.labels, np.arange(len(query)))
@@ -191,7 +208,7 @@ def hash_task(cfg: HashConfig, request: BuildRequest | None = None) -> TaskBundl
     if not fit_splits:
         return TaskBundle(task, None, test=test, class_names=list(query.classes))
 
-    tr_idx, va_idx = validation_indices(len(train_all), cfg.val_share, cfg.split_seed, train_all.labels)
+    tr_idx, va_idx = validation_split(len(train_all), cfg.val_share, cfg.split_seed, train_all.labels, cfg.val_rule)
     views = max(1, min(8, cfg.views))
     labels = train_all.labels
     if cfg.train_from is not None:

@@ -50,6 +50,8 @@ class RetrievalConfig(ImageTaskOptions):
     # Spellings of saved run configs that were renamed (read back by load_run and --resume).
     RENAMED_OPTIONS: ClassVar[dict[str, str]] = {"val_fraction": "val_share", "momentum": "ema_momentum"}
     OWN_VALIDATION: ClassVar[bool] = True  # the set's val split, or the task's own held-out share
+    # Values of options a saved run config predates: what those runs ran with (read back by load_run and --resume).
+    LEGACY_VALUES: ClassVar[dict[str, Any]] = {"val_rule": "random"}
     SELECTOR: ClassVar[str] = "method"  # options marked methods=(...) are refused for the other methods
 
     data: str | None = option(None, "caption folder or Karpathy JSON; None: the embedded captions")

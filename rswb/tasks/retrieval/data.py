@@ -85,7 +85,7 @@ def prepare_data(cfg: RetrievalConfig, progress: bool = True,
     root = Path(cfg.data) if cfg.data else ensure_embedded("captions")
     cs = read_joined_captions(root, Path(cfg.images) if cfg.images else default_image_root(root), cfg.fmt,
                              cfg.image_map, cfg.max_images, cfg.val_share, cfg.split_seed, cfg.max_words,
-                             cache_root(cfg.cache_dir) / "image_checks", progress)
+                             cache_root(cfg.cache_dir) / "image_checks", progress, val_rule=cfg.val_rule)
     if cfg.method == "fisvl" and not cs.class_names:
         raise ValueError(f"{root}: FISVL needs a scene label per image (a Karpathy 'scene' field, or class folders "
                          f"under the image root {cs.image_root}); none found")
