@@ -243,6 +243,8 @@ class RetrievalSplit(Dataset):
         caption_tags: each caption's own tag words, multi-hot ``[N_c, K]`` (uint8; KAMCL's knowledge).
         targets: KAMCL tag targets per image ``[N_i, K]`` (training split).
         values: FISVL value weight per caption ``[N_c]`` (training split).
+        text_groups: text group per caption ``[N_c]`` (identical caption strings share one; training batches then
+            carry ``text_group``), or ``None``.
         augment: training batches draw a random view of each image.
         query_encoder: turns free text into this split's text inputs (``rswb search``).
         transforms: applied to each ``split[i]`` sample.
@@ -267,6 +269,7 @@ class RetrievalSplit(Dataset):
     image_names: list[str] | None = None
     root: Path | None = None
     image_size: int | None = None
+    text_groups: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.text is None:
@@ -381,6 +384,8 @@ class RetrievalSplit(Dataset):
             batch["value"] = self.values[cap]
         if self.targets is not None and self.targets.shape[1]:
             batch["tag_targets"] = self.targets[torch.as_tensor(img)]
+        if self.text_groups is not None:
+            batch["text_group"] = torch.as_tensor(self.text_groups[cap])
         return batch
 
     def __getitem__(self, index: int) -> dict[str, Any]:

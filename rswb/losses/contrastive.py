@@ -26,13 +26,19 @@ def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
 
 
 def same_item_mask(ids: torch.Tensor | None, n: int, device: torch.device) -> torch.Tensor | None:
-    """``[n, n]`` bool mask of off-diagonal pairs that share an id (``None`` without ids)."""
+    """``[n, n]`` bool mask of off-diagonal pairs that share an id (``None`` without ids).
+
+    ``ids`` is ``[n]``, or ``[n, G]`` for several identities per row (e.g. the image and the text group of a
+    caption): two rows are the same item when any column matches.
+    """
     if ids is None:
         return None
-    ids = ids.to(device).reshape(-1)
+    ids = ids.to(device)
+    ids = ids.reshape(ids.shape[0], -1) if ids.ndim == 2 else ids.reshape(-1, 1)
     if ids.shape[0] != n:
         raise ValueError(f"ids has {ids.shape[0]} entries for a batch of {n}")
-    return (ids[:, None] == ids[None, :]) & ~torch.eye(n, dtype=torch.bool, device=device)
+    same = (ids[:, None, :] == ids[None, :, :]).any(-1)
+    return same & ~torch.eye(n, dtype=torch.bool, device=device)
 
 
 def symmetric_info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float | torch.Tensor = 0.1,
@@ -75,7 +81,8 @@ def hardest_negative_triplet(sim: torch.Tensor, margin: float = 0.2, ids: torch.
     Args:
         sim: ``[B, B]`` similarity matrix.
         margin: the hinge margin (VSE++: 0.2).
-        ids: optional ``[B]`` image identities of the rows; captions of the same image are not negatives.
+        ids: optional ``[B]`` image identities of the rows (or ``[B, G]``, see :func:`same_item_mask`); captions of
+            the same image are not negatives.
     """
     if sim.ndim != 2 or sim.shape[0] != sim.shape[1]:
         raise ValueError(f"expected a square [B, B] similarity matrix, got {tuple(sim.shape)}")

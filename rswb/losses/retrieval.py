@@ -213,7 +213,8 @@ def scene_adaptive_triplet(sim: torch.Tensor, img_ids: torch.Tensor, labels: tor
 
 
 def momentum_info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float | torch.Tensor = 0.07,
-                      ids: torch.Tensor | None = None, queue_ids: torch.Tensor | None = None) -> torch.Tensor:
+                      ids: torch.Tensor | None = None, queue_ids: torch.Tensor | None = None,
+                      groups: torch.Tensor | None = None, queue_groups: torch.Tensor | None = None) -> torch.Tensor:
     """KAMCL's MoCo-style InfoNCE of one modality's queries against the other modality's momentum keys.
 
     All inputs are L2-normalised here; ``k`` and ``queue`` come from the momentum encoder and are detached (only
@@ -231,7 +232,13 @@ def momentum_info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, tem
         ids: optional ``[B]`` image identity of each pair.
         queue_ids: ``[K]`` image identity of each queue entry; required with ``ids`` when ``K > 0``, and only
             allowed together with ``ids``.
+        groups: optional ``[B]`` text group of each pair (identical caption strings share a group; needs ``ids``):
+            keys of the same group are positives too, pooled in the numerator (MIL-NCE), so a caption that several
+            images share is not pushed away from any of them. Other views of the same image stay left out.
+        queue_groups: ``[K]`` text group of each queue entry (with ``groups`` when ``K > 0``).
     """
+    if groups is not None:
+        return _grouped_momentum_info_nce(q, k, queue, temperature, ids, queue_ids, groups, queue_groups)
     if q.shape != k.shape or q.ndim != 2 or q.shape[0] == 0:
         raise ValueError(f"expected q and k as non-empty [B, D] tensors of one shape, got {tuple(q.shape)} "
                          f"and {tuple(k.shape)}")
@@ -259,6 +266,38 @@ def momentum_info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, tem
     off_diagonal = batch_logits.masked_select(~torch.eye(n, dtype=torch.bool, device=q.device)).view(n, n - 1)
     logits = torch.cat([positive, off_diagonal, queue_logits], dim=1)
     return F.cross_entropy(logits, torch.zeros(n, dtype=torch.long, device=q.device))
+
+
+def _grouped_momentum_info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor,
+                               temperature: float | torch.Tensor, ids: torch.Tensor | None,
+                               queue_ids: torch.Tensor | None, groups: torch.Tensor,
+                               queue_groups: torch.Tensor | None) -> torch.Tensor:
+    """:func:`momentum_info_nce` with text groups: every key of the query's group is a positive."""
+    if ids is None:
+        raise ValueError("groups need ids (the image identity of each pair)")
+    if q.shape != k.shape or q.ndim != 2 or q.shape[0] == 0 or queue.ndim != 2 or queue.shape[1] != q.shape[1]:
+        raise ValueError(f"expected q, k [B, D] and a [K, D] queue, got {tuple(q.shape)}, {tuple(k.shape)}, "
+                         f"{tuple(queue.shape)}")
+    _check_temperature(temperature)
+    n, size = q.shape[0], queue.shape[0]
+    if size > 0 and (queue_ids is None or queue_groups is None):
+        raise ValueError("a non-empty queue needs queue_ids and queue_groups with groups")
+    ids = _check_per_pair(ids, n, "ids").to(q.device)
+    groups = _check_per_pair(groups, n, "groups").to(q.device)
+    all_ids, all_groups = ids, groups
+    if size > 0:
+        all_ids = torch.cat([ids, _check_per_pair(queue_ids, size, "queue_ids").to(q.device)])
+        all_groups = torch.cat([groups, _check_per_pair(queue_groups, size, "queue_groups").to(q.device)])
+    q = F.normalize(_at_least_fp32(q), dim=1)
+    keys = torch.cat([F.normalize(_at_least_fp32(k.detach()), dim=1), F.normalize(_at_least_fp32(queue.detach()),
+                                                                                   dim=1)]).to(q.dtype)
+    logits = q @ keys.t() / temperature  # [B, B + K]
+    own = torch.zeros_like(logits, dtype=torch.bool)
+    own[:, :n] = torch.eye(n, dtype=torch.bool, device=q.device)
+    positive = own | (groups[:, None] == all_groups[None, :])
+    excluded = (ids[:, None] == all_ids[None, :]) & ~positive  # other views of the same image: neither
+    kept = logits.masked_fill(excluded, float("-inf"))
+    return (torch.logsumexp(kept, 1) - torch.logsumexp(logits.masked_fill(~positive, float("-inf")), 1)).mean()
 
 
 def concept_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -65,14 +65,16 @@ class FeatureQueue(nn.Module):
     Args:
         size: queue length.
         dim: embedding size.
+        id_columns: ids per entry (1: ``ids`` is ``[size]``; G > 1: ``[size, G]``, e.g. image and text group).
     """
 
-    def __init__(self, size: int, dim: int):
+    def __init__(self, size: int, dim: int, id_columns: int = 1):
         super().__init__()
-        if size < 1 or dim < 1:
-            raise ValueError(f"size and dim must be positive, got {size}, {dim}")
+        if size < 1 or dim < 1 or id_columns < 1:
+            raise ValueError(f"size, dim and id_columns must be positive, got {size}, {dim}, {id_columns}")
         self.register_buffer("features", torch.zeros(size, dim))
-        self.register_buffer("ids", torch.full((size,), -1, dtype=torch.long))
+        shape = (size,) if id_columns == 1 else (size, id_columns)
+        self.register_buffer("ids", torch.full(shape, -1, dtype=torch.long))
         self.register_buffer("pointer", torch.zeros((), dtype=torch.long))
         self.register_buffer("count", torch.zeros((), dtype=torch.long))
 
@@ -83,13 +85,14 @@ class FeatureQueue(nn.Module):
 
     @torch.no_grad()
     def push(self, features: torch.Tensor, ids: torch.Tensor) -> None:
-        """Enqueue ``[B, dim]`` features with their ``[B]`` ids, overwriting the oldest entries (wrapping around).
+        """Enqueue ``[B, dim]`` features with their ``[B]`` (or ``[B, G]``) ids, overwriting the oldest entries.
 
-        A batch larger than the queue keeps only its last ``size`` rows.
+        Writing wraps around; a batch larger than the queue keeps only its last ``size`` rows.
         """
-        if features.ndim != 2 or features.shape[1] != self.features.shape[1] or ids.shape != features.shape[:1]:
-            raise ValueError(f"expected [B, {self.features.shape[1]}] features and [B] ids, got "
-                             f"{tuple(features.shape)} and {tuple(ids.shape)}")
+        if features.ndim != 2 or features.shape[1] != self.features.shape[1] \
+                or ids.shape != features.shape[:1] + self.ids.shape[1:]:
+            raise ValueError(f"expected [B, {self.features.shape[1]}] features and {['B', *self.ids.shape[1:]]} "
+                             f"ids, got {tuple(features.shape)} and {tuple(ids.shape)}")
         features, ids = features[-self.size:], ids[-self.size:]
         n = features.shape[0]
         slots = (self.pointer + torch.arange(n, device=self.features.device)) % self.size

@@ -462,3 +462,56 @@ def test_concept_bce_rejects_bad_inputs():
         concept_bce(torch.zeros(2, 2), torch.tensor([[0.0, -0.1], [0.5, 0.5]]))
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         concept_bce(torch.zeros(2, 2), torch.tensor([[0.0, float("nan")], [0.5, 0.5]]))
+
+
+def _grouped_moco_reference(q, k, queue, t, ids, queue_ids, groups, queue_groups):
+    """Loops: positives = own key + every key of the query's text group; same-image others left out."""
+    n, size = q.shape[0], queue.shape[0]
+    qn = [q[i] / q[i].norm() for i in range(n)]
+    keys = [k[j] / k[j].norm() for j in range(n)] + [queue[m] / queue[m].norm() for m in range(size)]
+    key_ids, key_groups = list(ids) + list(queue_ids), list(groups) + list(queue_groups)
+    total = q.new_zeros(())
+    for i in range(n):
+        pos, kept = [], []
+        for j in range(n + size):
+            logit = torch.dot(qn[i], keys[j]) / t
+            if j == i or key_groups[j] == groups[i]:
+                pos.append(logit)
+                kept.append(logit)
+            elif key_ids[j] != ids[i]:
+                kept.append(logit)
+        total = total - torch.log(sum(torch.exp(x) for x in pos) / sum(torch.exp(x) for x in kept))
+    return total / n
+
+
+@pytest.mark.parametrize("b", [2, 5, 9])
+@pytest.mark.parametrize("size", [0, 6])
+def test_grouped_momentum_info_nce_matches_loops_with_gradients(b, size):
+    q, k, queue, ids, queue_ids = _moco_inputs(b, size, seed=7 * b + size)
+    g = torch.Generator().manual_seed(b)
+    groups = torch.randint(0, max(1, b // 2), (b,), generator=g)
+    queue_groups = torch.randint(0, b, (size,), generator=g)
+    q.requires_grad_()
+    temp = torch.tensor(0.2, dtype=F64, requires_grad=True)
+    got = momentum_info_nce(q, k, queue, temp, ids, queue_ids, groups, queue_groups)
+    ref = _grouped_moco_reference(q, k, queue, temp, ids.tolist(), queue_ids.tolist(), groups.tolist(),
+                                  queue_groups.tolist())
+    torch.testing.assert_close(got, ref)
+    torch.testing.assert_close(torch.autograd.grad(got, (q, temp)), torch.autograd.grad(ref, (q, temp)))
+    # Groups that match nothing but the own key give the ungrouped loss exactly; shared groups change it.
+    alone = momentum_info_nce(q, k, queue, temp, ids, queue_ids, 1000 + torch.arange(b), -1 - torch.arange(size))
+    torch.testing.assert_close(alone, momentum_info_nce(q, k, queue, temp, ids, queue_ids))
+    if b > 2:
+        assert not torch.allclose(got, alone)
+    with pytest.raises(ValueError, match="groups need ids"):
+        momentum_info_nce(q, k, queue, temp, None, None, groups, queue_groups)
+
+
+def test_same_item_mask_with_an_image_and_a_text_group_column():
+    from rswb.losses.contrastive import same_item_mask
+
+    ids = torch.tensor([[0, 5], [0, 6], [1, 5], [2, 7]])  # rows 0-1 share an image, rows 0-2 a caption string
+    mask = same_item_mask(ids, 4, torch.device("cpu"))
+    assert mask.nonzero().tolist() == [[0, 1], [0, 2], [1, 0], [2, 0]]
+    assert torch.equal(same_item_mask(ids[:, 0], 4, torch.device("cpu")),
+                       same_item_mask(ids[:, :1], 4, torch.device("cpu")))

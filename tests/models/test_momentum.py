@@ -69,3 +69,13 @@ def test_queue_wraps_around_and_keeps_the_newest_entries():
     assert {"features", "ids", "pointer", "count"} <= set(state)  # checkpointed with the task
     with pytest.raises(ValueError):
         q.push(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long))
+
+
+def test_feature_queue_keeps_two_id_columns():
+    q = FeatureQueue(3, 2, id_columns=2)
+    q.push(torch.ones(2, 2), torch.tensor([[0, 7], [1, 8]]))
+    q.push(torch.zeros(2, 2), torch.tensor([[2, 9], [3, 7]]))
+    feats, ids = q.contents()
+    assert ids.tolist() == [[3, 7], [1, 8], [2, 9]] and feats.shape == (3, 2)
+    with pytest.raises(ValueError, match="ids"):
+        q.push(torch.ones(2, 2), torch.tensor([0, 1]))  # one column where the queue keeps two

@@ -367,3 +367,32 @@ def test_an_option_of_another_method_is_refused_in_seconds_and_not_recorded(tmp_
 
     saved = used_dict(RetrievalConfig(method="clip"))
     assert "temperature" in saved and not {"fgis_steps", "margin", "queue_size", "num_tags"} & set(saved)
+
+
+def test_text_groups_join_identical_caption_strings():
+    from rswb.tasks.retrieval.data import text_groups
+
+    groups = text_groups(["A plane is parked.", "a plane is parked", "Two tanks.", "a plane is parked ."])
+    assert groups.tolist()[0] == groups.tolist()[1] and groups[2] != groups[0] and groups.dtype == np.int64
+
+
+def test_kamcl_with_duplicate_captions_takes_a_shared_string_as_a_positive(cache, tmp_path):
+    opts = {"method": "kamcl", **QUICK, "num_tags": 32, "queue_size": 64, "duplicate_captions": True}
+    cfg = RetrievalConfig(**opts)
+    data = prepare_data(cfg, progress=False)
+    assert data.train.text_groups is not None and data.val.text_groups is None
+    assert len(set(data.train.text_groups.tolist())) < len(data.train)  # the embedded set repeats strings too
+    b = data.train.__getitems__(list(range(40)))
+    assert b["text_group"].shape == b["image_id"].shape
+    _, loss, _ = method_parts(cfg, data)
+    assert loss.duplicate_captions and tuple(loss.queue_img.ids.shape) == (64, 2)
+    res = train_task("retrieval", {**opts, "epochs": 1, "batch_size": 64, "progress": False}, run_name="dup",
+                     runs_root=tmp_path)
+    assert np.isfinite(res.test["mR"])
+    with pytest.raises(ValueError, match="--duplicate-captions is an option of kamcl"):
+        train_task("retrieval", {**QUICK, "method": "clip", "duplicate_captions": True}, run_name="x",
+                   runs_root=tmp_path)
+    b.pop("text_group")
+    model = method_parts(cfg, data)[0]
+    with pytest.raises(ValueError, match="needs batches with text_group"):
+        loss(**model(b), **b)

@@ -97,6 +97,9 @@ class RetrievalConfig(ImageTaskOptions):
     concept_weight: float = option(10.0, "kamcl: weight of the concept BCE in step 2", low=0, methods=KAMCL)
     knowledge_stage: float = option(0.5, "kamcl: share of the epochs before knowledge alignment starts", low=0,
                                     high=1, methods=KAMCL)
+    duplicate_captions: bool = option(False, "kamcl: identical training caption strings are positives of each "
+                                      "other's images in the momentum InfoNCE (and never negatives)",
+                                      methods=KAMCL)
     ties: str = option("expected", "tie rule of the headline R@K (validation selection and test): expected | "
                        "optimistic | pessimistic | published; the other rules are reported beside it",
                        choices=TIE_RULES)

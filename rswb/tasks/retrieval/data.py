@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from rswb.data.captions import default_image_root
@@ -26,13 +27,25 @@ from rswb.data.image_text import (
 from rswb.data.scenes import ImageFiles
 from rswb.data.tags import Vocabulary, build_tag_vocabulary, caption_values, tag_targets
 from rswb.engine.device import select_device
+from rswb.metrics.retrieval import normalize_caption
 from rswb.models.backbones import make_backbone
 from rswb.models.retrieval import feature_levels, level_channels, level_names, make_text_encoder
 
 if TYPE_CHECKING:
     from rswb.tasks.retrieval import RetrievalConfig
 
-__all__ = ["prepare_data"]
+__all__ = ["prepare_data", "text_groups"]
+
+
+def text_groups(captions: list[str]) -> np.ndarray:
+    """The text group of every caption ``[N_c]`` (int64): captions whose normalised text is identical share one.
+
+    UCM-Captions holds about 2,000 distinct strings among 10,500 captions: a template sentence written for many
+    images. Its groups let the contrastive targets treat it as a positive of all of them (``duplicate_captions``).
+    Normalised as the metrics' ``positives="text"`` view (:func:`rswb.metrics.retrieval.normalize_caption`).
+    """
+    index: dict[str, int] = {}
+    return np.array([index.setdefault(normalize_caption(c), len(index)) for c in captions], np.int64)
 
 
 def _cached_cuts(cfg: RetrievalConfig, cs: Any, progress: bool,
@@ -153,7 +166,8 @@ def prepare_data(cfg: RetrievalConfig, progress: bool = True,
             image_paths=cs.paths[split], labels=cs.labels[split], images=images(split), text=text[split],
             caption_tags=inputs.tags(c.captions), targets=targets if train else None,
             values=values if train else None, augment=train, query_encoder=inputs,
-            image_names=list(c.image_names), root=root, image_size=cfg.image_size)
+            image_names=list(c.image_names), root=root, image_size=cfg.image_size,
+            text_groups=text_groups(c.captions) if train and cfg.duplicate_captions else None)
 
     return RetrievalData(train=split_data("train"), val=split_data("val"), test=split_data("test"),
                          class_names=cs.class_names, tag_vocabulary=vocab_tags, root=root, image_root=cs.image_root,
