@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -49,3 +51,23 @@ def test_explain_benchmark_reads_object_words_boxes_and_judges_the_goals():
     near_centre = verdicts({**good, "hash_cam_pointing_center": 0.75})  # 0.9 is not 0.2 above the centre's 0.75
     assert not near_centre["hash_cam_pointing"] and GOALS["above_center"] == 0.2
     assert not verdicts({**good, "cam_randomization_spearman": 0.6})["cam_randomization_spearman"]
+
+
+def test_validation_gap_reads_both_result_formats(tmp_path):
+    from benchmarks.validation_gap import gap_rows, main
+
+    dhcl = {"runs": [{"bits": 64, "seed": s, "val": {"mAP@20": v}, "test": {"mAP@20": t}}
+                     for s, v, t in ((0, 0.96, 0.95), (1, 0.98, 0.94), (2, 0.5, 0.5))]}
+    dhcl["runs"][2]["bits"] = 16  # another code length: not selected
+    ret = {"runs": [{"variant": "kamcl", "seed": 0, "val": {"mR": 67.0}, "test": {"mR": 52.0}}]}
+    (tmp_path / "d.json").write_text(json.dumps(dhcl))
+    (tmp_path / "r.json").write_text(json.dumps(ret))
+    row = gap_rows("DHCL", "block", "mAP@20", tmp_path / "d.json", "64")
+    assert row["seeds"] == [0, 1] and row["gaps"] == pytest.approx([1.0, 4.0]) and row["gap"] == pytest.approx(2.5)
+    assert gap_rows("K", "random", "mR", tmp_path / "r.json", "kamcl")["gap"] == pytest.approx(15.0)
+    with pytest.raises(ValueError, match="no run with"):
+        gap_rows("K", "random", "mR", tmp_path / "r.json", "clip")
+    main(["--item", "K", "random", "mR", str(tmp_path / "r.json"), "kamcl", "--out", "g", "--results",
+          str(tmp_path)])
+    text = (tmp_path / "g_table.md").read_text()
+    assert "| K | random | mR | 67.00 | 52.00 +- 0.00 | +15.00 | +15.00 | no |" in text
