@@ -91,7 +91,7 @@ def code_length(results: dict, bits: int) -> str:
     """
     recorded = [r["test"]["cue_bits"] for r in results["runs"] if r["bits"] == bits and "cue_bits" in r["test"]]
     if recorded:
-        return f"{bits} + {recorded[0]}"
+        return f"{bits} + {int(recorded[0])}"
     from rswb.data.scenes import SceneFolder
     from rswb.models.hashing import cue_bits
 

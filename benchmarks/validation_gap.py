@@ -1,4 +1,4 @@
-"""Validation vs test: how far the split that selects the epoch is from the split that reports, per validation rule.
+r"""Validation vs test: how far the split that selects the epoch is from the split that reports, per validation rule.
 
 Reads result JSONs of ``benchmarks.dhcl_ucmd`` (runs keyed by ``bits``, metrics as fractions) and
 ``benchmarks.retrieval_ucm`` (runs keyed by ``variant``, recalls in percent), which record each run's validation

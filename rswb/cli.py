@@ -265,7 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--weights", default="best", choices=["best", "last"], help="best.pt or checkpoint.pt")
     ev.add_argument("--device", default=None, help="cuda | mps | cpu (default: the best available)")
     ev.add_argument("--batch-size", type=int, default=128, help="evaluation batch size")
-    ev.add_argument("--ties", default=None, choices=["expected", "optimistic", "pessimistic", "published"],
+    # The tie rules of rswb.metrics.retrieval.TIE_RULES, written out so that `rswb --help` starts without importing
+    # torch; tests/test_cli.py keeps the two equal.
+    ev.add_argument("--ties", default=None,
+                    choices=["expected", "optimistic", "pessimistic", "published", "clip_benchmark"],
                     help="retrieval runs: the tie rule of the headline numbers (default: the run's own); "
                          "re-scores without retraining")
     ev.add_argument("--json", action="store_true", help="print the metrics as JSON")

@@ -150,3 +150,17 @@ def test_scikit_learn_is_in_the_notebooks_extra():
     project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
     assert any(dep.startswith("scikit-learn") for dep in extras["notebooks"])
+
+
+def test_eval_ties_choices_are_the_tie_rules():
+    # The CLI writes the rules out (its help starts without torch); they must stay the library's.
+    import argparse
+
+    from rswb.cli import build_parser
+    from rswb.metrics.retrieval import TIE_RULES
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    ties = next(a for a in commands.choices["eval"]._actions if a.dest == "ties")
+    assert tuple(ties.choices) == TIE_RULES
+    assert parser.parse_args(["eval", "some-run", "--ties", "clip_benchmark"]).ties == "clip_benchmark"

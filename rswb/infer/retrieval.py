@@ -1,8 +1,14 @@
-"""Image-text retrieval outputs for people: search, query embeddings, where the model looks (word maps)."""
+"""Image-text retrieval outputs for people: search, query embeddings, where the model looks, rescored test scores.
+
+Rescoring happens at inference, on trained runs: seed or checkpoint ensembles and query-bank normalisation
+(:func:`two_way_scores`, scored by :func:`rescored_metrics`).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,14 +18,16 @@ import torch.nn.functional as F
 from rswb.data.image_text import RetrievalSplit
 from rswb.data.scenes import image_to_tensor, load_image
 from rswb.engine.device import select_device, to_device
+from rswb.engine.launch import LoadedRun, load_run
 from rswb.engine.task import EvalContext
-from rswb.metrics.retrieval import retrieval_ranks_from_embeddings
+from rswb.metrics.retrieval import DEFAULT_TIES, retrieval_metrics, retrieval_ranks_from_embeddings
+from rswb.models.qbnorm import dynamic_inverted_softmax
 from rswb.tasks.retrieval.task import RetrievalTask
 from rswb.utils import eval_mode
 
 __all__ = [
-    "encode_queries", "failure_cases", "search_image", "search_text", "split_embeddings", "token_similarity",
-    "word_region_maps",
+    "SplitEmbeddings", "TwoWayScores", "encode_queries", "encode_run", "failure_cases", "rescored_metrics",
+    "search_image", "search_text", "split_embeddings", "token_similarity", "two_way_scores", "word_region_maps",
 ]
 
 def split_embeddings(task: RetrievalTask, split: RetrievalSplit, device: str | torch.device | None = None,
@@ -193,3 +201,185 @@ def failure_cases(embeddings: Mapping[str, torch.Tensor], split, n: int = 4) -> 
     top = (embeddings["text"][torch.as_tensor(worst)] @ embeddings["image"].t()).argmax(1).numpy()
     return [{"caption": split.captions[j], "index": int(j), "truth": int(split.caption_to_image[j]),
              "rank": int(t2i[j]) + 1, "top": int(t)} for j, t in zip(worst, top)]
+
+
+# ------------------------------------------------------------------ rescoring at inference: ensembles, QB-Norm
+
+
+@dataclass(frozen=True)
+class SplitEmbeddings:
+    """One run's embeddings of one split, with what identifies the split (to check an ensemble shares it).
+
+    Attributes:
+        image: L2-normalised image embeddings ``[N_i, D]`` (CPU float32).
+        text: L2-normalised caption embeddings ``[N_c, D]``.
+        caption_to_image: image index of every caption ``[N_c]``.
+        captions: the caption texts ``[N_c]``.
+        images: each image's name (file name where the split has no names) ``[N_i]``.
+    """
+
+    image: torch.Tensor
+    text: torch.Tensor
+    caption_to_image: np.ndarray
+    captions: tuple[str, ...]
+    images: tuple[str, ...]
+
+    def same_split(self, other: SplitEmbeddings) -> bool:
+        """Whether ``other`` holds the same images and captions in the same order."""
+        return (self.images == other.images and self.captions == other.captions
+                and np.array_equal(self.caption_to_image, other.caption_to_image))
+
+
+@dataclass(frozen=True)
+class TwoWayScores:
+    """Image-to-text and text-to-image scores of one split, each laid out query x gallery.
+
+    The two matrices are transposes of each other until a per-query rescoring (QB-Norm) changes one direction.
+
+    Attributes:
+        i2t: image queries x captions ``[N_i, N_c]``.
+        t2i: caption queries x images ``[N_c, N_i]``.
+        caption_to_image: image index of every caption ``[N_c]``.
+        split: the split scored.
+        runs: how many runs' similarities were averaged.
+        qbnorm_beta: ``{"i2t": beta, "t2i": beta}``, ``None`` where a direction was not normalised.
+    """
+
+    i2t: torch.Tensor
+    t2i: torch.Tensor
+    caption_to_image: np.ndarray
+    split: str
+    runs: int
+    qbnorm_beta: dict[str, float | None]
+
+
+RunLike = str | Path | LoadedRun | Mapping[str, SplitEmbeddings]
+
+
+def encode_run(run: str | Path | LoadedRun, splits: Sequence[str] = ("test",), *,
+               device: str | torch.device | None = None, batch_size: int = 256) -> dict[str, SplitEmbeddings]:
+    """A trained retrieval run's embeddings of some of its splits (:func:`split_embeddings` of each).
+
+    Encode once and pass the result to :func:`two_way_scores` as many times as needed (several ``beta``, several
+    ensembles): the encoders are the slow part.
+
+    Args:
+        run: a run folder (rebuilt with :func:`rswb.engine.load_run`, only ``splits``) or an already loaded run.
+        splits: the split names, e.g. ``("train", "val", "test")``.
+        device: where the encoders run (None: the best available).
+        batch_size: images or captions per forward pass.
+
+    Returns:
+        ``{split: SplitEmbeddings}``.
+    """
+    loaded = run if isinstance(run, LoadedRun) else load_run(run, splits=tuple(splits), device=device)
+    out = {}
+    for name in splits:
+        split = getattr(loaded, name, None)
+        if split is None:
+            raise ValueError(f"{loaded.path}: split {name!r} was not built (load the run with splits={tuple(splits)})")
+        emb = split_embeddings(loaded.task, split, device, batch_size)
+        names = (split.image_names if split.image_names is not None
+                 else [Path(p).name for p in split.image_paths or ()])
+        # Normalised again: every method's heads normalise already, but an ensemble average weighs runs equally
+        # only when each similarity is a cosine, whatever a (user-registered) head returns.
+        out[name] = SplitEmbeddings(F.normalize(emb["image"].float(), dim=1), F.normalize(emb["text"].float(), dim=1),
+                                    np.asarray(split.caption_to_image, np.int64), tuple(split.captions),
+                                    tuple(str(n) for n in names))
+    return out
+
+
+def _beta_per_direction(qbnorm_beta: float | Mapping[str, float | None] | None) -> dict[str, float | None]:
+    if qbnorm_beta is None or isinstance(qbnorm_beta, int | float):
+        return {"i2t": qbnorm_beta, "t2i": qbnorm_beta}
+    unknown = set(qbnorm_beta) - {"i2t", "t2i"}
+    if unknown:
+        raise ValueError(f"qbnorm_beta keys must be 'i2t' and/or 't2i', got {sorted(unknown)}")
+    return {d: qbnorm_beta.get(d) for d in ("i2t", "t2i")}
+
+
+def _mean_similarity(encoded: Sequence[Mapping[str, SplitEmbeddings]], queries: tuple[str, str],
+                     gallery: tuple[str, str]) -> torch.Tensor:
+    """Mean over runs of ``queries @ gallery.T``; each a ``(split, "image" | "text")`` pair."""
+    total = None
+    for e in encoded:
+        sim = getattr(e[queries[0]], queries[1]) @ getattr(e[gallery[0]], gallery[1]).t()
+        total = sim if total is None else total.add_(sim)
+    return total / len(encoded) if len(encoded) > 1 else total
+
+
+def two_way_scores(runs: RunLike | Sequence[RunLike], split: str = "test",
+                   qbnorm_beta: float | Mapping[str, float | None] | None = None, *, bank_split: str = "train",
+                   qbnorm_k: int = 1, device: str | torch.device | None = None, batch_size: int = 256) -> TwoWayScores:
+    """Both directions' scores of a split from one run or an ensemble, optionally query-bank normalised.
+
+    **Ensemble**: each run's embeddings are L2-normalised and its image x caption cosine similarity computed; the
+    scores are the mean of those matrices over runs (seeds or checkpoints of the same split; the splits are checked
+    to hold the same images and captions). **QB-Norm** (:func:`rswb.models.qbnorm.dynamic_inverted_softmax`): the
+    bank is ``bank_split`` (the training split: never the split scored) as queries of the same modality, scored
+    against the same gallery by the same (ensemble) similarity: the training images for image queries (i2t), the
+    training captions for caption queries (t2i).
+
+    Args:
+        runs: a run folder, a loaded run or the output of :func:`encode_run`, or a sequence of them (an ensemble).
+        split: the split to score (``"test"``; ``"val"`` to choose ``beta``).
+        qbnorm_beta: ``None`` (off), one ``beta`` for both directions, or ``{"i2t": beta, "t2i": beta}`` (a missing
+            or ``None`` entry leaves that direction unnormalised).
+        bank_split: the split whose queries form the bank.
+        qbnorm_k: top-``k`` of each bank query form the activation set (QB-Norm's default 1).
+        device: where encoders run for runs not yet encoded.
+        batch_size: images or captions per forward pass when encoding.
+
+    Returns:
+        :class:`TwoWayScores` (CPU float32).
+    """
+    items = [runs] if isinstance(runs, str | Path | LoadedRun | Mapping) else list(runs)
+    if not items:
+        raise ValueError("two_way_scores needs at least one run")
+    betas = _beta_per_direction(qbnorm_beta)
+    needed = (split, bank_split) if any(b is not None for b in betas.values()) else (split,)
+    encoded = [it if isinstance(it, Mapping) else encode_run(it, needed, device=device, batch_size=batch_size)
+               for it in items]
+    for name in needed:
+        missing = [i for i, e in enumerate(encoded) if name not in e]
+        if missing:
+            raise ValueError(f"run(s) {missing} hold no embeddings of split {name!r} (encode_run(run, {needed}))")
+        if not all(encoded[0][name].same_split(e[name]) for e in encoded[1:]):
+            raise ValueError(f"the runs' {name!r} splits differ (another caption set or split seed): an ensemble "
+                             "averages the scores of the same images and captions")
+    sim = _mean_similarity(encoded, (split, "image"), (split, "text"))  # [N_i, N_c]
+    i2t, t2i = sim, sim.t().contiguous()
+    if betas["i2t"] is not None:
+        bank = _mean_similarity(encoded, (bank_split, "image"), (split, "text"))  # training images x captions
+        i2t = dynamic_inverted_softmax(i2t, bank, betas["i2t"], k=qbnorm_k)
+    if betas["t2i"] is not None:
+        bank = _mean_similarity(encoded, (bank_split, "text"), (split, "image"))  # training captions x images
+        t2i = dynamic_inverted_softmax(t2i, bank, betas["t2i"], k=qbnorm_k)
+    return TwoWayScores(i2t, t2i, encoded[0][split].caption_to_image, split, len(encoded), betas)
+
+
+def rescored_metrics(scores: TwoWayScores, *, ks: Sequence[int] = (1, 5, 10),
+                     ties: str = DEFAULT_TIES) -> dict[str, float]:
+    """R@K both ways, mR and rank statistics of :class:`TwoWayScores` under a tie rule.
+
+    Each direction is scored by :func:`rswb.metrics.retrieval.retrieval_metrics` on its own matrix (i2t from the
+    rows of ``scores.i2t``, t2i from the rows of ``scores.t2i``), so a rescoring of one direction never leaks into
+    the other; ``mR`` is the mean of the ``2 len(ks)`` recalls, as there.
+
+    Args:
+        scores: the output of :func:`two_way_scores`.
+        ks: the cut-offs ``K`` of ``R@K``.
+        ties: any rule of :data:`rswb.metrics.retrieval.TIE_RULES`.
+
+    Returns:
+        The keys of :func:`rswb.metrics.retrieval.retrieval_metrics` (``i2t_R@1`` ... ``mR``, ranks).
+    """
+    c2i = scores.caption_to_image
+    i2t = retrieval_metrics(scores.i2t, c2i, ks=ks, ties=ties)
+    # retrieval_metrics reads t2i from the columns of an image x caption matrix: hand it the transpose.
+    same = torch.equal(scores.i2t, scores.t2i.t())
+    t2i = i2t if same else retrieval_metrics(scores.t2i.t().contiguous(), c2i, ks=ks, ties=ties)
+    out = {k: (t2i if k.startswith("t2i_") else i2t)[k] for k in i2t if k.startswith(("i2t_", "t2i_"))}
+    recalls = [v for k, v in out.items() if "_R@" in k]
+    out["mR"] = float(np.mean(recalls))
+    return {k: out[k] for k in i2t if k in out}  # retrieval_metrics' key order

@@ -3,7 +3,7 @@
 * :mod:`rswb.metrics.classification`: ``OA``, ``AA``, ``kappa`` (fractions) and per-class arrays.
 * :mod:`rswb.metrics.retrieval`: ``i2t_R@K``, ``t2i_R@K``, ``mR`` (percentages), ``*_medr``, ``*_meanr``
   (1-based), under an explicit tie rule (``expected`` by default, ``optimistic`` / ``pessimistic`` bounds,
-  the ``published`` loop).
+  the ``published`` loop, ``clip_benchmark``'s ``torch.topk`` recall).
 * :mod:`rswb.metrics.hashing`: ``mAP@K``, ``P@K``, ``P@r{r}``, ``R@r{r}`` (fractions) and the PR curve.
 """
 

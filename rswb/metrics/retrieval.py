@@ -36,8 +36,24 @@ the number of negatives tied with ``s*`` and ``p >= 1`` the number of positives 
   numpy's sort leaves (it can differ between numpy builds and CPUs). Vectorised with ``np.argsort`` along an axis,
   which sorts every row with the same kernel as the 1-D call (tested against the literal loop). This is the number
   to set beside a paper's.
+* ``"clip_benchmark"``: the recall of ``clip_benchmark.metrics.zeroshot_retrieval`` (clip-benchmark 1.6.2, the
+  LAION CLIP benchmark), reproduced exactly: a query is a hit at ``K`` when any of the ``K`` indices of
+  ``torch.topk(row, K)`` is a positive (i2t: the row ``sim[i, :]``; t2i: the column ``sim[:, j]``, which is where
+  clip_benchmark's ``texts x images`` scores put it), so the order among ties is torch.topk's. That order is chosen
+  per call: the tied items ``topk(row, 1)`` keeps need not head ``topk(row, 5)``, so every ``R@K`` is its own
+  ``torch.topk(row, K)`` call (:mod:`rswb.metrics._topk`), and the ranks (:func:`retrieval_ranks`, ``medr``,
+  ``meanr``) are positions in ``torch.topk(row, M)``, the whole order; where a tie straddles ``K``, ``R@K`` need
+  not be the share of those ranks below ``K``. On CPU torch.topk orders each row from its own values alone, so the
+  numbers do not depend on the batch size (clip_benchmark's ``batchify``, ``memory_budget_bytes`` here); on CUDA
+  torch.topk is another algorithm and may order ties differently, so a GPU's numbers can differ from a CPU's (and,
+  there, possibly with the batch size). A ``K`` at or above the number of items makes every query a hit
+  (clip_benchmark's ``torch.topk`` raises there). :func:`retrieval_metrics_from_embeddings` scores blocks as
+  clip_benchmark does (captions x images), which equals its single product wherever the products are exact; for
+  its number to the bit, pass clip_benchmark's score matrix (transposed) to :func:`retrieval_metrics`.
 
-All four agree when no negative ties with ``s*``; ``optimistic <= expected, published <= pessimistic`` per query.
+All five agree when no negative ties with ``s*``; per query, the optimistic rank ``<=`` the expected, published and
+clip_benchmark ranks ``<=`` the pessimistic rank, and each R@K hit of the clip_benchmark rule lies between the
+pessimistic and the optimistic one.
 
 Cost of the counting rules: no sort at all. The positive scores are gathered once, the best per query is a segment
 max, and each count is a comparison of every score with a threshold: :func:`retrieval_metrics` reads ``sim`` from
@@ -48,7 +64,8 @@ stay in cache while they are compared once per decision (``"expected"`` then cos
 Either way the blocks are shared out to ``torch.get_num_threads()`` threads (both release the GIL).
 :func:`retrieval_metrics_from_embeddings` computes ``sim`` block by block (image rows for i2t, caption rows for t2i)
 and never holds more than ``memory_budget_bytes`` of it. ``"published"`` argsorts every row and column (a few
-seconds at 5,000 x 25,000).
+seconds at 5,000 x 25,000). ``"clip_benchmark"`` calls torch.topk once per K (cheap for small K) and sorts, with
+torch.topk, only the rows and columns whose best positive score a negative shares: the others' rank is a count.
 """
 
 from __future__ import annotations
@@ -75,12 +92,13 @@ from rswb.metrics._counting import (
     _use_numpy,
 )
 from rswb.metrics._native import native_status, rank_counts_kernel
+from rswb.metrics._topk import TopkRanks, topk_direction
 
 ArrayLike = np.ndarray | torch.Tensor
-Ties = Literal["expected", "optimistic", "pessimistic", "published"]
+Ties = Literal["expected", "optimistic", "pessimistic", "published", "clip_benchmark"]
 Positives = Literal["image", "text"]
 #: Every tie rule, the headline first.
-TIE_RULES: tuple[str, ...] = ("expected", "optimistic", "pessimistic", "published")
+TIE_RULES: tuple[str, ...] = ("expected", "optimistic", "pessimistic", "published", "clip_benchmark")
 #: The rule every retrieval number in rswb is reported under unless it says otherwise.
 DEFAULT_TIES = "expected"
 
@@ -430,6 +448,15 @@ def _published_matrix(s: np.ndarray, pairs: _Pairs, budget: int) -> tuple[np.nda
     return i2t, t2i
 
 
+def _topk_matrix(s: torch.Tensor, pairs: _Pairs, ks: tuple[int, ...], budget: int) -> TopkRanks:
+    """The clip_benchmark rule over the whole matrix: image rows, then caption columns (read in place)."""
+    n_i, n_c = s.shape
+    i2t = topk_direction(lambda r0, r1: s[r0:r1], n_i, n_c, pairs.img, pairs.cap, pairs.img_starts, ks, budget)
+    img_c, cap_c = pairs.img[pairs.by_caption], pairs.cap[pairs.by_caption]
+    t2i = topk_direction(lambda c0, c1: s[:, c0:c1].T, n_c, n_i, cap_c, img_c, pairs.cap_starts, ks, budget)
+    return TopkRanks(ks, i2t[0], t2i[0], i2t[1], t2i[1])
+
+
 def _matrix_ranks(
     sim: ArrayLike,
     caption_to_image: ArrayLike,
@@ -438,9 +465,13 @@ def _matrix_ranks(
     texts: Sequence[str] | None,
     budget: int,
     backend: str,
-) -> tuple[np.ndarray, np.ndarray] | RankCounts:
+    ks: Sequence[int] = (),
+) -> tuple[np.ndarray, np.ndarray] | RankCounts | TopkRanks:
     _check_ties(ties)
     s, pairs = _prepare(sim, caption_to_image, positives, texts)
+    if ties == "clip_benchmark":
+        # Its recalls need the cut-offs up front (one torch.topk call per K); ranks alone need none.
+        return _topk_matrix(s, pairs, _check_ks(ks) if ks else (), budget)
     if ties == "published":
         _positive_scores(s, pairs)  # the NaN check
         return _published_matrix(s.cpu().numpy(), pairs, budget)
@@ -462,21 +493,26 @@ def retrieval_ranks(
     Args:
         sim: similarity ``[N_i, N_c]`` (numpy array or tensor on any device; higher = more similar; no NaN).
         caption_to_image: image index of every caption ``[N_c]``; every image needs at least one caption.
-        ties: ``"expected"``, ``"optimistic"``, ``"pessimistic"`` or ``"published"`` (module docstring).
+        ties: ``"expected"``, ``"optimistic"``, ``"pessimistic"``, ``"published"`` or ``"clip_benchmark"`` (module
+            docstring).
         positives: ``"image"`` (a caption matches its own image) or ``"text"`` (also every image owning the same
             normalised text); ``"text"`` needs ``texts``.
         texts: the caption texts ``[N_c]``, for ``positives="text"``.
         memory_budget_bytes: bound on the temporaries of the blocks in flight; a floating-point ``sim`` is read
             in place, never copied (integer scores are converted to float64 first).
         backend: ``"auto"`` (on CPU the compiled kernel where it builds, else numpy; torch elsewhere), ``"native"``
-            (the compiled kernel, an error where it is unavailable), ``"numpy"`` or ``"torch"``.
+            (the compiled kernel, an error where it is unavailable), ``"numpy"`` or ``"torch"``; the counting
+            rules only (``"published"`` argsorts with numpy, ``"clip_benchmark"`` calls torch.topk on ``sim``'s
+            device).
 
     Returns:
         ``(i2t_ranks [N_i], t2i_ranks [N_c])`` as numpy arrays: int64, except under ``"expected"``, where they are
         the expected ranks (float64; for R@K use :func:`retrieval_metrics`, which takes the whole distribution).
+        Under ``"clip_benchmark"`` they are positions in ``torch.topk``'s whole order; its R@K come from one
+        torch.topk call per K (:func:`retrieval_metrics`).
     """
     out = _matrix_ranks(sim, caption_to_image, ties, positives, texts, memory_budget_bytes, backend)
-    return out.ranks("expected") if isinstance(out, RankCounts) else out
+    return _plain_ranks(out)
 
 
 def retrieval_rank_counts(
@@ -539,7 +575,31 @@ def _as_numpy_ranks(r: ArrayLike) -> np.ndarray:
     return a.reshape(-1).astype(np.int64)
 
 
-def _metrics(out: tuple[np.ndarray, np.ndarray] | RankCounts, ks: Sequence[int]) -> dict[str, float]:
+def _plain_ranks(out: tuple[np.ndarray, np.ndarray] | RankCounts | TopkRanks) -> tuple[np.ndarray, np.ndarray]:
+    """``(i2t, t2i)`` ranks of any rule's result (the expected ranks of :class:`RankCounts`)."""
+    if isinstance(out, RankCounts):
+        return out.ranks("expected")
+    if isinstance(out, TopkRanks):
+        return out.i2t, out.t2i
+    return out
+
+
+def _topk_metrics(out: TopkRanks, ks: Sequence[int]) -> dict[str, float]:
+    """:func:`metrics_from_ranks` of the whole-order ranks, with each R@K (and so mR) from its own torch.topk call."""
+    metrics = metrics_from_ranks(out.i2t, out.t2i, ks)
+    recalls = []
+    # The same keys, order and mean as metrics_from_ranks: only where a tie straddles K do the values differ.
+    for direction, hits in (("i2t", out.i2t_hits), ("t2i", out.t2i_hits)):
+        for k, hit in zip(out.ks, hits):
+            metrics[f"{direction}_R@{k}"] = float(100.0 * np.mean(hit))
+            recalls.append(metrics[f"{direction}_R@{k}"])
+    metrics["mR"] = float(np.mean(recalls))
+    return metrics
+
+
+def _metrics(out: tuple[np.ndarray, np.ndarray] | RankCounts | TopkRanks, ks: Sequence[int]) -> dict[str, float]:
+    if isinstance(out, TopkRanks):
+        return _topk_metrics(out, ks)
     return metrics_from_counts(out, ks) if isinstance(out, RankCounts) else metrics_from_ranks(*out, ks)
 
 
@@ -560,7 +620,8 @@ def retrieval_metrics(
         sim: similarity ``[N_i, N_c]`` (numpy array or tensor on any device; no NaN).
         caption_to_image: image index of every caption ``[N_c]`` (any number of captions per image, at least one).
         ks: the cut-offs ``K`` of ``R@K``.
-        ties: ``"expected"`` (default), ``"optimistic"``, ``"pessimistic"`` or ``"published"`` (module docstring).
+        ties: ``"expected"`` (default), ``"optimistic"``, ``"pessimistic"``, ``"published"`` or ``"clip_benchmark"``
+            (module docstring).
         positives: ``"image"`` (default) or ``"text"`` (with ``texts``; see the module docstring).
         texts: the caption texts ``[N_c]``, for ``positives="text"``.
         memory_budget_bytes: bound on the temporaries of one block.
@@ -570,7 +631,8 @@ def retrieval_metrics(
         ``{"i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "mR", "i2t_medr", "i2t_meanr",
         "t2i_medr", "t2i_meanr"}`` for the default ``ks`` (see :func:`metrics_from_ranks`).
     """
-    return _metrics(_matrix_ranks(sim, caption_to_image, ties, positives, texts, memory_budget_bytes, backend), ks)
+    out = _matrix_ranks(sim, caption_to_image, ties, positives, texts, memory_budget_bytes, backend, ks)
+    return _metrics(out, ks)
 
 
 # ------------------------------------------------------------------ from embeddings, block by block
@@ -585,7 +647,8 @@ def _embedding_ranks(
     texts: Sequence[str] | None,
     budget: int,
     backend: str,
-) -> tuple[np.ndarray, np.ndarray] | RankCounts:
+    ks: Sequence[int] = (),
+) -> tuple[np.ndarray, np.ndarray] | RankCounts | TopkRanks:
     _check_ties(ties)
     img, txt = _as_tensor(image_emb, "image_emb"), _as_tensor(text_emb, "text_emb")
     if img.ndim != 2 or txt.ndim != 2 or img.shape[1] != txt.shape[1]:
@@ -598,6 +661,16 @@ def _embedding_ranks(
     img, txt = img.to(dtype), txt.to(dtype)
     n_i, n_c = img.shape[0], txt.shape[0]
     pairs = _Pairs.build(_check_index(caption_to_image, n_i, n_c), n_i, positives, texts)
+    if ties == "clip_benchmark":
+        ks = _check_ks(ks) if ks else ()
+        cap_c, img_c = pairs.cap[pairs.by_caption], pairs.img[pairs.by_caption]
+        # clip_benchmark multiplies texts @ images.T and reads image queries from its transpose: the same operand
+        # order in both directions keeps the rounding of each product, and so its ties, as close to its as blocked
+        # products can (equal wherever the products are exact).
+        i2t = topk_direction(lambda r0, r1: (txt @ img[r0:r1].T).T, n_i, n_c, pairs.img, pairs.cap,
+                             pairs.img_starts, ks, budget)
+        t2i = topk_direction(lambda r0, r1: txt[r0:r1] @ img.T, n_c, n_i, cap_c, img_c, pairs.cap_starts, ks, budget)
+        return TopkRanks(ks, i2t[0], t2i[0], i2t[1], t2i[1])
     published = ties == "published"
     modes = () if published else _modes(ties)
     numpy_counts = _use_numpy(img, backend)
@@ -672,7 +745,7 @@ def retrieval_ranks_from_embeddings(
         ``(i2t_ranks [N_i], t2i_ranks [N_c])`` as in :func:`retrieval_ranks`.
     """
     out = _embedding_ranks(image_emb, text_emb, caption_to_image, ties, positives, texts, memory_budget_bytes, backend)
-    return out.ranks("expected") if isinstance(out, RankCounts) else out
+    return _plain_ranks(out)
 
 
 def retrieval_metrics_from_embeddings(
@@ -701,5 +774,6 @@ def retrieval_metrics_from_embeddings(
     Returns:
         The same keys as :func:`retrieval_metrics`.
     """
-    out = _embedding_ranks(image_emb, text_emb, caption_to_image, ties, positives, texts, memory_budget_bytes, "auto")
+    budget = memory_budget_bytes
+    out = _embedding_ranks(image_emb, text_emb, caption_to_image, ties, positives, texts, budget, "auto", ks)
     return _metrics(out, ks)

@@ -101,7 +101,7 @@ class RetrievalConfig(ImageTaskOptions):
                                       "other's images in the momentum InfoNCE (and never negatives)",
                                       methods=KAMCL)
     ties: str = option("expected", "tie rule of the headline R@K (validation selection and test): expected | "
-                       "optimistic | pessimistic | published; the other rules are reported beside it",
+                       "optimistic | pessimistic | published | clip_benchmark; the other rules are reported beside it",
                        choices=TIE_RULES)
     max_images: int | None = option(None, "use at most this many images per split (quick runs)", low=1)
     train_from: str | None = option(None, "partial fine-tuning: train the image backbone from this piece on (e.g. "
