@@ -71,3 +71,23 @@ def test_validation_gap_reads_both_result_formats(tmp_path):
           str(tmp_path)])
     text = (tmp_path / "g_table.md").read_text()
     assert "| K | random | mR | 67.00 | 52.00 +- 0.00 | +15.00 | +15.00 | no |" in text
+
+
+def test_retrieval_best_selects_on_validation_not_test():
+    from benchmarks.retrieval_best import best
+
+    def cfg(runs, qb, val, test):
+        return {"runs": runs, "qbnorm_beta": {"i2t": 10, "t2i": 10} if qb else None,
+                "val": {"expected": {"mR": val}}, "test": {r: {"mR": test + i} for i, r in enumerate(RULES)}}
+
+    RULES = ["expected", "published"]
+    results = {"tie_rules": RULES, "configs": [
+        cfg(["r/k-s0"], False, 60.0, 50.0), cfg(["r/k-s0"], True, 62.0, 49.0),
+        cfg(["r/k-s1"], False, 62.0, 52.0), cfg(["r/k-s1"], True, 64.0, 51.0),
+        cfg(["r/k-s0", "r/k-s1"], False, 61.0, 60.0),  # the best test, not the best validation
+        cfg(["r/k-s0", "r/k-s1"], True, 65.0, 53.0)]}
+    got = best([("kamcl", "finetune", results)])
+    assert got["configuration"] == "ensemble of 2 seeds + QB-Norm" and got["seeds"] == [0, 1]
+    assert got["mR"] == {"expected": 53.0, "published": 54.0} and len(got["candidates"]) == 4
+    single = next(c for c in got["candidates"] if c["configuration"] == "single seed + QB-Norm")
+    assert single["val_mR"] == 63.0 and single["mR"]["expected"] == 50.0  # means over the seeds
