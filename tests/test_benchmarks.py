@@ -91,3 +91,16 @@ def test_retrieval_best_selects_on_validation_not_test():
     assert got["mR"] == {"expected": 53.0, "published": 54.0} and len(got["candidates"]) == 4
     single = next(c for c in got["candidates"] if c["configuration"] == "single seed + QB-Norm")
     assert single["val_mR"] == 63.0 and single["mR"]["expected"] == 50.0  # means over the seeds
+
+
+def test_dhcl_refit_trains_every_image_for_the_selected_epoch_count(tmp_path, monkeypatch):
+    from benchmarks.dhcl_ucmd import run, table
+
+    monkeypatch.setenv("RSWB_CACHE_DIR", str(tmp_path / "cache"))
+    extra = {"backbone": "small_cnn", "pretrained": False, "image_size": 16, "views": 1, "per_class": 10}
+    res = run(None, [8], [0], 2, str(tmp_path / "runs"), extra, n_orders=1, refit=True)
+    r = res["runs"][0]
+    assert r["refit"]["epochs"] == r["best_epoch"] and "mAP@20" in r["refit"]
+    config = (tmp_path / "runs" / "ucmd-8bit-s0-refit" / "config.yaml").read_text()
+    assert "val_rule: none" in config and f"epochs: {r['best_epoch']}" in config
+    assert "| 8 + 4, refit |" in table(res)

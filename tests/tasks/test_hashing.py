@@ -34,6 +34,9 @@ def test_bundle_splits_follow_the_protocol(tmp_path):
     assert set(b.train.index.tolist()).isdisjoint(b.val.index.tolist())  # no image in both, in any view
     # The validation block: the first 2 (0.125 of 20) training images of each class, as the test split is a block.
     assert b.val.index.tolist() == [c * 20 + i for c in range(10) for i in range(2)]
+    refit = hash_task(HashConfig(backbone="small_cnn", pretrained=False, image_size=32, views=2, bits=8,
+                                 per_class=20, cache_dir=str(tmp_path), val_rule="none"))
+    assert refit.val is None and len(refit.train) == 2 * 200  # every training image trains; the last epoch is kept
     assert b.train_defaults["lr"] == 1e-3
     groups = b.task.param_groups()
     assert groups[1]["lr_mult"] == 100.0 and groups[1]["params"][0] is b.task.loss.proxies

@@ -66,6 +66,11 @@ class HashConfig(ImageTaskOptions):
                               folder=True)
     val_share: float = option(0.125, "share of each class's training images held out for model selection (UCMD: "
                               "10 of 80)", low=0, low_open=True, high=1, high_open=True)
+    val_rule: str = option("block", "how the validation images are held out: block (the first val_share of each "
+                           "class by number, shaped like the query block) | random (a seeded random share, the rule of "
+                           "runs made before) | none (train on every training image and keep the last epoch: a refit "
+                           "for an epoch count selected before, e.g. by a block run)",
+                           choices=("block", "random", "none"))
     layout: str = option("auto", "auto | ucmerced | aid (decides the split rule)", choices=("auto", "ucmerced", "aid"))
     bits: int = option(64, "hash code length K", low=1, high=4096)
     views: int = option(4, "dihedral views per training image in the cache (1-8; frozen and partial profiles)",
@@ -208,7 +213,11 @@ def hash_task(cfg: HashConfig, request: BuildRequest | None = None) -> TaskBundl
     if not fit_splits:
         return TaskBundle(task, None, test=test, class_names=list(query.classes))
 
-    tr_idx, va_idx = validation_split(len(train_all), cfg.val_share, cfg.split_seed, train_all.labels, cfg.val_rule)
+    if cfg.val_rule == "none":  # a refit: every training image trains, the last epoch is kept
+        tr_idx, va_idx = np.arange(len(train_all)), np.arange(0)
+    else:
+        tr_idx, va_idx = validation_split(len(train_all), cfg.val_share, cfg.split_seed, train_all.labels,
+                                          cfg.val_rule)
     views = max(1, min(8, cfg.views))
     labels = train_all.labels
     if cfg.train_from is not None:
@@ -220,7 +229,7 @@ def hash_task(cfg: HashConfig, request: BuildRequest | None = None) -> TaskBundl
     elif cfg.freeze_backbone:
         train_feats = _cached_features(model.backbone, train_all, views, cfg, request.device)
         train = FeatureSet(train_feats[tr_idx], labels[tr_idx], tr_idx)
-        val = FeatureSet(train_feats[va_idx, :1], labels[va_idx], va_idx)
+        val = FeatureSet(train_feats[va_idx, :1], labels[va_idx], va_idx) if len(va_idx) else None
         defaults = {"epochs": 40, "batch_size": 90, "lr": 1e-3, "weight_decay": 1e-4, "schedule": "cosine",
                     "warmup_epochs": 1.0, "val_fraction": 0.0}
     else:
