@@ -302,8 +302,10 @@ def test_test_time_views_average_the_codes_of_every_cached_view(tmp_path):
             "bits": 8, "train_from": "stage3", "progress": False, "cache_dir": str(tmp_path / "cache")}
     res = train_task("hash", {**opts, "tta_views": 2}, run_name="t", runs_root=tmp_path)
     model = res.task.model
-    test = load_run(tmp_path / "t", splits=("test",)).test
+    loaded = load_run(tmp_path / "t", splits=("val", "test"))
+    test = loaded.test
     assert isinstance(test, CachedViews) and test[0]["cut"].dim() == 4 and test[0]["cut"].shape[0] == 2
+    assert loaded.val[0]["cut"].shape == test[0]["cut"].shape  # the epoch is selected as the test is scored
     batch = {"cut": torch.stack([test[i]["cut"] for i in range(3)]), "taps": {}}
     with eval_mode(model):
         both = model(batch)

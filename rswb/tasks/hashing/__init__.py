@@ -223,7 +223,9 @@ def hash_task(cfg: HashConfig, request: BuildRequest | None = None) -> TaskBundl
     if cfg.train_from is not None:
         cache = _cached_cut(model.backbone, train_all, views, cfg, request.device)
         train = CachedViews({k: v[tr_idx] for k, v in cache.items()}, labels[tr_idx], tr_idx, random_view=True)
-        val = CachedViews({k: v[va_idx] for k, v in cache.items()}, labels[va_idx], va_idx)
+        # Validation scores the model as the test split will: with test-time views, its first tta_views views.
+        val = CachedViews({k: v[va_idx, :cfg.tta_views] for k, v in cache.items()}, labels[va_idx], va_idx,
+                          all_views=cfg.tta_views > 1)
         defaults = {"epochs": 30, "batch_size": 90, "lr": 1e-3, "weight_decay": 1e-4, "schedule": "cosine",
                     "warmup_epochs": 1.0, "val_fraction": 0.0}
     elif cfg.freeze_backbone:
