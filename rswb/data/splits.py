@@ -143,12 +143,16 @@ def validation_indices(
         perm = rng.permutation(n)
         k = min(n - 1, max(1, round(fraction * n)))
         return np.sort(perm[k:]), np.sort(perm[:k])
-    val = []
-    for c in np.unique(y):
-        members = rng.permutation(np.flatnonzero(y == c))
-        k = round(fraction * len(members))
-        k = min(len(members) - 1, max(1 if len(members) >= 2 else 0, k))
-        val.append(members[:k])
+    val = [rng.permutation(np.flatnonzero(y == c)) for c in np.unique(y)]
+    return _held_out_per_class(n, val, fraction)
+
+
+def _held_out_per_class(n: int, members: list[np.ndarray], fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(train_idx, val_idx)``: the first ``round(fraction * n_c)`` of each class's ``members`` validate.
+
+    At least one item of a class with two or more validates, and each class keeps at least one for training.
+    """
+    val = [m[:min(len(m) - 1, max(1 if len(m) >= 2 else 0, round(fraction * len(m))))] for m in members]
     val_idx = np.sort(np.concatenate(val)) if val else np.arange(0)
     train_mask = np.ones(n, dtype=bool)
     train_mask[val_idx] = False
@@ -180,15 +184,8 @@ def held_out_block(n: int, fraction: float, labels: Sequence[int] | np.ndarray |
         raise ValueError(f"labels has shape {y.shape} but the dataset has {n} items")
     if fraction == 0.0 or n == 0:
         return np.arange(n), np.arange(0)
-    val = []
-    for c in np.unique(y):
-        members = np.flatnonzero(y == c)  # in the split's order: the order of the items' numbers
-        k = round(fraction * len(members))
-        val.append(members[:min(len(members) - 1, max(1 if len(members) >= 2 else 0, k))])
-    val_idx = np.sort(np.concatenate(val))
-    train_mask = np.ones(n, dtype=bool)
-    train_mask[val_idx] = False
-    return np.flatnonzero(train_mask), val_idx
+    # Each class in the split's order: the order of the items' numbers.
+    return _held_out_per_class(n, [np.flatnonzero(y == c) for c in np.unique(y)], fraction)
 
 
 def validation_split(n: int, fraction: float, seed: int = 0,
