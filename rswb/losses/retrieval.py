@@ -237,8 +237,8 @@ def momentum_info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, tem
             images share is not pushed away from any of them. Other views of the same image stay left out.
         queue_groups: ``[K]`` text group of each queue entry (with ``groups`` when ``K > 0``).
     """
-    if groups is not None:
-        return _grouped_momentum_info_nce(q, k, queue, temperature, ids, queue_ids, groups, queue_groups)
+    if groups is not None and ids is None:
+        raise ValueError("groups need ids (the image identity of each pair)")
     if q.shape != k.shape or q.ndim != 2 or q.shape[0] == 0:
         raise ValueError(f"expected q and k as non-empty [B, D] tensors of one shape, got {tuple(q.shape)} "
                          f"and {tuple(k.shape)}")
@@ -248,55 +248,32 @@ def momentum_info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, tem
     n, size = q.shape[0], queue.shape[0]
     if queue_ids is not None and ids is None:
         raise ValueError("queue_ids given without ids")
+    if groups is not None and size > 0 and (queue_ids is None or queue_groups is None):
+        raise ValueError("a non-empty queue needs queue_ids and queue_groups with groups")
     if ids is not None and queue_ids is None and size > 0:
         raise ValueError("ids given without queue_ids for a non-empty queue: the queue could not be masked")
     q = F.normalize(_at_least_fp32(q), dim=1)
-    k = F.normalize(_at_least_fp32(k.detach()), dim=1).to(q.dtype)
-    queue = F.normalize(_at_least_fp32(queue.detach()), dim=1).to(q.dtype)
-    batch_logits = q @ k.t() / temperature  # [B, B]
-    queue_logits = q @ queue.t() / temperature  # [B, K]
+    keys = torch.cat([F.normalize(_at_least_fp32(k.detach()), dim=1).to(q.dtype),
+                      F.normalize(_at_least_fp32(queue.detach()), dim=1).to(q.dtype)])
+    logits = q @ keys.t() / temperature  # [B, B + K]: the in-batch keys, then the queue
+    positive = torch.zeros_like(logits, dtype=torch.bool)
+    positive[:, :n] = torch.eye(n, dtype=torch.bool, device=q.device)  # the own key k_i
+    kept = logits
     if ids is not None:
         ids = _check_per_pair(ids, n, "ids").to(q.device)
-        # The diagonal is masked too but dropped below: the positive is computed on its own and always kept.
-        batch_logits = batch_logits.masked_fill(ids[:, None] == ids[None, :], float("-inf"))
+        all_ids = ids
+        if groups is not None:
+            groups = _check_per_pair(groups, n, "groups").to(q.device)
+            all_groups = groups
         if size > 0:
-            queue_ids = _check_per_pair(queue_ids, size, "queue_ids").to(q.device)
-            queue_logits = queue_logits.masked_fill(ids[:, None] == queue_ids[None, :], float("-inf"))
-    positive = (q * k).sum(dim=1, keepdim=True) / temperature
-    off_diagonal = batch_logits.masked_select(~torch.eye(n, dtype=torch.bool, device=q.device)).view(n, n - 1)
-    logits = torch.cat([positive, off_diagonal, queue_logits], dim=1)
-    return F.cross_entropy(logits, torch.zeros(n, dtype=torch.long, device=q.device))
-
-
-def _grouped_momentum_info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor,
-                               temperature: float | torch.Tensor, ids: torch.Tensor | None,
-                               queue_ids: torch.Tensor | None, groups: torch.Tensor,
-                               queue_groups: torch.Tensor | None) -> torch.Tensor:
-    """:func:`momentum_info_nce` with text groups: every key of the query's group is a positive."""
-    if ids is None:
-        raise ValueError("groups need ids (the image identity of each pair)")
-    if q.shape != k.shape or q.ndim != 2 or q.shape[0] == 0 or queue.ndim != 2 or queue.shape[1] != q.shape[1]:
-        raise ValueError(f"expected q, k [B, D] and a [K, D] queue, got {tuple(q.shape)}, {tuple(k.shape)}, "
-                         f"{tuple(queue.shape)}")
-    _check_temperature(temperature)
-    n, size = q.shape[0], queue.shape[0]
-    if size > 0 and (queue_ids is None or queue_groups is None):
-        raise ValueError("a non-empty queue needs queue_ids and queue_groups with groups")
-    ids = _check_per_pair(ids, n, "ids").to(q.device)
-    groups = _check_per_pair(groups, n, "groups").to(q.device)
-    all_ids, all_groups = ids, groups
-    if size > 0:
-        all_ids = torch.cat([ids, _check_per_pair(queue_ids, size, "queue_ids").to(q.device)])
-        all_groups = torch.cat([groups, _check_per_pair(queue_groups, size, "queue_groups").to(q.device)])
-    q = F.normalize(_at_least_fp32(q), dim=1)
-    keys = torch.cat([F.normalize(_at_least_fp32(k.detach()), dim=1), F.normalize(_at_least_fp32(queue.detach()),
-                                                                                   dim=1)]).to(q.dtype)
-    logits = q @ keys.t() / temperature  # [B, B + K]
-    own = torch.zeros_like(logits, dtype=torch.bool)
-    own[:, :n] = torch.eye(n, dtype=torch.bool, device=q.device)
-    positive = own | (groups[:, None] == all_groups[None, :])
-    excluded = (ids[:, None] == all_ids[None, :]) & ~positive  # other views of the same image: neither
-    kept = logits.masked_fill(excluded, float("-inf"))
+            all_ids = torch.cat([ids, _check_per_pair(queue_ids, size, "queue_ids").to(q.device)])
+            if groups is not None:
+                all_groups = torch.cat([groups, _check_per_pair(queue_groups, size, "queue_groups").to(q.device)])
+        if groups is not None:
+            positive = positive | (groups[:, None] == all_groups[None, :])
+        excluded = (ids[:, None] == all_ids[None, :]) & ~positive  # other views of the same image: neither
+        kept = logits.masked_fill(excluded, float("-inf"))
+    # -log( sum of the positives / sum of the kept entries ) per query, both sums by logsumexp.
     return (torch.logsumexp(kept, 1) - torch.logsumexp(logits.masked_fill(~positive, float("-inf")), 1)).mean()
 
 
