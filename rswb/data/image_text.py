@@ -31,7 +31,7 @@ from rswb.data.captions import (
 )
 from rswb.data.errors import DatasetNotFoundError
 from rswb.data.scenes import check_images, image_to_tensor, load_image
-from rswb.data.splits import VAL_RULES, carve_items, held_out_block
+from rswb.data.splits import carve_items, check_val_rule, held_out_block
 from rswb.data.tags import Vocabulary, content_words
 from rswb.data.transforms import dihedral
 from rswb.utils import deprecated_names
@@ -547,15 +547,14 @@ def read_joined_captions(root: Path, image_root: Path | None, fmt: str = "auto",
     if "val" in caption_split_names(root, fmt):  # a val split that is there but broken raises instead of being skipped
         val_cs = limit_images(read_captions(root, "val", fmt), max_images)
     else:  # carve a share of the training images, with all their captions
+        check_val_rule(val_rule)
         if val_rule == "block":  # the first share of each scene's images (one block without scenes), in file order
             scenes = scene_names(train_cs, resolver.resolve_all(train_cs.image_names, train_cs.source), image_root,
                                  root)
             groups = np.unique(scenes, return_inverse=True)[1] if scenes is not None else None
             kept, carved = held_out_block(train_cs.num_images, val_share, groups)
-        elif val_rule == "random":
+        else:  # random
             kept, carved = carve_items(train_cs.num_images, val_share, split_seed)
-        else:
-            raise ValueError(f"val_rule must be one of {', '.join(map(repr, VAL_RULES))}; got {val_rule!r}")
         val_cs = subset_images(train_cs, carved, "val")
         train_cs = subset_images(train_cs, kept, "train")
     sets = {"train": train_cs, "val": val_cs, "test": test_cs}

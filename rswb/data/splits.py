@@ -28,8 +28,9 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 __all__ = [
-    "VAL_RULES", "FewShotSplit", "carve_items", "carve_validation", "count_per_class", "few_shot_split",
-    "first_per_class", "held_out_block", "split_rng", "stratified_subsample", "validation_indices", "validation_split",
+    "VAL_RULES", "FewShotSplit", "carve_items", "carve_validation", "check_val_rule", "count_per_class",
+    "few_shot_split", "first_per_class", "held_out_block", "split_rng", "stratified_subsample", "validation_indices",
+    "validation_split",
 ]
 
 #: How a numbered training split gives its validation items: ``"block"`` (:func:`held_out_block`, the default) or
@@ -188,6 +189,12 @@ def held_out_block(n: int, fraction: float, labels: Sequence[int] | np.ndarray |
     return _held_out_per_class(n, [np.flatnonzero(y == c) for c in np.unique(y)], fraction)
 
 
+def check_val_rule(rule: str) -> None:
+    """Raise ``ValueError`` unless ``rule`` is one of :data:`VAL_RULES`."""
+    if rule not in VAL_RULES:
+        raise ValueError(f"val_rule must be one of {', '.join(map(repr, VAL_RULES))}; got {rule!r}")
+
+
 def validation_split(n: int, fraction: float, seed: int = 0,
                      labels: Sequence[int] | np.ndarray | torch.Tensor | None = None, rule: str = "block"
                      ) -> tuple[np.ndarray, np.ndarray]:
@@ -196,11 +203,10 @@ def validation_split(n: int, fraction: float, seed: int = 0,
     Raises:
         ValueError: an unknown rule, ``fraction`` outside ``[0, 1)`` or ``labels`` of the wrong length.
     """
+    check_val_rule(rule)
     if rule == "block":
         return held_out_block(n, fraction, labels)
-    if rule == "random":
-        return validation_indices(n, fraction, seed, labels)
-    raise ValueError(f"val_rule must be one of {', '.join(map(repr, VAL_RULES))}; got {rule!r}")
+    return validation_indices(n, fraction, seed, labels)
 
 
 def carve_validation(dataset: Dataset, fraction: float, seed: int = 0,
