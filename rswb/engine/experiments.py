@@ -31,7 +31,7 @@ from typing import Any
 import pandas as pd
 
 from rswb.config import drop_unused, from_dict, task_config_class, validate
-from rswb.engine.launch import LoadedRun, load_run, saved_task_options, split_options, train_task
+from rswb.engine.launch import LoadedRun, load_run, profile_recipe, saved_task_options, split_options, train_task
 from rswb.engine.runs import RunFolder, compare
 from rswb.io import atomic_write_json, atomic_write_text
 from rswb.registry import get, list_names
@@ -66,16 +66,17 @@ _PATH_OPTIONS = ("data", "images", "image_map")
 
 
 def profile_options(task: str, profile: str) -> dict[str, Any]:
-    """The option overrides of ``task``'s ``profile`` (a copy).
+    """The option overrides of ``task``'s ``profile`` (a copy): :func:`~rswb.engine.launch.profile_recipe` by name.
 
     Raises:
         KeyError: an unknown task or profile (the message lists the known ones).
     """
     if task not in PROFILES:
         raise KeyError(f"no profiles for task {task!r}; tasks with profiles: {', '.join(PROFILES)}")
-    if profile not in PROFILES[task]:
-        raise KeyError(f"unknown profile {profile!r} of task {task}; use one of {', '.join(PROFILES[task])}")
-    return dict(PROFILES[task][profile])
+    try:
+        return profile_recipe(get("task", task), task, profile)
+    except ValueError:  # the notebooks' error names no --profile flag and is a KeyError, as PROFILES[task][profile]
+        raise KeyError(f"unknown profile {profile!r} of task {task}; use one of {', '.join(PROFILES[task])}") from None
 
 
 def task_config(task: str, profile: str, **options: Any) -> Any:
