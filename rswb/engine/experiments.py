@@ -110,14 +110,14 @@ def train_or_reuse(task_name: str, options: Mapping[str, Any], run_dir: str | Pa
     """The run folder ``run_dir``: reused when it holds a finished run with the same options, else (re)trained.
 
     Notebooks call this so that re-running them only trains what is missing. ``device`` and ``progress`` do not
-    change a run's result, so they are not compared; ``profile`` (the recipe ``options`` come from) is recorded in
-    the run's ``config.yaml``.
+    change a run's result, so they are not compared; ``profile`` (the recipe ``options`` come from: they already
+    hold it, as :func:`profile_run` and :func:`notebook_run` pass them) is recorded in the run's ``config.yaml``.
     """
     run_dir = Path(run_dir)
     if finished_with(run_dir, task_name, options):
         return run_dir
     result = train_task(task_name, {**options, "device": device, "progress": progress}, run_name=run_dir.name,
-                        runs_root=run_dir.parent, overwrite=True, profile=profile)
+                        runs_root=run_dir.parent, overwrite=True, profile=profile, recipe_in_options=True)
     return Path(result.run_dir)
 
 

@@ -201,7 +201,7 @@ def describe_task(name: str) -> str:
 
 def train_task(name: str, options: Mapping[str, Any] | None = None, *, config_file: str | Path | None = None,
                run_name: str | None = None, runs_root: str | Path = "runs", resume: bool = False,
-               overwrite: bool = False, profile: str | None = None) -> FitResult:
+               overwrite: bool = False, profile: str | None = None, recipe_in_options: bool = False) -> FitResult:
     """Build the registered task ``name`` from options and train it with :func:`~rswb.engine.fit`.
 
     Args:
@@ -215,12 +215,15 @@ def train_task(name: str, options: Mapping[str, Any] | None = None, *, config_fi
         profile: start from this recipe of the task (``rswb train TASK --profile NAME``: the ``PROFILES`` the
             notebooks and result tables name); the config file and ``options`` override it. A recipe shared by a
             task's methods drops what the selected method does not use.
+        recipe_in_options: ``options`` already hold ``profile``'s recipe (what
+            :func:`~rswb.engine.experiments.train_or_reuse` passes): the profile is recorded, not merged again.
     """
     builder = task_builder(name)
     task_cls = task_config_class(builder)
     merged: dict[str, Any] = {}
     recorded_profile = profile
-    if profile is not None:  # the recipe first: a resumed run's saved options, the file and options override it
+    # The recipe first: a resumed run's saved options, the file and options override it.
+    if profile is not None and not recipe_in_options:
         chosen = {**_file_options(config_file), **(options or {})}
         recipe = profile_recipe(builder, name, profile)
         merged.update(drop_unused(task_cls, {**recipe, **chosen}) if task_cls else recipe)
