@@ -9,6 +9,9 @@ Usage::
     python -m benchmarks.pha_ladder --tag embedded --shots 10            # the embedded synthetic scene
     python -m benchmarks.pha_ladder --tag ucm_5shot --data ../shared/data/UCMerced_LandUse --shots 5
     python -m benchmarks.pha_ladder --tag hohhot --data /path/to/Hohhot --shots 0.02 --extra val_shots=0.01
+
+A version may carry options of its own after ``@`` (comma-separated ``key=value``), which makes it a row of its own,
+e.g. the pre-training control ``pha_v1@pretrain=within`` beside ``pha_v1`` and ``pha_v6``.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pathlib import Path
 
 from benchmarks import machine_info, parse_value
 
-VERSIONS = ("ms_only", "pan_only", "pha_v1", "pha_v2", "pha_v3", "pha_v4", "pha_v5")
+VERSIONS = ("ms_only", "pan_only", "pha_v1", "pha_v2", "pha_v3", "pha_v4", "pha_v5", "pha_v6")
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -34,13 +37,14 @@ def run(tag: str, data: str | None, versions: list[str], seeds: list[int], shots
     results: dict = {"tag": tag, "data": data or "embedded", "shots": shots, "epochs": epochs, "options": extra,
                      "runs": []}
     for v in versions:
+        version, own = version_options(v)
         for s in seeds:
-            name = f"{tag}-{v}-s{s}"
+            name = f"{tag}-{v.replace('@', '-').replace('=', '').replace(',', '-')}-s{s}"
             final = Path(runs_root) / name / "metrics.json"
             t0 = time.perf_counter()
             if not final.exists():
-                opts = {"data": data, "version": v, "shots": shots, "seed": s, "split_seed": s, "progress": False,
-                        **({"epochs": epochs} if epochs else {}), **extra}
+                opts = {"data": data, "version": version, "shots": shots, "seed": s, "split_seed": s,
+                        "progress": False, **({"epochs": epochs} if epochs else {}), **extra, **own}
                 train_task("pha", opts, run_name=name, runs_root=runs_root, overwrite=True)
             metrics = json.loads(final.read_text())
             results["runs"].append({"version": v, "seed": s, "test": metrics["test"], "val": metrics["val"],
@@ -50,6 +54,12 @@ def run(tag: str, data: str | None, versions: list[str], seeds: list[int], shots
             print(f"{name}: OA {100 * metrics['test']['OA']:.2f}  ({metrics['time_s']:.0f} s)", flush=True)
     results["machine"] = machine_info()
     return results
+
+
+def version_options(spec: str) -> tuple[str, dict]:
+    """``"pha_v1@pretrain=within,pretrain_steps=100"`` -> ``("pha_v1", {"pretrain": "within", ...})``."""
+    version, _, rest = spec.partition("@")
+    return version, {k: parse_value(v) for k, v in (kv.split("=", 1) for kv in rest.split(",") if kv)}
 
 
 def summary(results: dict) -> dict[str, dict[str, tuple[float, float]]]:
@@ -74,7 +84,7 @@ def table(results: dict) -> str:
     prev = None
     for v, m in s.items():
         delta = f"{m['OA'][0] - s[prev]['OA'][0]:+.2f}" if prev and v.startswith("pha_v") and prev.startswith(
-            "pha_v") else ""
+            "pha_v") and "@" not in v + prev else ""
         lines.append(f"| {v} | {m['OA'][0]:.2f} +- {m['OA'][1]:.2f} | {m['AA'][0]:.2f} +- {m['AA'][1]:.2f} | "
                      f"{m['kappa'][0]:.2f} +- {m['kappa'][1]:.2f} | {delta} | {int(m['n'][0])} | "
                      f"{m['time'][0]:.0f} s |")

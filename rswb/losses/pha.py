@@ -20,8 +20,8 @@ from rswb.losses.contrastive import symmetric_info_nce
 from rswb.models.pha import STAGE_NAMES
 
 __all__ = [
-    "PHALoss", "cross_modal_info_nce", "decorrelation_loss", "linear_cka", "progressive_weights", "reconstruction_loss",
-    "sparsity_loss",
+    "PHALoss", "PretrainLoss", "cross_modal_info_nce", "decorrelation_loss", "linear_cka", "overlap_targets",
+    "progressive_weights", "reconstruction_loss", "soft_info_nce", "sparsity_loss",
 ]
 
 
@@ -34,6 +34,45 @@ def cross_modal_info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float = 
     repeat their few pixels) from being pushed away from its own twin.
     """
     return symmetric_info_nce(a, b, temperature, ids)
+
+
+def soft_info_nce(a: torch.Tensor, b: torch.Tensor, targets: torch.Tensor | None = None,
+                  temperature: float = 0.1) -> torch.Tensor:
+    """Symmetric InfoNCE with soft targets: cross-entropy of ``softmax_j(cos(a_i, b_j) / T)`` against ``targets``.
+
+    ``targets[i, j] >= 0`` says how much ``b_j`` is a positive of ``a_i`` (each row and column is normalised to sum
+    1 inside); ``None`` is the identity (plain InfoNCE: only the item itself). Pre-training on overlapping pixel
+    patches gives neighbours a share of the target in proportion to their overlap (:func:`overlap_targets`), so a
+    patch is not pushed away from the one next to it that shows mostly the same ground (a *soft* negative); an
+    image drawn twice in one batch is a full positive of its twin.
+    ``loss = 1/2 [ mean_i -sum_j t_ij log p_ij + mean_j -sum_i t'_ji log p'_ji ]`` (a->b and b->a).
+    """
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"expected two [B, D] tensors of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    n = a.shape[0]
+    if targets is None:
+        targets = torch.eye(n, device=a.device)
+    if targets.shape != (n, n) or bool((targets < 0).any()) or bool((targets.diagonal() <= 0).any()):
+        raise ValueError(f"targets must be [{n}, {n}], non-negative, with a positive diagonal")
+    logits = F.normalize(a.float(), dim=1) @ F.normalize(b.float(), dim=1).t() / temperature
+    t = targets.float()
+    ab = -(t / t.sum(1, keepdim=True) * F.log_softmax(logits, 1)).sum(1).mean()
+    ba = -(t.t() / t.sum(0).unsqueeze(1) * F.log_softmax(logits.t(), 1)).sum(1).mean()
+    return 0.5 * (ab + ba)
+
+
+def overlap_targets(rows: torch.Tensor, cols: torch.Tensor, patch: int) -> torch.Tensor:
+    """Shared area of every two ``patch x patch`` patches centred on ``(rows, cols)``, as a fraction: ``[B, B]``.
+
+    ``t_ij = max(0, P - |r_i - r_j|) max(0, P - |c_i - c_j|) / P^2``: 1 on the diagonal (and for a pixel drawn twice),
+    0 for patches that do not touch. The soft targets of :func:`soft_info_nce` in pixel-mode pre-training.
+    """
+    if rows.shape != cols.shape or rows.ndim != 1 or patch < 1:
+        raise ValueError(f"need rows and cols of one shape [B] and patch >= 1, got {tuple(rows.shape)}, "
+                         f"{tuple(cols.shape)}, {patch}")
+    dr = (rows[:, None] - rows[None, :]).abs().float()
+    dc = (cols[:, None] - cols[None, :]).abs().float()
+    return (patch - dr).clamp_min(0) * (patch - dc).clamp_min(0) / float(patch * patch)
 
 
 def progressive_weights(progress: float, stages: int = 3, width: float = 0.5) -> torch.Tensor:
@@ -183,4 +222,48 @@ class PHALoss(nn.Module):
             with torch.no_grad():
                 for s in range(self.stages):
                     terms[f"cka_{STAGE_NAMES[s]}"] = linear_cka(stage_features["ms"][s], stage_features["pan"][s])
+        return terms
+
+
+class PretrainLoss(nn.Module):
+    """The self-supervised pre-training terms of the branches (``pha_v6``; :mod:`rswb.tasks.pha.pretrain`).
+
+    From the :class:`~rswb.models.pha.PretrainHeads` embeddings of two views of the same unlabelled items:
+
+    * ``within_loss``: :func:`soft_info_nce` between the two views' *specific* embeddings of each modality (mean over
+      the modalities): what a modality sees of a place must survive a flip / rotation (and gain change);
+    * ``cross_loss`` (objective ``"cross"``): :func:`soft_info_nce` between the *shared* MS embedding of one view and
+      the shared PAN embedding of the other, both ways round: the two modalities of a place agree;
+    * ``orth_loss`` (``"cross"``): :func:`decorrelation_loss` between each modality's shared and specific embedding
+      (mean over the modalities), so the specific head keeps what the shared one does not.
+
+    Objective ``"within"`` (the honest control) keeps only ``within_loss``: the same pre-training with no
+    cross-modal term. Logged only: ``sim_cross`` (mean cosine of the shared MS/PAN embeddings of the same item).
+
+    Args:
+        objective: ``"within"`` or ``"cross"``.
+        temperature: InfoNCE temperature.
+    """
+
+    def __init__(self, objective: str = "cross", temperature: float = 0.2):
+        super().__init__()
+        if objective not in ("within", "cross"):
+            raise ValueError(f"objective must be 'within' or 'cross', got {objective!r}")
+        self.objective, self.temperature = objective, float(temperature)
+
+    def forward(self, view1: dict[str, torch.Tensor], view2: dict[str, torch.Tensor],
+                targets: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The terms for one batch: ``view1``/``view2`` are the heads' outputs of the two views."""
+        mods = [k.removeprefix("specific_") for k in view1 if k.startswith("specific_")]
+        t = self.temperature
+        terms = {"within_loss": sum(soft_info_nce(view1[f"specific_{m}"], view2[f"specific_{m}"], targets, t)
+                                    for m in mods) / len(mods)}
+        if self.objective == "cross":
+            terms["cross_loss"] = 0.5 * (soft_info_nce(view1["shared_ms"], view2["shared_pan"], targets, t)
+                                         + soft_info_nce(view2["shared_ms"], view1["shared_pan"], targets, t))
+            terms["orth_loss"] = sum(decorrelation_loss(v[f"shared_{m}"], v[f"specific_{m}"])
+                                     for v in (view1, view2) for m in mods) / (2 * len(mods))
+            with torch.no_grad():
+                terms["sim_cross"] = F.cosine_similarity(view1["shared_ms"].float(), view1["shared_pan"].float(),
+                                                         dim=1).mean()
         return terms

@@ -14,6 +14,9 @@ docstring says what and why (keyword arguments override a version's settings, wh
 ``pha_v4``     + progressive schedule (alignment emphasis moves shallow -> deep) and stage-wise fusion
 ``pha_v5``     + modality-compensated dictionary: deep alignment acts on shared sparse codes, the specific parts
                are kept (reconstruction + decorrelation) and compensated back into the fused feature
+``pha_v6``     + self-supervised pre-training of both branches on the unlabelled items before the few shots
+               (two-view contrast within each modality, MS <-> PAN contrast, shared/specific decorrelation;
+               :mod:`rswb.tasks.pha.pretrain`), then v5's fine-tuning
 =============  ==========================================================================================
 
 **Geometry (why the models are dense).** The MS branch starts with a 1x1 stem; the PAN branch with a
@@ -44,12 +47,17 @@ from rswb.utils import eval_mode
 __all__ = [
     "dense_predict", "patch_predict",
     "CompensatedDictionary", "FeatureBranch", "PHANet",
-    "ms_only", "pan_only", "pha_v1", "pha_v2", "pha_v3", "pha_v4", "pha_v5",
-    "PHA_VERSIONS",
+    "ms_only", "pan_only", "pha_v1", "pha_v2", "pha_v3", "pha_v4", "pha_v5", "pha_v6",
+    "PHA_VERSIONS", "PRETRAIN_OBJECTIVES", "PretrainHeads",
 ]
 
-PHA_VERSIONS = ("ms_only", "pan_only", "pha_v1", "pha_v2", "pha_v3", "pha_v4", "pha_v5")
+PHA_VERSIONS = ("ms_only", "pan_only", "pha_v1", "pha_v2", "pha_v3", "pha_v4", "pha_v5", "pha_v6")
 """The ladder in order (what ``rswb train pha --version`` accepts and notebook 02 trains)."""
+
+PRETRAIN_OBJECTIVES = ("none", "within", "cross")
+"""What a version's branches are pre-trained with before the few shots (:mod:`rswb.tasks.pha.pretrain`): nothing;
+two-view contrast within each modality only (the control); or that plus MS <-> PAN contrast and the shared/specific
+decorrelation."""
 
 STAGE_NAMES = ("shallow", "middle", "deep")
 CONVS_PER_STAGE = 2
@@ -166,14 +174,22 @@ class PHANet(nn.Module):
         feature_dims: sizes of a frozen pretrained encoder's pooled features at three depths: the branches become
             :class:`FeatureBranch` adapters and the model takes those features (``batch["ms"]``, ``batch["pan"]``:
             ``[B, sum(feature_dims)]``) instead of images; ``None``: the convolutional branches on images.
+        pretrain: what the branches are pre-trained with before the few shots (one of
+            :data:`PRETRAIN_OBJECTIVES`). The model only records it; the task runs the pre-training
+            (:mod:`rswb.tasks.pha.pretrain`) and loads the branches' weights before fine-tuning.
     """
 
     def __init__(self, num_classes: int, bands: int = 4, ratio: int = 4, modalities: tuple[str, ...] = ("ms", "pan"),
                  widths: tuple[int, int, int] = (32, 64, 96), align_stages: tuple[int, ...] = (),
                  align_schedule: str = "none", stage_fusion: bool = False, dictionary_atoms: int = 0,
                  proj_dim: int = 64, dropout: float = 0.2, patch: int = 16,
-                 feature_dims: tuple[int, int, int] | None = None):
+                 feature_dims: tuple[int, int, int] | None = None, pretrain: str = "none"):
         super().__init__()
+        if pretrain not in PRETRAIN_OBJECTIVES:
+            raise ValueError(f"pretrain must be one of {', '.join(PRETRAIN_OBJECTIVES)}, got {pretrain!r}")
+        if pretrain == "cross" and len(modalities) != 2:
+            raise ValueError("cross-modal pre-training needs both modalities")
+        self.pretrain = pretrain
         if not modalities or set(modalities) - {"ms", "pan"}:
             raise ValueError(f"modalities must be a non-empty subset of ('ms', 'pan'), got {modalities}")
         two = len(modalities) == 2
@@ -183,6 +199,7 @@ class PHANet(nn.Module):
             raise ValueError(f"align_schedule must be none|equal|deep|progressive, got {align_schedule!r}")
         self.num_classes, self.bands, self.ratio = int(num_classes), int(bands), int(ratio)
         self.modalities = tuple(modalities)
+        self.widths = tuple(int(w) for w in widths)
         self.align_stages = tuple(sorted(align_stages))
         self.align_schedule = align_schedule if self.align_stages else "none"
         self.patch = int(patch)
@@ -371,6 +388,7 @@ class PHANet(nn.Module):
                 "align_schedule": self.align_schedule, "stage_fusion": self.stage_fuse is not None,
                 "dictionary_atoms": self.dictionary.atoms.shape[0] if self.dictionary is not None else 0,
                 "branches": "encoder features" if self.feature_dims is not None else "convolutional",
+                "pretrain": self.pretrain,
                 "parameters": sum(p.numel() for p in self.parameters())}
 
 
@@ -454,6 +472,48 @@ def pha_v5(num_classes: int = 8, bands: int = 4, ratio: int = 4, atoms: int = 64
     """
     return PHANet(num_classes, bands, ratio, **{"align_stages": (0, 1, 2), "align_schedule": "progressive",
                                                 "stage_fusion": True, "dictionary_atoms": atoms, **kw})
+
+
+@register_model
+def pha_v6(num_classes: int = 8, bands: int = 4, ratio: int = 4, atoms: int = 64, **kw: Any) -> PHANet:
+    """v6: v5 whose branches are first pre-trained without labels on the unlabelled items (``pretrain="cross"``).
+
+    Change: before the few shots arrive, both branches train on every unlabelled item of the scene (pixel mode: pixel
+    patches outside the test map; scene mode: every training image, labels unused) with two-view InfoNCE within each
+    modality (on a specific head), MS <-> PAN InfoNCE (on a shared head) and a decorrelation term that keeps the
+    shared and the specific embedding apart; overlapping pixel patches are soft, not hard, negatives
+    (:mod:`rswb.tasks.pha.pretrain`). Fine-tuning then starts from those branches with v5's alignment and dictionary.
+    Why: the alignment terms of v2-v5 act on the 5-10 labelled items per class (plus a few unlabelled ones per
+    step), where there is almost nothing to align; the unlabelled items are free and plentiful, so the alignment is
+    learnt there, before the labels, and the few shots only fine-tune it.
+    """
+    return PHANet(num_classes, bands, ratio, **{"align_stages": (0, 1, 2), "align_schedule": "progressive",
+                                                "stage_fusion": True, "dictionary_atoms": atoms, "pretrain": "cross",
+                                                **kw})
+
+
+class PretrainHeads(nn.Module):
+    """Projection heads of the self-supervised pre-training, on each modality's pooled deep feature.
+
+    Per modality a *shared* head (its embeddings are contrasted across modalities, MS <-> PAN) and a *specific*
+    head (contrasted between two views of the same modality); the pre-training loss keeps the two embeddings of a
+    modality decorrelated, so the branch keeps what only its modality knows next to what the two share. The heads
+    are thrown away after pre-training (the classifier never sees them), as in SimCLR-style pre-training.
+    """
+
+    def __init__(self, dim: int, modalities: tuple[str, ...] = ("ms", "pan"), proj_dim: int = 64):
+        super().__init__()
+        self.modalities = tuple(modalities)
+        self.shared = nn.ModuleDict({m: _mlp(dim, 2 * proj_dim, proj_dim) for m in self.modalities})
+        self.specific = nn.ModuleDict({m: _mlp(dim, 2 * proj_dim, proj_dim) for m in self.modalities})
+
+    def forward(self, deep: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``{"shared_<m>": [B, P], "specific_<m>": [B, P]}`` for every modality ``m`` of ``deep`` ``{m: [B, D]}``."""
+        out = {}
+        for m, f in deep.items():
+            out[f"shared_{m}"] = self.shared[m](f)
+            out[f"specific_{m}"] = self.specific[m](f)
+        return out
 
 
 # ---------------------------------------------------------------------------------------------------- inference

@@ -273,3 +273,101 @@ def test_info_nce_masks_duplicate_samples_from_the_negatives():
     assert float(cross_modal_info_nce(a, b, 0.3, torch.arange(9))) == pytest.approx(plain)
     with pytest.raises(ValueError, match="ids"):
         cross_modal_info_nce(a, b, 0.3, torch.arange(4))
+
+
+# ------------------------------------------------------------------------------------- pre-training terms (v6)
+
+
+def soft_info_nce_reference(a, b, targets, temperature):
+    """Both directions of soft-target InfoNCE as explicit loops: -sum_j t_ij / sum_k t_ik * log p_ij, per row."""
+    n = a.shape[0]
+
+    def cos(u, v):
+        return (u * v).sum() / (u.pow(2).sum().sqrt() * v.pow(2).sum().sqrt())
+
+    s = [[cos(a[i], b[j]) / temperature for j in range(n)] for i in range(n)]
+    total = 0.0
+    for direction in range(2):
+        for i in range(n):
+            row = [s[i][j] if direction == 0 else s[j][i] for j in range(n)]
+            t = [targets[i][j] if direction == 0 else targets[j][i] for j in range(n)]
+            log_z = torch.logsumexp(torch.stack(row), 0)
+            total = total - sum(t[j] / sum(t) * (row[j] - log_z) for j in range(n)) / n
+    return total / 2
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_soft_info_nce_matches_loop_reference(seed):
+    from rswb.losses.pha import soft_info_nce
+
+    g = torch.Generator().manual_seed(seed)
+    a, b = torch.randn(6, 5, generator=g), torch.randn(6, 5, generator=g)
+    t = torch.rand(6, 6, generator=g) * (torch.rand(6, 6, generator=g) > 0.6) + torch.eye(6)
+    torch.testing.assert_close(soft_info_nce(a, b, t, 0.2), soft_info_nce_reference(a, b, t, 0.2))
+
+
+def test_soft_info_nce_with_identity_targets_is_plain_info_nce():
+    from rswb.losses.pha import soft_info_nce
+
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.randn(8, 4, generator=g), torch.randn(8, 4, generator=g)
+    torch.testing.assert_close(soft_info_nce(a, b, None, 0.1), cross_modal_info_nce(a, b, 0.1))
+
+
+def test_soft_info_nce_rejects_bad_targets():
+    from rswb.losses.pha import soft_info_nce
+
+    a = torch.randn(3, 2)
+    with pytest.raises(ValueError, match="targets"):
+        soft_info_nce(a, a, torch.zeros(3, 3))
+    with pytest.raises(ValueError, match="targets"):
+        soft_info_nce(a, a, torch.eye(3) - 0.5 * (1 - torch.eye(3)))
+
+
+def test_overlap_targets_match_loop_reference():
+    from rswb.losses.pha import overlap_targets
+
+    rows, cols, p = torch.tensor([0, 3, 10, 0, 40]), torch.tensor([0, 2, 5, 0, 40]), 8
+    got = overlap_targets(rows, cols, p)
+    for i in range(5):
+        for j in range(5):
+            shared = max(0, p - abs(int(rows[i] - rows[j]))) * max(0, p - abs(int(cols[i] - cols[j])))
+            assert float(got[i, j]) == pytest.approx(shared / p ** 2)
+    assert float(got[0, 3]) == 1.0 and float(got[0, 4]) == 0.0  # a pixel drawn twice; patches that do not touch
+
+
+def test_soft_negatives_want_overlapping_neighbours_close_where_hard_ones_push_them_apart():
+    """Item 1 is item 0's overlapping neighbour: soft targets score it best near item 0, hard targets far from it."""
+    from rswb.losses.pha import overlap_targets, soft_info_nce
+
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(4, 16, generator=g)
+    near, far = base.clone(), base.clone()
+    near[1] = base[0] + 0.05 * torch.randn(16, generator=g)  # almost the same ground, almost the same embedding
+    far[1] = -base[0]
+    t = overlap_targets(torch.tensor([0, 1, 50, 90]), torch.tensor([0, 1, 50, 90]), 16)
+    assert float(soft_info_nce(near, near, t, 0.1)) < float(soft_info_nce(far, far, t, 0.1))
+    assert float(soft_info_nce(near, near, None, 0.1)) > float(soft_info_nce(far, far, None, 0.1))
+
+
+def test_pretrain_loss_terms_by_objective():
+    from rswb.losses.pha import PretrainLoss, decorrelation_loss, soft_info_nce
+
+    g = torch.Generator().manual_seed(1)
+    v1 = {f"{h}_{m}": torch.randn(6, 4, generator=g) for h in ("shared", "specific") for m in ("ms", "pan")}
+    v2 = {k: torch.randn(6, 4, generator=g) for k in v1}
+    cross = PretrainLoss("cross", 0.2)(v1, v2)
+    within = PretrainLoss("within", 0.2)(v1, v2)
+    assert set(within) == {"within_loss"}
+    assert {"within_loss", "cross_loss", "orth_loss", "sim_cross"} <= set(cross)
+    want_within = (soft_info_nce(v1["specific_ms"], v2["specific_ms"], None, 0.2)
+                   + soft_info_nce(v1["specific_pan"], v2["specific_pan"], None, 0.2)) / 2
+    torch.testing.assert_close(within["within_loss"], want_within)
+    want_cross = (soft_info_nce(v1["shared_ms"], v2["shared_pan"], None, 0.2)
+                  + soft_info_nce(v2["shared_ms"], v1["shared_pan"], None, 0.2)) / 2
+    torch.testing.assert_close(cross["cross_loss"], want_cross)
+    want_orth = sum(decorrelation_loss(v[f"shared_{m}"], v[f"specific_{m}"]) for v in (v1, v2)
+                    for m in ("ms", "pan")) / 4
+    torch.testing.assert_close(cross["orth_loss"], want_orth)
+    with pytest.raises(ValueError, match="objective"):
+        PretrainLoss("none")

@@ -170,7 +170,7 @@ def test_losses_terms_per_version(version):
         for s in model.align_stages:
             name = ("shallow", "middle", "deep")[s]
             expect |= {f"nce_{name}", f"w_{name}", f"sim_{name}"}
-    if version == "pha_v5":
+    if model.dictionary is not None:
         expect |= {"recon_loss", "decor_loss", "sparse_loss", "code_active"}
     if len(model.modalities) == 2:
         expect |= {"cka_shallow", "cka_middle", "cka_deep"}

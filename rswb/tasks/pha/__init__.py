@@ -21,6 +21,10 @@ versions the InfoNCE terms also see ``unlabelled`` extra patches per step drawn 
 (scene mode: training images outside the few shots, labels unused), since alignment needs no labels.
 Evaluation of a large pixel set (the test map) runs the model densely over the whole scene
 (:func:`rswb.models.pha.dense_predict`), which gives the same logits as per-patch inference in a fraction of the time.
+
+Pre-training (``pha_v6``, or ``--pretrain within|cross`` on any two-branch version): before the few shots, both
+branches train without labels on every unlabelled item (:mod:`rswb.tasks.pha.pretrain`); the weights are cached per
+data, seed and recipe, so every shot count and version of a seed shares one pre-training.
 """
 
 from __future__ import annotations
@@ -28,16 +32,19 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar
 
+import torch
+
 from rswb.config import option
 from rswb.engine.task import BuildRequest, TaskBundle
 from rswb.losses.pha import PHALoss
-from rswb.models.pha import PHA_VERSIONS, PHANet
+from rswb.models.pha import PHA_VERSIONS, PRETRAIN_OBJECTIVES, PHANet
 from rswb.registry import create_model, register_task
-from rswb.tasks.pha.data import ENCODER_TAPS, PHAData, prepare_data
+from rswb.tasks.pha.data import ENCODER_TAPS, PHAData, prepare_data, pretrain_views
+from rswb.tasks.pha.pretrain import PretrainRecipe, PretrainResult, pretrained
 from rswb.tasks.pha.task import PHATask
 
 __all__ = ["ENCODERS", "ENCODER_TAPS", "PHAConfig", "PHAData", "build_model", "pha_task", "prepare_data",
-           "stage_widths"]
+           "pretrain_recipe", "run_pretraining", "stage_widths"]
 
 
 ENCODERS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
@@ -95,6 +102,27 @@ class PHAConfig:
                         low=1, high=8)
     cache_dir: str | None = option(None, "feature cache folder (default $RSWB_CACHE_DIR or ~/.cache/rswb)",
                                    folder=True)
+    pretrain: str | None = option(None, "self-supervised pre-training of both branches on the unlabelled items "
+                                        "before the few shots: cross (two-view contrast within each modality + MS <-> "
+                                        "PAN contrast + shared/specific decorrelation) | within (two-view contrast "
+                                        "only: the control) | none; None: the version's own (pha_v6: cross, the "
+                                        "others: none)", choices=PRETRAIN_OBJECTIVES)
+    pretrain_steps: int = option(300, "pre-training optimiser steps", low=1)
+    pretrain_batch: int = option(256, "pre-training items per step (each in two views)", low=2)
+    pretrain_lr: float = option(1e-3, "pre-training AdamW learning rate", low=0, low_open=True)
+    pretrain_temperature: float = option(0.2, "pre-training InfoNCE temperature", low=0, low_open=True)
+    orth_weight: float = option(1.0, "pre-training weight of the shared/specific decorrelation (cross)", low=0)
+    branch_lr_mult: float = option(1.0, "fine-tuning learning-rate multiplier of pre-trained branches (0: frozen)",
+                                   low=0)
+
+    PRETRAIN_OPTIONS: ClassVar[tuple[str, ...]] = ("pretrain_steps", "pretrain_batch", "pretrain_lr",
+                                                   "pretrain_temperature", "orth_weight", "branch_lr_mult")
+
+    def pretrain_objective(self) -> str:
+        """What this run pre-trains with: ``--pretrain``, else the version's own (``pha_v6``: cross)."""
+        if self.pretrain is not None:
+            return self.pretrain
+        return "cross" if self.version == "pha_v6" else "none"
 
     def check(self) -> None:
         """Cross-field and registry rules, run by :func:`rswb.config.validate` before any data is read."""
@@ -102,6 +130,18 @@ class PHAConfig:
             raise ValueError(f"task pha options: --version must be one of {', '.join(PHA_VERSIONS)}, "
                              f"got {self.version!r}")
         stage_widths(self.widths)
+        objective = self.pretrain_objective()
+        if objective == "cross" and self.version in ("ms_only", "pan_only"):
+            raise ValueError(f"task pha options: --pretrain cross needs both modalities, got --version {self.version}")
+        if objective == "none":
+            defaults = {f.name: f.default for f in dataclasses.fields(self)}
+            unused = [k for k in self.PRETRAIN_OPTIONS if getattr(self, k) != defaults[k]]
+            if unused:
+                raise ValueError(f"task pha options: --{unused[0].replace('_', '-')} needs pre-training (--pretrain "
+                                 f"within|cross, or --version pha_v6), got --version {self.version} without it")
+        elif objective == "within" and self.orth_weight != 1.0:
+            raise ValueError("task pha options: --orth-weight needs --pretrain cross (the within-modality control "
+                             "has no shared embedding)")
         for key in ("align_schedule", "stage_fusion"):
             if getattr(self, key) is not None and self.version in ("ms_only", "pan_only", "pha_v1"):
                 raise ValueError(f"task pha options: --{key.replace('_', '-')} needs an aligned version (pha_v2 and "
@@ -128,8 +168,9 @@ def build_model(cfg: PHAConfig, data: PHAData) -> PHANet:
     cfg.check()  # the same rules as before training, for callers that build a model directly
     kw: dict[str, Any] = {"widths": stage_widths(cfg.widths), "dropout": cfg.dropout, "patch": cfg.ms_patch,
                           "feature_dims": data.feature_dims}
-    if cfg.version == "pha_v5":
+    if cfg.version in ("pha_v5", "pha_v6"):
         kw["atoms"] = cfg.atoms
+    kw["pretrain"] = cfg.pretrain_objective()
     for key in ("align_schedule", "stage_fusion"):
         if getattr(cfg, key) is not None:
             kw[key] = getattr(cfg, key)
@@ -149,6 +190,24 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
+def pretrain_recipe(cfg: PHAConfig) -> PretrainRecipe:
+    """The pre-training recipe of ``cfg`` (its objective must not be ``"none"``)."""
+    return PretrainRecipe(objective=cfg.pretrain_objective(), steps=cfg.pretrain_steps, batch_size=cfg.pretrain_batch,
+                          lr=cfg.pretrain_lr, temperature=cfg.pretrain_temperature, orth_weight=cfg.orth_weight,
+                          jitter=cfg.jitter)
+
+
+def run_pretraining(cfg: PHAConfig, data: PHAData, model: PHANet, seed: int, device: Any = "cpu",
+                    progress: bool = True) -> PretrainResult:
+    """Pre-train ``model``'s branches for ``cfg`` on ``data``'s unlabelled items (cached; loaded into ``model``).
+
+    ``model`` must be freshly built (its initial weights are part of the cache key). Notebooks call this to show the
+    loss curve of a run's pre-training: with the run's seed and options it is read back from the cache.
+    """
+    views, data_key = pretrain_views(cfg, data)
+    return pretrained(model, views, pretrain_recipe(cfg), data_key, seed, cfg.cache_dir, device, progress)
+
+
 @register_task("pha")
 def pha_task(cfg: PHAConfig, request: BuildRequest | None = None) -> TaskBundle:
     """Few-shot MS+PAN classification with a PHA version (pixel mode on lab-format scenes, scene mode via Wald).
@@ -156,8 +215,13 @@ def pha_task(cfg: PHAConfig, request: BuildRequest | None = None) -> TaskBundle:
     Training settings this task prefers (the training options below override them): 30 epochs, batch 64, AdamW,
     lr 2e-3, weight decay 1e-4, cosine schedule with 1 warm-up epoch.
     """
-    data = prepare_data(cfg, (request or BuildRequest()).device)
+    request = request or BuildRequest()
+    data = prepare_data(cfg, request.device)
     model = build_model(cfg, data)
+    pre = None
+    if model.pretrain != "none" and request.wants("train"):
+        # The engine seeded torch with the run's seed just before building: the pre-training is keyed by it.
+        pre = run_pretraining(cfg, data, model, torch.initial_seed(), request.device)
     weights = {"align_loss": cfg.align_weight, "recon_loss": cfg.recon_weight, "decor_loss": cfg.decor_weight,
                "sparse_loss": cfg.sparse_weight}
     loss = PHALoss.for_model(model, cfg.temperature, cfg.progressive_width)
@@ -165,9 +229,13 @@ def pha_task(cfg: PHAConfig, request: BuildRequest | None = None) -> TaskBundle:
     info = {"method": "pha", "version": cfg.version, "data": data.source}
     if not images:
         info["encoder"] = cfg.encoder
+    if pre is not None:
+        info.update(pretrain=f"{model.pretrain}, {cfg.pretrain_steps} steps, key {pre.key}",
+                    pretrain_final_loss=f"{pre.curve['loss'][-1]:.4f}")
     task = PHATask(model, loss, data.num_classes, unlabelled=data.unlabelled, n_unlabelled=cfg.unlabelled,
                    augment=cfg.augment and images, jitter=cfg.jitter if images else 0.0, scene=data.scene,
-                   loss_weights=weights, info=info)
+                   loss_weights=weights, info=info,
+                   branch_lr_mult=cfg.branch_lr_mult if model.pretrain != "none" else 1.0)
     defaults = {"epochs": 30, "batch_size": 64, "optimizer": "adamw", "lr": 2e-3, "weight_decay": 1e-4,
                 "warmup_epochs": 1, "schedule": "cosine"}
     names = data.class_names or [f"class {c + 1}" for c in range(data.num_classes)]

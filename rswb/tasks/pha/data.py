@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from rswb.data.errors import DataFormatError, DatasetNotFoundError
+from rswb.data.features import digest
 from rswb.data.mspan import MSPANScene, is_mspan_source, load_mspan
 from rswb.data.patches import PatchSampler, PixelPatches
 from rswb.data.splits import FewShotSplit, few_shot_split, stratified_subsample
@@ -27,7 +28,7 @@ from rswb.registry import create_model
 if TYPE_CHECKING:
     from rswb.tasks.pha import PHAConfig
 
-__all__ = ["ENCODER_TAPS", "PHAData", "prepare_data"]
+__all__ = ["ENCODER_TAPS", "PHAData", "prepare_data", "pretrain_views"]
 
 ENCODER_TAPS = ("s8", "s16", "head")
 """The encoder depths that become the shallow, middle and deep stage (pooled)."""
@@ -49,6 +50,8 @@ class PHAData:
         source: what was loaded (a path or ``"embedded"``).
         feature_dims: with ``--encoder``, the sizes of the cached encoder features per stage (the items are
             features, not images).
+        pretrain_pool: what self-supervised pre-training draws from (:func:`pretrain_views`): ``(views, key)``,
+            the unlabelled items in two views and a key over the data they come from; built on first use.
     """
 
     mode: str
@@ -65,6 +68,7 @@ class PHAData:
     unlabelled: Callable[[int], dict[str, Any]] | None = None
     source: str = ""
     feature_dims: tuple[int, int, int] | None = None
+    pretrain_pool: Callable[[], tuple[Any, str]] | None = None
 
 
 def _shots(value: float) -> int | float:
@@ -104,8 +108,19 @@ def _pixel_data(cfg: PHAConfig, path: Path | None) -> PHAData:
         batch["id"] = torch.as_tensor(pool_r[pick] * sampler.width + pool_c[pick])
         return batch
 
+    def pretrain_pool() -> tuple[Any, str]:
+        from rswb.tasks.pha.pretrain import ImageViews
+
+        def draw(n: int) -> dict[str, torch.Tensor]:
+            pick = torch.randint(0, len(pool_r), (n,)).numpy()
+            return {**sampler.gather(pool_r[pick], pool_c[pick]), "row": torch.as_tensor(pool_r[pick]),
+                    "col": torch.as_tensor(pool_c[pick])}
+
+        key = digest(settings=("pixel", cfg.normalize, cfg.ms_patch), files=_source_files(path))
+        return ImageViews(draw, cfg.jitter, cfg.ms_patch, len(pool_r)), key
+
     return PHAData("pixel", train, val, test, split, num_classes, scene.bands, scene.ratio, scene.class_names,
-                   scene, sampler, unlabelled, source)
+                   scene, sampler, unlabelled, source, pretrain_pool=pretrain_pool)
 
 
 def _scene_data(cfg: PHAConfig, path: Path, device: torch.device) -> PHAData:
@@ -135,6 +150,19 @@ def _scene_data(cfg: PHAConfig, path: Path, device: torch.device) -> PHAData:
     train = SceneImages(labelled, np.arange(n_train), cfg.repeats, ids=labelled_idx)
     val = SceneImages(labelled, np.arange(n_train, len(labelled)), ids=labelled_idx)
     test = WaldSceneDataset(test_folder, indices=keep, **kw)
+    def pretrain_pool() -> tuple[Any, str]:  # every training image, labels unused; decoded on first use
+        from rswb.tasks.pha.pretrain import ImageViews
+
+        every = WaldSceneDataset(folder, indices=np.arange(len(labels)), **kw)
+
+        def draw(n: int) -> dict[str, torch.Tensor]:
+            pick = torch.randperm(len(every))[:n].tolist()
+            items = every.__getitems__(pick)
+            return {**{k: torch.stack([s[k] for s in items]) for k in ("ms", "pan")}, "id": torch.as_tensor(pick)}
+
+        key = digest(settings=("scene", sorted(kw.items())), files=[r.path for r in folder.records])
+        return ImageViews(draw, cfg.jitter, size=len(every)), key
+
     unlabelled = None
     if len(pool_idx):
         pool = WaldSceneDataset(folder, indices=pool_idx, **kw)
@@ -147,7 +175,7 @@ def _scene_data(cfg: PHAConfig, path: Path, device: torch.device) -> PHAData:
             return out
 
     return PHAData("scene", train, val, test, split, num_classes, 3, cfg.ratio, list(folder.classes),
-                   unlabelled=unlabelled, source=str(path))
+                   unlabelled=unlabelled, source=str(path), pretrain_pool=pretrain_pool)
 
 
 def _frozen_encoder(cfg: PHAConfig) -> torch.nn.Module:
@@ -207,8 +235,38 @@ def _encoded_scene_data(cfg: PHAConfig, folder, test_folder, split: FewShotSplit
     test = PairedViews(tfeats, np.asarray(test_folder.labels)[keep])
     unlabelled = subset(pool_idx, random_view=cfg.augment).draw if len(pool_idx) else None
     dims = tuple(encoder.feature_channels[t] for t in ENCODER_TAPS)
+
+    def pretrain_pool() -> tuple[Any, str]:  # every training image's cached views, labels unused
+        from rswb.tasks.pha.pretrain import FeatureViews
+
+        key = digest(settings=("encoder", cfg.encoder, cfg.views, sorted(kw.items())),
+                     files=[r.path for r in folder.records])
+        return FeatureViews(feats), key
+
     return PHAData("scene", train, val, test, split, len(folder.classes), 3, cfg.ratio, list(folder.classes),
-                   unlabelled=unlabelled, source=str(folder.root), feature_dims=dims)
+                   unlabelled=unlabelled, source=str(folder.root), feature_dims=dims, pretrain_pool=pretrain_pool)
+
+
+def _source_files(path: Path | None) -> list[Path]:
+    """The files a pixel-mode source is read from (their identity keys the pre-training cache)."""
+    if path is None:
+        from rswb.data.synthetic import ensure_embedded
+
+        path = Path(ensure_embedded("mspan"))
+    path = Path(path)
+    return sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+
+
+def pretrain_views(cfg: PHAConfig, data: PHAData) -> tuple[Any, str]:
+    """The unlabelled items of ``data`` in two views for pre-training, and a key over the data they come from.
+
+    Pixel mode: patches around every pixel outside the test map (the test pixels are never looked at), overlapping
+    neighbours as soft positives. Scene mode: every image of the training split (few shots, validation images and
+    the rest; labels unused), as images or, with ``--encoder``, as cached encoder features in two dihedral views.
+    """
+    if data.pretrain_pool is None:
+        raise ValueError("this data has no unlabelled items to pre-train on")
+    return data.pretrain_pool()
 
 
 def prepare_data(cfg: PHAConfig, device: str | torch.device | None = None) -> PHAData:

@@ -40,6 +40,7 @@ class PHATask(Task):
         jitter: independent per-modality gain jitter during training (see :func:`rswb.data.transforms.jitter_gains`).
         scene: the normalised scene (pixel mode), for dense evaluation of large pixel sets.
         loss_weights, info: see :class:`~rswb.engine.Task`.
+        branch_lr_mult: learning-rate multiplier of the branches (pre-trained ones fine-tune gently; 0 freezes them).
     """
 
     monitor = "OA"
@@ -48,13 +49,26 @@ class PHATask(Task):
     def __init__(self, model: PHANet, loss: PHALoss, num_classes: int,
                  unlabelled: Callable[[int], dict[str, Any]] | None = None, n_unlabelled: int = 0,
                  augment: bool = True, jitter: float = 0.0, scene: MSPANScene | None = None,
-                 loss_weights: dict[str, float] | None = None, info: dict[str, str] | None = None):
+                 loss_weights: dict[str, float] | None = None, info: dict[str, str] | None = None,
+                 branch_lr_mult: float = 1.0):
         super().__init__(model, loss_weights, info)
+        self.branch_lr_mult = float(branch_lr_mult)
         self.loss = loss
         self.num_classes = int(num_classes)
         self.unlabelled, self.n_unlabelled = unlabelled, int(n_unlabelled)
         self.augment, self.jitter = bool(augment), float(jitter)
         self.scene = scene
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """One group, or with ``branch_lr_mult != 1`` the branches apart (frozen when it is 0)."""
+        if self.branch_lr_mult == 1.0:
+            return super().param_groups()
+        branch = {id(p) for p in self.model.branches.parameters()}
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in branch]
+        if self.branch_lr_mult == 0.0:
+            self.model.branches.requires_grad_(False)
+            return [{"params": rest}]
+        return [{"params": rest}, {"params": list(self.model.branches.parameters()), "lr_mult": self.branch_lr_mult}]
 
     def on_epoch_start(self, epoch: int, epochs: int) -> None:
         """Set this epoch's stage weights."""
