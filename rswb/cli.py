@@ -145,6 +145,37 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from rswb.io import atomic_write_text
+    from rswb.tasks.pha.pair import pair_alignment
+    from rswb.tasks.pha.pretrain import PretrainRecipe
+
+    widths = tuple(int(w) for w in args.widths.split(","))
+    if len(widths) != 3 or min(widths) < 1:
+        raise ValueError(f"--widths must be three comma-separated positive integers, got {args.widths!r}")
+    recipe = PretrainRecipe(steps=args.steps, batch_size=args.batch_size, lr=args.lr, temperature=args.temperature)
+    out = pair_alignment(args.data, recipe, seed=args.seed, grid=args.grid, widths=widths, ms_patch=args.ms_patch,
+                         cache_dir=args.cache_dir, device=args.device or "cpu", progress=not args.no_progress)
+    text = json.dumps(out, indent=1)
+    if args.out:
+        atomic_write_text(text + "\n", Path(args.out))
+    if args.json:
+        print(text)
+        return 0
+    print(f"{out['source']}: MS {out['scene']['ms']}, ratio {out['scene']['ratio']}; {out['train_pixels']} training "
+          f"pixels outside {out['tiles']['held_out']} held-out tiles of {out['tiles']['grid']}x{out['tiles']['grid']}, "
+          f"{out['eval_patches']} held-out patch pairs (chance R@1 {out['untrained']['chance_R@1']:.2f} %)")
+    print(f"  {'branches':<34}{'R@1 MS->PAN':>12}{'R@1 PAN->MS':>12}{'R@5 MS->PAN':>12}{'R@5 PAN->MS':>12}")
+    names = {"untrained": "untrained", "within": "pre-trained, within-modality only",
+             "cross": "pre-trained, + cross-modal (pha_v6)"}
+    for key, name in names.items():
+        if key in out:
+            m = out[key]
+            print(f"  {name:<34}{m['R@1_ms2pan']:>12.2f}{m['R@1_pan2ms']:>12.2f}{m['R@5_ms2pan']:>12.2f}"
+                  f"{m['R@5_pan2ms']:>12.2f}")
+    return 0
+
+
 def _cmd_notebooks_run(args: argparse.Namespace) -> int:
     import yaml
 
@@ -284,6 +315,24 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--device", default=None, help="cuda | mps | cpu (default: the best available)")
     se.add_argument("--json", action="store_true", help="print the hits as JSON")
     se.set_defaults(func=_cmd_search)
+
+    pt = sub.add_parser("pretrain", help="pre-train PHA branches on an unlabelled MS/PAN pair and score how well MS "
+                                         "and PAN patches of held-out tiles find each other")
+    pt.add_argument("data", help="an MS/PAN pair (.mat pair or lab-format folder); labels are not needed")
+    pt.add_argument("--steps", type=int, default=300, help="pre-training steps (default 300)")
+    pt.add_argument("--batch-size", type=int, default=256, help="patches per step, each in two views (default 256)")
+    pt.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
+    pt.add_argument("--temperature", type=float, default=0.2, help="InfoNCE temperature (default 0.2)")
+    pt.add_argument("--grid", type=int, default=4, help="tiles per side; a quarter of them is held out (default 4)")
+    pt.add_argument("--widths", default="16,32,64", help="stage widths of the branches (default 16,32,64)")
+    pt.add_argument("--ms-patch", type=int, default=16, help="MS patch side (default 16)")
+    pt.add_argument("--seed", type=int, default=0, help="seed of the weights and the pre-training (default 0)")
+    pt.add_argument("--cache-dir", default=None, help="where pre-trained weights are cached")
+    pt.add_argument("--device", default=None, help="cuda | mps | cpu (default: cpu)")
+    pt.add_argument("--out", default=None, help="also write the result as JSON here")
+    pt.add_argument("--json", action="store_true", help="print the result as JSON")
+    pt.add_argument("--no-progress", action="store_true", help="no progress bars")
+    pt.set_defaults(func=_cmd_pretrain)
 
     rp = sub.add_parser("report", help="one HTML page for a finished run: metrics with class names, training "
                                        "curves, confusion matrix, attention maps")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -130,3 +132,68 @@ def test_pretraining_learns_cross_modal_retrieval_on_features(tmp_path):
         scores[objective] = cross_modal_retrieval(model, heads, held)["R@1_ms2pan"]
     print(scores)
     assert scores["cross"] > 50 and scores["within"] < 20, scores
+
+
+def test_held_out_tiles_hold_out_a_quarter_spread_over_the_scene():
+    from rswb.tasks.pha.pair import held_out_tile_count, held_out_tiles
+
+    mask = held_out_tiles((64, 64), 4)
+    assert held_out_tile_count(4) == 4 and mask.mean() == pytest.approx(0.25)
+    assert mask[:16, :16].all() and not mask[:16, 16:32].any() and mask[16:32, 16:32].all()  # the diagonal
+    assert held_out_tile_count(8) == 16
+    with pytest.raises(ValueError, match="grid"):
+        held_out_tiles((64, 64), 1)
+
+
+def test_pair_alignment_on_an_unlabelled_pair_keeps_training_away_from_held_out_tiles(tmp_path, monkeypatch):
+    """The command's numbers on the embedded scene: every held-out patch pair is scored; the run is cached."""
+    from rswb.tasks.pha import pair
+    from rswb.tasks.pha.pretrain import PretrainRecipe
+
+    seen = []
+    real_views = pair.ImageViews
+
+    def spy(draw, *a, **kw):  # record the pixels pre-training draws from
+        def wrapped(n):
+            b = draw(n)
+            seen.append((b["row"].numpy(), b["col"].numpy()))
+            return b
+        return real_views(wrapped, *a, **kw)
+
+    monkeypatch.setattr(pair, "ImageViews", spy)
+    path = ensure_embedded_mspan()
+    recipe = PretrainRecipe(steps=3, batch_size=32)
+    out = pair.pair_alignment(path, recipe, grid=4, widths=(4, 8, 8), cache_dir=tmp_path, progress=False)
+    assert out["eval_patches"] >= 80 and out["untrained"]["n"] == out["eval_patches"]
+    for key in ("untrained", "within", "cross"):
+        assert 0 <= out[key]["R@1_ms2pan"] <= 100
+        assert out[key]["chance_R@1"] == pytest.approx(100 / out["eval_patches"])
+    held = pair.held_out_tiles((200, 200), 4)
+    from scipy.ndimage import binary_dilation
+
+    near = binary_dilation(held, structure=None, iterations=8)  # half a patch: no training patch reaches a tile
+    rows = np.concatenate([r for r, _ in seen])
+    cols = np.concatenate([c for _, c in seen])
+    assert not near[rows, cols].any()
+    again = pair.pair_alignment(path, recipe, grid=4, widths=(4, 8, 8), cache_dir=tmp_path, progress=False)
+    assert again["cross"]["key"] == out["cross"]["key"] and again["cross"]["R@1_ms2pan"] == out["cross"]["R@1_ms2pan"]
+
+
+def ensure_embedded_mspan():
+    from rswb.data.synthetic import ensure_embedded
+
+    return ensure_embedded("mspan")
+
+
+def test_pretrain_cli_prints_the_table_and_writes_json(tmp_path, capsys):
+    from rswb.cli import main
+
+    out = tmp_path / "wv.json"
+    rc = main(["pretrain", str(ensure_embedded_mspan()), "--steps", "2", "--batch-size", "16", "--widths", "4,8,8",
+               "--cache-dir", str(tmp_path / "c"), "--out", str(out), "--no-progress"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "held-out patch pairs" in text and "+ cross-modal (pha_v6)" in text
+    assert json.loads(out.read_text())["cross"]["n"] > 0
+    assert main(["pretrain", str(tmp_path / "missing.mat"), "--steps", "2"]) == 2
+    assert main(["pretrain", str(ensure_embedded_mspan()), "--widths", "4,8"]) == 2

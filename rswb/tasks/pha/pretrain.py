@@ -201,7 +201,7 @@ def pretrain_branches(model: PHANet, views: FeatureViews | ImageViews, recipe: P
             sched.step()
             for k, v in {**terms, "loss": loss}.items():
                 curve.setdefault(k, []).append(float(v.detach()))
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
     model.cpu()
     heads.cpu()
     return PretrainResult({k: v.detach().clone() for k, v in model.branches.state_dict().items()},
