@@ -104,3 +104,21 @@ def test_dhcl_refit_trains_every_image_for_the_selected_epoch_count(tmp_path, mo
     config = (tmp_path / "runs" / "ucmd-8bit-s0-refit" / "config.yaml").read_text()
     assert "val_rule: none" in config and f"epochs: {r['best_epoch']}" in config
     assert "| 8 + 4, refit |" in table(res)
+
+
+def test_pha_pretrain_summary_selects_on_validation_not_test():
+    from benchmarks.pha_pretrain_summary import summarize
+
+    def run(version, seed, val, test):
+        return {"version": version, "seed": seed, "val": {"OA": val}, "test": {"OA": test}}
+
+    ladder = {"runs": [run("pan_only", s, 0.99, 0.99) for s in (0, 1)]  # single modality: never "best"
+              + [run("pha_v1", s, 0.80, 0.80) for s in (0, 1)]
+              + [run("pha_v6", s, 0.85, 0.79) for s in (0, 1)]           # best on validation, worse on test
+              + [run("pha_v1@pretrain=cross", s, 0.70, 0.95) for s in (0, 1)]}
+    out = summarize({"5": ladder})
+    assert out["seeds"] == 2
+    assert out["shots"]["5"] == {"v1_OA": 80.0, "best_OA": 79.0, "best_version": "pha_v6", "best_val_OA": 85.0}
+    ladder["runs"].pop()
+    with pytest.raises(ValueError, match="seed counts"):
+        summarize({"5": ladder})

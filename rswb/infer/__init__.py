@@ -12,7 +12,14 @@ trained model (in eval mode, restored afterwards) and returns arrays or tensors;
 """
 
 from rswb.infer.hashing import hash_grad_cam, load_codes
-from rswb.infer.pha import dictionary_codes, load_predictions, modality_embeddings, pha_attributions, pha_scene_maps
+from rswb.infer.pha import (
+    dictionary_codes,
+    load_predictions,
+    modality_embeddings,
+    pha_attributions,
+    pha_scene_maps,
+    pretraining_maps,
+)
 from rswb.infer.retrieval import (
     SplitEmbeddings,
     TwoWayScores,
@@ -31,6 +38,6 @@ from rswb.infer.retrieval import (
 __all__ = [
     "SplitEmbeddings", "TwoWayScores", "dictionary_codes", "encode_queries", "encode_run", "failure_cases",
     "hash_grad_cam", "load_codes", "load_predictions", "modality_embeddings", "pha_attributions", "pha_scene_maps",
-    "rescored_metrics", "search_image", "search_text", "split_embeddings", "token_similarity", "two_way_scores",
-    "word_region_maps",
+    "pretraining_maps", "rescored_metrics", "search_image", "search_text", "split_embeddings", "token_similarity",
+    "two_way_scores", "word_region_maps",
 ]

@@ -18,7 +18,8 @@ from rswb.metrics.explain import modality_shares
 from rswb.models.pha import STAGE_NAMES
 from rswb.utils import eval_mode
 
-__all__ = ["dictionary_codes", "load_predictions", "modality_embeddings", "pha_attributions", "pha_scene_maps"]
+__all__ = ["dictionary_codes", "load_predictions", "modality_embeddings", "pha_attributions", "pha_scene_maps",
+           "pretraining_maps"]
 
 def load_predictions(run_dir: str | Path, device: str | None = None) -> dict[str, Any]:
     """A finished PHA run's test predictions (no training): its model, confusion matrix and full-scene map.
@@ -241,4 +242,65 @@ def pha_scene_maps(model: torch.nn.Module, scene: Any, row: int, col: int, size:
                            "offsets": [2 * (s + 1) for s in range(model.stages)], "stage_names": list(STAGE_NAMES)}
     if model.dictionary is not None:
         out["atoms"] = {m: a[0].cpu().numpy() for m, a in model.atom_maps(ms, pan).items()}
+    return out
+
+
+def pretraining_maps(cfg: Any, data: Any, seed: int, row: int | None = None, col: int | None = None, size: int = 64,
+                     shift: int = 8, device: str | None = None) -> dict[str, Any]:
+    """What a run's self-supervised pre-training learnt: its loss curve and (pixel mode) MS-PAN agreement maps.
+
+    The pre-training of ``cfg`` (a version that pre-trains, e.g. ``pha_v6``) for ``seed`` is read from the cache when
+    the run made it (the model is rebuilt the way the run built it: ``torch.manual_seed(seed)``, then the builder),
+    else it runs. In pixel mode the shared-embedding agreement (:func:`rswb.tasks.pha.pretrain.pretrain_agreement`)
+    of a ``size`` tile around ``(row, col)`` (default: the scene's centre) is computed before (the initial weights)
+    and after pre-training, each also against the PAN embedding ``shift`` MS pixels away (the control).
+
+    Returns:
+        ``curve`` (per step, every loss term), ``seconds``, ``key``, ``objective``; in pixel mode also ``rgb``,
+        ``origin``, ``agreement`` ``[before, after]``, ``offsets``, ``stage_names`` (for
+        :func:`rswb.viz.plot_agreement_maps`) and ``same_place`` / ``shifted`` ``{"before": mean, "after": mean}``.
+    """
+    from rswb.models.pha import PretrainHeads
+    from rswb.tasks.pha import build_model, pretrain_recipe, run_pretraining
+    from rswb.tasks.pha.pretrain import pretrain_agreement
+
+    if cfg.pretrain_objective() == "none":
+        raise ValueError(f"version {cfg.version} does not pre-train (use pha_v6 or --pretrain within|cross)")
+    recipe = pretrain_recipe(cfg)
+
+    def fresh() -> tuple[Any, PretrainHeads]:
+        torch.manual_seed(seed)
+        model = build_model(cfg, data)
+        with torch.random.fork_rng():  # the heads the pre-training starts from (pretrain_branches builds them so)
+            torch.manual_seed(seed)
+            heads = PretrainHeads(model.widths[-1], model.modalities, recipe.proj_dim)
+        return model, heads
+
+    before_model, before_heads = fresh()
+    after_model, after_heads = fresh()
+    res = run_pretraining(cfg, data, after_model, seed, device=select_device(device), progress=False)
+    after_heads.load_state_dict(res.heads)
+    out: dict[str, Any] = {"curve": res.curve, "seconds": res.seconds, "key": res.key, "objective": recipe.objective}
+    scene = getattr(data, "scene", None)
+    if scene is None:
+        return out
+    h, w = scene.shape
+    row = h // 2 if row is None else row
+    col = w // 2 if col is None else col
+    r0 = int(np.clip(row - size // 2, 0, h - size))
+    c0 = int(np.clip(col - size // 2, 0, w - size))
+    r = scene.ratio
+    ms = torch.from_numpy(np.ascontiguousarray(scene.ms[:, r0:r0 + size, c0:c0 + size]))[None].float()
+    pan = torch.from_numpy(np.ascontiguousarray(scene.pan[:, r * r0:r * (r0 + size), r * c0:r * (c0 + size)]))[None]
+    pan = pan.float()
+    maps = {k: pretrain_agreement(m, hd, ms, pan) for k, (m, hd) in
+            (("before", (before_model, before_heads)), ("after", (after_model, after_heads)))}
+    shifted = {k: pretrain_agreement(m, hd, ms, pan, shift) for k, (m, hd) in
+               (("before", (before_model, before_heads)), ("after", (after_model, after_heads)))}
+    off = (size - maps["after"].shape[0]) // 2
+    out.update(rgb=scene.rgb()[r0:r0 + size, c0:c0 + size], origin=(r0, c0),
+               agreement=[maps["before"], maps["after"]], offsets=[off, off],
+               stage_names=["before pre-training", "after pre-training"],
+               same_place={k: float(v.mean()) for k, v in maps.items()},
+               shifted={k: float(v.mean()) for k, v in shifted.items()}, shift=shift)
     return out

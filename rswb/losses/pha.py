@@ -21,7 +21,7 @@ from rswb.models.pha import STAGE_NAMES
 
 __all__ = [
     "PHALoss", "PretrainLoss", "cross_modal_info_nce", "decorrelation_loss", "linear_cka", "overlap_targets",
-    "progressive_weights", "reconstruction_loss", "soft_info_nce", "sparsity_loss",
+    "progressive_weights", "pseudo_label_terms", "reconstruction_loss", "soft_info_nce", "sparsity_loss",
 ]
 
 
@@ -73,6 +73,23 @@ def overlap_targets(rows: torch.Tensor, cols: torch.Tensor, patch: int) -> torch
     dr = (rows[:, None] - rows[None, :]).abs().float()
     dc = (cols[:, None] - cols[None, :]).abs().float()
     return (patch - dr).clamp_min(0) * (patch - dc).clamp_min(0) / float(patch * patch)
+
+
+def pseudo_label_terms(logits: torch.Tensor, threshold: float) -> dict[str, torch.Tensor]:
+    """Self-training on unlabelled items: cross-entropy towards each confident item's own predicted class.
+
+    ``pseudo_loss = sum_i [max_c p_ic >= threshold] CE(logits_i, argmax_c p_ic) / N`` over the ``N`` unlabelled
+    items (divided by all of them, as FixMatch does, so a few confident items weigh little early on); the targets
+    are detached. ``pseudo_share`` (logged only) is the share of items over the threshold.
+    """
+    if logits.ndim != 2 or logits.shape[0] < 1 or not 0 < threshold < 1:
+        raise ValueError(f"need [N, C] logits with N >= 1 and a threshold in (0, 1), got {tuple(logits.shape)}, "
+                         f"{threshold}")
+    with torch.no_grad():
+        conf, target = F.softmax(logits.float(), 1).max(1)
+        keep = (conf >= threshold).float()
+    ce = F.cross_entropy(logits.float(), target, reduction="none")
+    return {"pseudo_loss": (ce * keep).sum() / logits.shape[0], "pseudo_share": keep.mean()}
 
 
 def progressive_weights(progress: float, stages: int = 3, width: float = 0.5) -> torch.Tensor:
@@ -150,7 +167,9 @@ class PHALoss(nn.Module):
     version's schedule, set each epoch by :meth:`set_epoch`); with the dictionary ``recon_loss``, ``decor_loss`` and
     ``sparse_loss`` (means over the two modalities). Logged only: ``acc``; ``w_<stage>``, ``nce_<stage>`` and
     ``sim_<stage>`` (mean cosine of positive pairs) per aligned stage; ``cka_<stage>`` (linear CKA of the MS and PAN
-    stage features, every two-branch version); ``code_active`` (fraction of non-zero dictionary codes).
+    stage features, every two-branch version); ``code_active`` (fraction of non-zero dictionary codes). With
+    ``pseudo_threshold`` > 0 (the self-training ablation) also ``pseudo_loss`` and ``pseudo_share``
+    (:func:`pseudo_label_terms`).
 
     Args:
         align_stages: the aligned stages (indices) of the version.
@@ -163,8 +182,10 @@ class PHALoss(nn.Module):
     """
 
     def __init__(self, align_stages: tuple[int, ...], align_schedule: str, stages: int, dictionary: bool,
-                 two_modalities: bool, temperature: float = 0.1, progressive_width: float = 0.5):
+                 two_modalities: bool, temperature: float = 0.1, progressive_width: float = 0.5,
+                 pseudo_threshold: float = 0.0):
         super().__init__()
+        self.pseudo_threshold = float(pseudo_threshold)
         self.align_stages, self.align_schedule, self.stages = tuple(align_stages), align_schedule, int(stages)
         self.dictionary, self.two_modalities = bool(dictionary), bool(two_modalities)
         self.temperature, self.progressive_width = float(temperature), float(progressive_width)
@@ -174,7 +195,8 @@ class PHALoss(nn.Module):
     def for_model(cls, model: nn.Module, temperature: float = 0.1, progressive_width: float = 0.5) -> PHALoss:
         """The loss of a :class:`~rswb.models.pha.PHANet` version (its stages, schedule, dictionary, branches)."""
         return cls(model.align_stages, model.align_schedule, model.stages, model.dictionary is not None,
-                   len(model.modalities) == 2, temperature, progressive_width)
+                   len(model.modalities) == 2, temperature, progressive_width,
+                   getattr(model, "pseudo_threshold", 0.0))
 
     def schedule(self, epoch: int, epochs: int) -> dict[int, float]:
         """Alignment weight of each aligned stage at ``epoch`` (0-based) of ``epochs``."""
@@ -195,6 +217,8 @@ class PHALoss(nn.Module):
         terms: dict[str, torch.Tensor] = {"cls_loss": F.cross_entropy(logits[:n].float(), label)}
         with torch.no_grad():
             terms["acc"] = (logits[:n].argmax(1) == label).float().mean()
+        if self.pseudo_threshold > 0 and logits.shape[0] > n:
+            terms.update(pseudo_label_terms(logits[n:], self.pseudo_threshold))
         if self.align_stages:
             total = 0.0
             for s, (a, b) in embed.items():

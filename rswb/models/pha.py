@@ -177,14 +177,21 @@ class PHANet(nn.Module):
         pretrain: what the branches are pre-trained with before the few shots (one of
             :data:`PRETRAIN_OBJECTIVES`). The model only records it; the task runs the pre-training
             (:mod:`rswb.tasks.pha.pretrain`) and loads the branches' weights before fine-tuning.
+        pseudo_threshold: self-training on the unlabelled items during fine-tuning (an ablation, no rung: it did
+            not help, ``benchmarks/results/pha.md``): an unlabelled item whose predicted class has at least this
+            probability is trained on as that class (0: none; :class:`rswb.losses.pha.PHALoss`).
     """
 
     def __init__(self, num_classes: int, bands: int = 4, ratio: int = 4, modalities: tuple[str, ...] = ("ms", "pan"),
                  widths: tuple[int, int, int] = (32, 64, 96), align_stages: tuple[int, ...] = (),
                  align_schedule: str = "none", stage_fusion: bool = False, dictionary_atoms: int = 0,
                  proj_dim: int = 64, dropout: float = 0.2, patch: int = 16,
-                 feature_dims: tuple[int, int, int] | None = None, pretrain: str = "none"):
+                 feature_dims: tuple[int, int, int] | None = None, pretrain: str = "none",
+                 pseudo_threshold: float = 0.0):
         super().__init__()
+        if not 0.0 <= pseudo_threshold < 1.0:
+            raise ValueError(f"pseudo_threshold must be in [0, 1), got {pseudo_threshold}")
+        self.pseudo_threshold = float(pseudo_threshold)
         if pretrain not in PRETRAIN_OBJECTIVES:
             raise ValueError(f"pretrain must be one of {', '.join(PRETRAIN_OBJECTIVES)}, got {pretrain!r}")
         if pretrain == "cross" and len(modalities) != 2:
@@ -388,7 +395,7 @@ class PHANet(nn.Module):
                 "align_schedule": self.align_schedule, "stage_fusion": self.stage_fuse is not None,
                 "dictionary_atoms": self.dictionary.atoms.shape[0] if self.dictionary is not None else 0,
                 "branches": "encoder features" if self.feature_dims is not None else "convolutional",
-                "pretrain": self.pretrain,
+                "pretrain": self.pretrain, "pseudo_threshold": self.pseudo_threshold,
                 "parameters": sum(p.numel() for p in self.parameters())}
 
 

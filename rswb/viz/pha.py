@@ -36,6 +36,7 @@ __all__ = [
     "class_mean_codes",
     "describe_alignment",
     "describe_dictionary",
+    "describe_pretraining",
     "map_accuracy",
     "normalize_rows",
     "pair_cosines",
@@ -47,6 +48,7 @@ __all__ = [
     "plot_dictionary_usage",
     "plot_modality_embedding",
     "plot_pixel_attributions",
+    "plot_pretrain_curve",
     "plot_scene_overview",
     "plot_version_bars",
     "plot_version_detail",
@@ -512,6 +514,55 @@ def describe_alignment(before: Mapping[str, Any], after: Mapping[str, Any]) -> s
             + ("more" if g1 > g0 + 0.01 else "less" if g1 < g0 - 0.01 else "no more")
             + " distinguishable from other items' after training" + (" than before." if abs(g1 - g0) >= 0.01
                                                                        else " than before it."))
+
+
+def plot_pretrain_curve(curve: Mapping[str, Sequence[float]], title: str = "pre-training") -> Figure:
+    """The self-supervised pre-training's loss terms per step (raw, faint; a 10-step moving mean, solid).
+
+    Args:
+        curve: ``{term: [value per step]}`` as :func:`rswb.infer.pretraining_maps` returns it (``loss``,
+            ``within_loss``, and for the cross-modal objective ``cross_loss``, ``orth_loss``, ``sim_cross``).
+        title: the figure's title.
+    """
+    terms = [k for k in ("loss", "within_loss", "cross_loss", "orth_loss") if k in curve]
+    fig, axes = plt.subplots(1, 2 if "sim_cross" in curve else 1, figsize=(10 if "sim_cross" in curve else 6, 3.2),
+                             squeeze=False, layout="constrained")
+    ax = axes[0][0]
+    for i, k in enumerate(terms):
+        y = np.asarray(curve[k], dtype=float)
+        steps = np.arange(1, len(y) + 1)
+        ax.plot(steps, y, color=f"C{i}", alpha=0.25, lw=0.8)
+        win = min(10, len(y))
+        smooth = np.convolve(y, np.ones(win) / win, mode="valid")
+        ax.plot(steps[win - 1:], smooth, color=f"C{i}", lw=1.6, label=k)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    if "sim_cross" in curve:
+        y = np.asarray(curve["sim_cross"], dtype=float)
+        axes[0][1].plot(np.arange(1, len(y) + 1), y, color="C4")
+        axes[0][1].set_xlabel("step")
+        axes[0][1].set_ylabel("cosine")
+        axes[0][1].set_title("shared MS-PAN embeddings of the same item", fontsize=10)
+    return fig
+
+
+def describe_pretraining(maps: Mapping[str, Any]) -> str:
+    """One sentence on the agreement maps before and after pre-training, computed from the numbers they show.
+
+    Compares the mean cosine of the MS and PAN shared embeddings of the same place with that of places ``shift``
+    MS pixels apart (:func:`rswb.infer.pretraining_maps`): only a gap between the two says the embeddings align
+    places rather than agree everywhere.
+    """
+    same, other, shift = maps["same_place"], maps["shifted"], maps["shift"]
+    gap = {k: same[k] - other[k] for k in ("before", "after")}
+    verdict = ("the pre-training made the MS and PAN embeddings of a place agree more with each other than with "
+               "places nearby" if gap["after"] > gap["before"] + 0.02 else
+               "the pre-training did not make the embeddings of a place agree more than those of places nearby")
+    return (f"Mean MS-PAN cosine on this tile: the same place {same['before']:.2f} before and {same['after']:.2f} "
+            f"after pre-training; places {shift} MS pixels apart {other['before']:.2f} and {other['after']:.2f}. The "
+            f"gap went from {gap['before']:.2f} to {gap['after']:.2f}: {verdict}.")
 
 
 # ---------------------------------------------------------------------------------------------------- dictionary

@@ -371,3 +371,26 @@ def test_pretrain_loss_terms_by_objective():
     torch.testing.assert_close(cross["orth_loss"], want_orth)
     with pytest.raises(ValueError, match="objective"):
         PretrainLoss("none")
+
+
+def test_pseudo_label_terms_match_loop_reference():
+    from rswb.losses.pha import pseudo_label_terms
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(12, 5, generator=g) * 3
+    got = pseudo_label_terms(logits, 0.7)
+    total, kept = 0.0, 0
+    for row in logits:
+        p = torch.softmax(row, 0)
+        if float(p.max()) >= 0.7:
+            total = total - torch.log(p[int(p.argmax())])
+            kept += 1
+    assert 0 < kept < 12  # the case has items on both sides of the threshold
+    torch.testing.assert_close(got["pseudo_loss"], total / 12)
+    assert float(got["pseudo_share"]) == pytest.approx(kept / 12)
+    # The targets are detached: the gradient is that of a cross-entropy towards fixed labels.
+    x = logits.clone().requires_grad_(True)
+    pseudo_label_terms(x, 0.7)["pseudo_loss"].backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    with pytest.raises(ValueError, match="threshold"):
+        pseudo_label_terms(logits, 1.0)

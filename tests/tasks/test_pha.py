@@ -172,6 +172,8 @@ def test_losses_terms_per_version(version):
             expect |= {f"nce_{name}", f"w_{name}", f"sim_{name}"}
     if model.dictionary is not None:
         expect |= {"recon_loss", "decor_loss", "sparse_loss", "code_active"}
+    if model.pseudo_threshold > 0:
+        expect |= {"pseudo_loss", "pseudo_share"}
     if len(model.modalities) == 2:
         expect |= {"cka_shallow", "cka_middle", "cka_deep"}
     assert set(terms) == expect

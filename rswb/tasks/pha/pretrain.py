@@ -95,24 +95,35 @@ class FeatureViews:
     """Two views of unlabelled images from cached encoder features ``{modality: [N, V, F]}`` (scene mode).
 
     A batch is ``batch_size`` distinct images (all of them, shuffled, when there are fewer), each in two different
-    cached dihedral views (the same view for MS and PAN within a view, as in training).
+    cached dihedral views (the same view for MS and PAN within a view, as in training). With a single cached view
+    (``--views 1``) the two views are that one with independent random feature masks instead (``mask`` of the
+    features zeroed, the rest scaled by ``1 / (1 - mask)``: the corruption SCARF uses for tabular contrast), since
+    two copies of one vector would make the within-modality contrast trivial.
     """
 
-    def __init__(self, cache: dict[str, torch.Tensor]):
+    def __init__(self, cache: dict[str, torch.Tensor], mask: float = 0.3):
         shapes = {tuple(v.shape[:2]) for v in cache.values()}
         if len(shapes) != 1:
             raise ValueError(f"every modality needs the same [images, views], got {shapes}")
-        self.cache = cache
+        if not 0 < mask < 1:
+            raise ValueError(f"mask must be in (0, 1), got {mask}")
+        self.cache, self.mask = cache, float(mask)
         self.n, self.views = next(iter(shapes))
-        if self.views < 2:
-            raise ValueError("feature pre-training needs at least 2 cached views per image (--views >= 2)")
 
     def __len__(self) -> int:
         return self.n
 
+    def _masked(self, x: torch.Tensor) -> torch.Tensor:
+        keep = (torch.rand(x.shape) >= self.mask).to(x.dtype)
+        return x * keep / (1 - self.mask)
+
     def draw(self, n: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor | None]:
         """``(view1, view2, targets)`` for ``n`` images (targets ``None``: each image is only its own positive)."""
         pick = torch.randperm(self.n)[: min(n, self.n)]
+        if self.views == 1:
+            base = {m: f[pick, 0].float() for m, f in self.cache.items()}
+            return ({m: self._masked(x) for m, x in base.items()}, {m: self._masked(x) for m, x in base.items()},
+                    None)
         v1 = torch.randint(0, self.views, (len(pick),))
         v2 = (v1 + torch.randint(1, self.views, (len(pick),))) % self.views  # another view than v1
         return ({m: f[pick, v1].float() for m, f in self.cache.items()},
@@ -277,19 +288,26 @@ def cross_modal_retrieval(model: PHANet, heads: PretrainHeads, x: dict[str, torc
 
 
 @torch.no_grad()
-def pretrain_agreement(model: PHANet, heads: PretrainHeads, ms: torch.Tensor, pan: torch.Tensor) -> np.ndarray:
+def pretrain_agreement(model: PHANet, heads: PretrainHeads, ms: torch.Tensor, pan: torch.Tensor,
+                       shift: int = 0) -> np.ndarray:
     """Where MS and PAN agree after (or before) pre-training: the cosine of their shared embeddings per position.
 
     ``ms`` ``[1, bands, h, w]`` and ``pan`` ``[1, 1, r h, r w]`` are a scene tile; every deep-stage position's
-    feature (before any window average) goes through the shared heads and the MS and PAN embeddings of the same
-    position are compared. Returns ``[h - 12, w - 12]`` in [-1, 1] (convolutional branches only).
+    feature (before any window average) goes through the shared heads and the MS embedding of each position is
+    compared with the PAN embedding of the same position, or with ``shift > 0`` of the position ``shift`` MS pixels
+    to its right (the control: a map that is as high for other places says nothing about alignment).
+    Returns ``[h', w' - shift]`` in [-1, 1], ``h' = h - 12`` (convolutional branches only).
     """
     if model.feature_dims is not None:
         raise ValueError("agreement maps need convolutional branches (pixel mode), not encoder features")
     with eval_mode(model), eval_mode(heads):
         maps = model.stage_maps(ms, pan)
-        b, c, h, w = maps["ms"][-1].shape
-        flat = {m: maps[m][-1].permute(0, 2, 3, 1).reshape(b * h * w, c) for m in ("ms", "pan")}
-        emb = heads(flat)
-        cos = F.cosine_similarity(emb["shared_ms"], emb["shared_pan"], dim=1, eps=1e-8)
-    return cos.reshape(b, h, w)[0].cpu().numpy()
+        deep = {m: maps[m][-1][0].permute(1, 2, 0) for m in ("ms", "pan")}  # [h', w', C]
+        h, w, c = deep["ms"].shape
+        if not 0 <= shift < w:
+            raise ValueError(f"shift must be in [0, {w}), got {shift}")
+        emb = heads({m: f.reshape(h * w, c) for m, f in deep.items()})
+        e_ms = emb["shared_ms"].reshape(h, w, -1)[:, : w - shift]
+        e_pan = emb["shared_pan"].reshape(h, w, -1)[:, shift:]
+        cos = F.cosine_similarity(e_ms, e_pan, dim=-1, eps=1e-8)
+    return cos.cpu().numpy()

@@ -70,6 +70,10 @@ class PHATask(Task):
             return [{"params": rest}]
         return [{"params": rest}, {"params": list(self.model.branches.parameters()), "lr_mult": self.branch_lr_mult}]
 
+    def protocol(self) -> dict[str, str]:
+        """The pre-training behind the run's numbers, when it had one (objective, steps, cache key, final loss)."""
+        return {k: self.info[k] for k in ("pretrain", "pretrain_final_loss") if k in self.info}
+
     def on_epoch_start(self, epoch: int, epochs: int) -> None:
         """Set this epoch's stage weights."""
         self.loss.set_epoch(epoch, epochs)
@@ -83,12 +87,14 @@ class PHATask(Task):
     def training_inputs(self, batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
         """The model's inputs of a training batch and the items' identities.
 
-        In training, aligned versions get ``n_unlabelled`` unlabelled items appended (alignment needs no labels),
+        In training, aligned and self-training versions get ``n_unlabelled`` unlabelled items appended (alignment
+        and pseudo-labels need no labels),
         then every item gets a random dihedral view (the same for MS and PAN) and independent gains.
         """
         x = {k: batch[k] for k in ("ms", "pan") if k in batch}
         ids = batch.get("id")
-        if self.training and self.model.align_stages and self.unlabelled is not None and self.n_unlabelled > 0:
+        wants = self.model.align_stages or getattr(self.model, "pseudo_threshold", 0.0) > 0
+        if self.training and wants and self.unlabelled is not None and self.n_unlabelled > 0:
             extra = self.unlabelled(self.n_unlabelled)
             x = {k: torch.cat([v, extra[k].to(v.device, v.dtype)]) for k, v in x.items()}
             if ids is not None and "id" in extra:
