@@ -71,6 +71,8 @@ def summary(results: dict) -> dict[str, dict[str, tuple[float, float]]]:
         for key in ("OA", "AA", "kappa"):
             vals = [100 * r["test"][key] for r in rows]
             out[v][key] = (statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
+        val = [100 * r["val"]["OA"] for r in rows if r.get("val")]
+        out[v]["val_OA"] = (statistics.mean(val) if val else float("nan"), 0.0)
         out[v]["time"] = (statistics.median(r["train_time_s"] for r in rows), 0.0)
         out[v]["n"] = (len(rows), 0.0)
     return out
@@ -79,15 +81,15 @@ def summary(results: dict) -> dict[str, dict[str, tuple[float, float]]]:
 def table(results: dict) -> str:
     """Markdown: one row per version, mean +- std over seeds, the OA change against the previous rung."""
     s = summary(results)
-    lines = ["| version | OA | AA | Kappa | OA change vs previous rung | seeds | train time / run |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| version | OA | AA | Kappa | OA change vs previous rung | validation OA | seeds | train time / run |",
+             "|---|---|---|---|---|---|---|---|"]
     prev = None
     for v, m in s.items():
         delta = f"{m['OA'][0] - s[prev]['OA'][0]:+.2f}" if prev and v.startswith("pha_v") and prev.startswith(
             "pha_v") and "@" not in v + prev else ""
         lines.append(f"| {v} | {m['OA'][0]:.2f} +- {m['OA'][1]:.2f} | {m['AA'][0]:.2f} +- {m['AA'][1]:.2f} | "
-                     f"{m['kappa'][0]:.2f} +- {m['kappa'][1]:.2f} | {delta} | {int(m['n'][0])} | "
-                     f"{m['time'][0]:.0f} s |")
+                     f"{m['kappa'][0]:.2f} +- {m['kappa'][1]:.2f} | {delta} | {m['val_OA'][0]:.2f} | "
+                     f"{int(m['n'][0])} | {m['time'][0]:.0f} s |")
         prev = v
     return "\n".join(lines)
 

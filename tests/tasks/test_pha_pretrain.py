@@ -200,3 +200,19 @@ def test_pretrain_cli_prints_the_table_and_writes_json(tmp_path, capsys):
     assert json.loads(out.read_text())["cross"]["n"] > 0
     assert main(["pretrain", str(tmp_path / "missing.mat"), "--steps", "2"]) == 2
     assert main(["pretrain", str(ensure_embedded_mspan()), "--widths", "4,8"]) == 2
+
+
+def test_the_notebook_reads_back_the_pre_training_its_run_made(tmp_path):
+    """pretraining_maps rebuilds the model as the run did, so it finds the run's cached pre-training (no second one)."""
+    from rswb.engine.experiments import notebook_run, task_config
+    from rswb.infer import pretraining_maps
+
+    opts = {**SMALL, "cache_dir": str(tmp_path / "cache"), "pretrain_steps": 3, "pretrain_batch": 16, "epochs": 1}
+    notebook_run("pha", "quick", tmp_path / "runs", "v6", progress=False, **opts, version="pha_v6", seed=3)
+    entries = sorted((tmp_path / "cache" / "pha_pretrain").glob("*.pt"))
+    assert len(entries) == 1
+    config = task_config("pha", "quick", **opts)
+    pre = pretraining_maps(dataclasses.replace(config, version="pha_v6"), prepare_data(config), 3)
+    assert sorted((tmp_path / "cache" / "pha_pretrain").glob("*.pt")) == entries
+    assert f"{pre['key']}.pt" == entries[0].name and len(pre["curve"]["loss"]) == 3
+    assert pre["agreement"][0].shape == pre["agreement"][1].shape and set(pre["same_place"]) == {"before", "after"}
