@@ -25,7 +25,8 @@ def test_committed_notebook_is_thin_and_stripped():
     assert names == {"DATA_ROOT", "VERSIONS", "SHOTS", "EPOCHS", "SEEDS", "PROFILE", "DEVICE", "OUTPUT_DIR"}
     namespace: dict = {}
     exec(tagged[0].source, namespace)  # literals only
-    assert namespace["VERSIONS"] == ["ms_only", "pan_only", "pha_v1", "pha_v2", "pha_v3", "pha_v4", "pha_v5"]
+    assert namespace["VERSIONS"] == ["ms_only", "pan_only", "pha_v1", "pha_v2", "pha_v3", "pha_v4", "pha_v5",
+                                     "pha_v6"]
     assert namespace["DATA_ROOT"] is None and namespace["EPOCHS"] is None and namespace["PROFILE"] == "quick"
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert all(not c.outputs and c.execution_count is None for c in code)
@@ -40,7 +41,7 @@ def test_notebook_02_runs_on_the_embedded_scene(tmp_path, monkeypatch):
     output_dir = tmp_path / "runs"
     # Run All is the demo (issue 29): the quick suite passes nothing, the notebook's own defaults are what runs.
     assert PROFILES["quick"]["02_pha_versions"] == {}
-    versions = ["ms_only", "pan_only", "pha_v1", "pha_v2", "pha_v3", "pha_v4", "pha_v5"]
+    versions = ["ms_only", "pan_only", "pha_v1", "pha_v2", "pha_v3", "pha_v4", "pha_v5", "pha_v6"]
     # One run finished beforehand with the notebook's options: the notebook must reuse it, not train it again.
     import rswb.tasks  # noqa: F401  (registers the "pha" task)
     from rswb.engine.experiments import notebook_run
@@ -74,7 +75,16 @@ def test_notebook_02_runs_on_the_embedded_scene(tmp_path, monkeypatch):
     want = "left unchanged" if abs(after - before) < 0.015 else "raised" if after > before else "lowered"
     assert m.group(1) == want or abs(after - before) < 0.015
     assert "Same-class MS and PAN rows correlate" in text
-    # Figures: scene, bars, confusion matrices (one when pha_v1 is the best), maps, alignment, embedding, dictionary.
+    # The sentence under the pre-training agreement maps (issue 33) is computed from the numbers it quotes.
+    m = re.search(r"the same place (-?[\d.]+) before and (-?[\d.]+) after pre-training; places 8 MS pixels apart "
+                  r"(-?[\d.]+) and (-?[\d.]+)\. The gap went from (-?[\d.]+) to (-?[\d.]+): the pre-training (made|did "
+                  r"not make)", text)
+    assert m, text
+    same0, same1, other0, other1, gap0, gap1 = (float(m.group(i)) for i in range(1, 7))
+    assert gap0 == pytest.approx(same0 - other0, abs=0.011) and gap1 == pytest.approx(same1 - other1, abs=0.011)
+    assert (m.group(7) == "made") == (gap1 > gap0 + 0.02) or abs(gap1 - gap0 - 0.02) < 0.011
+    # Figures: scene, bars, confusion matrices (one when pha_v1 is the best), maps, alignment, pre-training curve and
+    # agreement maps, embedding, dictionary.
     images = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
-    assert images >= 7
+    assert images >= 9
     assert reused.stat().st_mtime_ns == stamp  # the finished run was reused
