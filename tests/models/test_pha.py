@@ -23,7 +23,7 @@ def build(version: str, seed: int = 0, **kw) -> PHANet:
     torch.manual_seed(seed)
     kw.setdefault("widths", WIDTHS)
     kw.setdefault("proj_dim", 6)
-    if version == "pha_v5":
+    if version in ("pha_v5", "pha_v6"):
         kw.setdefault("atoms", 10)
     return create_model(version, num_classes=C, **kw)
 
@@ -69,9 +69,9 @@ def test_forward_backward(version, shape):
         assert [tuple(f.shape) for f in feats] == [(b, WIDTHS[0]), (b, WIDTHS[1]), (b, WIDTHS[2])]
     assert sorted(out["embed"]) == list(model.align_stages)
     for s, (a, e) in out["embed"].items():
-        dim = 10 if (version == "pha_v5" and s == 2) else 6
+        dim = 10 if (version in ("pha_v5", "pha_v6") and s == 2) else 6
         assert a.shape == e.shape == (b, dim)
-    if version == "pha_v5":
+    if version in ("pha_v5", "pha_v6"):
         assert out["codes_ms"].shape == (b, 10) and out["shared_pan"].shape == (b, WIDTHS[-1])
         assert (out["codes_ms"] >= 0).all() and out["deep_ms"].shape == (b, WIDTHS[-1])
         assert "ms2" not in model.proj and "ms1" in model.proj  # the deep stage aligns the codes instead
@@ -190,22 +190,24 @@ def test_describe():
         "pha_v3": ("ms+pan", ["shallow", "middle", "deep"], "equal", False, 0),
         "pha_v4": ("ms+pan", ["shallow", "middle", "deep"], "progressive", True, 0),
         "pha_v5": ("ms+pan", ["shallow", "middle", "deep"], "progressive", True, 10),
+        "pha_v6": ("ms+pan", ["shallow", "middle", "deep"], "progressive", True, 10),
     }
     for version in PHA_VERSIONS:
         model = build(version)
         d = model.describe()
         assert set(d) == {"modalities", "align_stages", "align_schedule", "stage_fusion", "dictionary_atoms",
-                          "parameters", "branches"}
-        assert d["branches"] == "convolutional"
+                          "parameters", "branches", "pretrain", "pseudo_threshold"}
+        assert d["branches"] == "convolutional" and d["pseudo_threshold"] == 0.0
+        assert d["pretrain"] == ("cross" if version == "pha_v6" else "none")
         assert (d["modalities"], d["align_stages"], d["align_schedule"], d["stage_fusion"],
                 d["dictionary_atoms"]) == expected[version]
         assert d["parameters"] == sum(p.numel() for p in model.parameters())
 
 
 def test_registry_lists_the_ladder():
-    assert list_models("pha_v*") == ["pha_v1", "pha_v2", "pha_v3", "pha_v4", "pha_v5"]
+    assert list_models("pha_v*") == ["pha_v1", "pha_v2", "pha_v3", "pha_v4", "pha_v5", "pha_v6"]
     assert set(PHA_VERSIONS) <= set(list_models())
-    assert TWO_BRANCH == ["pha_v1", "pha_v2", "pha_v3", "pha_v4", "pha_v5"]
+    assert TWO_BRANCH == ["pha_v1", "pha_v2", "pha_v3", "pha_v4", "pha_v5", "pha_v6"]
     model = create_model("pha_v2", num_classes=3, widths=WIDTHS, bands=8)
     assert isinstance(model, PHANet) and model.num_classes == 3 and model.bands == 8
 
