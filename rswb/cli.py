@@ -147,12 +147,11 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     from rswb.io import atomic_write_text
+    from rswb.tasks.pha import stage_widths
     from rswb.tasks.pha.pair import pair_alignment
     from rswb.tasks.pha.pretrain import PretrainRecipe
 
-    widths = tuple(int(w) for w in args.widths.split(","))
-    if len(widths) != 3 or min(widths) < 1:
-        raise ValueError(f"--widths must be three comma-separated positive integers, got {args.widths!r}")
+    widths = stage_widths(args.widths)
     recipe = PretrainRecipe(steps=args.steps, batch_size=args.batch_size, lr=args.lr, temperature=args.temperature)
     out = pair_alignment(args.data, recipe, seed=args.seed, grid=args.grid, widths=widths, ms_patch=args.ms_patch,
                          cache_dir=args.cache_dir, device=args.device or "cpu", progress=not args.no_progress)

@@ -204,6 +204,26 @@ def pha_attributions(model: torch.nn.Module, sampler: Any, rows: Sequence[int], 
             "pred": pred.cpu().numpy()}
 
 
+def _scene_tile(scene: Any, row: int, col: int, size: int, patch: int
+                ) -> tuple[int, int, torch.Tensor, torch.Tensor]:
+    """``(r0, c0, ms [1, bands, size, size], pan [1, 1, r size, r size])``: the tile around ``(row, col)``.
+
+    The tile is moved inside the scene where it would cross its border.
+
+    Raises:
+        ValueError: ``size`` smaller than the model's ``patch`` or larger than the scene.
+    """
+    h, w = scene.shape
+    if size < patch or size > min(h, w):
+        raise ValueError(f"size must be between the patch ({patch}) and the scene's side ({min(h, w)}), got {size}")
+    r0 = int(np.clip(row - size // 2, 0, h - size))
+    c0 = int(np.clip(col - size // 2, 0, w - size))
+    r = scene.ratio
+    ms = torch.from_numpy(np.ascontiguousarray(scene.ms[:, r0:r0 + size, c0:c0 + size]))[None].float()
+    pan = torch.from_numpy(np.ascontiguousarray(scene.pan[:, r * r0:r * (r0 + size), r * c0:r * (c0 + size)]))
+    return r0, c0, ms, pan[None].float()
+
+
 def pha_scene_maps(model: torch.nn.Module, scene: Any, row: int, col: int, size: int = 64,
                    device: str | None = None) -> dict[str, Any]:
     """Where MS and PAN agree over a piece of the scene, per stage, and (``pha_v5``) where each atom fires.
@@ -225,17 +245,9 @@ def pha_scene_maps(model: torch.nn.Module, scene: Any, row: int, col: int, size:
         map's first position is centred: ``2 (s + 1)``), ``stage_names`` and, with a dictionary, ``atoms``
         ``{"ms": [A, h, w], "pan": [A, h, w]}`` on the deep stage's grid.
     """
-    h, w = scene.shape
-    if size < model.patch or size > min(h, w):
-        raise ValueError(f"size must be between the patch ({model.patch}) and the scene's side ({min(h, w)}), "
-                         f"got {size}")
-    r0 = int(np.clip(row - size // 2, 0, h - size))
-    c0 = int(np.clip(col - size // 2, 0, w - size))
-    r = scene.ratio
     dev = select_device(device)
-    ms = torch.from_numpy(np.ascontiguousarray(scene.ms[:, r0:r0 + size, c0:c0 + size]))[None].float().to(dev)
-    pan = torch.from_numpy(np.ascontiguousarray(scene.pan[:, r * r0:r * (r0 + size), r * c0:r * (c0 + size)]))
-    pan = pan[None].float().to(dev)
+    r0, c0, ms, pan = _scene_tile(scene, row, col, size, model.patch)
+    ms, pan = ms.to(dev), pan.to(dev)
     model = model.to(dev)
     out: dict[str, Any] = {"rgb": scene.rgb()[r0:r0 + size, c0:c0 + size], "origin": (r0, c0),
                            "agreement": [m[0].cpu().numpy() for m in model.agreement_maps(ms, pan)],
@@ -260,21 +272,17 @@ def pretraining_maps(cfg: Any, data: Any, seed: int, row: int | None = None, col
         ``origin``, ``agreement`` ``[before, after]``, ``offsets``, ``stage_names`` (for
         :func:`rswb.viz.plot_agreement_maps`) and ``same_place`` / ``shifted`` ``{"before": mean, "after": mean}``.
     """
-    from rswb.models.pha import PretrainHeads
     from rswb.tasks.pha import build_model, pretrain_recipe, run_pretraining
-    from rswb.tasks.pha.pretrain import pretrain_agreement
+    from rswb.tasks.pha.pretrain import initial_heads, pretrain_agreement
 
     if cfg.pretrain_objective() == "none":
         raise ValueError(f"version {cfg.version} does not pre-train (use pha_v6 or --pretrain within|cross)")
     recipe = pretrain_recipe(cfg)
 
-    def fresh() -> tuple[Any, PretrainHeads]:
+    def fresh() -> tuple[Any, Any]:
         torch.manual_seed(seed)
         model = build_model(cfg, data)
-        with torch.random.fork_rng():  # the heads the pre-training starts from (pretrain_branches builds them so)
-            torch.manual_seed(seed)
-            heads = PretrainHeads(model.widths[-1], model.modalities, recipe.proj_dim)
-        return model, heads
+        return model, initial_heads(model, recipe.proj_dim, seed)
 
     before_model, before_heads = fresh()
     after_model, after_heads = fresh()
@@ -285,18 +293,11 @@ def pretraining_maps(cfg: Any, data: Any, seed: int, row: int | None = None, col
     if scene is None:
         return out
     h, w = scene.shape
-    row = h // 2 if row is None else row
-    col = w // 2 if col is None else col
-    r0 = int(np.clip(row - size // 2, 0, h - size))
-    c0 = int(np.clip(col - size // 2, 0, w - size))
-    r = scene.ratio
-    ms = torch.from_numpy(np.ascontiguousarray(scene.ms[:, r0:r0 + size, c0:c0 + size]))[None].float()
-    pan = torch.from_numpy(np.ascontiguousarray(scene.pan[:, r * r0:r * (r0 + size), r * c0:r * (c0 + size)]))[None]
-    pan = pan.float()
-    maps = {k: pretrain_agreement(m, hd, ms, pan) for k, (m, hd) in
-            (("before", (before_model, before_heads)), ("after", (after_model, after_heads)))}
-    shifted = {k: pretrain_agreement(m, hd, ms, pan, shift) for k, (m, hd) in
-               (("before", (before_model, before_heads)), ("after", (after_model, after_heads)))}
+    r0, c0, ms, pan = _scene_tile(scene, h // 2 if row is None else row, w // 2 if col is None else col, size,
+                                  after_model.patch)
+    states = {"before": (before_model, before_heads), "after": (after_model, after_heads)}
+    maps = {k: pretrain_agreement(m, hd, ms, pan) for k, (m, hd) in states.items()}
+    shifted = {k: pretrain_agreement(m, hd, ms, pan, shift) for k, (m, hd) in states.items()}
     off = (size - maps["after"].shape[0]) // 2
     out.update(rgb=scene.rgb()[r0:r0 + size, c0:c0 + size], origin=(r0, c0),
                agreement=[maps["before"], maps["after"]], offsets=[off, off],

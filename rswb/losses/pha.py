@@ -196,7 +196,7 @@ class PHALoss(nn.Module):
         """The loss of a :class:`~rswb.models.pha.PHANet` version (its stages, schedule, dictionary, branches)."""
         return cls(model.align_stages, model.align_schedule, model.stages, model.dictionary is not None,
                    len(model.modalities) == 2, temperature, progressive_width,
-                   getattr(model, "pseudo_threshold", 0.0))
+                   model.pseudo_threshold)
 
     def schedule(self, epoch: int, epochs: int) -> dict[int, float]:
         """Alignment weight of each aligned stage at ``epoch`` (0-based) of ``epochs``."""

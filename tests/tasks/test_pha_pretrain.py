@@ -37,6 +37,8 @@ def test_pretrain_objective_per_version_and_its_errors():
     with pytest.raises(ValueError, match="pretrain"):
         validate(PHAConfig(version="pha_v1", pretrain="sometimes"))
     validate(PHAConfig(version="pan_only", pretrain="within"))
+    with pytest.raises(ValueError, match="--branch-lr-mult scales pre-trained branches"):
+        validate(PHAConfig(version="pha_v5", branch_lr_mult=0.1))
     validate(PHAConfig(version="pha_v1", pretrain="within", pretrain_steps=10))  # the control
     # The recipe is the task's (a profile sets it for the whole ladder): versions that do not pre-train ignore it.
     validate(PHAConfig(version="pha_v5", pretrain_steps=10))

@@ -136,6 +136,9 @@ class PHAConfig:
         objective = self.pretrain_objective()
         if objective == "cross" and self.version in ("ms_only", "pan_only"):
             raise ValueError(f"task pha options: --pretrain cross needs both modalities, got --version {self.version}")
+        if objective == "none" and self.branch_lr_mult != 1.0:
+            raise ValueError(f"task pha options: --branch-lr-mult scales pre-trained branches, but --version "
+                             f"{self.version} pre-trains nothing (use pha_v6 or --pretrain within|cross)")
         for key in ("align_schedule", "stage_fusion"):
             if getattr(self, key) is not None and self.version in ("ms_only", "pan_only", "pha_v1"):
                 raise ValueError(f"task pha options: --{key.replace('_', '-')} needs an aligned version (pha_v2 and "
@@ -232,7 +235,7 @@ def pha_task(cfg: PHAConfig, request: BuildRequest | None = None) -> TaskBundle:
     task = PHATask(model, loss, data.num_classes, unlabelled=data.unlabelled, n_unlabelled=cfg.unlabelled,
                    augment=cfg.augment and images, jitter=cfg.jitter if images else 0.0, scene=data.scene,
                    loss_weights=weights, info=info,
-                   branch_lr_mult=cfg.branch_lr_mult if model.pretrain != "none" else 1.0)
+                   branch_lr_mult=cfg.branch_lr_mult)
     defaults = {"epochs": 30, "batch_size": 64, "optimizer": "adamw", "lr": 2e-3, "weight_decay": 1e-4,
                 "warmup_epochs": 1, "schedule": "cosine"}
     names = data.class_names or [f"class {c + 1}" for c in range(data.num_classes)]

@@ -28,7 +28,7 @@ from rswb.registry import create_model
 if TYPE_CHECKING:
     from rswb.tasks.pha import PHAConfig
 
-__all__ = ["ENCODER_TAPS", "PHAData", "prepare_data", "pretrain_views"]
+__all__ = ["ENCODER_TAPS", "PHAData", "prepare_data", "pretrain_views", "source_files"]
 
 ENCODER_TAPS = ("s8", "s16", "head")
 """The encoder depths that become the shallow, middle and deep stage (pooled)."""
@@ -116,7 +116,7 @@ def _pixel_data(cfg: PHAConfig, path: Path | None) -> PHAData:
             return {**sampler.gather(pool_r[pick], pool_c[pick]), "row": torch.as_tensor(pool_r[pick]),
                     "col": torch.as_tensor(pool_c[pick])}
 
-        key = digest(settings=("pixel", cfg.normalize, cfg.ms_patch), files=_source_files(path))
+        key = digest(settings=("pixel", cfg.normalize, cfg.ms_patch), files=source_files(path))
         return ImageViews(draw, cfg.jitter, cfg.ms_patch, len(pool_r)), key
 
     return PHAData("pixel", train, val, test, split, num_classes, scene.bands, scene.ratio, scene.class_names,
@@ -150,6 +150,7 @@ def _scene_data(cfg: PHAConfig, path: Path, device: torch.device) -> PHAData:
     train = SceneImages(labelled, np.arange(n_train), cfg.repeats, ids=labelled_idx)
     val = SceneImages(labelled, np.arange(n_train, len(labelled)), ids=labelled_idx)
     test = WaldSceneDataset(test_folder, indices=keep, **kw)
+
     def pretrain_pool() -> tuple[Any, str]:  # every training image, labels unused; decoded on first use
         from rswb.tasks.pha.pretrain import ImageViews
 
@@ -247,8 +248,11 @@ def _encoded_scene_data(cfg: PHAConfig, folder, test_folder, split: FewShotSplit
                    unlabelled=unlabelled, source=str(folder.root), feature_dims=dims, pretrain_pool=pretrain_pool)
 
 
-def _source_files(path: Path | None) -> list[Path]:
-    """The files a pixel-mode source is read from (their identity keys the pre-training cache)."""
+def source_files(path: Path | None) -> list[Path]:
+    """The files an MS/PAN source (a folder, a ``.mat`` pair; None: the embedded scene) is read from.
+
+    Their identity (path, size, time) keys the pre-training caches (:func:`rswb.data.features.digest`).
+    """
     if path is None:
         from rswb.data.synthetic import ensure_embedded
 

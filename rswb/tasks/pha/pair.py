@@ -21,10 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from rswb.data.features import digest
 from rswb.data.mspan import load_mspan
 from rswb.data.patches import PatchSampler
 from rswb.models.pha import PHANet, PretrainHeads
-from rswb.tasks.pha.pretrain import ImageViews, PretrainRecipe, cross_modal_retrieval, pretrained
+from rswb.tasks.pha.data import source_files
+from rswb.tasks.pha.pretrain import ImageViews, PretrainRecipe, cross_modal_retrieval, initial_heads, pretrained
 
 __all__ = ["held_out_tiles", "pair_alignment"]
 
@@ -95,19 +97,13 @@ def pair_alignment(path: str | Path, recipe: PretrainRecipe | None = None, *, se
         return {**sampler.gather(tr_r[pick], tr_c[pick]), "row": torch.as_tensor(tr_r[pick]),
                 "col": torch.as_tensor(tr_c[pick])}
 
-    from rswb.data.features import digest
-
-    data_key = digest(settings=("pair", normalize, ms_patch, grid), files=[Path(path)] if Path(path).is_file()
-                      else sorted(p for p in Path(path).iterdir() if p.is_file()))
+    data_key = digest(settings=("pair", normalize, ms_patch, grid), files=source_files(Path(path)))
     views = ImageViews(draw, recipe.jitter, ms_patch, len(tr_r))
 
     def fresh(objective: str) -> tuple[PHANet, PretrainHeads]:
         torch.manual_seed(seed)
         model = PHANet(2, scene.bands, scene.ratio, widths=widths, patch=ms_patch, pretrain=objective)
-        with torch.random.fork_rng():  # the heads pre-training starts from (pretrain_branches builds them so)
-            torch.manual_seed(seed)
-            heads = PretrainHeads(widths[-1], ("ms", "pan"), recipe.proj_dim)
-        return model, heads
+        return model, initial_heads(model, recipe.proj_dim, seed)
 
     out: dict[str, Any] = {"source": str(path), "scene": {"ms": [scene.bands, h, w], "ratio": scene.ratio},
                            "tiles": {"grid": grid, "held_out": int(held_out_tile_count(grid))},

@@ -35,7 +35,7 @@ from rswb.models.pha import PHANet, PretrainHeads
 from rswb.utils import eval_mode
 
 __all__ = ["FeatureViews", "ImageViews", "PretrainRecipe", "PretrainResult", "cross_modal_retrieval",
-           "pretrain_agreement", "pretrain_branches", "pretrained"]
+           "initial_heads", "pretrain_agreement", "pretrain_branches", "pretrained"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,6 +171,21 @@ def _deep(model: PHANet, x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {m: fs[-1].mean((2, 3)) for m, fs in maps.items()}
 
 
+def _seeded_heads(model: PHANet, proj_dim: int, seed: int) -> PretrainHeads:
+    """Seed torch with ``seed`` and build the heads: the first draws of the pre-training's random stream."""
+    torch.manual_seed(seed)
+    return PretrainHeads(model.widths[-1], model.modalities, proj_dim)
+
+
+def initial_heads(model: PHANet, proj_dim: int, seed: int) -> PretrainHeads:
+    """The heads :func:`pretrain_branches` starts from for ``seed``, built without touching the caller's random state.
+
+    The "before" side of a before/after comparison (:func:`cross_modal_retrieval`, :func:`pretrain_agreement`).
+    """
+    with torch.random.fork_rng():
+        return _seeded_heads(model, proj_dim, seed)
+
+
 def pretrain_branches(model: PHANet, views: FeatureViews | ImageViews, recipe: PretrainRecipe, seed: int = 0,
                       device: str | torch.device = "cpu", progress: bool = True) -> PretrainResult:
     """Pre-train ``model``'s branches in place on ``views`` (no labels) and return their weights and loss curve.
@@ -181,8 +196,7 @@ def pretrain_branches(model: PHANet, views: FeatureViews | ImageViews, recipe: P
     device = torch.device(device)
     t0 = time.perf_counter()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        heads = PretrainHeads(model.widths[-1], model.modalities, recipe.proj_dim)
+        heads = _seeded_heads(model, recipe.proj_dim, seed)
         model.to(device).train()
         heads.to(device).train()
         params = [*model.branches.parameters(), *heads.parameters()]

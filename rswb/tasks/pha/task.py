@@ -93,7 +93,7 @@ class PHATask(Task):
         """
         x = {k: batch[k] for k in ("ms", "pan") if k in batch}
         ids = batch.get("id")
-        wants = self.model.align_stages or getattr(self.model, "pseudo_threshold", 0.0) > 0
+        wants = self.model.align_stages or self.model.pseudo_threshold > 0
         if self.training and wants and self.unlabelled is not None and self.n_unlabelled > 0:
             extra = self.unlabelled(self.n_unlabelled)
             x = {k: torch.cat([v, extra[k].to(v.device, v.dtype)]) for k, v in x.items()}
