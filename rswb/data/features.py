@@ -319,15 +319,23 @@ class CachedViews(Dataset):
         index: the image's position in its split ``[N]``.
         random_view: draw a random view per item (training) instead of view 0.
         all_views: every view of the item, stacked (test-time augmentation: the model averages over them).
+        targets: per-view training targets ``{name: [N, V, ...]}`` (e.g. a teacher's class scores on each view),
+            returned under their names for the same view as the maps.
 
-    A sample is ``{"cut": [C, H, W], "taps": {name: map}, "label", "index"}`` (float32); with ``all_views`` the maps
-    are ``[V, C, H, W]``.
+    A sample is ``{"cut": [C, H, W], "taps": {name: map}, "label", "index"}`` (float32, plus the targets); with
+    ``all_views`` the maps are ``[V, C, H, W]``.
     """
 
     def __init__(self, cache: dict[str, torch.Tensor], labels: np.ndarray, index: np.ndarray,
-                 random_view: bool = False, all_views: bool = False):
+                 random_view: bool = False, all_views: bool = False,
+                 targets: dict[str, torch.Tensor] | None = None):
         self.cut = cache["cut"]
         self.taps = {k: v for k, v in cache.items() if k != "cut"}
+        self.targets = dict(targets or {})
+        for name, t in self.targets.items():
+            if tuple(t.shape[:2]) != tuple(self.cut.shape[:2]):
+                raise ValueError(f"target {name!r} has {tuple(t.shape[:2])} images x views, the cache "
+                                 f"{tuple(self.cut.shape[:2])}")
         self.labels, self.index = np.asarray(labels), np.asarray(index)
         if random_view and all_views:
             raise ValueError("CachedViews: random_view and all_views exclude each other")
@@ -342,7 +350,8 @@ class CachedViews(Dataset):
         v: int | slice = slice(None) if self.all_views else (
             int(torch.randint(0, self.cut.shape[1], ())) if self.random_view else 0)
         return {"cut": self.cut[i, v].float(), "taps": {k: m[i, v].float() for k, m in self.taps.items()},
-                "label": int(self.labels[i]), "index": int(self.index[i])}
+                "label": int(self.labels[i]), "index": int(self.index[i]),
+                **{k: t[i, v].float() for k, t in self.targets.items()}}
 
     def plot(self, sample: dict[str, Any], ax=None):
         """The cached activation's channel mean (what the trained stages start from)."""

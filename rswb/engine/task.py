@@ -45,7 +45,7 @@ class BuildRequest:
         device: where frozen encoders run to fill the feature caches (the run's ``--device``), so extraction happens
             where training does.
         splits: the splits wanted; a builder may leave the others out (``None``): :func:`rswb.engine.launch.load_run`
-            drops any it builds anyway.
+            drops any it builds anyway. Empty: the task and its weights alone (e.g. a distillation teacher).
     """
 
     device: torch.device = field(default_factory=lambda: select_device(None))
@@ -53,7 +53,7 @@ class BuildRequest:
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.splits if s not in SPLITS]
-        if unknown or not self.splits:
+        if unknown:
             raise ValueError(f"splits must be some of {', '.join(SPLITS)}, got {list(self.splits)}")
 
     def wants(self, *splits: str) -> bool:

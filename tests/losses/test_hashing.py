@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rswb.losses.hashing import DHCLLoss, quantization_loss
+from rswb.losses.hashing import DHCLLoss, distillation_loss, quantization_loss
 
 
 def proxy_anchor_reference(x, labels, proxies, alpha, margin):
@@ -76,3 +76,41 @@ def test_label_smoothing_is_cross_entropy_against_the_smoothed_targets():
     assert not torch.allclose(got, plain)
     with pytest.raises(ValueError, match="label_smoothing"):
         DHCLLoss(4, 8, label_smoothing=1.0)
+
+
+def distillation_reference(logits, target, temperature):
+    """T^2 KL(target || softmax(logits / T)), one sample and one class at a time."""
+    total = 0.0
+    for z, p in zip(logits.tolist(), target.tolist()):
+        zs = [v / temperature for v in z]
+        log_norm = math.log(sum(math.exp(v) for v in zs))
+        total += sum(pi * (math.log(pi) - (zi - log_norm)) for pi, zi in zip(p, zs) if pi > 0)
+    return temperature**2 * total / len(logits)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 4.0])
+def test_distillation_loss_matches_a_loop_reference_and_torch_kl_div(temperature):
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(7, 5, generator=g, dtype=torch.float64) * 3
+    target = torch.softmax(torch.randn(7, 5, generator=g, dtype=torch.float64), 1)
+    target[0] = torch.tensor([1.0, 0, 0, 0, 0], dtype=torch.float64)  # a zero probability contributes nothing
+    got = distillation_loss(logits, target, temperature)
+    assert float(got) == pytest.approx(distillation_reference(logits, target, temperature), rel=1e-9)
+    peer = F.kl_div(F.log_softmax(logits / temperature, 1), target, reduction="batchmean") * temperature**2
+    assert float(got) == pytest.approx(float(peer), rel=1e-9)
+    # The target the student already matches costs nothing; any other costs more.
+    assert float(distillation_loss(logits, torch.softmax(logits / temperature, 1), temperature)) == pytest.approx(0.0,
+                                                                                                             abs=1e-12)
+    assert float(got) > 0
+
+
+def test_dhcl_loss_adds_the_distillation_term_only_with_teacher_targets():
+    torch.manual_seed(0)
+    loss = DHCLLoss(4, 8, distill_temperature=2.0)
+    code, logits, label = torch.tanh(torch.randn(6, 8)), torch.randn(6, 4), torch.tensor([0, 1, 2, 3, 0, 1])
+    assert "distill_loss" not in loss(code, logits, label)
+    target = torch.softmax(torch.randn(6, 4), 1)
+    terms = loss(code, logits, label, soft_target=target)
+    assert float(terms["distill_loss"]) == pytest.approx(distillation_reference(logits, target, 2.0), rel=1e-5)
+    with pytest.raises(ValueError, match="distill_temperature must be positive"):
+        DHCLLoss(4, 8, distill_temperature=0.0)

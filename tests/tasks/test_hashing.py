@@ -317,3 +317,77 @@ def test_test_time_views_average_the_codes_of_every_cached_view(tmp_path):
                        ({"tta_views": 2, "train_from": None}, "needs --train-from")):
         with pytest.raises(ValueError, match=match):
             train_task("hash", {**opts, **bad}, run_name="bad", runs_root=tmp_path)
+
+
+def test_crop_views_mixup_and_teacher_targets_on_the_same_views(tmp_path, capsys):
+    from rswb.data.features import CachedViews
+    from rswb.engine.launch import load_run, train_task
+    from rswb.utils import eval_mode
+
+    opts = {"backbone": "small_cnn", "pretrained": False, "image_size": 32, "views": 2, "per_class": 10, "epochs": 2,
+            "bits": 8, "train_from": "stage3", "progress": False, "cache_dir": str(tmp_path / "cache")}
+    train_task("hash", opts, run_name="teacher", runs_root=tmp_path)
+    student = {**opts, "crop_views": 2, "mixup": 0.4, "teachers": [str(tmp_path / "teacher")],
+               "distill_temperature": 2.0}
+    res = train_task("hash", student, run_name="student", runs_root=tmp_path)
+    out = capsys.readouterr().out
+    assert "100 images as crop 0" in out and "100 images as crop 1" in out
+    history = [json.loads(line) for line in (tmp_path / "student" / "metrics.jsonl").read_text().splitlines()]
+    assert all(h["train_distill_loss"] > 0 for h in history if "train_distill_loss" in h)
+    assert any("train_distill_loss" in h for h in history)
+    assert res.task.mixup == 0.4
+
+    loaded = load_run(tmp_path / "student", splits=("train",))
+    train = loaded.train
+    assert isinstance(train, CachedViews) and train.cut.shape[1] == 4  # 2 dihedral views + 2 crops
+    assert not torch.equal(train.cut[:, 2], train.cut[:, 3]) and not torch.equal(train.cut[:, 0], train.cut[:, 2])
+    # Each target is the teacher's softened score on the very view the item carries (the same trunk: seed 0).
+    teacher = load_run(tmp_path / "teacher", splits=()).task.model
+    soft = train.targets["soft_target"]
+    assert torch.allclose(soft.sum(-1), torch.ones(soft.shape[:2]), atol=1e-5)
+    with eval_mode(teacher):
+        for v in range(4):
+            logits = teacher({"cut": train.cut[:5, v].float(), "taps": {}})["logits"]
+            assert torch.allclose(soft[:5, v], torch.softmax(logits / 2.0, 1), atol=1e-5)
+    item = train[0]
+    assert item["soft_target"].shape == (10,)
+
+    # Reading the teacher back (which seeds with its seed) leaves the student's random state alone: with the term
+    # weighted 0 the student is the teacher's run again, to the bit.
+    train_task("hash", {**opts, "teachers": [str(tmp_path / "teacher")], "distill_weight": 0.0}, run_name="zero",
+               runs_root=tmp_path)
+    final = {n: json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("teacher", "zero")}
+    assert final["zero"]["test"] == final["teacher"]["test"] and final["zero"]["val"] == final["teacher"]["val"]
+
+    for bad, match in (({"crop_views": 1, "train_from": None}, "--crop-views needs --train-from"),
+                       ({"distill_weight": 0.5}, "need --teachers"),
+                       ({"teachers": [str(tmp_path / "nothing")]}, "is not a run folder"),
+                       ({"teachers": [str(tmp_path / "teacher")], "per_class": 8}, "another split")):
+        with pytest.raises((ValueError, FileNotFoundError), match=match):
+            train_task("hash", {**opts, **bad}, run_name="bad", runs_root=tmp_path)
+
+
+def test_mixup_mixes_inputs_and_every_loss_term_alike(tmp_path):
+    from rswb.tasks.hashing.task import mix_inputs
+
+    bundle = hash_task(HashConfig(backbone="small_cnn", pretrained=False, image_size=16, bits=8, per_class=4,
+                                  views=1, train_from="stage3", cache_dir=str(tmp_path)))
+    task = bundle.task
+    batch = torch.utils.data.default_collate([bundle.train[i] for i in range(8)])
+    perm = torch.tensor([3, 2, 1, 0, 7, 6, 5, 4])
+    same = mix_inputs(batch, 1.0, perm)
+    assert torch.equal(same["cut"], batch["cut"]) and torch.equal(same["label"], batch["label"])
+    half = mix_inputs(batch, 0.25, perm)
+    assert torch.allclose(half["cut"], 0.25 * batch["cut"] + 0.75 * batch["cut"][perm])
+    task.mixup = 0.5
+    torch.manual_seed(7)
+    got = task.losses(batch)
+    torch.manual_seed(7)
+    lam = float(torch.distributions.Beta(0.5, 0.5).sample())
+    p = torch.randperm(8)
+    out = task.model(mix_inputs(batch, lam, p))
+    a, b = task.loss(**out, **batch), task.loss(**out, **{**batch, "label": batch["label"][p]})
+    for k in ("proxy_loss", "cls_loss", "quant_loss"):
+        assert torch.allclose(got[k], lam * a[k] + (1 - lam) * b[k], atol=1e-6)
+    task.mixup = 0.0
+    assert torch.allclose(task.losses(batch)["cls_loss"], task.loss(**task.model(batch), **batch)["cls_loss"])

@@ -39,7 +39,7 @@ from rswb.config import ImageTaskOptions, option
 from rswb.data.features import CachedViews, FeatureSet, cache_root, cached_images, nbytes
 from rswb.data.scenes import SceneFolder, check_images
 from rswb.data.splits import first_per_class, validation_split
-from rswb.data.transforms import RandomDihedral
+from rswb.data.transforms import CropView, RandomDihedral
 from rswb.engine.task import BuildRequest, TaskBundle
 from rswb.losses.hashing import DHCLLoss
 from rswb.models.backbones import Backbone, backbone_names, check_backbone_choice
@@ -93,6 +93,18 @@ class HashConfig(ImageTaskOptions):
     train_from: str | None = option(None, "partial fine-tuning: train the backbone from this piece on (e.g. stage6, "
                                     "stage7, head) on cached outputs of the frozen pieces before it; overrides "
                                     "--freeze-backbone")
+    crop_views: int = option(0, "partial fine-tuning: this many more cached views per training image, each a seeded "
+                             "random-resized crop (0.35-1 of the area) in a seeded dihedral view, drawn with the "
+                             "dihedral views (--train-from only)", low=0, high=16)
+    mixup: float = option(0.0, "mixup of the network's input in a batch (cached features or cut activations: "
+                          "feature-level): the Beta(a, a) parameter a (0: none); every loss term is mixed alike",
+                          low=0)
+    teachers: list[str] = option([], "distillation: run folders of hash runs (any backbone, --train-from) on the same "
+                                 "training split; their mean softened class scores on every cached training view are "
+                                 "the targets of an added KL term")
+    distill_weight: float = option(1.0, "weight of the distillation term (--teachers only)", low=0)
+    distill_temperature: float = option(4.0, "softmax temperature of the distillation (--teachers only)", low=0,
+                                        low_open=True)
 
 
     def check(self) -> None:
@@ -113,6 +125,12 @@ class HashConfig(ImageTaskOptions):
         if self.tta_views > self.views:
             raise ValueError(f"task hash options: --tta-views {self.tta_views} is more than --views {self.views}: "
                              "test views the model never trained on")
+        if self.train_from is None:
+            for name, on in (("--crop-views", self.crop_views > 0), ("--teachers", bool(self.teachers))):
+                if on:
+                    raise ValueError(f"task hash options: {name} needs --train-from (its views are cached at the cut)")
+        if not self.teachers and (self.distill_weight != 1.0 or self.distill_temperature != 4.0):
+            raise ValueError("task hash options: --distill-weight / --distill-temperature need --teachers")
 
 
 def _cached_features(backbone: Backbone, folder: SceneFolder, views: int, cfg: HashConfig,
@@ -124,19 +142,92 @@ def _cached_features(backbone: Backbone, folder: SceneFolder, views: int, cfg: H
                          desc=f"{cfg.backbone} features ({len(folder)} images x {views})")["features"]
 
 
-def _cached_cut(backbone: Backbone, folder: SceneFolder, views: int, cfg: HashConfig, device: torch.device) -> dict:
+def _cached_cut(backbone: Backbone, folder: SceneFolder, views: int, cfg: HashConfig, device: torch.device,
+                crop: int | None = None) -> dict:
     """The frozen trunk's output at ``cfg.train_from`` for every image and view ``[N, V, C, H, W]`` (float16), cached.
 
     The cache depends only on the frozen pieces' weights (``backbone.trunk(cut)``): the trained ones do not shape it.
+    ``crop``: the crop view of that number instead (:class:`~rswb.data.transforms.CropView`), ``[N, 1, C, H, W]``.
     """
     cut = cfg.train_from
-    out = cached_images(backbone, folder, [rec.path for rec in folder.records], output=f"{cfg.backbone}-{cut}",
-                        fn=lambda b, x: {"cut": b.forward_until(x, cut)["cut"]}, views=views,
-                        settings=cfg.image_size, weights=backbone.trunk(cut), split=folder.split,
+    what, output, settings = f"x {views} views", f"{cfg.backbone}-{cut}", cfg.image_size
+    if crop is not None:
+        folder = copy.copy(folder)  # the same images, each replaced by its seeded crop
+        folder.transforms = view = CropView(crop)
+        what, output = f"as crop {crop}", f"{output}-crop{crop}"
+        settings = (settings, view.seed, view.scale, view.ratio)
+    out = cached_images(backbone, folder, [rec.path for rec in folder.records], output=output,
+                        fn=lambda b, x: {"cut": b.forward_until(x, cut)["cut"]}, views=views if crop is None else None,
+                        settings=settings, weights=backbone.trunk(cut), split=folder.split,
                         cache_dir=cfg.cache_dir, device=device, dtype=torch.float16,
-                        desc=f"{cfg.backbone} up to {cut} ({len(folder)} images x {views})")
-    print(f"cached {cut} activations: {len(folder)} images x {views} views, {nbytes(out) / 2**20:.0f} MiB")
-    return out
+                        desc=f"{cfg.backbone} up to {cut} ({len(folder)} images {what})")
+    print(f"cached {cut} activations: {len(folder)} images {what}, {nbytes(out) / 2**20:.0f} MiB")
+    return out if crop is None else {k: v.unsqueeze(1) for k, v in out.items()}
+
+
+def _train_views(backbone: Backbone, folder: SceneFolder, cfg: HashConfig, device: torch.device) -> dict:
+    """The cut activations of every training view: the ``views`` dihedral views, then the ``crop_views`` crops."""
+    cache = _cached_cut(backbone, folder, max(1, min(8, cfg.views)), cfg, device)
+    crops = [_cached_cut(backbone, folder, 1, cfg, device, crop=c) for c in range(cfg.crop_views)]
+    return {k: torch.cat([v] + [c[k] for c in crops], 1) for k, v in cache.items()} if crops else cache
+
+
+# What a teacher must share with its student: the training split its targets are read on.
+_SAME_SPLIT = ("layout", "val_rule", "val_share", "split_seed", "per_class")
+
+
+def _teacher_targets(cfg: HashConfig, train_all: SceneFolder, device: torch.device) -> torch.Tensor:
+    """The teachers' mean softened class scores on every training image and cached view ``[N, V + crops, C]``.
+
+    Each teacher (a finished ``--train-from`` hash run, any backbone) scores the student's views (the same dihedral
+    views and seeded crops) through its own frozen trunk and cut cache, at its own image size; the scores are
+    ``softmax(logits / distill_temperature)``, averaged over the teachers. A teacher trained on another split would
+    leak the student's validation images into its targets: it is refused.
+    """
+    from rswb.engine.launch import load_run  # tasks sit above the engine; imported here, only with teachers
+    from rswb.engine.seed import get_rng_state, set_rng_state
+
+    state = get_rng_state()  # rebuilding a teacher seeds the global RNG with its seed: the student keeps its own
+    try:
+        total = None
+        for path in cfg.teachers:
+            if not (Path(path) / "config.yaml").is_file():
+                raise FileNotFoundError(f"--teachers: {path} is not a run folder (no config.yaml)")
+            run = load_run(path, splits=(), device=device)
+            tcfg = run.task_config
+            if not isinstance(tcfg, HashConfig) or tcfg.train_from is None:
+                raise ValueError(f"--teachers: {path} is not a hash run with --train-from")
+            same = [k for k in _SAME_SPLIT if getattr(tcfg, k) != getattr(cfg, k)]
+            if Path(tcfg.data or "").resolve() != Path(cfg.data or "").resolve():
+                same.insert(0, "data")
+            if same or list(run.class_names or []) != list(train_all.classes):
+                raise ValueError(f"--teachers: {path} was trained on another split or class list "
+                                 f"({', '.join(same) or 'classes'} differ from this run's)")
+            tcfg = dataclasses.replace(tcfg, views=cfg.views, crop_views=cfg.crop_views)
+            folder = SceneFolder(train_all.root, "train", layout=tcfg.layout, image_size=tcfg.image_size)
+            folder = _limit_per_class(folder, tcfg.per_class)
+            cache = _train_views(run.task.model.backbone, folder, tcfg, device)
+            probs = _view_scores(run.task.model, cache, cfg.distill_temperature)
+            total = probs if total is None else total + probs
+        return total / len(cfg.teachers)
+    finally:
+        set_rng_state(state)
+
+
+@torch.no_grad()
+def _view_scores(model: nn.Module, cache: dict[str, torch.Tensor], temperature: float,
+                 batch: int = 512) -> torch.Tensor:
+    """``softmax(logits / temperature)`` of ``model`` on every cached image and view ``[N, V, C]`` (float32)."""
+    model.eval()
+    cut = cache["cut"]
+    n, v = cut.shape[:2]
+    flat = cut.flatten(0, 1)
+    taps = {k: m.flatten(0, 1) for k, m in cache.items() if k != "cut"}
+    out = []
+    for i in range(0, len(flat), batch):
+        part = {"cut": flat[i:i + batch].float(), "taps": {k: m[i:i + batch].float() for k, m in taps.items()}}
+        out.append(torch.softmax(model(part)["logits"].float() / temperature, 1))
+    return torch.cat(out).view(n, v, -1)
 
 
 def _limit_per_class(folder: SceneFolder, per_class: int | None) -> SceneFolder:
@@ -159,12 +250,14 @@ def _make_task(cfg: HashConfig, train_all: SceneFolder) -> HashTask:
     model = create_model("dhcl", backbone=cfg.backbone, bits=cfg.bits, num_classes=num_classes,
                          pretrained=cfg.pretrained, cue=cfg.cue, cue_repeats=cfg.cue_repeats,
                          frozen_backbone=cfg.freeze_backbone and cfg.train_from is None, train_from=cfg.train_from)
-    loss = DHCLLoss(num_classes, cfg.bits, alpha=cfg.alpha, margin=cfg.margin, label_smoothing=cfg.label_smoothing)
-    weights = {"proxy_loss": cfg.proxy_weight, "cls_loss": cfg.cls_weight, "quant_loss": cfg.quant_weight}
+    loss = DHCLLoss(num_classes, cfg.bits, alpha=cfg.alpha, margin=cfg.margin, label_smoothing=cfg.label_smoothing,
+                    distill_temperature=cfg.distill_temperature)
+    weights = {"proxy_loss": cfg.proxy_weight, "cls_loss": cfg.cls_weight, "quant_loss": cfg.quant_weight,
+               "distill_loss": cfg.distill_weight}
     root = train_all.root
     info = {"method": "dhcl", "version": f"{cfg.bits}bit{'' if cfg.cue else '-nocue'}",
             "data": f"{root.name} ({train_all.layout})"}
-    return HashTask(model, loss, weights, cfg.proxy_lr_mult, cfg.topk, info)
+    return HashTask(model, loss, weights, cfg.proxy_lr_mult, cfg.topk, info, mixup=cfg.mixup)
 
 
 def _test_split(cfg: HashConfig, model: nn.Module, query: SceneFolder, device: torch.device) -> Dataset:
@@ -224,8 +317,10 @@ def hash_task(cfg: HashConfig, request: BuildRequest | None = None) -> TaskBundl
     views = max(1, min(8, cfg.views))
     labels = train_all.labels
     if cfg.train_from is not None:
-        cache = _cached_cut(model.backbone, train_all, views, cfg, request.device)
-        train = CachedViews({k: v[tr_idx] for k, v in cache.items()}, labels[tr_idx], tr_idx, random_view=True)
+        cache = _train_views(model.backbone, train_all, cfg, request.device)
+        targets = {"soft_target": _teacher_targets(cfg, train_all, request.device)[tr_idx]} if cfg.teachers else None
+        train = CachedViews({k: v[tr_idx] for k, v in cache.items()}, labels[tr_idx], tr_idx, random_view=True,
+                            targets=targets)
         # Validation scores the model as the test split will: with test-time views, its first tta_views views.
         val = CachedViews({k: v[va_idx, :cfg.tta_views] for k, v in cache.items()}, labels[va_idx], va_idx,
                           all_views=cfg.tta_views > 1)

@@ -19,7 +19,22 @@ from rswb.metrics.hashing import hash_metrics
 from rswb.metrics.legacy import dhcl_map_at_k
 from rswb.models.hashing import cue_bits
 
-__all__ = ["HashTask"]
+__all__ = ["HashTask", "mix_inputs"]
+
+
+# The batch entries a model reads as its input (cached pooled features, cached cut activations and their taps, images).
+_INPUTS = ("features", "cut", "image")
+
+
+def mix_inputs(batch: dict[str, Any], lam: float, perm: torch.Tensor) -> dict[str, Any]:
+    """The batch with each input ``x`` (and each tap map) replaced by ``lam x + (1 - lam) x[perm]``; labels kept."""
+    out = dict(batch)
+    for key in _INPUTS:
+        if key in batch:
+            out[key] = lam * batch[key] + (1.0 - lam) * batch[key][perm]
+    if batch.get("taps"):
+        out["taps"] = {k: lam * m + (1.0 - lam) * m[perm] for k, m in batch["taps"].items()}
+    return out
 
 
 class HashTask(Task):
@@ -32,21 +47,38 @@ class HashTask(Task):
         proxy_lr_mult: learning-rate multiplier of the proxies.
         topk: the K of mAP@K and P@K (the monitored ``mAP@K``).
         info: method / version / data for the run registry.
+        mixup: mixup of the network's input (Zhang et al. 2018): the ``a`` of ``lam ~ Beta(a, a)`` (0: none). A
+            training batch is replaced by ``lam x + (1 - lam) x[perm]`` (its cached features, cut activations or
+            images: whatever the model reads) and every loss term by ``lam L(y) + (1 - lam) L(y[perm])``.
     """
 
     monitor = "mAP@20"
     monitor_mode = "max"
 
     def __init__(self, model: nn.Module, loss: nn.Module, weights: dict[str, float], proxy_lr_mult: float = 100.0,
-                 topk: int = 20, info: dict[str, str] | None = None):
+                 topk: int = 20, info: dict[str, str] | None = None, mixup: float = 0.0):
         super().__init__(model, weights, info)
         self.loss = loss
         self.proxy_lr_mult, self.topk = float(proxy_lr_mult), int(topk)
         self.monitor = f"mAP@{self.topk}"
+        if mixup < 0:
+            raise ValueError(f"mixup must be >= 0, got {mixup}")
+        self.mixup = float(mixup)
 
     def losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """``proxy_loss``, ``cls_loss``, ``quant_loss`` and the training accuracy of the classifier."""
-        return self.loss(**self.model(batch), **batch)
+        """``proxy_loss``, ``cls_loss``, ``quant_loss`` and the classifier's training accuracy.
+
+        With teacher targets in the batch also ``distill_loss``; with ``mixup`` every term is mixed as the inputs were.
+        """
+        if self.mixup <= 0:
+            return self.loss(**self.model(batch), **batch)
+        lam = float(torch.distributions.Beta(self.mixup, self.mixup).sample())
+        perm = torch.randperm(len(batch["label"])).to(batch["label"].device)
+        out = self.model(mix_inputs(batch, lam, perm))
+        own = self.loss(**out, **batch)
+        other = self.loss(**out, **{**batch, "label": batch["label"][perm],
+                                    **({"soft_target": batch["soft_target"][perm]} if "soft_target" in batch else {})})
+        return {k: lam * own[k] + (1.0 - lam) * other[k] for k in own}
 
     def param_groups(self) -> list[dict[str, Any]]:
         """The network at the base lr, the proxies at ``proxy_lr_mult`` x (no weight decay on the proxies)."""
