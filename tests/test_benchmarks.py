@@ -122,3 +122,22 @@ def test_pha_pretrain_summary_selects_on_validation_not_test():
     ladder["runs"].pop()
     with pytest.raises(ValueError, match="seed counts"):
         summarize({"5": ladder})
+
+
+def test_dhcl_ablation_marks_the_best_validation_and_sizes_the_cache():
+    import torch
+
+    from benchmarks.dhcl_ablation import cache_mib, table
+    from rswb.models.backbones import make_backbone
+
+    def fake(label, val, test):
+        return {"label": label, "val_mAP@20": (val, 0.1), "test_mAP@20": (test, 0.1), "test_mAP@20_nocue": (1, 0),
+                "test_class_acc": (1, 0), "gap": val - test, "best_epochs": [3], "s_per_epoch": 1.0, "cache_mib": 2}
+
+    text = table([fake("a", 95.0, 97.0), fake("b", 96.0, 94.0)])
+    assert "| **b** (selected) |" in text and "| a |" in text  # the validation selects, not the test
+    opts = {"backbone": "small_cnn", "train_from": "stage3", "image_size": 32, "views": 2, "crop_views": 1}
+    cut = make_backbone("small_cnn", pretrained=False).forward_until(torch.zeros(1, 3, 32, 32), "stage3")["cut"]
+    assert cache_mib(opts, 10) == pytest.approx(10 * 3 * cut[0].numel() * 2 / 2**20)
+    with pytest.raises(ValueError, match="only --train-from"):
+        cache_mib({"backbone": "small_cnn"}, 10)
