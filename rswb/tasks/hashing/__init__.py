@@ -19,6 +19,10 @@ Two profiles:
   are not rotation-equivariant), their output is cached on disk (float16), and the pieces from ``STAGE`` on train with
   the new layers, each epoch on one random cached view per image. Batch-norm statistics stay frozen everywhere (the
   paper's choice); the trained stages' batch-norm scale and shift train.
+  Ingredients of the partial profile, each an option measured alone (``benchmarks/results/dhcl_ucmd_finetune.md``):
+  ``tta_views`` (codes averaged over dihedral views of each query), ``crop_views`` (seeded random-resized crops
+  cached beside the dihedral views), ``mixup`` (of the cached activations), ``teachers`` (distillation from finished
+  runs of other backbones on the same split), ``label_smoothing``, a deeper ``train_from`` and ``image_size``.
 * ``freeze_backbone=False`` (the GPU profile, the paper's schedule): the whole network fine-tunes on images with
   random dihedral augmentation, ``lr 1e-4``, step schedule (10 epochs, x0.5), batch 90, frozen batch-norm statistics.
 """
