@@ -13,14 +13,16 @@ Usage::
         --row "head, 4 test-time views" benchmarks/results/dhcl_ablation_tta4.json \\
         --row "+ mixup 0.2" benchmarks/results/dhcl_ablation_mixup.json
 
-Writes ``benchmarks/results/<out>.json`` and ``<out>_table.md``.
+Writes ``benchmarks/results/<out>.json`` and ``<out>_table.md`` (the command first).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
+import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
@@ -104,7 +106,8 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     rows = [row(label, path, a.bits) for label, path in a.row]
     (RESULTS / f"{a.out}.json").write_text(json.dumps({"bits": a.bits, "rows": rows}, indent=2) + "\n")
-    text = table(rows)
+    cmd = "python -m benchmarks.dhcl_ablation " + shlex.join(argv if argv is not None else sys.argv[1:])
+    text = f"Command: `{cmd}`\n\n" + table(rows)
     (RESULTS / f"{a.out}_table.md").write_text(text)
     print(text)
 

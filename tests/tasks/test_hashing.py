@@ -363,8 +363,10 @@ def test_crop_views_mixup_and_teacher_targets_on_the_same_views(tmp_path, capsys
                        ({"distill_weight": 0.5}, "need --teachers"),
                        ({"teachers": [str(tmp_path / "nothing")]}, "is not a run folder"),
                        ({"teachers": [str(tmp_path / "teacher")], "per_class": 8}, "another split")):
+        capsys.readouterr()
         with pytest.raises((ValueError, FileNotFoundError), match=match):
             train_task("hash", {**opts, **bad}, run_name="bad", runs_root=tmp_path)
+        assert "cached" not in capsys.readouterr().out  # refused before any activation is computed or cached
 
 
 def test_mixup_mixes_inputs_and_every_loss_term_alike(tmp_path):

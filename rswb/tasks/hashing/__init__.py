@@ -133,7 +133,8 @@ class HashConfig(ImageTaskOptions):
             for name, on in (("--crop-views", self.crop_views > 0), ("--teachers", bool(self.teachers))):
                 if on:
                     raise ValueError(f"task hash options: {name} needs --train-from (its views are cached at the cut)")
-        if not self.teachers and (self.distill_weight != 1.0 or self.distill_temperature != 4.0):
+        if not self.teachers and (self.distill_weight != HashConfig.distill_weight
+                                  or self.distill_temperature != HashConfig.distill_temperature):
             raise ValueError("task hash options: --distill-weight / --distill-temperature need --teachers")
 
 
@@ -180,20 +181,18 @@ def _train_views(backbone: Backbone, folder: SceneFolder, cfg: HashConfig, devic
 _SAME_SPLIT = ("layout", "val_rule", "val_share", "split_seed", "per_class")
 
 
-def _teacher_targets(cfg: HashConfig, train_all: SceneFolder, device: torch.device) -> torch.Tensor:
-    """The teachers' mean softened class scores on every training image and cached view ``[N, V + crops, C]``.
+def _load_teachers(cfg: HashConfig, train_all: SceneFolder, device: torch.device) -> list:
+    """The ``--teachers`` runs, rebuilt without data (task and weights) and checked, before any cache is built.
 
-    Each teacher (a finished ``--train-from`` hash run, any backbone) scores the student's views (the same dihedral
-    views and seeded crops) through its own frozen trunk and cut cache, at its own image size; the scores are
-    ``softmax(logits / distill_temperature)``, averaged over the teachers. A teacher trained on another split would
-    leak the student's validation images into its targets: it is refused.
+    A teacher must be a finished ``--train-from`` hash run (any backbone) on the student's training split and
+    classes: one trained on another split would leak the student's validation images into its targets.
     """
     from rswb.engine.launch import load_run  # tasks sit above the engine; imported here, only with teachers
     from rswb.engine.seed import get_rng_state, set_rng_state
 
     state = get_rng_state()  # rebuilding a teacher seeds the global RNG with its seed: the student keeps its own
     try:
-        total = None
+        runs = []
         for path in cfg.teachers:
             if not (Path(path) / "config.yaml").is_file():
                 raise FileNotFoundError(f"--teachers: {path} is not a run folder (no config.yaml)")
@@ -207,15 +206,28 @@ def _teacher_targets(cfg: HashConfig, train_all: SceneFolder, device: torch.devi
             if same or list(run.class_names or []) != list(train_all.classes):
                 raise ValueError(f"--teachers: {path} was trained on another split or class list "
                                  f"({', '.join(same) or 'classes'} differ from this run's)")
-            tcfg = dataclasses.replace(tcfg, views=cfg.views, crop_views=cfg.crop_views)
-            folder = SceneFolder(train_all.root, "train", layout=tcfg.layout, image_size=tcfg.image_size)
-            folder = _limit_per_class(folder, tcfg.per_class)
-            cache = _train_views(run.task.model.backbone, folder, tcfg, device)
-            probs = _view_scores(run.task.model, cache, cfg.distill_temperature)
-            total = probs if total is None else total + probs
-        return total / len(cfg.teachers)
+            runs.append(run)
+        return runs
     finally:
         set_rng_state(state)
+
+
+def _teacher_targets(cfg: HashConfig, teachers: list, train_all: SceneFolder, device: torch.device) -> torch.Tensor:
+    """The teachers' mean softened class scores on every training image and cached view ``[N, V + crops, C]``.
+
+    Each teacher (from :func:`_load_teachers`) scores the student's views (the same dihedral views and seeded crops)
+    through its own frozen trunk and cut cache, at its own image size; the scores are
+    ``softmax(logits / distill_temperature)``, averaged over the teachers.
+    """
+    total = None
+    for run in teachers:
+        tcfg = dataclasses.replace(run.task_config, views=cfg.views, crop_views=cfg.crop_views)
+        folder = _limit_per_class(SceneFolder(train_all.root, "train", layout=tcfg.layout, image_size=tcfg.image_size),
+                                  tcfg.per_class)
+        probs = _view_scores(run.task.model, _train_views(run.task.model.backbone, folder, tcfg, device),
+                             cfg.distill_temperature)
+        total = probs if total is None else total + probs
+    return total / len(teachers)
 
 
 @torch.no_grad()
@@ -306,6 +318,7 @@ def hash_task(cfg: HashConfig, request: BuildRequest | None = None) -> TaskBundl
     request = request or BuildRequest()
     train_all, query = _scene_splits(cfg)
     fit_splits = request.wants("train", "val")  # a run rebuilt to score it: no training image checked or cached
+    teachers = _load_teachers(cfg, train_all, request.device) if cfg.teachers and fit_splits else []
     check_images([r.path for r in (train_all.records if fit_splits else []) + query.records],
                  cache_dir=cache_root(cfg.cache_dir) / "image_checks")
     task = _make_task(cfg, train_all)
@@ -323,7 +336,8 @@ def hash_task(cfg: HashConfig, request: BuildRequest | None = None) -> TaskBundl
     labels = train_all.labels
     if cfg.train_from is not None:
         cache = _train_views(model.backbone, train_all, cfg, request.device)
-        targets = {"soft_target": _teacher_targets(cfg, train_all, request.device)[tr_idx]} if cfg.teachers else None
+        targets = {"soft_target": _teacher_targets(cfg, teachers, train_all, request.device)[tr_idx]} if teachers \
+            else None
         train = CachedViews({k: v[tr_idx] for k, v in cache.items()}, labels[tr_idx], tr_idx, random_view=True,
                             targets=targets)
         # Validation scores the model as the test split will: with test-time views, its first tta_views views.

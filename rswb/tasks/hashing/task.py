@@ -76,8 +76,8 @@ class HashTask(Task):
         perm = torch.randperm(len(batch["label"])).to(batch["label"].device)
         out = self.model(mix_inputs(batch, lam, perm))
         own = self.loss(**out, **batch)
-        other = self.loss(**out, **{**batch, "label": batch["label"][perm],
-                                    **({"soft_target": batch["soft_target"][perm]} if "soft_target" in batch else {})})
+        swapped = {k: batch[k][perm] for k in ("label", "soft_target") if k in batch}  # the partners' targets
+        other = self.loss(**out, **{**batch, **swapped})
         return {k: lam * own[k] + (1.0 - lam) * other[k] for k in own}
 
     def param_groups(self) -> list[dict[str, Any]]:
